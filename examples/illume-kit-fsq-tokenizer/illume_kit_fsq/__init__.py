@@ -1,0 +1,1 @@
+"""An illume-kit plugin shipped as its own pip package (the README's worked example)."""

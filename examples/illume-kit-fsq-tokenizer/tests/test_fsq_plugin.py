@@ -1,0 +1,25 @@
+"""The example plugin runs illume-kit's conformance suite on its tiny preset, as any plugin should."""
+
+import torch
+
+from illume_kit.testing import conformance
+from illume_kit_fsq.model import FSQTokenizer
+from illume_kit_fsq.params import PRESETS
+
+
+def make():
+    torch.manual_seed(0)
+    return FSQTokenizer(FSQTokenizer.Params(**PRESETS["tiny"]))
+
+
+@conformance.parametrize("tokenizer")
+def test_conformance(check):
+    check(make)
+
+
+def test_registered_through_entry_point():
+    from illume_kit.core.plugins import PluginManager
+
+    reg = PluginManager().build_registry()
+    spec = reg.get("tokenizer", "fsq-conv")
+    assert spec.dist == "illume-kit-fsq-tokenizer" and spec.dist_version == "0.1.0"

@@ -1,0 +1,176 @@
+"""Verbs on recipes and checkpoints: validate (torch-free), compose, inspect."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _overrides_arg(p) -> None:
+    p.add_argument("recipe", help="recipe YAML (a path, or a shipped recipe name from `illume-kit recipes`)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. tokenizer.params.pixel_codebook_size=4096; tokenizer=vqgan; ~key deletes")
+
+
+def cmd_validate(args) -> int:
+    from illume_kit.cli.output import console
+    from illume_kit.core.recipe import load_recipe
+
+    r = load_recipe(args.recipe, args.overrides)
+    if args.print_recipe:
+        print(r.to_yaml())
+    comps = ", ".join(f"{sec}={rc.spec.name}" + (f"[{rc.preset}]" if rc.preset else "") for sec, rc in r.components.items())
+    console.print(f"[green]ok[/] {r.origin}: {comps}")
+    return 0
+
+
+def _image_size(resolved) -> tuple[int, int] | None:
+    data = resolved.components.get("data")
+    size = getattr(data.params, "image_size", None) if data else None
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    return None
+
+
+def describe(model, resolved, manifest: dict | None = None) -> dict:
+    """Everything `compose` prints, as data (also the --json output)."""
+    from illume_kit.model.unified import count_params
+
+    comps = {}
+    for sec in ("tokenizer", "backbone", "detokenizer"):
+        part = getattr(model, sec)
+        if part is None:
+            continue
+        if resolved is not None:
+            rc = resolved.components[sec]
+            spec, preset, params = rc.spec, rc.preset, rc.params_dict
+            prov = {"name": spec.name, "dist": spec.dist, "version": spec.dist_version}
+        else:
+            rec = manifest["components"][sec]
+            preset, params = rec.get("preset"), rec["params"]
+            prov = {"name": rec["name"], "dist": rec["dist"], "version": rec["dist_version"]}
+        total, trainable = count_params(part)
+        comps[sec] = {**prov, "preset": preset, "params": params, "parameters": total, "trainable": trainable}
+    total, trainable = count_params(model.projectors)
+    comps["projectors"] = {"name": "mlp", "parameters": total, "trainable": trainable,
+                           "per_codebook": {k: f"{v.in_dim}->{v.out_dim}" for k, v in model.projectors.items()}}
+    sizes = [(256, 256), (512, 512)]
+    own = _image_size(resolved) if resolved is not None else None
+    if own and own not in sizes:
+        sizes.append(own)
+    budget = []
+    for h, w in sizes:
+        try:
+            grid = model.tokenizer.grid(h, w)
+            budget.append({"size": f"{h}x{w}", "grid": {k: list(v) for k, v in grid.items()},
+                           "codes": sum(a * b for a, b in grid.values()),
+                           "tokens": model.layout.image_length(grid), "own": (h, w) == own})
+        except ValueError as exc:
+            budget.append({"size": f"{h}x{w}", "error": str(exc)})
+    return {
+        "name": (resolved.data.get("name") if resolved is not None else manifest.get("recipe_name")),
+        "components": comps,
+        "codebooks": [cb.__dict__ for cb in model.codebooks],
+        "image_input": model.image_input,
+        "vocab_layout": [{"what": w, "start": a, "stop": b, "count": b - a} for w, a, b in model.layout.rows()],
+        "vocab_size": model.layout.total_size,
+        "token_budget": budget,
+    }
+
+
+def print_tree(info: dict) -> None:
+    from rich.tree import Tree
+
+    from illume_kit.cli.output import console
+
+    root = Tree(f"[bold]{info['name']}[/]  (image input: {info['image_input']})")
+    for sec, c in info["components"].items():
+        label = f"[cyan]{sec}[/] [bold]{c['name']}[/]"
+        if c.get("preset"):
+            label += f" [{c['preset']}]"
+        if c.get("dist"):
+            label += f"  from {c['dist']} {c['version']}"
+        label += f"  — {c['parameters']:,} params ({c['trainable']:,} trainable)"
+        node = root.add(label)
+        if "params" in c:
+            flat = ", ".join(f"{k}={v}" for k, v in c["params"].items())
+            node.add(f"[dim]{flat}[/]")
+        if "per_codebook" in c:
+            node.add(", ".join(f"{k}: {v}" for k, v in c["per_codebook"].items()))
+    cbn = root.add("[cyan]codebooks[/]")
+    for cb in info["codebooks"]:
+        cbn.add(f"{cb['name']}: {cb['size']:,} codes × {cb['code_dim']}-d, stride {cb['stride']} px, "
+                f"LLM input features {cb['feature_dim']}-d")
+    vl = root.add(f"[cyan]vocab layout[/] ({info['vocab_size']:,} ids)")
+    for row in info["vocab_layout"]:
+        vl.add(f"{row['what']}: [{row['start']:,}, {row['stop']:,})  {row['count']:,}")
+    tb = root.add("[cyan]token budget of one image[/]")
+    for b in info["token_budget"]:
+        if "error" in b:
+            tb.add(f"{b['size']}: {b['error']}")
+        else:
+            grids = " + ".join(f"{k} {g[0]}×{g[1]}" for k, g in b["grid"].items())
+            tb.add(f"{b['size']}{' (recipe)' if b['own'] else ''}: {grids} = {b['codes']} codes, "
+                   f"{b['tokens']} tokens with structure")
+    console.print(root)
+
+
+def cmd_compose(args) -> int:
+    from illume_kit.cli.output import console
+    from illume_kit.core.checkpoint import save_checkpoint
+    from illume_kit.core.compose import compose
+    from illume_kit.core.recipe import load_recipe
+
+    resolved = load_recipe(args.recipe, args.overrides)
+    model = compose(resolved)
+    info = describe(model, resolved)
+    if args.output:
+        out = save_checkpoint(model, resolved, args.output)
+        info["checkpoint"] = str(out)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print_tree(info)
+        if args.output:
+            console.print(f"[green]wrote checkpoint[/] {args.output}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from illume_kit.cli.output import console
+    from illume_kit.core.checkpoint import load_checkpoint, read_manifest
+
+    manifest = read_manifest(args.checkpoint)
+    if args.manifest_only:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    model, manifest = load_checkpoint(args.checkpoint)
+    info = describe(model, None, manifest)
+    info["format"] = manifest["format"]
+    info["written_by"] = manifest.get("illume_kit_version")
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        console.print(f"checkpoint {Path(args.checkpoint)} (format {manifest['format']}, illume-kit "
+                      f"{manifest.get('illume_kit_version')}, created {manifest.get('created')}): weights load")
+        print_tree(info)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("validate", help="check a recipe and report every problem at once (no torch)")
+    _overrides_arg(p)
+    p.add_argument("--print-recipe", action="store_true", help="print the resolved recipe")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("compose", help="build the unified model of a recipe and print what was built")
+    _overrides_arg(p)
+    p.add_argument("-o", "--output", help="write a checkpoint folder here")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.set_defaults(func=cmd_compose)
+    p = sub.add_parser("inspect", help="read a checkpoint folder, check plugins, load it and describe it")
+    p.add_argument("checkpoint")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--manifest-only", action="store_true", help="print the manifest without loading weights")
+    p.set_defaults(func=cmd_inspect)

@@ -1,0 +1,159 @@
+"""Torch-free verbs that look at the registry: plugins, list, show, recipes, schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from illume_kit.core.registry import ROLE_ALIASES, ROLES
+
+
+def _registry():
+    from illume_kit.core.plugins import get_registry
+
+    return get_registry()
+
+
+def cmd_plugins(args) -> int:
+    from rich.table import Table
+
+    from illume_kit.cli.output import console
+    from illume_kit.core.plugins import get_manager
+
+    reg = _registry()
+    infos = list(get_manager().infos.values())
+    if args.json:
+        console.print_json(json.dumps([i.__dict__ for i in infos]))
+        return 0
+    t = Table(title="illume-kit plugins")
+    for col in ("plugin", "distribution", "version", "status", "components"):
+        t.add_column(col)
+    for i in infos:
+        status = {"ok": "[green]ok[/]", "disabled": "[yellow]disabled[/]"}.get(i.status, f"[red]failed[/]: {i.reason}")
+        t.add_row(i.name, i.dist, i.version, status, ", ".join(i.components))
+    console.print(t)
+    if reg.failed:
+        console.print(f"[yellow]{len(reg.failed)} plugin(s) failed to load; the rest work. Use --strict to make this an error.[/]")
+    return 0
+
+
+def _role(name: str) -> str:
+    role = ROLE_ALIASES.get(name, name)
+    if role not in ROLES:
+        raise ValueError(f"unknown role {name!r} (valid: {', '.join(ROLES)})")
+    return role
+
+
+def cmd_list(args) -> int:
+    from rich.table import Table
+
+    from illume_kit.cli.output import console
+
+    reg = _registry()
+    roles = [_role(args.role)] if args.role else list(ROLES)
+    rows = [s for r in roles for s in reg.specs(r)]
+    if args.json:
+        console.print_json(json.dumps([{"role": s.role, "name": s.name, "summary": s.summary, "dist": s.dist,
+                                        "version": s.dist_version} for s in rows]))
+        return 0
+    t = Table(title="components")
+    for col in ("role", "name", "presets", "provider", "summary"):
+        t.add_column(col, overflow="fold")
+    for s in rows:
+        try:
+            presets = ", ".join(s.load_presets())
+        except Exception as exc:
+            presets = f"[red]unavailable ({type(exc).__name__})[/]"
+        t.add_row(s.role, s.name, presets, f"{s.dist} {s.dist_version}", s.summary)
+    console.print(t)
+    return 0
+
+
+def cmd_show(args) -> int:
+    from rich.table import Table
+
+    from illume_kit.cli.output import console
+
+    spec = _registry().get(_role(args.role), args.name)
+    params = spec.load_params()
+    presets = spec.load_presets()
+    if args.json:
+        console.print_json(json.dumps({"role": spec.role, "name": spec.name, "dist": spec.dist,
+                                       "version": spec.dist_version, "schema": params.model_json_schema(),
+                                       "presets": presets}))
+        return 0
+    console.print(f"[bold]{spec.role} {spec.name}[/] — {spec.summary}")
+    console.print(f"provider: {spec.dist} {spec.dist_version} (plugin {spec.plugin})")
+    t = Table(title="params")
+    for col in ("key", "type", "default", "description"):
+        t.add_column(col, overflow="fold")
+    for key, f in params.model_fields.items():
+        ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+        default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+        t.add_row(key, ann, default, f.description or "")
+    console.print(t)
+    if presets:
+        p = Table(title="presets")
+        p.add_column("preset")
+        p.add_column("params", overflow="fold")
+        for name, vals in presets.items():
+            p.add_row(name, ", ".join(f"{k}={v}" for k, v in vals.items()))
+        console.print(p)
+    return 0
+
+
+def shipped_recipes() -> list[tuple[str, Path]]:
+    out = []
+    for src in _registry().recipe_sources:
+        root = Path(src.path)
+        for p in sorted(root.rglob("*.yaml")):
+            rel = p.relative_to(root).as_posix()
+            if rel.startswith("base/"):
+                continue
+            out.append((f"{src.prefix}{rel}", p))
+    return out
+
+
+def cmd_recipes(args) -> int:
+    import yaml
+    from rich.table import Table
+
+    from illume_kit.cli.output import console
+
+    t = Table(title="shipped recipes")
+    for col in ("recipe", "description"):
+        t.add_column(col, overflow="fold")
+    for name, path in shipped_recipes():
+        try:
+            desc = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+        except Exception:
+            desc = "[red]unreadable[/]"
+        t.add_row(f"recipes/{name}", str(desc))
+    console.print(t)
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from illume_kit.core.recipe import recipe_json_schema
+
+    print(json.dumps(recipe_json_schema(), indent=2))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plugins", help="installed plugins, their distribution, version and status")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+    p = sub.add_parser("list", help="registered components, optionally of one role")
+    p.add_argument("role", nargs="?", help=f"one of: {', '.join(ROLES)}")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("show", help="a component's params schema, defaults, docs, presets and provider")
+    p.add_argument("role")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
+    p = sub.add_parser("recipes", help="shipped recipes")
+    p.set_defaults(func=cmd_recipes)
+    p = sub.add_parser("schema", help="print the recipe JSON Schema (for editor completion)")
+    p.set_defaults(func=cmd_schema)

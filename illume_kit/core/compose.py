@@ -1,0 +1,94 @@
+"""Recipe -> UnifiedModel, with the contract checks that make a registry worth having.
+
+Checks between components, each a clear ``ComposeError``:
+- a detokenizer that decodes with the tokenizer's own pixel decoder needs a tokenizer that has one
+  (a semantic-only tokenizer needs the ``diffusion`` detokenizer);
+- every codebook the detokenizer ``consumes`` exists in the tokenizer, with matching size and dims;
+- every projector's input width equals its codebook's feature width;
+- the vocab layout is computed once here (and stored in checkpoints, which must agree with it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from pydantic import BaseModel
+
+from illume_kit.core.layout import VocabLayout
+from illume_kit.core.recipe import ResolvedRecipe
+from illume_kit.core.registry import ComponentSpec, RegistryError
+from illume_kit.core.schema import ModelOptions
+
+
+class ComposeError(RegistryError):
+    pass
+
+
+def build_component(spec: ComponentSpec, params: BaseModel) -> Any:
+    try:
+        cls = spec.load()
+    except Exception as exc:
+        raise ComposeError(f"cannot import {spec.role} {spec.name!r} from {spec.dist} {spec.dist_version}: "
+                           f"{type(exc).__name__}: {exc}") from exc
+    return cls(params)
+
+
+def check_contracts(tokenizer: Any, detokenizer: Any | None, names: Mapping[str, str]) -> None:
+    if detokenizer is None:
+        return
+    tok, det = names.get("tokenizer", "tokenizer"), names.get("detokenizer", "detokenizer")
+    if hasattr(detokenizer, "attach"):
+        try:
+            detokenizer.attach(tokenizer)
+        except ValueError as exc:
+            raise ComposeError(f"detokenizer {det!r} cannot decode tokenizer {tok!r}: {exc}") from exc
+    cbs = {cb.name: cb for cb in tokenizer.codebooks}
+    for name in detokenizer.consumes:
+        if name not in cbs:
+            raise ComposeError(f"detokenizer {det!r} consumes codebook {name!r}, which tokenizer {tok!r} does not have "
+                               f"(it has: {', '.join(cbs)})")
+    for exp in getattr(detokenizer, "expected_codebooks", ()) or ():
+        have = cbs.get(exp.name)
+        if have is None or (have.size, have.code_dim) != (exp.size, exp.code_dim):
+            got = f"size {have.size}, dim {have.code_dim}" if have else "missing"
+            raise ComposeError(f"detokenizer {det!r} was built for codebook {exp.name!r} with size {exp.size}, dim "
+                               f"{exp.code_dim}; tokenizer {tok!r} has {got}")
+
+
+def build_layout(tokenizer: Any, backbone: Any, options: ModelOptions) -> VocabLayout:
+    text = int(getattr(backbone, "text_vocab_size", None) or backbone.vocab_size)
+    return VocabLayout.build(text, [(cb.name, cb.size) for cb in tokenizer.codebooks],
+                             options.resolution_step, options.max_resolution)
+
+
+def assemble(tokenizer: Any, backbone: Any, detokenizer: Any | None, options: ModelOptions,
+             layout: VocabLayout | None = None, names: Mapping[str, str] | None = None):
+    """Check contracts, extend the backbone's vocab, and build the UnifiedModel around the parts."""
+    from illume_kit.model.unified import UnifiedModel
+
+    check_contracts(tokenizer, detokenizer, names or {})
+    computed = build_layout(tokenizer, backbone, options)
+    if layout is not None and layout != computed:
+        raise ComposeError("the stored vocab layout does not match the one these components give "
+                           f"(stored ends at {layout.total_size}, computed at {computed.total_size}); "
+                           "the checkpoint was written by different components or params")
+    layout = computed
+    backbone.extend_vocab(layout)
+    model = UnifiedModel(tokenizer, backbone, detokenizer, layout, options.image_input, options.projector_hidden)
+    for cb in tokenizer.codebooks:
+        if model.projectors[cb.name].in_dim != cb.feature_dim:
+            raise ComposeError(f"projector for {cb.name!r} takes {model.projectors[cb.name].in_dim}-d features, "
+                               f"tokenizer gives {cb.feature_dim}-d")
+    return model
+
+
+def compose(resolved: ResolvedRecipe):
+    """Build every component of a validated recipe and assemble the unified model."""
+    import torch
+
+    torch.manual_seed(resolved.recipe.run.seed)
+    comps = resolved.components
+    parts = {sec: build_component(comps[sec].spec, comps[sec].params) for sec in ("tokenizer", "backbone", "detokenizer")
+             if sec in comps}
+    names = {sec: comps[sec].spec.name for sec in parts}
+    return assemble(parts["tokenizer"], parts["backbone"], parts.get("detokenizer"), resolved.recipe.model, names=names)

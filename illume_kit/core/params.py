@@ -1,0 +1,33 @@
+"""Base classes for component ``Params`` models (torch-free).
+
+Every component's ``Params`` subclasses ``ComponentParams`` (unknown keys rejected, docs on every
+field via ``Field(description=...)``). A component that nests another registry component (a
+tokenizer choosing its quantizer) types that field as ``QuantizerRef``: recipe validation walks the
+validated params and checks each ref against the quantizer registry, so nested mistakes are reported
+with their full key path like any other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ComponentParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ComponentRef(BaseModel):
+    """A nested component chosen by registry name: ``{name: simvq, params: {...}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Any = Field(default=None, exclude=True, description="set by subclasses")
+    name: str = Field(description="registry name")
+    params: dict[str, Any] = Field(default_factory=dict, description="params for that component")
+
+
+class QuantizerRef(ComponentRef):
+    """A quantizer from the ``quantizer`` registry (vq, simvq, fsq, lfq, residual-vq, ...)."""
+
+    role: Any = Field(default="quantizer", exclude=True)

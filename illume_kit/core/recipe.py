@@ -1,0 +1,409 @@
+"""Recipes: OmegaConf composition, pydantic validation, every problem reported in one pass.
+
+Steps (each collects problems instead of stopping at the first):
+1. load the recipe and its ``extends:`` chain (merged left to right, dicts merge, lists replace),
+   remembering which file set each key (its provenance);
+2. apply ``key=value`` overrides (``~key`` deletes; ``tokenizer=vqgan`` is ``tokenizer.name=vqgan``);
+   setting a component's ``name`` resets the ``preset`` and ``params`` set by earlier layers;
+3. resolve ``${...}`` interpolations and ``???`` required values, key by key;
+4. validate the recipe's structure (``schema.Recipe``, unknown keys rejected at every depth);
+5. validate each component: its name in the registry, its preset, its params against its own
+   ``Params`` model, recursing into nested component references (quantizers).
+
+A recipe names components by registry name only. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ValidationError
+
+from illume_kit.core.params import ComponentRef
+from illume_kit.core.registry import ComponentSpec, Registry, RegistryError, UnknownComponent
+from illume_kit.core.schema import COMPONENT_ROLES, ComponentChoice, Recipe
+
+CLI = "cli"
+
+
+@dataclass
+class Problem:
+    path: str
+    message: str
+    source: str = ""
+    hint: str = ""
+
+    def __str__(self) -> str:
+        where = f" (set in {self.source})" if self.source else ""
+        hint = f" {self.hint}" if self.hint else ""
+        return f"{self.path or '<recipe>'}: {self.message}{where}.{hint}".replace("..", ".")
+
+
+class RecipeError(Exception):
+    """All problems found in a recipe; ``str()`` is the full report."""
+
+    def __init__(self, origin: str, problems: Sequence[Problem]):
+        self.origin, self.problems = origin, list(problems)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        n = len(self.problems)
+        lines = [f"{self.origin}: {n} problem{'s' if n != 1 else ''}"]
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+@dataclass
+class ResolvedComponent:
+    section: str
+    spec: ComponentSpec
+    preset: str | None
+    params: BaseModel
+
+    @property
+    def params_dict(self) -> dict[str, Any]:
+        return self.params.model_dump(mode="json")
+
+
+@dataclass
+class ResolvedRecipe:
+    recipe: Recipe
+    data: dict[str, Any]
+    components: dict[str, ResolvedComponent] = field(default_factory=dict)
+    origin: str = ""
+
+    def to_yaml(self) -> str:
+        """The fully resolved recipe, component params expanded (presets applied), as data only."""
+        d = dict(self.data)
+        for sec, rc in self.components.items():
+            d[sec] = {"name": rc.spec.name, "preset": rc.preset, "params": rc.params_dict}
+        return yaml.safe_dump(d, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. loading with provenance
+def _leaves(node: Any, prefix: str = "") -> Iterable[str]:
+    if isinstance(node, Mapping) and node:
+        for k, v in node.items():
+            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    elif prefix:
+        yield prefix
+
+
+def _read_yaml(path: Path, via: str, problems: list[Problem]) -> dict | None:
+    if not path.is_file():
+        problems.append(Problem("extends" if via else "", f"recipe file {str(path)!r} does not exist", via))
+        return None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problems.append(Problem("", f"{path} is not valid YAML{at}: {getattr(exc, 'problem', exc)}", via))
+        return None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(Problem("", f"{path} must be a YAML mapping (key: value), not a {type(data).__name__}", via))
+        return None
+    return data
+
+
+def _find_extends(ref: str, base: Path, search: Sequence[Path]) -> Path:
+    for root in (base.parent, Path.cwd(), *search):
+        p = (root / ref).resolve()
+        if p.is_file():
+            return p
+    return (base.parent / ref).resolve()
+
+
+def _load_layers(path: Path, problems: list[Problem], search: Sequence[Path], stack: tuple[Path, ...] = (),
+                 via: str = "") -> list[tuple[str, dict]]:
+    """Depth-first: a file's parents come before the file itself."""
+    path = path.resolve()
+    if path in stack:
+        cycle = " -> ".join(str(p.name) for p in (*stack, path))
+        problems.append(Problem("extends", f"extends cycle: {cycle}", str(stack[-1])))
+        return []
+    data = _read_yaml(path, via, problems)
+    if data is None:
+        return []
+    ext = data.pop("extends", None)
+    if isinstance(ext, str):
+        ext = [ext]
+    layers: list[tuple[str, dict]] = []
+    if ext is not None and not (isinstance(ext, list) and all(isinstance(e, str) for e in ext)):
+        problems.append(Problem("extends", "must be a file path or a list of file paths", str(path)))
+        ext = []
+    for ref in ext or []:
+        layers += _load_layers(_find_extends(ref, path, search), problems, search, (*stack, path), str(path))
+    layers.append((str(path), data))
+    return layers
+
+
+def parse_overrides(overrides: Sequence[str], problems: list[Problem]) -> tuple[dict, list[str]]:
+    """``a.b=1 tokenizer=vqgan ~eval.metrics`` -> (nested dict layer, deleted keys)."""
+    layer: dict = {}
+    deletes: list[str] = []
+    for ov in overrides:
+        if ov.startswith("~"):
+            deletes.append(ov[1:])
+            continue
+        key, eq, raw = ov.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            problems.append(Problem(key or ov, f"override {ov!r} is not key=value", CLI))
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if key in COMPONENT_ROLES and not isinstance(value, dict):
+            key, value = f"{key}.name", value
+        node = layer
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                problems.append(Problem(key, "conflicts with another override", CLI))
+                break
+        else:
+            node[parts[-1]] = value
+    return layer, deletes
+
+
+def _merge(layers: list[tuple[str, dict]], deletes: Sequence[str]) -> tuple[DictConfig, dict[str, str]]:
+    cfg = OmegaConf.create({})
+    prov: dict[str, str] = {}
+    for source, data in layers:
+        # a new component name resets what earlier layers said about that component
+        for sec in COMPONENT_ROLES:
+            new = data.get(sec)
+            old = cfg.get(sec) if sec in cfg else None
+            if isinstance(new, dict) and "name" in new and isinstance(old, DictConfig) and old.get("name") != new["name"]:
+                for k in ("preset", "params"):
+                    if k in old and k not in new:
+                        old.pop(k)
+                        prov = {p: s for p, s in prov.items() if not p.startswith(f"{sec}.{k}")}
+        layer = OmegaConf.create(data)
+        cfg = OmegaConf.merge(cfg, layer)
+        for leaf in _leaves(data):
+            prov[leaf] = source
+    for key in deletes:
+        parent, _, last = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig) and last in node:
+            node.pop(last)
+    return cfg, prov
+
+
+def source_of(path: str, prov: Mapping[str, str]) -> str:
+    p = path
+    while p:
+        if p in prov:
+            return prov[p]
+        p = p.rpartition(".")[0]
+    hits = [s for k, s in prov.items() if k.startswith(path + ".")] if path else []
+    return hits[-1] if hits else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. resolution, key by key, so every bad interpolation is reported
+def _resolve(cfg: DictConfig, prov: Mapping[str, str], problems: list[Problem]) -> dict:
+    out: dict = {}
+
+    def walk(node: Any, prefix: str, dst: dict) -> None:
+        for key in node.keys():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if OmegaConf.is_missing(node, key):
+                problems.append(Problem(path, "required value is missing (???)", source_of(path, prov),
+                                        f"Set it in the recipe or with {path}=VALUE."))
+                continue
+            try:
+                value = node[key]
+            except OmegaConfBaseException as exc:
+                msg = str(exc).splitlines()[0]
+                problems.append(Problem(path, f"bad interpolation: {msg}", source_of(path, prov)))
+                continue
+            if isinstance(value, DictConfig):
+                dst[key] = {}
+                walk(value, path, dst[key])
+            elif OmegaConf.is_list(value):
+                try:
+                    dst[key] = OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
+                except OmegaConfBaseException as exc:
+                    problems.append(Problem(path, f"bad value: {str(exc).splitlines()[0]}", source_of(path, prov)))
+            else:
+                dst[key] = value
+
+    walk(cfg, "", out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 4./5. validation
+def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the location ``loc`` (for did-you-mean)."""
+    cur: Any = model
+    for part in loc:
+        if not (isinstance(cur, type) and issubclass(cur, BaseModel)):
+            return None
+        f = cur.model_fields.get(str(part))
+        if f is None:
+            return None
+        ann = f.annotation
+        cur = next((a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+    return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+
+
+def pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str,
+                      prov: Mapping[str, str]) -> list[Problem]:
+    out = []
+    for err in exc.errors():
+        loc = [str(x) for x in err["loc"]]
+        path = ".".join([prefix, *loc] if prefix else loc)
+        hint = ""
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(model, err["loc"][:-1])
+            fields = list(owner.model_fields) if owner else []
+            close = difflib.get_close_matches(loc[-1], fields, n=1, cutoff=0.6)
+            hint = (f"Did you mean {close[0]}? " if close else "") + (f"(valid: {', '.join(fields)})" if fields else "")
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required value is missing"
+        elif err["type"] == "literal_error":
+            msg = f"invalid value {err.get('input')!r}"
+            hint = err["msg"].replace("Input should be", "Valid:")
+        else:
+            msg = f"{err['msg']} (got {err.get('input')!r})" if "input" in err and not isinstance(err.get("input"), dict) else err["msg"]
+        out.append(Problem(path, msg, source_of(path, prov), hint))
+    return out
+
+
+def _validate_params(spec: ComponentSpec, preset: str | None, params: Mapping[str, Any], path: str,
+                     registry: Registry, prov: Mapping[str, str], problems: list[Problem]) -> BaseModel | None:
+    try:
+        params_cls = spec.load_params()
+        presets = spec.load_presets()
+    except Exception as exc:  # plugin import problem: one line, no traceback
+        problems.append(Problem(path, f"cannot load {spec.role} {spec.name!r} from {spec.dist}: {type(exc).__name__}: {exc}",
+                                source_of(path, prov)))
+        return None
+    merged: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in presets:
+            close = difflib.get_close_matches(preset, list(presets), n=1)
+            problems.append(Problem(f"{path}.preset", f"unknown preset {preset!r} of {spec.role} {spec.name!r}",
+                                    source_of(f"{path}.preset", prov),
+                                    (f"Did you mean {close[0]}? " if close else "") + f"(valid: {', '.join(presets) or 'none'})"))
+            return None
+        merged = _deep_merge(presets[preset], params)
+    else:
+        merged = dict(params)
+    try:
+        obj = params_cls.model_validate(merged)
+    except ValidationError as exc:
+        problems.extend(pydantic_problems(exc, params_cls, f"{path}.params", prov))
+        return None
+    _check_refs(obj, f"{path}.params", registry, prov, problems)
+    return obj
+
+
+def _check_refs(obj: BaseModel, path: str, registry: Registry, prov: Mapping[str, str], problems: list[Problem]) -> None:
+    for fname in type(obj).model_fields:
+        value = getattr(obj, fname)
+        if isinstance(value, ComponentRef) and value.role:
+            sub = f"{path}.{fname}"
+            try:
+                spec = registry.get(value.role, value.name)
+            except UnknownComponent as exc:
+                problems.append(Problem(f"{sub}.name", str(exc), source_of(sub, prov)))
+                continue
+            _validate_params(spec, None, value.params, sub, registry, prov, problems)
+        elif isinstance(value, BaseModel):
+            _check_refs(value, f"{path}.{fname}", registry, prov, problems)
+
+
+def _deep_merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def validate_components(data: Mapping[str, Any], registry: Registry, prov: Mapping[str, str],
+                        problems: list[Problem]) -> dict[str, ResolvedComponent]:
+    out: dict[str, ResolvedComponent] = {}
+    for section, role in COMPONENT_ROLES.items():
+        if data.get(section) is None:
+            continue
+        try:
+            choice = ComponentChoice.model_validate(data[section])
+        except ValidationError:
+            continue  # already reported by the structural check
+        try:
+            spec = registry.get(role, choice.name)
+        except UnknownComponent as exc:
+            problems.append(Problem(f"{section}.name", str(exc), source_of(f"{section}.name", prov)))
+            continue
+        params = _validate_params(spec, choice.preset, choice.params, section, registry, prov, problems)
+        if params is not None:
+            out[section] = ResolvedComponent(section, spec, choice.preset, params)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+def default_search_paths(registry: Registry | None) -> list[Path]:
+    return [Path(s.path) for s in (registry.recipe_sources if registry else [])]
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None,
+                components: bool = True) -> ResolvedRecipe:
+    """Load, override, resolve and validate a recipe; raise ``RecipeError`` with every problem."""
+    if registry is None and components:
+        from illume_kit.core.plugins import get_registry
+
+        registry = get_registry()
+    problems: list[Problem] = []
+    path = Path(path)
+    search = default_search_paths(registry)
+    if not path.is_file():
+        shipped = [s / path for s in search if (s / path).is_file()]
+        path = shipped[0] if shipped else path
+    layers = _load_layers(path, problems, search)
+    cli_layer, deletes = parse_overrides(overrides, problems)
+    if cli_layer:
+        layers.append((CLI, cli_layer))
+    origin = str(path)
+    if problems and not layers:
+        raise RecipeError(origin, problems)
+    cfg, prov = _merge(layers, deletes)
+    data = _resolve(cfg, prov, problems)
+    if "illume_kit" in data and data["illume_kit"] != 1:
+        v = data["illume_kit"]
+        problems.append(Problem("illume_kit", f"recipe schema version {v!r} is not supported (this illume-kit reads 1)",
+                                source_of("illume_kit", prov)))
+        raise RecipeError(origin, problems)
+    recipe = None
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(pydantic_problems(exc, Recipe, "", prov))
+    comps = validate_components(data, registry, prov, problems) if components and registry is not None else {}
+    if problems:
+        raise RecipeError(origin, problems)
+    return ResolvedRecipe(recipe, data, comps, origin=origin)
+
+
+def recipe_json_schema() -> dict:
+    return Recipe.model_json_schema()
+
+
+__all__ = ["Problem", "RecipeError", "ResolvedRecipe", "ResolvedComponent", "load_recipe", "parse_overrides",
+           "recipe_json_schema", "RegistryError"]

@@ -1,0 +1,82 @@
+"""The recipe's own structure (pydantic, torch-free). Component params are validated separately.
+
+Validation is two-phase because plugin types are open: this schema fixes the shape of a recipe and
+leaves each component's ``params`` as a mapping; ``recipe.validate_components`` then checks each
+against the named component's own ``Params`` model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ComponentChoice(_Strict):
+    name: str = Field(description="registry name of the component (see `illume-kit list ROLE`)")
+    preset: str | None = Field(None, description="preset of that component (see `illume-kit show ROLE NAME`)")
+    params: dict[str, Any] = Field(default_factory=dict, description="params applied on top of the preset")
+
+
+class ModelOptions(_Strict):
+    image_input: Literal["continuous", "discrete"] = Field(
+        "continuous", description="LLM input side: projected pre-quantisation features (ILLUME+) or code embeddings")
+    projector_hidden: int | None = Field(None, description="hidden width of the per-codebook 2-layer MLP projectors (default: LLM width)")
+    resolution_step: int = Field(64, ge=1, description="step of the <height_H>/<width_W> resolution tags")
+    max_resolution: int = Field(1024, ge=1, description="largest resolution tag")
+
+
+class Stage(_Strict):
+    name: str = Field(description="stage name, unique in the recipe")
+    target: Literal["teacher", "tokenizer", "detokenizer", "mllm"] = Field(description="what this stage trains")
+    steps: int = Field(100, ge=0, description="optimisation steps")
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(1.0, description="max grad norm (null: off)")
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: only at the end)")
+    trainable: list[str] = Field(default_factory=list, description="parameter groups trained (mllm stages)")
+    options: dict[str, Any] = Field(default_factory=dict, description="stage-specific options")
+
+
+class TrainConfig(_Strict):
+    stages: list[Stage] = Field(default_factory=list)
+
+
+class EvalConfig(_Strict):
+    metrics: list[str] = Field(default_factory=list, description="metric names, e.g. rec/psnr, und/accuracy")
+    num_samples: int = Field(64, ge=1, description="held-out samples to evaluate")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunConfig(_Strict):
+    seed: int = 0
+    output_dir: str = Field("runs/default", description="where checkpoints and results go")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+
+
+class Recipe(_Strict):
+    illume_kit: Literal[1] = Field(description="recipe schema version")
+    name: str = Field(description="recipe name, used in output paths")
+    description: str = ""
+    tokenizer: ComponentChoice
+    backbone: ComponentChoice
+    detokenizer: ComponentChoice | None = None
+    teacher: ComponentChoice | None = Field(None, description="semantic teacher trained by a `teacher` stage")
+    data: ComponentChoice | None = None
+    model: ModelOptions = Field(default_factory=ModelOptions)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    sweep: dict[str, Any] | None = Field(None, description="optional sweep block (see `illume-kit sweep`)")
+
+
+# component sections of a recipe and the registry role each names
+COMPONENT_ROLES = {"tokenizer": "tokenizer", "backbone": "backbone", "detokenizer": "detokenizer",
+                   "teacher": "teacher", "data": "dataset"}

@@ -1,0 +1,56 @@
+"""The unified model: one visual tokenizer, one language backbone, one detokenizer, composed.
+
+Holds the parts, the per-codebook input projectors and the ``VocabLayout`` computed at compose
+time. Sequence assembly, training objectives and the structured sampler build on this object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from illume_kit.core.layout import VocabLayout
+from illume_kit.model.projector import MLPProjector
+
+
+def count_params(module: nn.Module | None) -> tuple[int, int]:
+    """(total, trainable) parameters, counting tied tensors once."""
+    if module is None:
+        return 0, 0
+    seen: set[int] = set()
+    total = trainable = 0
+    for p in module.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return total, trainable
+
+
+class UnifiedModel(nn.Module):
+    def __init__(self, tokenizer: nn.Module, backbone: nn.Module, detokenizer: nn.Module | None,
+                 layout: VocabLayout, image_input: str = "continuous", projector_hidden: int | None = None) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.backbone = backbone
+        self.detokenizer = detokenizer
+        self.layout = layout
+        self.image_input = image_input
+        d = backbone.hidden_size
+        self.projectors = nn.ModuleDict(
+            {cb.name: MLPProjector(cb.feature_dim, d, projector_hidden) for cb in tokenizer.codebooks}
+        )
+
+    @property
+    def codebooks(self):
+        return self.tokenizer.codebooks
+
+    def image_tokens(self, height: int, width: int, with_tags: bool = True) -> int:
+        """Length of one image's token block (structure + codes) at this pixel size."""
+        return self.layout.image_length(self.tokenizer.grid(height, width), with_tags=with_tags)
+
+    def parts(self) -> dict[str, Any]:
+        return {"tokenizer": self.tokenizer, "backbone": self.backbone, "detokenizer": self.detokenizer,
+                "projectors": self.projectors}

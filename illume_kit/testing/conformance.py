@@ -1,0 +1,209 @@
+"""A conformance suite any tokenizer, backbone, detokenizer or quantizer plugin runs on its tiny preset.
+
+Behaviour the protocols cannot express is checked here: codes lie in range on the declared grid,
+eval mode is deterministic, losses are scalars, ``Params`` serialise to JSON Schema, and a
+safetensors save/load round trip reproduces outputs exactly. Use it from pytest::
+
+    from illume_kit.testing import conformance
+
+    @conformance.parametrize("tokenizer")
+    def test_my_tokenizer(check):
+        check(lambda: MyTokenizer(MyTokenizer.Params(**PRESETS["tiny"])))
+
+Detokenizer factories return ``(tokenizer, detokenizer)``; backbone and quantizer factories the component.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from illume_kit.core.layout import VocabLayout
+
+
+def _images(n: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g)
+
+
+def _round_trip(factory: Callable, module: torch.nn.Module) -> torch.nn.Module:
+    from safetensors.torch import load_model, save_model
+
+    with tempfile.TemporaryDirectory() as d:
+        path = str(Path(d) / "model.safetensors")
+        save_model(module, path)
+        fresh = factory()
+        if isinstance(fresh, tuple):
+            fresh = fresh[1]
+        missing, unexpected = load_model(fresh, path, strict=False)
+        assert not missing and not unexpected, f"round trip: missing {missing}, unexpected {unexpected}"
+    return fresh.eval()
+
+
+def check_params_schema(component) -> None:
+    schema = component.Params.model_json_schema()
+    json.dumps(schema)
+    assert schema.get("additionalProperties") is False, "Params must forbid unknown keys (extra='forbid')"
+
+
+# ---- tokenizers -----------------------------------------------------------------------------
+def tokenizer_codes_in_range(factory, size: int = 64) -> None:
+    tok = factory().eval()
+    x = _images(size=size)
+    out = tok.encode(x)
+    grid = tok.grid(size, size)
+    assert [cb.name for cb in tok.codebooks] == list(out.codes), "codes must be keyed by codebook, in order"
+    for cb in tok.codebooks:
+        codes = out.codes[cb.name]
+        assert codes.dtype in (torch.int64, torch.int32), f"{cb.name}: codes must be integer"
+        assert tuple(codes.shape) == (2, *grid[cb.name]), f"{cb.name}: codes {tuple(codes.shape)} vs grid {grid[cb.name]}"
+        assert int(codes.min()) >= 0 and int(codes.max()) < cb.size, f"{cb.name}: codes out of [0, {cb.size})"
+        feats = out.features[cb.name]
+        assert tuple(feats.shape) == (2, *grid[cb.name], cb.feature_dim), f"{cb.name}: features {tuple(feats.shape)}"
+
+
+def tokenizer_deterministic(factory, size: int = 64) -> None:
+    tok = factory().eval()
+    x = _images(size=size)
+    with torch.no_grad():
+        a, b = tok.encode(x), tok.encode(x)
+    for k in a.codes:
+        assert torch.equal(a.codes[k], b.codes[k]), f"{k}: eval-mode encode is not deterministic"
+
+
+def tokenizer_loss_scalar(factory, size: int = 64) -> None:
+    tok = factory().train()
+    losses = tok.loss(_images(size=size), step=0)
+    assert "loss" in losses, "loss() must return a dict with 'loss'"
+    for k, v in losses.items():
+        assert torch.is_tensor(v) and v.ndim == 0, f"loss part {k!r} must be a scalar tensor"
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+
+
+def tokenizer_decode_shape(factory, size: int = 64) -> None:
+    tok = factory().eval()
+    if not tok.has_pixel_decoder:
+        return
+    with torch.no_grad():
+        img = tok.decode(tok.encode(_images(size=size)).codes)
+    assert tuple(img.shape) == (2, 3, size, size), f"decode gave {tuple(img.shape)}"
+    assert float(img.min()) >= 0 and float(img.max()) <= 1, "decoded images must lie in [0, 1]"
+
+
+def tokenizer_round_trip(factory, size: int = 64) -> None:
+    tok = factory().eval()
+    x = _images(size=size)
+    fresh = _round_trip(factory, tok)
+    with torch.no_grad():
+        a, b = tok.encode(x), fresh.encode(x)
+    for k in a.codes:
+        assert torch.equal(a.codes[k], b.codes[k]), f"{k}: codes differ after save/load"
+
+
+def tokenizer_schema(factory, size: int = 64) -> None:
+    check_params_schema(factory())
+
+
+# ---- backbones --------------------------------------------------------------------------
+def _layout(bb) -> VocabLayout:
+    text = getattr(bb, "text_vocab_size", None) or bb.vocab_size
+    return VocabLayout.build(text, [("semantic", 16), ("pixel", 32)], resolution_step=16, max_resolution=64)
+
+
+def backbone_forward(factory) -> None:
+    bb = factory().eval()
+    layout = _layout(bb)
+    bb.extend_vocab(layout)
+    assert bb.vocab_size >= layout.total_size
+    ids = torch.tensor([[1, 2, layout.soi, layout.codebook("pixel").start + 3]])
+    out = bb(inputs_embeds=bb.embed(ids))
+    assert out.logits.shape[:2] == (1, 4) and out.logits.shape[-1] >= layout.total_size
+    with torch.no_grad():
+        again = bb(inputs_embeds=bb.embed(ids)).logits
+    assert torch.allclose(out.logits, again), "eval-mode forward is not deterministic"
+
+
+def backbone_round_trip(factory) -> None:
+    bb = factory().eval()
+    bb.extend_vocab(_layout(bb))
+
+    def rebuilt():
+        f = factory()
+        f.extend_vocab(_layout(f))
+        return f
+
+    fresh = _round_trip(rebuilt, bb)
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert torch.equal(bb(inputs_embeds=bb.embed(ids)).logits, fresh(inputs_embeds=fresh.embed(ids)).logits)
+
+
+def backbone_schema(factory) -> None:
+    check_params_schema(factory())
+
+
+# ---- detokenizers -----------------------------------------------------------------------
+def detokenizer_decode(factory, size: int = 64) -> None:
+    tok, det = factory()
+    det.attach(tok)
+    tok.eval(), det.eval()
+    with torch.no_grad():
+        codes = tok.encode(_images(size=size)).codes
+        a = det.decode(codes, seed=0) if _takes_seed(det) else det.decode(codes)
+        b = det.decode(codes, seed=0) if _takes_seed(det) else det.decode(codes)
+    s = size * det.output_scale
+    assert tuple(a.shape) == (2, 3, s, s), f"decode gave {tuple(a.shape)}, expected (2, 3, {s}, {s})"
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+    assert torch.equal(a, b), "decode with a fixed seed must be reproducible"
+    assert set(det.consumes) <= {cb.name for cb in tok.codebooks}
+
+
+def _takes_seed(det) -> bool:
+    import inspect
+
+    sig = inspect.signature(det.decode)
+    return "seed" in sig.parameters or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def detokenizer_schema(factory, size: int = 64) -> None:
+    check_params_schema(factory()[1])
+
+
+# ---- quantizers -------------------------------------------------------------------------
+def quantizer_contract(factory) -> None:
+    q = factory().eval()
+    dim = getattr(q, "dim", None) or q.params.dim
+    z = torch.randn(2, 10, dim, generator=torch.Generator().manual_seed(0))
+    out = q(z)
+    quantized, indices, aux = out
+    assert quantized.shape == z.shape, f"quantized {tuple(quantized.shape)} vs input {tuple(z.shape)}"
+    assert aux.ndim == 0, "aux loss must be a scalar"
+    assert int(indices.min()) >= 0 and int(indices.max()) < q.codebook_size
+    codes = q.indices_to_codes(indices)
+    assert torch.allclose(codes, quantized, atol=1e-5), "indices_to_codes must reproduce the quantized vectors"
+
+
+def quantizer_schema(factory) -> None:
+    check_params_schema(factory())
+
+
+CHECKS: dict[str, list[Callable]] = {
+    "tokenizer": [tokenizer_schema, tokenizer_codes_in_range, tokenizer_deterministic, tokenizer_loss_scalar,
+                  tokenizer_decode_shape, tokenizer_round_trip],
+    "backbone": [backbone_schema, backbone_forward, backbone_round_trip],
+    "detokenizer": [detokenizer_schema, detokenizer_decode],
+    "quantizer": [quantizer_schema, quantizer_contract],
+}
+
+
+def parametrize(role: str):
+    """``@conformance.parametrize("tokenizer")`` gives the test a ``check`` argument per check."""
+    import pytest
+
+    checks = CHECKS[role]
+    return pytest.mark.parametrize("check", checks, ids=[c.__name__ for c in checks])
