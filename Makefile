@@ -1,0 +1,39 @@
+# Two commands do everything on a machine that has only Python 3.11:
+#   make demo   -> create .venv, install, compose the tiny default recipe
+#   make test   -> create .venv, install (with the example plugin), run the tests
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+DEMO_RECIPE ?= recipes/dualvitok_qwen2_tiny.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow data clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt examples/illume-kit-fsq-tokenizer/pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(PIP) install -q -c constraints.txt -e examples/illume-kit-fsq-tokenizer
+	touch $@
+
+install: $(VENV)/.installed
+
+# Fashion-MNIST ships as a Debian package; the tests that read it skip when it is absent.
+data:
+	@if command -v dpkg >/dev/null && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "note: could not install dataset-fashion-mnist"; \
+		else echo "note: run 'sudo apt-get install dataset-fashion-mnist' for the Fashion-MNIST tests"; fi; fi
+
+demo: install
+	$(VENV)/bin/illume-kit compose $(DEMO_RECIPE)
+
+test: install data
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-slow: install data
+	$(PY) -m pytest -q -p no:cacheprovider -m slow $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs

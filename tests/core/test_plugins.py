@@ -1,0 +1,125 @@
+"""Plugin loading: isolation of broken plugins, duplicates, environment switches."""
+
+import types
+from importlib import metadata
+
+import pytest
+
+from illume_kit import hookimpl
+from illume_kit.core import plugins
+from illume_kit.core.plugins import PluginError, PluginManager
+from illume_kit.core.registry import ComponentSpec, DuplicateComponent, UnknownComponent
+from illume_kit.testing import registered
+
+
+class FakeDist:
+    def __init__(self, name, version):
+        self.name, self.version = name, version
+
+
+class FakeEP:
+    group = "illume_kit"
+
+    def __init__(self, name, dist, loader):
+        self.name, self.dist, self._loader = name, FakeDist(dist, "1.2.3"), loader
+
+    def load(self):
+        return self._loader()
+
+
+def _boom():
+    raise ImportError("No module named 'torch_npu'")
+
+
+def good_module():
+    m = types.SimpleNamespace()
+
+    @hookimpl
+    def illume_kit_tokenizers():
+        return [ComponentSpec("tokenizer", "goodtok", target="x:y", summary="ok")]
+
+    m.illume_kit_tokenizers = illume_kit_tokenizers
+    return m
+
+
+@pytest.fixture()
+def fake_eps(monkeypatch):
+    eps = []
+
+    def entry_points(group=None):
+        return [e for e in eps if group in (None, e.group)]
+
+    monkeypatch.setattr(metadata, "entry_points", entry_points)
+    return eps
+
+
+def test_broken_plugin_is_listed_and_the_rest_works(fake_eps):
+    fake_eps += [FakeEP("broken", "illume-kit-broken", _boom), FakeEP("good", "illume-kit-good", good_module)]
+    pm = PluginManager()
+    reg = pm.build_registry()
+    assert pm.infos["broken"].status == "failed"
+    assert pm.infos["broken"].reason == "ImportError: No module named 'torch_npu'"
+    assert reg.get("tokenizer", "goodtok").dist == "illume-kit-good"
+    assert reg.get("tokenizer", "dualvitok").dist == "illume-kit"
+    with pytest.raises(UnknownComponent, match=r"plugins that failed to load: broken \(illume-kit-broken 1.2.3\)"):
+        reg.get("tokenizer", "brokentok")
+
+
+def test_strict_mode_raises(fake_eps):
+    fake_eps.append(FakeEP("broken", "illume-kit-broken", _boom))
+    with pytest.raises(PluginError, match="plugin 'broken' from illume-kit-broken 1.2.3 failed: ImportError"):
+        PluginManager(strict=True)
+
+
+def test_hook_that_raises_is_isolated(fake_eps):
+    m = types.SimpleNamespace()
+
+    @hookimpl
+    def illume_kit_backbones():
+        raise RuntimeError("bad config")
+
+    m.illume_kit_backbones = illume_kit_backbones
+    fake_eps.append(FakeEP("raiser", "illume-kit-raiser", lambda: m))
+    pm = PluginManager()
+    reg = pm.build_registry()
+    assert pm.infos["raiser"].status == "failed" and "bad config" in pm.infos["raiser"].reason
+    assert reg.has("backbone", "qwen2")
+
+
+def test_two_plugins_one_name_names_both(fake_eps):
+    fake_eps += [FakeEP("a", "dist-a", good_module), FakeEP("b", "dist-b", good_module)]
+    with pytest.raises(DuplicateComponent, match=r"provided by two distributions: dist-a \(a\) and dist-b \(b\)"):
+        PluginManager().build_registry()
+
+
+def test_disable_and_allow_list(fake_eps, monkeypatch):
+    fake_eps += [FakeEP("broken", "illume-kit-broken", _boom), FakeEP("good", "illume-kit-good", good_module)]
+    monkeypatch.setenv("ILLUME_KIT_DISABLE_PLUGINS", "broken")
+    pm = PluginManager()
+    assert pm.infos["broken"].status == "disabled" and pm.build_registry().has("tokenizer", "goodtok")
+    monkeypatch.delenv("ILLUME_KIT_DISABLE_PLUGINS")
+    monkeypatch.setenv("ILLUME_KIT_LOAD_PLUGINS", "")
+    reg = PluginManager().build_registry()
+    assert not reg.has("tokenizer", "goodtok") and reg.has("tokenizer", "dualvitok")
+
+
+def test_in_test_registration_and_did_you_mean():
+    with registered(good_module(), name="inline") as reg:
+        assert reg.has("tokenizer", "goodtok")
+        with pytest.raises(UnknownComponent, match="Did you mean goodtok"):
+            reg.get("tokenizer", "goodtk")
+    assert not plugins.get_registry().has("tokenizer", "goodtok")
+
+
+def test_bad_hook_return_type_fails_that_plugin(fake_eps):
+    m = types.SimpleNamespace()
+
+    @hookimpl
+    def illume_kit_tokenizers():
+        return [ComponentSpec("backbone", "wrongrole", target="x:y")]
+
+    m.illume_kit_tokenizers = illume_kit_tokenizers
+    fake_eps.append(FakeEP("wrong", "illume-kit-wrong", lambda: m))
+    pm = PluginManager()
+    pm.build_registry()
+    assert pm.infos["wrong"].status == "failed" and "role 'tokenizer'" in pm.infos["wrong"].reason
