@@ -133,3 +133,14 @@ def test_consumed_codebook_must_exist():
 
     with pytest.raises(ComposeError, match="consumes codebook 'semantic', which tokenizer 'tok' does not have"):
         check_contracts(Tok(), Det(), {"tokenizer": "tok"})
+
+
+def test_retrained_text_tokenizer_survives_checkpoint(tmp_path):
+    resolved = load_recipe(FSQ_RECIPE)
+    model = compose(resolved).eval()
+    model.backbone.retrain_text_tokenizer(["a red circle at the top left", "a blue square"] * 20)
+    ids = model.backbone.text_tokenizer("a red circle")["input_ids"]
+    out = save_checkpoint(model, resolved, tmp_path / "ck")
+    loaded, _ = load_checkpoint(out)
+    assert loaded.backbone.text_tokenizer("a red circle")["input_ids"] == ids
+    assert loaded.backbone.text_tokenizer.convert_tokens_to_ids("<start_of_image>") == model.layout.soi
