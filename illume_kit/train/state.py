@@ -1,0 +1,186 @@
+"""Training checkpoints: atomic folders, safetensors weights, pickle-free training state.
+
+A checkpoint is ``<root>/step_00000100/`` holding ``model.safetensors`` (plus one file per extra
+module, e.g. ``disc.safetensors``) and ``training_state.pt`` (optimizer and scheduler states, step,
+RNG states, data position). ``<root>/latest`` is a one-line text file naming the newest folder.
+
+Why atomic: a run killed mid-write must never leave a folder that looks complete. Each checkpoint is
+written into a hidden temporary folder beside its final place, every file fsynced, then renamed
+into place with ``os.replace``; ``latest`` is rewritten the same way (temp file + rename).
+
+Why pickle-free: ``training_state.pt`` is read back with ``torch.load(weights_only=True)`` only,
+so it holds nothing but tensors, numbers, strings, lists and dicts. RNG states (python's tuple,
+numpy's legacy state) are converted to tensors on the way in and back on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+LATEST = "latest"
+STATE_FILE = "training_state.pt"
+
+
+def step_dirname(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder; on success fsync it and rename it to ``final`` (replacing it).
+
+    On any exception the temporary folder is removed and ``final`` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a checkpoint should look like any folder
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                _fsync_path(f)
+        _fsync_path(tmp)
+        if final.exists():  # replace: move the old one aside first (os.replace needs an empty target)
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_path(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------- RNG states
+
+def capture_rng() -> dict[str, Any]:
+    """All RNG states this process uses, as tensors and numbers only."""
+    py = random.getstate()  # (version, tuple of 625 ints, gauss_next)
+    np_state = np.random.get_state(legacy=True)  # ('MT19937', keys, pos, has_gauss, cached)
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": torch.tensor(py[1], dtype=torch.int64),
+        "python_version": int(py[0]),
+        "python_gauss": py[2],
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_has_gauss": int(np_state[3]),
+        "numpy_cached": float(np_state[4]),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(int(x) for x in state["python"].tolist()),
+                     state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_has_gauss"], state["numpy_cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- save / load
+
+def save_checkpoint(root: str | os.PathLike, step: int, modules: Mapping[str, torch.nn.Module],
+                    state: Mapping[str, Any], keep_last: int = 1, extra_writer=None) -> Path:
+    """Write ``root/step_XXXXXXXX`` atomically, point ``root/latest`` at it, prune older ones.
+
+    ``modules`` maps a file stem to a module (``{"model": m, "disc": d}``); ``state`` must be
+    weights_only-loadable. ``extra_writer(tmp_folder)`` may add files before the rename.
+    """
+    root = Path(root)
+    final = root / step_dirname(step)
+    with atomic_dir(final) as tmp:
+        for name, module in modules.items():
+            save_model(module, str(tmp / f"{name}.safetensors"))
+        torch.save(dict(state), tmp / STATE_FILE)
+        if extra_writer is not None:
+            extra_writer(tmp)
+    atomic_write_text(root / LATEST, final.name + "\n")
+    _prune(root, keep_last)
+    return final
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for old in steps[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The folder ``root/latest`` names, or None when there is no complete checkpoint."""
+    pointer = Path(root) / LATEST
+    if not pointer.is_file():
+        return None
+    folder = Path(root) / pointer.read_text().strip()
+    return folder if (folder / STATE_FILE).is_file() else None
+
+
+def load_checkpoint(folder: str | os.PathLike, modules: Mapping[str, torch.nn.Module],
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load weights into ``modules`` (strict) and return the training state dict."""
+    folder = Path(folder)
+    for name, module in modules.items():
+        missing, unexpected = load_model(module, str(folder / f"{name}.safetensors"), strict=False,
+                                         device=str(map_location))
+        if missing or unexpected:
+            raise RuntimeError(f"{folder / name}.safetensors does not match the module: "
+                               f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    # always to CPU: RNG states must be CPU tensors; optimizers move their state to the params
+    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)

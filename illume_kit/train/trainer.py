@@ -1,0 +1,340 @@
+"""The one training loop every illume-kit component trains through.
+
+A component supplies what differs — a ``step_fn(model, batch, step) -> {"loss": scalar, ...}`` and
+its data — and gets the rest from here: AdamW with decay on matrices only, warmup + cosine/constant
+lr, grad clipping, bf16 autocast on CUDA, a progress bar, ``metrics.jsonl``, atomic checkpoints
+and exact resume, and DistributedDataParallel when launched under ``torchrun``.
+
+Adversarial training (VQGAN / DualViTok pixel branch with a PatchGAN) adds a second group: a
+``disc`` module and ``disc_step_fn(disc, batch, step, out)``. Each step first updates the model
+with the discriminator frozen (``step_fn`` may call ``disc`` for its adversarial term), then,
+from ``disc_start`` on, updates the discriminator on the model's outputs ``out`` (detached).
+
+Exact resume: the data order is a function of (seed, step) (``train.data``), and checkpoints hold
+weights, optimizer and scheduler states, the step and every rank's RNG states. Stopping at step k
+and resuming to N gives bitwise the weights of an uninterrupted N-step run (on CPU; on CUDA only
+with ``torch.use_deterministic_algorithms(True)``, since some kernels are not deterministic).
+
+Under DDP the model is wrapped together with ``step_fn`` (``_StepModule``), so gradients are
+synchronised whatever method ``step_fn`` calls (``model.loss(...)``, not only ``forward``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from illume_kit.train import distributed as D
+from illume_kit.train import optim as O
+from illume_kit.train.config import TrainerConfig
+from illume_kit.train.data import is_map_dataset, make_loader
+from illume_kit.train.progress import TrainProgress
+from illume_kit.train.state import (capture_rng, latest_checkpoint, load_checkpoint, restore_rng,
+                                    save_checkpoint, seed_everything)
+
+StepFn = Callable[[nn.Module, Any, int], Mapping[str, torch.Tensor]]
+DiscStepFn = Callable[[nn.Module, Any, int, Mapping[str, Any]], Mapping[str, torch.Tensor]]
+EvalFn = Callable[[nn.Module, int], Mapping[str, float]]
+
+# config fields that may change between a run and its resumption without changing the trajectory
+_RESUME_SAFE = {"steps", "checkpoint_every", "keep_last", "log_every", "eval_every", "num_workers"}
+
+
+class _StepModule(nn.Module):
+    """Runs ``fn(inner, *args)`` as ``forward`` so DDP sees one forward per step."""
+
+    def __init__(self, inner: nn.Module, fn: Callable):
+        super().__init__()
+        self.inner, self.fn = inner, fn
+
+    def forward(self, *args):
+        return self.fn(self.inner, *args)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def _scalars(out: Mapping[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
+    return {prefix + k: v.detach().float() for k, v in out.items()
+            if isinstance(v, torch.Tensor) and v.numel() == 1}
+
+
+def _check_loss(out: Mapping[str, Any], step: int, who: str) -> torch.Tensor:
+    if not isinstance(out, Mapping) or "loss" not in out:
+        raise KeyError(f"{who} must return a dict with a scalar 'loss' (got {type(out).__name__}"
+                       f"{' with keys ' + str(sorted(out)) if isinstance(out, Mapping) else ''})")
+    loss = out["loss"]
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ValueError(f"{who}: 'loss' must be a scalar tensor, got {getattr(loss, 'shape', type(loss))}")
+    if not torch.isfinite(loss.detach()):
+        raise FloatingPointError(f"{who}: loss is {loss.item()} at step {step}")
+    return loss
+
+
+class _Group:
+    """One optimisation group: module, its DDP/step wrapper, AdamW, schedule, clipped params."""
+
+    def __init__(self, module: nn.Module, fn: Callable, params: list[tuple[str, nn.Parameter]],
+                 cfg: TrainerConfig, lr: float, betas, dist: D.DistInfo):
+        self.module, self.params = module, [p for _, p in params]
+        self.opt = O.adamw(params, lr=lr, weight_decay=cfg.weight_decay, betas=betas, eps=cfg.eps)
+        self.sched = O.scheduler(self.opt, total=cfg.steps, warmup=cfg.warmup_steps,
+                                 schedule=cfg.schedule, min_ratio=cfg.min_lr_ratio)
+        self.fn = D.wrap_ddp(_StepModule(module, fn), dist, cfg.find_unused_parameters) \
+            if dist.enabled else (lambda *a: fn(module, *a))
+
+    def update(self, loss: torch.Tensor, clip: float | None) -> torch.Tensor | None:
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, clip) if clip is not None else None
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return norm
+
+    def set_trainable(self, flag: bool) -> None:
+        for p in self.params:
+            p.requires_grad_(flag)
+
+
+class Trainer:
+    """Train ``model`` with ``step_fn`` on ``data``.
+
+    data: a map-style dataset (``__len__``/``__getitem__``; batched by ``make_loader`` in an order
+        fixed by (seed, step), sharded by rank) or a factory ``(start_step, rank, world_size) ->
+        iterable of batches`` (then resume exactness is the factory's responsibility).
+    trainable: overrides ``config.trainable``; a list of name prefixes or a ``(name, param) -> bool``.
+    eval_fn: ``(model, step) -> {metric: float}``, run on rank 0 in eval mode, no grad, with RNG
+        states saved and restored around it so evaluating never changes the training trajectory.
+    on_checkpoint: ``(folder, step)`` called on rank 0 to add files to each checkpoint before it
+        is renamed into place (e.g. an illume-kit component checkpoint).
+    """
+
+    def __init__(self, model: nn.Module, step_fn: StepFn, data: Any, config: TrainerConfig | None = None,
+                 output_dir: str | os.PathLike | None = None, *, disc: nn.Module | None = None,
+                 disc_step_fn: DiscStepFn | None = None, trainable: O.Trainable = None,
+                 eval_fn: EvalFn | None = None, collate_fn: Callable | None = None,
+                 on_checkpoint: Callable[[Path, int], None] | None = None,
+                 device: str | torch.device | None = None, quiet: bool = False, description: str = "train"):
+        if (disc is None) != (disc_step_fn is None):
+            raise ValueError("disc and disc_step_fn go together: pass both or neither")
+        self.cfg = config or TrainerConfig()
+        self.dist = D.setup(device)
+        self.device = self.dist.device
+        self.model = model.to(self.device)
+        self.disc = disc.to(self.device) if disc is not None else None
+        self.step_fn, self.disc_step_fn, self.data, self.collate_fn = step_fn, disc_step_fn, data, collate_fn
+        self.eval_fn, self.on_checkpoint = eval_fn, on_checkpoint
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.quiet, self.description = quiet, description
+        self._trainable = trainable if trainable is not None else (self.cfg.trainable or None)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return self.output_dir / "checkpoints" if self.output_dir is not None else None
+
+    # ------------------------------------------------------------------ main loop
+    def fit(self, resume: bool = False, until: int | None = None) -> dict[str, float]:
+        """Train to ``config.steps`` (or stop early at ``until``, checkpointing there).
+
+        ``resume=True`` continues from ``output_dir/checkpoints/latest`` when it exists.
+        Returns the last logged row.
+        """
+        cfg, dist = self.cfg, self.dist
+        stop = cfg.steps if until is None else min(until, cfg.steps)
+        seed_everything(cfg.seed + dist.rank)
+        params = O.select_trainable(self.model, self._trainable)
+        gen = _Group(self.model, self.step_fn, params, cfg, cfg.lr, cfg.betas, dist)
+        disc = None
+        if self.disc is not None:
+            disc = _Group(self.disc, self.disc_step_fn, O.select_trainable(self.disc, None), cfg,
+                          cfg.disc_lr or cfg.lr, cfg.disc_betas or cfg.betas, dist)
+        self._groups = {"model": gen, "disc": disc}
+        self.step = 0
+        if resume:
+            self._resume()
+        self.model.train()
+        if self.disc is not None:
+            self.disc.train()
+
+        main = dist.is_main
+        progress = TrainProgress(cfg.steps, self.step, quiet=self.quiet or not main, description=self.description)
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        batches = self._batches(self.step, cfg.steps)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) \
+            if cfg.bf16 and self.device.type == "cuda" else contextlib.nullcontext()
+        try:
+            while self.step < stop:
+                s = self.step
+                batch = next(batches, None)
+                if batch is None:
+                    raise RuntimeError(f"data ran out at step {s} of {cfg.steps}")
+                batch = to_device(batch, self.device)
+                row = {"lr": gen.sched.get_last_lr()[0]}
+                logged = self._train_step(batch, s, autocast)
+                for k, v in logged.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                self.step = s + 1
+                if self.step % cfg.log_every == 0 or self.step == stop:
+                    means = {k: float(v) / count for k, v in sums.items()}
+                    means = D.mean_across_ranks(means, dist)
+                    self._log({"step": self.step, **row, **means}, progress)
+                    sums, count = {}, 0
+                else:
+                    progress.update(self.step)
+                if self.eval_fn is not None and (
+                        (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps):
+                    self._evaluate(progress)
+                if self.output_dir is not None and (
+                        (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
+                        or self.step == stop):
+                    self.save()
+        finally:
+            progress.close()
+            if self.step >= cfg.steps:  # finished: end the process group if we started it
+                D.teardown(self.dist)
+        return self.history[-1] if self.history else {}
+
+    # ------------------------------------------------------------------ pieces
+    def _train_step(self, batch: Any, s: int, autocast) -> dict[str, torch.Tensor]:
+        """Update the model (discriminator frozen), then the discriminator; return scalars to log."""
+        gen, disc, clip = self._groups["model"], self._groups["disc"], self.cfg.grad_clip
+        if disc is not None:
+            disc.set_trainable(False)
+        with autocast:
+            out = gen.fn(batch, s)
+        norm = gen.update(_check_loss(out, s, "step_fn"), clip)
+        logged = _scalars(out)
+        if norm is not None:
+            logged["grad_norm"] = norm.detach().float()
+        if disc is None:
+            return logged
+        disc.set_trainable(True)
+        if s < self.cfg.disc_start:  # keep the disc schedule on the global step (no update yet)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
+                disc.sched.step()
+            return logged
+        detached = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+        with autocast:
+            dout = disc.fn(batch, s, detached)
+        dnorm = disc.update(_check_loss(dout, s, "disc_step_fn"), clip)
+        logged.update(_scalars(dout, "disc/"))
+        if dnorm is not None:
+            logged["disc/grad_norm"] = dnorm.detach().float()
+        return logged
+
+    def _batches(self, start: int, steps: int) -> Iterator[Any]:
+        dist = self.dist
+        if is_map_dataset(self.data):
+            loader: Iterable = make_loader(
+                self.data, batch_size=self.cfg.batch_size, seed=self.cfg.seed, start_step=start, steps=steps,
+                rank=dist.rank, world_size=dist.world_size, num_workers=self.cfg.num_workers,
+                collate_fn=self.collate_fn, pin_memory=self.device.type == "cuda")
+        elif callable(self.data):
+            loader = self.data(start, dist.rank, dist.world_size)
+        else:
+            raise TypeError("data must be a map-style dataset or a factory (start_step, rank, world_size) -> "
+                            f"iterable, got {type(self.data).__name__}")
+        return iter(loader)
+
+    def _log(self, row: dict[str, float], progress: TrainProgress) -> None:
+        self.history.append(row)
+        if self.dist.is_main:
+            progress.log(row["step"], {k: v for k, v in row.items() if k != "step"})
+            if self.output_dir is not None:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                with open(self.output_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+    def _evaluate(self, progress: TrainProgress) -> None:
+        if not self.dist.is_main:
+            return
+        rng = capture_rng()
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                res = {k: float(v) for k, v in self.eval_fn(self.model, self.step).items()}
+        finally:
+            self.model.train()
+            restore_rng(rng)
+        self._log({"step": self.step, **res}, progress)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training state (weights_only-loadable); RNG states are gathered from every rank."""
+        state: dict[str, Any] = {
+            "step": self.step, "world_size": self.dist.world_size,
+            "data_position": self.step * self.cfg.batch_size * self.dist.world_size,
+            "config": self.cfg.model_dump(mode="json"),
+            "rng": D.gather_objects(capture_rng(), self.dist),
+        }
+        for name, g in self._groups.items():
+            if g is not None:
+                state[f"{name}/optimizer"] = g.opt.state_dict()
+                state[f"{name}/scheduler"] = g.sched.state_dict()
+        return state
+
+    def save(self) -> Path | None:
+        """Checkpoint now (collective under DDP: every rank must call it). Rank 0 writes."""
+        state = self.state_dict()
+        folder = None
+        if self.dist.is_main and self.checkpoint_dir is not None:
+            modules = {"model": self.model} | ({"disc": self.disc} if self.disc is not None else {})
+            extra = (lambda tmp: self.on_checkpoint(tmp, self.step)) if self.on_checkpoint else None
+            folder = save_checkpoint(self.checkpoint_dir, self.step, modules, state,
+                                     keep_last=self.cfg.keep_last, extra_writer=extra)
+        D.barrier(self.dist)
+        return folder
+
+    def _resume(self) -> None:
+        folder = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir is not None else None
+        if folder is None:
+            return
+        modules = {"model": self.model} | ({"disc": self.disc} if self.disc is not None else {})
+        state = load_checkpoint(folder, modules, map_location=self.device)
+        changed = {k for k, v in state["config"].items()
+                   if k not in _RESUME_SAFE and v != self.cfg.model_dump(mode="json").get(k)}
+        if changed:
+            warnings.warn(f"resuming {folder} with changed settings {sorted(changed)}: "
+                          "the run will not match an uninterrupted one", stacklevel=3)
+        for name, g in self._groups.items():
+            if g is not None:
+                g.opt.load_state_dict(state[f"{name}/optimizer"])
+                g.sched.load_state_dict(state[f"{name}/scheduler"])
+        self.step = int(state["step"])
+        if state["world_size"] == self.dist.world_size:
+            restore_rng(state["rng"][self.dist.rank])
+        else:
+            warnings.warn(f"checkpoint was written by {state['world_size']} processes, now "
+                          f"{self.dist.world_size}: RNG streams are reseeded", stacklevel=3)
+            seed_everything(self.cfg.seed + self.dist.rank + 7919 * self.step)
+        if self.dist.is_main and self.output_dir is not None:
+            _truncate_jsonl(self.output_dir / "metrics.jsonl", self.step)
+
+
+def _truncate_jsonl(path: Path, step: int) -> None:
+    """Drop rows logged after ``step`` by the interrupted run (they will be logged again)."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    keep = [line for line in rows if json.loads(line).get("step", 0) <= step]
+    if len(keep) != len(rows):
+        path.write_text("".join(line + "\n" for line in keep))
