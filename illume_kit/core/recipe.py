@@ -381,7 +381,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), registry: Regis
     if cli_layer:
         layers.append((CLI, cli_layer))
     origin = str(path)
-    if problems and not layers:
+    if problems:  # a file that cannot be read makes every later message noise
         raise RecipeError(origin, problems)
     cfg, prov = _merge(layers, deletes)
     data = _resolve(cfg, prov, problems)
