@@ -64,6 +64,12 @@ BUILTIN_METRICS: dict[str, MetricSpec] = _specs(
     MetricSpec("ar/bits_per_token", "min", ".3f", "held-out bits per image token of a small AR prior"),
     MetricSpec("train/loss", "min", ".4f", "final training loss"),
     MetricSpec("perf/steps_per_s", "max", ".2f", "training throughput", "step/s"),
+    MetricSpec("perf/decode_s_per_image", "min", ".4f", "detokenizer decode time per image", "s"),
+    MetricSpec("rec1x/psnr", "max", ".2f", "PSNR of a x2 detokenizer's output downsampled to the token resolution", "dB"),
+    MetricSpec("rec1x/ssim", "max", ".4f", "SSIM of a x2 detokenizer's output downsampled to the token resolution"),
+    MetricSpec("rec1x/ssim2", "max", ".4f", "SSIM (data_range 2.0) at the token resolution"),
+    MetricSpec("rec1x/mae", "min", ".4f", "MAE at the token resolution"),
+    MetricSpec("rec1x/mse", "min", ".5f", "MSE at the token resolution"),
 )
 
 

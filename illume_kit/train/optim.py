@@ -19,10 +19,12 @@ from torch import nn
 Trainable = Callable[[str, nn.Parameter], bool] | Sequence[str] | None
 
 
-def select_trainable(module: nn.Module, trainable: Trainable) -> list[tuple[str, nn.Parameter]]:
+def select_trainable(module: nn.Module, trainable: Trainable,
+                     exclude: set[int] = frozenset()) -> list[tuple[str, nn.Parameter]]:
     """Freeze everything ``trainable`` does not select; return the selected (name, param) pairs.
 
-    Parameters already frozen (``requires_grad=False``, e.g. a teacher ViT) stay frozen.
+    Parameters already frozen (``requires_grad=False``, e.g. a teacher ViT) stay frozen. Parameters
+    whose ``id`` is in ``exclude`` (a discriminator living inside the model) are left untouched.
     """
     if trainable is None or (not callable(trainable) and len(trainable) == 0):
         pick = lambda name, p: True  # noqa: E731
@@ -39,6 +41,8 @@ def select_trainable(module: nn.Module, trainable: Trainable) -> list[tuple[str,
             name == pre or name.startswith(pre if pre.endswith(".") else pre + ".") for pre in prefixes)
     selected = []
     for name, p in module.named_parameters():
+        if id(p) in exclude:
+            continue
         if p.requires_grad and pick(name, p):
             selected.append((name, p))
         else:

@@ -159,7 +159,8 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         stop = cfg.steps if until is None else min(until, cfg.steps)
         seed_everything(cfg.seed + dist.rank)
-        params = O.select_trainable(self.model, self._trainable)
+        disc_ids = {id(p) for p in self.disc.parameters()} if self.disc is not None else set()
+        params = O.select_trainable(self.model, self._trainable, exclude=disc_ids)
         gen = _Group(self.model, self.step_fn, params, cfg, cfg.lr, cfg.betas, dist)
         disc = None
         if self.disc is not None:

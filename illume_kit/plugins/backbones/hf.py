@@ -228,7 +228,14 @@ class HFCausalLMBackbone(nn.Module):
         how = self.params.new_rows_init
         multiple = self.params.pad_vocab_to_multiple_of
         rows = -(-total // multiple) * multiple
-        self.model.resize_token_embeddings(rows, mean_resizing=(how == "default"))
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the mean-resizing notice is noise for every compose
+        try:
+            self.model.resize_token_embeddings(rows, mean_resizing=(how == "default"))
+        finally:
+            hf_logging.set_verbosity(level)
         if how == "default":
             return
         start = self.text_vocab_size

@@ -1,0 +1,188 @@
+"""Run a recipe's training stages, each through the one ``Trainer``.
+
+A recipe lists stages in order; each names what it trains:
+
+- ``teacher``: the semantic teacher (SigLIP-style image-text model) on captioned data; saved to
+  ``<output_dir>/teacher`` where tokenizers reference it as their frozen semantic encoder;
+- ``tokenizer``: the visual tokenizer's own loss, with its PatchGAN (if any) as a second group;
+- ``detokenizer``: the detokenizer on codes of the frozen tokenizer, targets at ``output_scale`` x
+  the token resolution (the dataset serves the high resolution, tokens see it downsampled);
+- ``mllm``: the unified model on the task mix, training the groups the stage names.
+
+The unified model is composed after the teacher stage (tokenizers load the teacher when built).
+After every stage the whole model is written to ``<output_dir>/checkpoint``; a stage that finished
+is skipped on rerun, and an interrupted one resumes from its trainer checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from illume_kit.core.compose import build_component, compose
+from illume_kit.core.recipe import ResolvedRecipe
+from illume_kit.core.schema import Stage
+from illume_kit.train.config import TrainerConfig
+
+CHECKPOINT = "checkpoint"
+
+
+def build_dataset(resolved: ResolvedRecipe, split: str = "train", **overrides: Any):
+    rc = resolved.components.get("data")
+    if rc is None:
+        raise ValueError(f"{resolved.origin}: recipe has no `data:` section; training and evaluation need one")
+    params = rc.params.model_copy(update={"split": split, **overrides})
+    return build_component(rc.spec, type(rc.params).model_validate(params.model_dump()))
+
+
+def collate_images(items: list[dict]) -> dict[str, Any]:
+    batch: dict[str, Any] = {"image": torch.stack([it["image"] for it in items])}
+    if "caption" in items[0]:
+        batch["caption"] = [it["caption"] for it in items]
+    return batch
+
+
+def _done_marker(out: Path, stage: Stage) -> Path:
+    return out / "stages" / stage.name / "done.json"
+
+
+class StageRunner:
+    def __init__(self, resolved: ResolvedRecipe, quiet: bool = False, device: str | None = None) -> None:
+        self.resolved = resolved
+        self.recipe = resolved.recipe
+        self.out = Path(self.recipe.run.output_dir)
+        self.quiet = quiet
+        self.device = device if device is not None else (None if self.recipe.run.device == "auto" else self.recipe.run.device)
+        self._model = None
+
+    # -- model ------------------------------------------------------------------------------
+    @property
+    def model(self):
+        """The unified model: reloaded from the last stage's checkpoint, else freshly composed."""
+        if self._model is None:
+            ck = self.out / CHECKPOINT
+            if (ck / "illume_kit.json").is_file():
+                from illume_kit.core.checkpoint import load_checkpoint
+
+                self._model, _ = load_checkpoint(ck)
+            else:
+                self._model = compose(self.resolved)
+            self._model.train()
+        return self._model
+
+    def save_model(self) -> Path:
+        from illume_kit.core.checkpoint import save_checkpoint
+
+        return save_checkpoint(self.model, self.resolved, self.out / CHECKPOINT)
+
+    # -- stages -----------------------------------------------------------------------------
+    def run(self, only: list[str] | None = None, resume: bool = True, until: int | None = None) -> dict[str, dict]:
+        """Run the stages in order. ``resume``: skip finished stages and continue an interrupted one."""
+        stages = self.recipe.train.stages
+        names = [s.name for s in stages]
+        for n in only or []:
+            if n not in names:
+                raise ValueError(f"no stage {n!r} in {self.resolved.origin} (stages: {', '.join(names) or 'none'})")
+        results = {}
+        for stage in stages:
+            if only and stage.name not in only:
+                continue
+            marker = _done_marker(self.out, stage)
+            if resume and marker.is_file() and until is None:
+                results[stage.name] = json.loads(marker.read_text())
+                continue
+            results[stage.name] = self.run_stage(stage, resume=resume, until=until)
+            if until is not None:
+                break
+        return results
+
+    def run_stage(self, stage: Stage, resume: bool = True, until: int | None = None) -> dict:
+        fn = {"teacher": self._teacher, "tokenizer": self._tokenizer, "detokenizer": self._detokenizer,
+              "mllm": self._mllm}[stage.target]
+        module, step_fn, data, extra = fn(stage)
+        from illume_kit.train.trainer import Trainer
+
+        cfg = TrainerConfig.from_stage(stage, seed=self.recipe.run.seed, **extra.pop("config", {}))
+        trainer = Trainer(module, step_fn, data, cfg, output_dir=self.out / "stages" / stage.name,
+                          quiet=self.quiet, device=self.device, **extra)
+        last = trainer.fit(resume=resume, until=until)
+        if until is not None and trainer.step < cfg.steps:
+            return {"status": "interrupted", "step": trainer.step}
+        logged = {k: float(v) for k, v in (last or {}).items() if isinstance(v, (int, float)) and k != "step"}
+        result = {"status": "done", "step": int(trainer.step), **logged}
+        if stage.target == "teacher":
+            self._teacher_obj.save(self.out / "teacher")
+        else:
+            self.save_model()
+        marker = _done_marker(self.out, stage)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(result, indent=2))
+        return result
+
+    def _images(self, stage: Stage, **over):
+        size = stage.options.get("image_size")
+        return build_dataset(self.resolved, "train", **({"image_size": size} if size else {}), **over)
+
+    def _teacher(self, stage: Stage):
+        rc = self.resolved.components.get("teacher")
+        if rc is None:
+            raise ValueError(f"stage {stage.name!r} trains the teacher but the recipe has no `teacher:` section")
+        teacher = build_component(rc.spec, rc.params)
+        self._teacher_obj = teacher
+
+        def step(m, batch, s):
+            return m.loss(batch["image"], batch["caption"])
+
+        return teacher, step, self._images(stage), {"collate_fn": collate_images}
+
+    def _tokenizer(self, stage: Stage):
+        tok = self.model.tokenizer
+        disc = getattr(tok, "discriminator", None)
+
+        def step(m, batch, s):
+            return m.loss(batch["image"], s)
+
+        extra: dict[str, Any] = {"collate_fn": collate_images}
+        if disc is not None:
+            def disc_step(d, batch, s, out):
+                return tok.discriminator_loss(batch["image"], s)
+
+            extra.update(disc=disc, disc_step_fn=disc_step)
+            start = getattr(getattr(tok, "params", None), "disc_start", None)
+            if start is not None:
+                extra["config"] = {"disc_start": int(start)}
+        return tok, step, self._images(stage), extra
+
+    def _detokenizer(self, stage: Stage):
+        model = self.model
+        tok, det = model.tokenizer, model.detokenizer
+        if det is None:
+            raise ValueError(f"stage {stage.name!r} trains the detokenizer but the recipe has none")
+        tok.eval().requires_grad_(False)
+        scale = int(det.output_scale)
+
+        def step(m, batch, s):
+            hi = batch["image"]
+            lo = F.interpolate(hi, scale_factor=1 / scale, mode="area") if scale != 1 else hi
+            with torch.no_grad():
+                codes = tok.encode(lo).codes
+            return m.loss(hi, codes)
+
+        return det, step, self._images(stage), {"collate_fn": collate_images}
+
+    def _mllm(self, stage: Stage):
+        from illume_kit.model import objective
+
+        return objective.stage_setup(self, stage)
+
+
+def train(resolved: ResolvedRecipe, only: list[str] | None = None, resume: bool = True, quiet: bool = False,
+          until: int | None = None, device: str | None = None) -> dict[str, dict]:
+    return StageRunner(resolved, quiet=quiet, device=device).run(only, resume=resume, until=until)
+
+
+StepFn = Callable[..., dict]
