@@ -1,0 +1,248 @@
+"""The ``diffusion`` detokenizer: a diffusers UNet that paints pixels from code maps (ILLUME+ §4).
+
+Why diffusion when the tokenizer has a pixel decoder: a semantic-only tokenizer (SigLIP) has none,
+and a denoiser conditioned on codes can add detail the codes never stored and upsample 2x on the way
+(ILLUME+ decodes 512-pixel token maps to 1024-pixel images). How ILLUME+ conditions it, and so how
+this class does:
+
+1. codes -> the tokenizer's own quantised maps (``tokenizer.codes_to_maps``), one per consumed
+   codebook; coarser levels are resized bicubically to the finest grid and all are concatenated;
+2. that map is upsampled (nearest) to the denoiser's input grid and concatenated to the noisy
+   input's channels;
+3. the output size enters as an index into ``output_sizes`` (see ``unet.py`` for where it goes);
+4. classifier-free guidance against an all-zero code map, learned by zeroing a sample's map with
+   probability ``cond_drop_prob`` in training. Guidance 1 skips the unconditional branch, so it is
+   exactly the conditional prediction.
+
+The tokenizer is referenced, not owned: it is no submodule, so its weights are neither duplicated in
+this state_dict nor trained by ``loss``. The UNet is built in ``attach`` because its input width
+depends on the tokenizer's codebooks; ``save_pretrained`` writes native diffusers folders.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+from illume_kit.plugins.decoders.params import DiffusionDetokenizerParams
+from illume_kit.plugins.decoders.schedules import TrainingProcess, make_scheduler
+from illume_kit.plugins.decoders.spaces import PixelSpace, VAESpace
+from illume_kit.plugins.decoders.unet import build_unet, call_unet, size_conditioning_kind, unet_class
+
+
+class DiffusionDetokenizer(nn.Module):
+    Params = DiffusionDetokenizerParams
+
+    def __init__(self, params: DiffusionDetokenizerParams | None = None) -> None:
+        super().__init__()
+        self.params = p = params or DiffusionDetokenizerParams()
+        if p.space == "pixel":
+            self.space: nn.Module = PixelSpace(p.patch_size)
+        else:
+            self.space = VAESpace(p.vae_config, p.vae_pretrained)
+        self.denoiser: nn.Module | None = None  # built by attach(tokenizer)
+        self.process = TrainingProcess(p)
+        self._names: tuple[str, ...] | None = tuple(p.consumes) if p.consumes else None
+        self._strides: dict[str, int] = {}
+        object.__setattr__(self, "_tokenizer", None)  # not a submodule
+
+    # ---- contract -------------------------------------------------------------------------------
+    @property
+    def consumes(self) -> tuple[str, ...]:
+        if self._names is None:
+            raise RuntimeError("diffusion detokenizer consumes all of the tokenizer's codebooks: attach(tokenizer) first")
+        return self._names
+
+    @property
+    def output_scale(self) -> int:
+        return self.params.output_scale
+
+    def attach(self, tokenizer: Any) -> None:
+        """Pick the consumed codebooks, size the UNet input from their code dims, load ``pretrained``."""
+        if not callable(getattr(tokenizer, "codes_to_maps", None)):
+            raise ValueError(
+                f"the diffusion detokenizer conditions on quantised code maps, but {type(tokenizer).__name__} "
+                "has no codes_to_maps(codes) -> {name: (B, code_dim, h, w)}"
+            )
+        specs = {cb.name: cb for cb in tokenizer.codebooks}
+        names = tuple(self.params.consumes) if self.params.consumes else tuple(specs)
+        unknown = [n for n in names if n not in specs]
+        if unknown:
+            raise ValueError(f"diffusion detokenizer consumes {unknown}, not codebooks of this tokenizer ({', '.join(specs)})")
+        self._names = names
+        self._strides = {n: specs[n].stride for n in names}
+        self.cond_channels = sum(specs[n].code_dim for n in names)
+        object.__setattr__(self, "_tokenizer", tokenizer)
+        ch = self.space.channels
+        self.denoiser = build_unet(self.params, ch + self.cond_channels, ch)
+        if self.params.pretrained:
+            self.load_pretrained(self.params.pretrained)
+
+    # ---- conditioning ---------------------------------------------------------------------------
+    def _attached(self) -> nn.Module:
+        if self.denoiser is None or self._tokenizer is None:
+            raise RuntimeError("DiffusionDetokenizer is not attached: call attach(tokenizer) first")
+        return self.denoiser
+
+    @torch.no_grad()
+    def code_map(self, codes: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Codes -> (concatenated code map at the finest grid, the codes' pixel size (H, W))."""
+        self._attached()
+        missing = [n for n in self.consumes if n not in codes]
+        if missing:
+            raise KeyError(f"codes lack codebooks {missing} consumed by the diffusion detokenizer (got {sorted(codes)})")
+        maps = self._tokenizer.codes_to_maps(codes)
+        maps = {n: maps[n] for n in self.consumes}
+        # finest level: most cells, then smallest stride; it fixes the grid and the pixel size
+        finest = max(self.consumes, key=lambda n: (maps[n].shape[-2] * maps[n].shape[-1], -self._strides[n]))
+        grid = tuple(maps[finest].shape[-2:])
+        parts = [
+            m if tuple(m.shape[-2:]) == grid else F.interpolate(m.float(), size=grid, mode="bicubic", align_corners=False)
+            for m in maps.values()
+        ]
+        s = self._strides[finest]
+        return torch.cat([m.float() for m in parts], dim=1), (grid[0] * s, grid[1] * s)
+
+    def size_index(self, height: int, width: int) -> int | None:
+        sizes = self.params.output_sizes
+        if not sizes:
+            return None
+        try:
+            return sizes.index([height, width])
+        except ValueError:
+            raise ValueError(
+                f"output size {height}x{width} is not one the diffusion detokenizer knows; output_sizes = "
+                f"{sizes} (add it to the detokenizer's output_sizes param and train on it)"
+            ) from None
+
+    def _inputs(self, codes: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+        """Code map at the denoiser grid, size labels, and the output size (H, W)."""
+        unet = self._attached()
+        cmap, (h, w) = self.code_map(codes)
+        out = (h * self.output_scale, w * self.output_scale)
+        st = self.space.stride
+        if out[0] % st or out[1] % st:
+            raise ValueError(f"output size {out[0]}x{out[1]} is not divisible by the denoiser stride {st}")
+        ref = next(unet.parameters())
+        cmap = F.interpolate(cmap, size=(out[0] // st, out[1] // st), mode="nearest").to(ref.device, ref.dtype)
+        idx = self.size_index(*out)
+        labels = None if idx is None else torch.full((cmap.shape[0],), idx, dtype=torch.long, device=ref.device)
+        return cmap, labels, out
+
+    def _predict(self, x: torch.Tensor, t: Any, cmap: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return call_unet(self.denoiser, torch.cat([x, cmap], dim=1), t, labels)
+
+    # ---- training -------------------------------------------------------------------------------
+    def loss(
+        self, images: torch.Tensor, codes: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """images: (B, 3, H, W) in [0, 1] at the output resolution; codes: the same images' codes.
+
+        Epsilon / v / flow-velocity regression, per the scheduler. ``generator`` (CPU) makes the noise,
+        timesteps and condition dropout reproducible. The code map is dropped only in train mode.
+        """
+        cmap, labels, out = self._inputs(codes)
+        if tuple(images.shape[-2:]) != out:
+            raise ValueError(
+                f"images are {tuple(images.shape[-2:])} but these codes decode to {out} "
+                f"(output_scale={self.output_scale}): train on images at the output resolution"
+            )
+        ref = next(self.denoiser.parameters())
+        x0 = self.space.encode(images.to(ref.device, ref.dtype) * 2 - 1, generator=generator)
+        if self.training and self.params.cond_drop_prob > 0:
+            keep = torch.rand(x0.shape[0], generator=generator) >= self.params.cond_drop_prob
+            cmap = cmap * keep.to(cmap.device, cmap.dtype).view(-1, 1, 1, 1)
+        xt, t, target = self.process(x0, generator=generator)
+        pred = self._predict(xt, t, cmap, labels)
+        return {"loss": F.mse_loss(pred.float(), target.float())}
+
+    # ---- sampling -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(
+        self,
+        codes: Mapping[str, torch.Tensor],
+        steps: int | None = None,
+        guidance: float | None = None,
+        guidance_rescale: float | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Codes -> images (B, 3, H, W) in [0, 1] at ``output_scale`` x the codes' pixel size.
+
+        steps / guidance / guidance_rescale default to the params; ``seed`` (or a CPU ``generator``)
+        makes the sample reproducible exactly.
+        """
+        p = self.params
+        steps = p.num_inference_steps if steps is None else int(steps)
+        guidance = p.guidance_scale if guidance is None else float(guidance)
+        rescale = p.guidance_rescale if guidance_rescale is None else float(guidance_rescale)
+        if generator is None and seed is not None:
+            generator = torch.Generator().manual_seed(seed)
+        cmap, labels, (h, w) = self._inputs(codes)
+        b, st = cmap.shape[0], self.space.stride
+        sched = make_scheduler(p, pixel_space=p.space == "pixel")
+        sched.set_timesteps(steps, device=cmap.device)
+        shape = (b, self.space.channels, h // st, w // st)
+        x = randn_tensor(shape, generator=generator, device=cmap.device, dtype=cmap.dtype)
+        x = x * getattr(sched, "init_noise_sigma", 1.0)  # flow matching starts at unit noise
+        cfg = guidance != 1.0
+        if cfg:  # conditional and unconditional rows in one batched forward
+            cmap = torch.cat([cmap, torch.zeros_like(cmap)])
+            labels = None if labels is None else torch.cat([labels, labels])
+        for t in sched.timesteps:
+            xin = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+            pred = self._predict(torch.cat([xin, xin]) if cfg else xin, t, cmap, labels)
+            if cfg:
+                cond, uncond = pred.chunk(2)
+                pred = uncond + guidance * (cond - uncond)
+                if rescale > 0:
+                    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+                    pred = rescale_noise_cfg(pred, cond, guidance_rescale=rescale)
+            x = sched.step(pred, t, x, generator=generator).prev_sample
+        return ((self.space.decode(x).float() + 1) / 2).clamp(0.0, 1.0)
+
+    # ---- native diffusers folders ---------------------------------------------------------------
+    def save_extra(self, folder) -> None:
+        """Checkpoint hook: also write the denoiser as a native diffusers folder (``<folder>/diffusers``)."""
+        from pathlib import Path
+
+        self.save_pretrained(Path(folder) / "diffusers")
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``unet/`` (+ ``vae/``) as diffusers model folders and ``scheduler/``, like a pipeline."""
+        folder = Path(folder)
+        self._attached().save_pretrained(folder / "unet", safe_serialization=True)
+        if isinstance(self.space, VAESpace):
+            self.space.vae.save_pretrained(folder / "vae", safe_serialization=True)
+        make_scheduler(self.params, pixel_space=self.params.space == "pixel").save_pretrained(folder / "scheduler")
+        return folder
+
+    def load_pretrained(self, folder: str | Path) -> None:
+        """Load a folder from ``save_pretrained`` or a bare diffusers UNet folder (must be attached)."""
+        self._attached()
+        folder = Path(folder)
+        unet_dir = folder / "unet" if (folder / "unet" / "config.json").exists() else folder
+        if not (unet_dir / "config.json").exists():
+            raise FileNotFoundError(f"{folder} is not a diffusers folder: no config.json in it or in its unet/")
+        cls = unet_class(json.loads((unet_dir / "config.json").read_text()).get("_class_name", "UNet2DModel"))
+        unet = cls.from_pretrained(str(unet_dir), local_files_only=True)
+        want_in = self.space.channels + self.cond_channels
+        if (unet.config.in_channels, unet.config.out_channels) != (want_in, self.space.channels):
+            raise ValueError(
+                f"{unet_dir}: UNet has in/out channels {unet.config.in_channels}/{unet.config.out_channels}, but this "
+                f"tokenizer and space need {want_in}/{self.space.channels} ({self.space.channels} + {self.cond_channels} code-map channels)"
+            )
+        kind, n = size_conditioning_kind(unet), len(self.params.output_sizes)
+        if kind == "class" and unet.config.num_class_embeds != n:
+            raise ValueError(f"{unet_dir}: UNet knows {unet.config.num_class_embeds} output sizes, output_sizes lists {n}")
+        if (folder / "vae" / "config.json").exists() and isinstance(self.space, VAESpace):
+            self.space.load(folder / "vae")
+        ref = next(self.denoiser.parameters())
+        self.denoiser = unet.to(ref.device, ref.dtype)

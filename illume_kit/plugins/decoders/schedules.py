@@ -1,0 +1,74 @@
+"""Noise schedules for the diffusion detokenizer: diffusers schedulers plus their training targets.
+
+Sampling uses diffusers' schedulers as they are. Training needs the forward process and the target
+that matches what the sampler expects the UNet to predict:
+- ``ddpm`` / ``ddim`` / ``euler`` share one variance-preserving process (the same betas), so a UNet
+  trained once samples with any of them. Noising and the v target come from diffusers'
+  ``DDPMScheduler.add_noise`` / ``get_velocity``; Euler's ``scale_model_input`` maps its sigma-space
+  sample back to exactly that x_t, so the UNet sees the same inputs.
+- ``flow-match-euler`` is rectified flow (SD3): x_t = (1 - s) x0 + s noise, target noise - x0, UNet
+  timestep s * num_train_timesteps, s drawn uniformly then shifted like the sampler's sigmas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+
+def make_scheduler(p: Any, pixel_space: bool) -> Any:
+    """A fresh sampling scheduler (they are stateful) for ``DiffusionDetokenizerParams`` ``p``."""
+    from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+
+    if p.scheduler == "flow-match-euler":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=p.num_train_timesteps, shift=p.flow_shift)
+    common = dict(
+        num_train_timesteps=p.num_train_timesteps,
+        beta_schedule=p.beta_schedule,
+        beta_start=p.beta_start,
+        beta_end=p.beta_end,
+        prediction_type=p.prediction_type,
+        timestep_spacing="trailing",  # few-step sampling starts from pure noise
+    )
+    if p.scheduler == "ddpm":
+        return DDPMScheduler(**common, clip_sample=pixel_space)
+    if p.scheduler == "ddim":
+        return DDIMScheduler(**common, clip_sample=pixel_space)
+    return EulerDiscreteScheduler(**common)
+
+
+class TrainingProcess:
+    """Draws (x_t, timestep, target) for one batch of clean samples ``x0``."""
+
+    def __init__(self, p: Any) -> None:
+        from diffusers import DDPMScheduler
+
+        self.flow = p.scheduler == "flow-match-euler"
+        self.T = p.num_train_timesteps
+        self.shift = p.flow_shift
+        self.ddpm = None
+        if not self.flow:
+            self.ddpm = DDPMScheduler(
+                num_train_timesteps=p.num_train_timesteps,
+                beta_schedule=p.beta_schedule,
+                beta_start=p.beta_start,
+                beta_end=p.beta_end,
+                prediction_type=p.prediction_type,
+            )
+
+    def __call__(
+        self, x0: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, dev = x0.shape[0], x0.device
+        noise = randn_tensor(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
+        if self.flow:
+            u = torch.rand(b, generator=generator).to(dev)
+            s = self.shift * u / (1 + (self.shift - 1) * u)
+            s_ = s.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+            return (1 - s_) * x0 + s_ * noise, s * self.T, noise - x0
+        t = torch.randint(0, self.T, (b,), generator=generator).to(dev)
+        xt = self.ddpm.add_noise(x0, noise, t)
+        target = noise if self.ddpm.config.prediction_type == "epsilon" else self.ddpm.get_velocity(x0, noise, t)
+        return xt, t, target

@@ -1,0 +1,73 @@
+"""Where the diffusion detokenizer denoises: pixels folded into channels, or a VAE latent.
+
+On a CPU the cost of a conv UNet follows channels x resolution, so a tiny decoder should not run its
+convs at full image resolution. ``PixelSpace`` pixel-unshuffles the image (p x p patches become
+3*p*p channels): the UNet runs at H/p, and since unshuffling is a permutation, Gaussian noise in
+that space is Gaussian noise on pixels. ``VAESpace`` is the Stable Diffusion / ILLUME+ route: a
+frozen diffusers ``AutoencoderKL`` (stride 8, 4 channels at SDXL size) maps images to latents.
+
+Both take and return images in [-1, 1] and expose ``channels`` and ``stride`` (pixels per cell).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PixelSpace(nn.Module):
+    def __init__(self, patch_size: int) -> None:
+        super().__init__()
+        self.stride = patch_size
+        self.channels = 3 * patch_size * patch_size
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return F.pixel_unshuffle(images, self.stride)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(x, self.stride)
+
+
+class VAESpace(nn.Module):
+    """A frozen AutoencoderKL; latents are scaled (and shifted, SD3-style) to unit variance."""
+
+    def __init__(self, config: dict | None = None, pretrained: str | None = None) -> None:
+        super().__init__()
+        from diffusers import AutoencoderKL
+
+        if pretrained is not None:
+            self.vae = AutoencoderKL.from_pretrained(str(pretrained), local_files_only=True)
+        else:
+            self.vae = AutoencoderKL(**(config or {}))
+        self.vae.requires_grad_(False)
+
+    def load(self, folder: str | Path) -> None:
+        from diffusers import AutoencoderKL
+
+        ref = next(self.vae.parameters())
+        vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True).to(ref.device, ref.dtype)
+        self.vae = vae.requires_grad_(False)
+
+    @property
+    def channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def stride(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def _shift(self) -> float:
+        return getattr(self.vae.config, "shift_factor", None) or 0.0
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        z = dist.sample(generator=generator)
+        return (z - self._shift()) * self.vae.config.scaling_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        z = z / self.vae.config.scaling_factor + self._shift()
+        return self.vae.decode(z.to(self.vae.dtype)).sample
