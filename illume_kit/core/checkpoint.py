@@ -78,11 +78,11 @@ def _save_module(module, folder: Path) -> None:
         module.save_extra(folder)
 
 
-def _load_module(module, folder: Path, what: str) -> None:
+def _load_module(module, folder: Path, what: str, filename: str = "model.safetensors") -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
-    path = folder / "model.safetensors"
+    path = folder / filename
     if not path.is_file():
         raise CheckpointError(f"{what}: weight file {path} is missing")
     try:
@@ -93,6 +93,39 @@ def _load_module(module, folder: Path, what: str) -> None:
         raise CheckpointError(f"{what}: weight file {path} does not match the component "
                               f"(missing: {', '.join(sorted(missing)[:5]) or 'none'}; "
                               f"unexpected: {', '.join(sorted(unexpected)[:5]) or 'none'})")
+
+
+def load_component_weights(module, path: str | Path, section: str) -> None:
+    """Load a component's weights from a ``.safetensors`` file, a component folder holding
+    ``model.safetensors``, or a checkpoint folder holding ``<section>/model.safetensors``."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        sub = path / section if (path / section / "model.safetensors").is_file() else path
+        _load_module(module, sub, f"{section} weights")
+        return
+    if not path.is_file():
+        raise CheckpointError(f"{section}.weights: {path} does not exist (a .safetensors file or a checkpoint folder)")
+    _load_module(module, path.parent, f"{section} weights", path.name)
+
+
+def save_component(module, section: str, spec, params, folder: str | Path, preset: str | None = None,
+                   extra: dict | None = None) -> Path:
+    """Write one component alone (e.g. converted official weights): manifest + ``<section>/``."""
+    manifest = {
+        "format": FORMAT, "kind": "component", "illume_kit_version": illume_kit.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "components": {section: {"name": spec.name, "role": spec.role, "dist": spec.dist,
+                                 "dist_version": spec.dist_version, "preset": preset,
+                                 "params": params.model_dump(mode="json"), "subfolder": section,
+                                 "class": spec.target_str()}},
+        **(extra or {}),
+    }
+
+    def write(tmp: Path) -> None:
+        _save_module(module, tmp / section)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+    return atomic_folder(Path(folder), write)
 
 
 def save_checkpoint(model, resolved, folder: str | Path, extra: dict | None = None) -> Path:
@@ -190,6 +223,9 @@ def load_checkpoint(folder: str | Path, registry: Registry | None = None, weight
     manifest = read_manifest(folder)
     registry = registry or get_registry()
     resolved = resolve_manifest(manifest, registry)
+    if manifest.get("kind") == "component":
+        raise CheckpointError(f"{folder} holds a single component ({', '.join(resolved)}), not a composed model: "
+                              f"use it from a recipe as `<section>: {{..., weights: {folder}}}`")
     if "tokenizer" not in resolved or "backbone" not in resolved:
         raise CheckpointError(f"{folder / MANIFEST}: a checkpoint needs a tokenizer and a backbone")
     parts = {}

@@ -87,8 +87,18 @@ def compose(resolved: ResolvedRecipe):
     import torch
 
     torch.manual_seed(resolved.recipe.run.seed)
+    from illume_kit.core.checkpoint import load_component_weights
+
     comps = resolved.components
     parts = {sec: build_component(comps[sec].spec, comps[sec].params) for sec in ("tokenizer", "backbone", "detokenizer")
              if sec in comps}
     names = {sec: comps[sec].spec.name for sec in parts}
-    return assemble(parts["tokenizer"], parts["backbone"], parts.get("detokenizer"), resolved.recipe.model, names=names)
+    # the tokenizer loads first (detokenizers size themselves from it in attach); the backbone and the
+    # detokenizer load after assembly, when the vocab is extended and the denoiser exists
+    if comps["tokenizer"].weights:
+        load_component_weights(parts["tokenizer"], comps["tokenizer"].weights, "tokenizer")
+    model = assemble(parts["tokenizer"], parts["backbone"], parts.get("detokenizer"), resolved.recipe.model, names=names)
+    for sec in ("backbone", "detokenizer"):
+        if sec in parts and comps[sec].weights:
+            load_component_weights(parts[sec], comps[sec].weights, sec)
+    return model

@@ -65,6 +65,7 @@ class ResolvedComponent:
     spec: ComponentSpec
     preset: str | None
     params: BaseModel
+    weights: str | None = None
 
     @property
     def params_dict(self) -> dict[str, Any]:
@@ -82,7 +83,7 @@ class ResolvedRecipe:
         """The fully resolved recipe, component params expanded (presets applied), as data only."""
         d = dict(self.data)
         for sec, rc in self.components.items():
-            d[sec] = {"name": rc.spec.name, "preset": rc.preset, "params": rc.params_dict}
+            d[sec] = {"name": rc.spec.name, "preset": rc.preset, "params": rc.params_dict, "weights": rc.weights}
         return yaml.safe_dump(d, sort_keys=False)
 
 
@@ -354,7 +355,7 @@ def validate_components(data: Mapping[str, Any], registry: Registry, prov: Mappi
             continue
         params = _validate_params(spec, choice.preset, choice.params, section, registry, prov, problems)
         if params is not None:
-            out[section] = ResolvedComponent(section, spec, choice.preset, params)
+            out[section] = ResolvedComponent(section, spec, choice.preset, params, choice.weights)
     return out
 
 

@@ -20,6 +20,8 @@ class ComponentChoice(_Strict):
     name: str = Field(description="registry name of the component (see `illume-kit list ROLE`)")
     preset: str | None = Field(None, description="preset of that component (see `illume-kit show ROLE NAME`)")
     params: dict[str, Any] = Field(default_factory=dict, description="params applied on top of the preset")
+    weights: str | None = Field(None, description="local checkpoint folder (or .safetensors file) whose weights "
+                                "this component loads after it is built, e.g. from `illume-kit convert`")
 
 
 class ModelOptions(_Strict):
