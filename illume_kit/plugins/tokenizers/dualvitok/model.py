@@ -127,6 +127,17 @@ class DualViTok(nn.Module):
     def discriminator_parameters(self):
         return iter(()) if self.discriminator is None else self.discriminator.parameters()
 
+    def codes_to_maps(self, codes: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Codes -> quantised maps (B, code_dim, h, w) per codebook (what a diffusion decoder conditions on)."""
+        return {name: self.codes_to_quantized(name, c) for name, c in codes.items()}
+
+    @torch.no_grad()
+    def semantic_cosine(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-image mean cosine between the semantic decoder's reconstruction and the teacher target."""
+        out = self._encode(images)
+        rec = self.decode_semantic(out["semantic_quantized"])
+        return F.cosine_similarity(rec.float(), out["semantic_target"].float(), dim=-1).flatten(1).mean(1)
+
     # ------------------------------------------------------------------ pieces
     def codes_to_quantized(self, name: str, codes: torch.Tensor) -> torch.Tensor:
         """(B, h, w) indices -> (B, code_dim, h, w) quantised map."""

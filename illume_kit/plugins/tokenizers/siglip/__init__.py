@@ -1,0 +1,1 @@
+"""Semantic-only baseline tokenizer (frozen SigLIP tower + adapter + one quantizer)."""
