@@ -148,9 +148,13 @@ def _load_layers(path: Path, problems: list[Problem], search: Sequence[Path], st
     return layers
 
 
-def parse_overrides(overrides: Sequence[str], problems: list[Problem]) -> tuple[dict, list[str]]:
-    """``a.b=1 tokenizer=vqgan ~eval.metrics`` -> (nested dict layer, deleted keys)."""
-    layer: dict = {}
+def parse_overrides(overrides: Sequence[str], problems: list[Problem]) -> tuple[list[tuple[str, Any]], list[str]]:
+    """``a.b=1 train.stages.0.steps=5 tokenizer=vqgan ~eval.metrics`` -> ([(key, value)], deleted keys).
+
+    Values are parsed as YAML (numbers, booleans, lists, mappings); ``tokenizer=vqgan`` means
+    ``tokenizer.name=vqgan``. Keys may index lists by position.
+    """
+    sets: list[tuple[str, Any]] = []
     deletes: list[str] = []
     for ov in overrides:
         if ov.startswith("~"):
@@ -166,41 +170,59 @@ def parse_overrides(overrides: Sequence[str], problems: list[Problem]) -> tuple[
         except yaml.YAMLError:
             value = raw
         if key in COMPONENT_ROLES and not isinstance(value, dict):
-            key, value = f"{key}.name", value
-        node = layer
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                problems.append(Problem(key, "conflicts with another override", CLI))
-                break
-        else:
-            node[parts[-1]] = value
-    return layer, deletes
+            key = f"{key}.name"
+        sets.append((key, value))
+    return sets, deletes
 
 
-def _merge(layers: list[tuple[str, dict]], deletes: Sequence[str]) -> tuple[DictConfig, dict[str, str]]:
+def _reset_component(cfg: DictConfig, prov: dict[str, str], sec: str, new_name: Any, keeps: set[str]) -> dict[str, str]:
+    """A new component name drops the preset/params that earlier layers gave the old one."""
+    old = cfg.get(sec) if sec in cfg else None
+    if isinstance(old, DictConfig) and old.get("name") != new_name:
+        for k in ("preset", "params"):
+            if k in old and k not in keeps:
+                old.pop(k)
+                prov = {p: s for p, s in prov.items() if not p.startswith(f"{sec}.{k}")}
+    return prov
+
+
+def _merge(layers: list[tuple[str, dict]], sets: Sequence[tuple[str, Any]], deletes: Sequence[str],
+           problems: list[Problem]) -> tuple[DictConfig, dict[str, str]]:
     cfg = OmegaConf.create({})
     prov: dict[str, str] = {}
     for source, data in layers:
-        # a new component name resets what earlier layers said about that component
         for sec in COMPONENT_ROLES:
             new = data.get(sec)
-            old = cfg.get(sec) if sec in cfg else None
-            if isinstance(new, dict) and "name" in new and isinstance(old, DictConfig) and old.get("name") != new["name"]:
-                for k in ("preset", "params"):
-                    if k in old and k not in new:
-                        old.pop(k)
-                        prov = {p: s for p, s in prov.items() if not p.startswith(f"{sec}.{k}")}
-        layer = OmegaConf.create(data)
-        cfg = OmegaConf.merge(cfg, layer)
+            if isinstance(new, dict) and "name" in new:
+                prov = _reset_component(cfg, prov, sec, new["name"], set(new))
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(data))  # dicts merge, lists replace
+        except Exception as exc:
+            problems.append(Problem("", f"cannot merge {source} onto what it extends: {str(exc).splitlines()[0]}", source))
+            continue
         for leaf in _leaves(data):
             prov[leaf] = source
+    set_keys = {k for k, _ in sets}
+    for key, value in sets:
+        sec, _, rest = key.partition(".")
+        if sec in COMPONENT_ROLES and rest == "name":
+            keeps = {k.split(".")[1] for k in set_keys if k.startswith(sec + ".") and k.count(".") >= 1}
+            prov = _reset_component(cfg, prov, sec, value, keeps)
+        try:
+            OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+        except Exception as exc:
+            problems.append(Problem(key, f"cannot set: {str(exc).splitlines()[0]}", CLI))
+            continue
+        prov[key] = CLI
+        for leaf in _leaves(value, key) if isinstance(value, dict) else ():
+            prov[leaf] = CLI
     for key in deletes:
         parent, _, last = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
         if isinstance(node, DictConfig) and last in node:
             node.pop(last)
+        else:
+            problems.append(Problem(key, "cannot delete: no such key", CLI))
     return cfg, prov
 
 
@@ -378,13 +400,11 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), registry: Regis
         shipped = [s / path for s in search if (s / path).is_file()]
         path = shipped[0] if shipped else path
     layers = _load_layers(path, problems, search)
-    cli_layer, deletes = parse_overrides(overrides, problems)
-    if cli_layer:
-        layers.append((CLI, cli_layer))
+    sets, deletes = parse_overrides(overrides, problems)
     origin = str(path)
     if problems:  # a file that cannot be read makes every later message noise
         raise RecipeError(origin, problems)
-    cfg, prov = _merge(layers, deletes)
+    cfg, prov = _merge(layers, sets, deletes, problems)
     data = _resolve(cfg, prov, problems)
     if "illume_kit" in data and data["illume_kit"] != 1:
         v = data["illume_kit"]
