@@ -1,0 +1,122 @@
+"""The MLLM training objective and the parameter groups each training stage trains.
+
+The loss is the reference's: plain next-token cross-entropy over every labelled token (answer text,
+resolution tags, structure and image tokens alike), no per-modality weighting (reference §3.3).
+``und`` and ``gen`` report the same CE restricted to understanding samples and to generation
+samples (text-to-image and editing) for logging; they are present only when the batch has such
+samples. The tokenizer is frozen and runs without gradients: its features feed the projectors,
+its codes are the targets.
+
+Stages pick what trains with ``trainable_parameters(model, groups)``:
+
+- ``projectors``: the per-codebook input MLPs;
+- ``new_embeddings``: only the rows the vocab layout added (structure tokens, tags, codes) of the
+  input embedding and LM head. As the reference does (``unfreeze_vision_embedding``), the whole
+  matrices require grad and a gradient hook zeroes the text rows. Note that decoupled weight decay
+  would still shrink the text rows: use ``weight_decay=0`` in such a stage (the recipe default);
+- ``backbone``: the whole language model (embeddings included, unmasked);
+- ``all``: backbone + projectors. The tokenizer and the detokenizer never train here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from illume_kit.model.sequence import IGNORE, Batch, Sample, assemble
+
+GROUPS = ("projectors", "new_embeddings", "backbone", "all")
+GEN_TASKS = ("t2i", "edit")
+
+
+def mllm_loss(model: Any, batch: Sequence[Sample] | Batch) -> dict[str, torch.Tensor]:
+    """Next-token CE over the labels of an assembled batch (or of samples, assembled here)."""
+    if not isinstance(batch, Batch):
+        batch = assemble(model, batch, padding_side="right")
+    out = model.backbone(batch.inputs_embeds, attention_mask=batch.attention_mask,
+                         position_ids=batch.position_ids, use_cache=False)
+    labels = batch.labels[:, 1:]
+    keep = labels != IGNORE
+    if not keep.any():
+        raise ValueError("the batch has no labelled tokens (every sample needs an answer)")
+    logits = out.logits[:, :-1][keep]  # CE only where there is a label
+    ce = F.cross_entropy(logits.float(), labels[keep], reduction="none")
+    result = {"loss": ce.mean()}
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)[keep]
+    for name, tasks in (("und", ("und",)), ("gen", GEN_TASKS)):
+        sel = torch.tensor([t in tasks for t in batch.tasks], device=labels.device)[rows]
+        if sel.any():
+            result[name] = ce[sel].detach().mean()
+    return result
+
+
+def mllm_step_fn(mixer: Any):
+    """A trainer ``step_fn(model, batch, step)``: dataset batch -> task samples -> ``mllm_loss``."""
+
+    def step_fn(model: Any, batch: Any, step: int) -> dict[str, torch.Tensor]:
+        return mllm_loss(model, mixer.samples(batch, step))
+
+    return step_fn
+
+
+# ---------------------------------------------------------------- trainable groups
+
+
+def _embedding_weights(backbone: Any) -> list[nn.Parameter]:
+    hf = backbone.model
+    out = [hf.get_input_embeddings().weight]
+    head = hf.get_output_embeddings()
+    if head is not None and head.weight is not out[0]:
+        out.append(head.weight)
+    return out
+
+
+def _clear_row_masks(model: Any) -> None:
+    for h in getattr(model, "_row_mask_hooks", []):
+        h.remove()
+    model._row_mask_hooks = []
+
+
+def _mask_old_rows(model: Any, weight: nn.Parameter, first_new: int) -> None:
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[:first_new] = 0
+        return grad
+
+    weight.requires_grad_(True)
+    model._row_mask_hooks.append(weight.register_hook(hook))
+
+
+def trainable_parameters(model: Any, groups: Iterable[str]) -> list[nn.Parameter]:
+    """Freeze everything, then unfreeze ``groups``; return the trainable parameters (each once).
+
+    Calling it again for the next stage replaces the previous choice (row-mask hooks included).
+    """
+    groups = list(groups)
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown or not groups:
+        raise ValueError(f"unknown trainable groups {unknown}; choose from {', '.join(GROUPS)}" if unknown
+                         else f"no trainable groups given; choose from {', '.join(GROUPS)}")
+    _clear_row_masks(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    chosen: list[nn.Parameter] = []
+    if "all" in groups or "projectors" in groups:
+        chosen += list(model.projectors.parameters())
+    if "all" in groups or "backbone" in groups:
+        chosen += list(model.backbone.parameters())
+    elif "new_embeddings" in groups:
+        for w in _embedding_weights(model.backbone):
+            chosen.append(w)
+            _mask_old_rows(model, w, model.layout.text_vocab_size)
+    seen: set[int] = set()
+    unique = []
+    for p in chosen:
+        if id(p) not in seen:
+            seen.add(id(p))
+            p.requires_grad_(True)
+            unique.append(p)
+    return unique

@@ -1,0 +1,366 @@
+"""The structured sampler: exact image grids, classifier-free guidance in one batched forward.
+
+Not transformers' ``generate``. ILLUME+ decodes with ``generate`` plus a logits processor that
+tracks the image state of batch row 0 only, runs the unconditional branch as a second forward with
+its own cache, and lets ``generate``'s own warpers apply temperature/top-p a second time
+(reference §3.4). Here every row carries its own state, so one batch may mix prompts and image
+sizes:
+
+- an image is a per-row *template*: ``<height_H><width_W><start_of_image>``, per level
+  ``<start_of_level{i}>``, rows of ``w_i`` slots "any code of codebook i" each closed by a forced
+  ``<end_of_line>``, ``<end_of_level{i}>``, then ``<end_of_image>``. The grid comes from the
+  requested size through ``tokenizer.grid``, so every image has exactly that shape. Forced tokens are
+  fed without sampling; the forced head of the template (tags, SOI, first level start) joins the
+  prompt's prefill;
+- outside images only text tokens (which include eos) are legal, plus the start of an image where a
+  row may begin one: the model's choice is its probability of the requested ``<height_H>`` tag, the
+  first token of an image in the training format; the rest of the template follows;
+- the hard mask of a row is one id range ``[lo, hi)`` plus one extra id, so the masks of a whole
+  batch are three integer vectors;
+- guidance: conditional and unconditional rows run as ONE batch of 2B rows with one KV cache; the
+  unconditional rows are fed the same generated tokens. Inside images the log-probs mix as
+  ``s * (logp_c - logp_u) + logp_u``; elsewhere the conditional ones are used as they are;
+- temperature, top-k and top-p are per level (``text`` and each codebook), applied once;
+  temperature 0 is greedy. All randomness comes from one seeded ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from illume_kit.model.image_tokens import parse_image_ids
+from illume_kit.model.sequence import Ids, Part, Sample, assemble
+from illume_kit.model.tasks import edit_prompt, t2i_prompt, und_prompt
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    top_k: int | None = None  # None or 0: off
+    top_p: float = 1.0
+
+
+def sampling_table(model: Any, temperature: float | Mapping[str, float] = 1.0,
+                   top_k: int | None | Mapping[str, int | None] = None,
+                   top_p: float | Mapping[str, float] = 1.0) -> list[Sampling]:
+    """Per-level settings: index 0 = text, 1 + i = codebook i. Each option is a number for every
+    level or a mapping keyed by ``text`` / codebook name (missing levels use the default)."""
+    levels = ["text"] + [cb.name for cb in model.layout.codebooks]
+
+    def pick(opt, default, key):
+        if isinstance(opt, Mapping):
+            bad = set(opt) - set(levels)
+            if bad:
+                raise KeyError(f"unknown sampling levels {sorted(bad)}; levels are {', '.join(levels)}")
+            return opt.get(key, default)
+        return opt
+
+    table = [Sampling(float(pick(temperature, 1.0, k)), pick(top_k, None, k), float(pick(top_p, 1.0, k))) for k in levels]
+    for s in table:
+        if s.temperature < 0 or not 0 < s.top_p <= 1 or (s.top_k is not None and s.top_k < 0):
+            raise ValueError(f"invalid sampling {s}: need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+    return table
+
+
+def image_template(model: Any, size: tuple[int, int], eos: int | None) -> list[int]:
+    """Ids of an image of this pixel size; a negative entry -(i + 1) is a slot for a code of level i."""
+    lay = model.layout
+    grids = model.tokenizer.grid(*size)
+    out = [*lay.resolution_ids(*size), lay.soi]
+    for i, cb in enumerate(lay.codebooks):
+        h, w = grids[cb.name]
+        out.append(lay.level_start(i))
+        out += ([-(i + 1)] * w + [lay.eol]) * h
+        out.append(lay.level_end(i))
+    out.append(lay.eoi)
+    return out + ([eos] if eos is not None else [])
+
+
+def guided_logprobs(logits_c: torch.Tensor, logits_u: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance in log space: ``s * (logp_c - logp_u) + logp_u``."""
+    lc, lu = torch.log_softmax(logits_c.float(), -1), torch.log_softmax(logits_u.float(), -1)
+    return scale * (lc - lu) + lu
+
+
+def filter_logits(x: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                  max_k: int | None = None, use_top_p: bool | None = None) -> torch.Tensor:
+    """Per-row temperature (0 = keep as is, the caller takes the argmax), top-k (0 = off), top-p.
+
+    ``max_k`` (largest k of any row, 0 = no top-k) and ``use_top_p`` let a caller that knows them on
+    the host skip a device sync each."""
+    x = x / torch.where(temperature > 0, temperature, torch.ones_like(temperature))[:, None]
+    max_k = int(top_k.max()) if max_k is None else max_k
+    if max_k > 0:
+        kmax = min(max_k, x.shape[-1])
+        kth = x.topk(kmax, dim=-1).values.gather(1, (top_k.clamp(1, kmax) - 1)[:, None])
+        x = x.masked_fill((x < kth) & (top_k > 0)[:, None], float("-inf"))
+    if bool((top_p < 1).any()) if use_top_p is None else use_top_p:
+        sx, order = x.sort(dim=-1, descending=True)
+        p = torch.softmax(sx, -1)
+        drop = (p.cumsum(-1) - p) > top_p[:, None]  # keeps the smallest prefix with mass >= top_p
+        x = x.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return x
+
+
+class _Rows:
+    """Per-row decoding state, all rows at once: template position, image start, budget, done."""
+
+    def __init__(self, model: Any, tmpls: list[list[int]], heads: list[list[int]], from_text: list[bool],
+                 max_new_tokens: int, pad: int, eos: int, dev: torch.device) -> None:
+        lay = model.layout
+        B, L = len(tmpls), max(1, max(len(t) for t in tmpls))
+        self.tmpl = torch.full((B, L), pad, dtype=torch.long, device=dev)
+        for r, t in enumerate(tmpls):
+            if t:
+                self.tmpl[r, : len(t)] = torch.tensor(t, device=dev)
+        self.tlen = torch.tensor([len(t) for t in tmpls], device=dev)
+        # pos: index into the row's template, -1 = text; starts: id that opens the template from text
+        self.pos = torch.tensor([len(h) if (t and not ft) else -1 for h, t, ft in zip(heads, tmpls, from_text)], device=dev)
+        self.starts = torch.tensor([t[0] if (t and ft) else -1 for t, ft in zip(tmpls, from_text)], device=dev)
+        self.budget = torch.tensor([len(t) - len(h) if (t and not ft) else max_new_tokens + (len(t) if ft else 0)
+                                    for h, t, ft in zip(heads, tmpls, from_text)], device=dev)
+        self.done = self.budget <= 0
+        self.cb_lo = torch.tensor([cb.start for cb in lay.codebooks], device=dev)
+        self.cb_hi = torch.tensor([cb.stop for cb in lay.codebooks], device=dev)
+        self.n_text, self.pad, self.eos = lay.text_vocab_size, pad, eos
+
+    def legal(self):
+        """(lo, hi, extra, level, slot, forced): legal ids are [lo, hi) plus ``extra`` (-1: none);
+        level 0 = text, 1 + i = codebook i; ``slot`` rows sample a code; ``forced`` rows have one id (lo)."""
+        in_tmpl = self.pos >= 0
+        v = self.tmpl.gather(1, self.pos.clamp(min=0)[:, None])[:, 0]
+        slot = in_tmpl & (v < 0)
+        level = torch.where(slot, -v, torch.zeros_like(v))
+        cb = (level - 1).clamp(min=0)
+        lo = torch.where(slot, self.cb_lo[cb], torch.where(in_tmpl, v, torch.zeros_like(v)))
+        hi = torch.where(slot, self.cb_hi[cb], torch.where(in_tmpl, v + 1, torch.full_like(v, self.n_text)))
+        extra = torch.where(in_tmpl, torch.full_like(self.starts, -1), self.starts)
+        lo = torch.where(self.done, torch.full_like(lo, self.pad), lo)
+        return lo, hi, extra, level, slot, (in_tmpl & ~slot) | self.done
+
+    def advance(self, tok: torch.Tensor) -> torch.Tensor:
+        """Consume one token per row; returns what the row produced (pad for finished rows)."""
+        active = ~self.done
+        in_tmpl = self.pos >= 0
+        entered = active & ~in_tmpl & (self.starts >= 0) & (tok == self.starts)
+        pos = torch.where(in_tmpl, self.pos + 1, self.pos)
+        pos = torch.where(in_tmpl & (pos >= self.tlen), torch.full_like(pos, -1), pos)
+        self.pos = torch.where(entered, torch.ones_like(pos), pos)
+        self.starts = torch.where(entered, torch.full_like(self.starts, -1), self.starts)
+        self.budget = self.budget - active.long()
+        self.done = self.done | (active & (tok == self.eos)) | (self.budget <= 0)
+        return torch.where(active, tok, torch.full_like(tok, self.pad))
+
+
+class StructuredSampler:
+    """Decodes a batch of prompts, each row following its own template / text state."""
+
+    def __init__(self, model: Any, sampling: Sequence[Sampling] | None = None, cfg: float = 1.0, seed: int = 0,
+                 skip_unit_guidance: bool = True) -> None:
+        self.model, self.cfg = model, float(cfg)
+        self.sampling = list(sampling) if sampling is not None else sampling_table(model)
+        self.seed, self.skip_unit_guidance = seed, skip_unit_guidance
+        # host-side flags: no device sync needed to know whether a filter or a draw can apply
+        self._max_k = max(s.top_k or 0 for s in self.sampling)
+        self._use_top_p = any(s.top_p < 1 for s in self.sampling)
+        self._draws = any(s.temperature > 0 for s in self.sampling)
+        tok = model.backbone.text_tokenizer
+        self.eos = int(tok.eos_token_id)
+        self.pad = int(tok.pad_token_id if tok.pad_token_id is not None else self.eos)
+
+    @torch.inference_mode()
+    def run(self, prompts: Sequence[Sequence[Part]], templates: Sequence[Sequence[int] | None],
+            uncond: Sequence[Sequence[Part]] | None = None, max_new_tokens: int = 64,
+            image_from_text: Sequence[bool] | None = None) -> list[list[int]]:
+        """Generate one answer per prompt; returns the answer ids (forced prefix included).
+
+        A row with a template and ``image_from_text`` False starts inside its image and stops after
+        the template (which ends with eos). Otherwise the row starts in text, may start its template
+        image once (when it has one and ``image_from_text``), and stops at eos or ``max_new_tokens``.
+        """
+        B = len(prompts)
+        if len(templates) != B or (uncond is not None and len(uncond) != B):
+            raise ValueError("prompts, templates and uncond prompts must have the same length")
+        from_text = list(image_from_text) if image_from_text is not None else [False] * B
+        guide = uncond is not None and not (self.skip_unit_guidance and self.cfg == 1.0)
+        # forced heads of templates that start right away go into the prefill
+        heads, tmpls = [], []
+        for t, ft in zip(templates, from_text):
+            t = list(t) if t is not None else []
+            k = 0 if ft or not t else next((j for j, v in enumerate(t) if v < 0), len(t))
+            heads.append(t[:k])
+            tmpls.append(t)
+        rows = [Sample(list(p), [Ids(tuple(h))], eos=False) for p, h in zip(prompts, heads)]
+        if guide:
+            rows += [Sample(list(p), [Ids(tuple(h))], eos=False) for p, h in zip(uncond, heads)]
+        batch = assemble(self.model, rows, padding_side="left")
+        state = _Rows(self.model, tmpls, heads, from_text, max_new_tokens, self.pad, self.eos,
+                      batch.inputs_embeds.device)
+        backbone = self.model.backbone
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            produced = self._loop(batch, state, guide)
+        finally:
+            backbone.train(was_training)
+        out = []
+        for r in range(B):
+            ids = produced[r].tolist() if produced.numel() else []
+            if self.pad != self.eos:
+                ids = [t for t in ids if t != self.pad]  # pads only fill finished rows
+            elif self.eos in ids:
+                ids = ids[: ids.index(self.eos) + 1]
+            out.append(list(heads[r]) + ids)
+        return out
+
+    def _loop(self, batch: Any, state: _Rows, guide: bool) -> torch.Tensor:
+        """Sample, then feed the sampled token together with every forced token that follows it in
+        all rows (end-of-line, level changes, ...), so aligned rows need one forward per code."""
+        backbone = self.model.backbone
+        B = state.tmpl.shape[0]
+        dev = state.tmpl.device
+        N, T0 = batch.attention_mask.shape
+        mask = torch.ones((N, T0 + int(state.budget.max())), dtype=batch.attention_mask.dtype, device=dev)
+        mask[:, :T0] = batch.attention_mask
+        next_pos, cur = batch.attention_mask.sum(1), T0
+        gen = torch.Generator(device=dev).manual_seed(self.seed)
+        table = torch.tensor([[s.temperature, s.top_k or 0, s.top_p] for s in self.sampling], device=dev)
+        cache = backbone.new_cache() if hasattr(backbone, "new_cache") else None
+        out = backbone(batch.inputs_embeds, attention_mask=batch.attention_mask, past_key_values=cache,
+                       position_ids=batch.position_ids, use_cache=True)
+        logits, cache = out.logits[:, -1], out.past_key_values
+        produced: list[torch.Tensor] = []
+        while not bool(state.done.all()):
+            lo, hi, extra, level, slot, forced = state.legal()
+            tok = lo.clone()
+            free = ~forced
+            if bool(free.any()):
+                tok[free] = self._sample(logits[:B], logits[B:] if guide else None, free, slot, lo, hi, extra,
+                                         level, table, gen)
+            feed = [tok]
+            produced.append(state.advance(tok))
+            while not bool(state.done.all()):  # fold the forced tokens every row has next
+                lo, _, _, _, _, forced = state.legal()
+                if not bool(forced.all()):
+                    break
+                feed.append(lo)
+                produced.append(state.advance(lo))
+            if bool(state.done.all()):
+                break
+            k = len(feed)
+            ids = torch.stack(feed, 1)
+            ids = torch.cat([ids, ids]) if guide else ids
+            out = backbone(backbone.embed(ids), attention_mask=mask[:, : cur + k], past_key_values=cache,
+                           position_ids=next_pos[:, None] + torch.arange(k, device=dev), use_cache=True)
+            next_pos, cur = next_pos + k, cur + k
+            logits, cache = out.logits[:, -1], out.past_key_values
+        return torch.stack(produced, 1) if produced else torch.zeros((B, 0), dtype=torch.long, device=dev)
+
+    def _sample(self, logits_c, logits_u, free, slot, lo, hi, extra, level, table, gen) -> torch.Tensor:
+        """Next ids of the rows in ``free`` (not forced): mask, guide, filter, sample."""
+        lo, hi, extra, level, slot = lo[free], hi[free], extra[free], level[free], slot[free]
+        has_extra = extra >= 0
+        wlo, whi = torch.stack([torch.minimum(lo, torch.where(has_extra, extra, lo)).min(),
+                                torch.maximum(hi, torch.where(has_extra, extra + 1, hi)).max()]).tolist()
+        ids = torch.arange(wlo, whi, device=lo.device)
+        allowed = ((ids >= lo[:, None]) & (ids < hi[:, None])) | (ids == extra[:, None])
+        neg = float("-inf")
+        x = logits_c[free, wlo:whi].float().masked_fill(~allowed, neg)
+        if logits_u is not None:
+            xu = logits_u[free, wlo:whi].float().masked_fill(~allowed, neg)
+            x = torch.where(slot[:, None], guided_logprobs(x, xu, self.cfg), x).masked_fill(~allowed, neg)
+        t, k, p = table[level].unbind(1)
+        x = filter_logits(x, t, k.long(), p, self._max_k, self._use_top_p)
+        pick = x.argmax(-1)
+        if self._draws:
+            drawn = torch.multinomial(torch.softmax(x, -1), 1, generator=gen)[:, 0]
+            pick = torch.where(t > 0, drawn, pick)
+        return pick + wlo
+
+
+# ---------------------------------------------------------------- task-level API
+
+
+def _sizes(sizes, n: int) -> list[tuple[int, int]]:
+    if isinstance(sizes, tuple) and len(sizes) == 2 and all(isinstance(s, int) for s in sizes):
+        return [sizes] * n
+    sizes = [tuple(s) for s in sizes]
+    if len(sizes) != n:
+        raise ValueError(f"got {len(sizes)} sizes for {n} prompts")
+    return sizes
+
+
+def _codes(model, answers, sizes) -> list[dict[str, torch.Tensor]]:
+    out = []
+    for ids, size in zip(answers, sizes):
+        out.append(parse_image_ids(model.layout, ids[:-1], model.tokenizer.grid(*size)).codes)
+    return out
+
+
+def sample_images(model: Any, prompts: Sequence[Sequence[Part]], uncond: Sequence[Sequence[Part]] | None,
+                  sizes, cfg: float = 1.0, seed: int = 0, temperature=1.0, top_k=None, top_p=1.0,
+                  skip_unit_guidance: bool = True) -> list[dict[str, torch.Tensor]]:
+    """Images for arbitrary prompt parts (with matching unconditional prompts when ``cfg != 1``)."""
+    sizes = _sizes(sizes, len(prompts))
+    if cfg != 1.0 and uncond is None:
+        raise ValueError("guidance (cfg != 1) needs unconditional prompts")
+    sampler = StructuredSampler(model, sampling_table(model, temperature, top_k, top_p), cfg, seed, skip_unit_guidance)
+    templates = [image_template(model, s, sampler.eos) for s in sizes]
+    answers = sampler.run(prompts, templates, uncond)
+    return _codes(model, answers, sizes)
+
+
+def generate_images(model: Any, prompts: Sequence[str], sizes, cfg: float = 2.0, seed: int = 0,
+                    temperature=1.0, top_k=None, top_p=1.0, **kw) -> list[dict[str, torch.Tensor]]:
+    """Text-to-image: captions -> per-codebook code grids (LongTensor (h, w)) of the requested sizes.
+
+    ``sizes`` is one (H, W) for all or one per prompt; the unconditional branch is the unconditional
+    text-to-image prompt at the same size.
+    """
+    sizes = _sizes(sizes, len(prompts))
+    cond = [t2i_prompt(p, s) for p, s in zip(prompts, sizes)]
+    unc = [t2i_prompt(None, s) for s in sizes]
+    return sample_images(model, cond, unc, sizes, cfg, seed, temperature, top_k, top_p, **kw)
+
+
+def edit_images(model: Any, images: Sequence[torch.Tensor] | torch.Tensor, instructions: Sequence[str],
+                cfg: float = 1.5, seed: int = 0, temperature=1.0, top_k=None, top_p=1.0,
+                **kw) -> list[dict[str, torch.Tensor]]:
+    """Editing: (source image, instruction) -> codes at the source size; the unconditional branch
+    is the same image with the instruction dropped."""
+    images = list(images)
+    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    cond = [edit_prompt(im, ins) for im, ins in zip(images, instructions)]
+    unc = [edit_prompt(im, None) for im in images]
+    return sample_images(model, cond, unc, sizes, cfg, seed, temperature, top_k, top_p, **kw)
+
+
+def answer(model: Any, images: Sequence[torch.Tensor] | torch.Tensor, questions: Sequence[str],
+           max_new_tokens: int = 32) -> list[str]:
+    """Understanding, greedy: (image, question) -> answer text (up to eos)."""
+    sampler = StructuredSampler(model, sampling_table(model, temperature=0.0))
+    prompts = [und_prompt(im, q) for im, q in zip(list(images), questions)]
+    outs = sampler.run(prompts, [None] * len(prompts), max_new_tokens=max_new_tokens)
+    tok = model.backbone.text_tokenizer
+    return [tok.decode([t for t in ids if t != sampler.eos], skip_special_tokens=True).strip() for ids in outs]
+
+
+@torch.no_grad()
+def decode_images(model: Any, codes: Sequence[Mapping[str, torch.Tensor]], **sampling: Any) -> list[torch.Tensor]:
+    """Per-image code grids -> images (3, H, W) in [0, 1] through ``model.detokenizer``, batched by grid."""
+    if model.detokenizer is None:
+        raise ValueError("this model has no detokenizer: compose it with one to decode images")
+    out: list[torch.Tensor | None] = [None] * len(codes)
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(codes):
+        groups.setdefault(tuple((k, tuple(v.shape)) for k, v in sorted(c.items())), []).append(i)
+    dev = next(model.backbone.parameters()).device
+    for idx in groups.values():
+        stacked = {k: torch.stack([codes[i][k] for i in idx]).to(dev) for k in codes[idx[0]]}
+        imgs = model.detokenizer.decode(stacked, **sampling)
+        for j, i in enumerate(idx):
+            out[i] = imgs[j]
+    return out  # type: ignore[return-value]

@@ -1,0 +1,309 @@
+"""Sequence assembly: (text, images) -> ``inputs_embeds``, labels and attention masks.
+
+ILLUME+ reads images *continuously* and writes them *discretely* (reference §3.2-3.3):
+
+- an image the model reads (``InputImage``) becomes ``E(<start_of_image>)``, then per codebook level
+  (coarse first, tokenizer order) ``E(<start_of_level{i}>)``, rows of ``projector_i(features)`` each
+  closed by ``E(<end_of_line>)``, ``E(<end_of_level{i}>)``, then ``E(<end_of_image>)``. With
+  ``model.image_input == 'discrete'`` the code ids are embedded instead of projecting features;
+- an image the model writes (``TargetImage``) is ordinary vocabulary ids:
+  ``<height_H><width_W><start_of_image>`` then per level start, rows of (codebook offset + code)
+  each closed by ``<end_of_line>``, level end, ``<end_of_image>``.
+
+A ``Sample`` is one chat exchange, ``USER: {prompt}\\nASSISTANT: {answer}<eos>``. Labels are -100
+on the user turn, on input images and on padding, so the loss covers answer text and output image
+tokens only (as the reference's ``preprocess_qwen2`` masks system/user parts). All ids are placed in
+one (B, T) tensor that goes through the embedding once; projected features are then written into
+their slots with one ``index_put`` per codebook, so a batch costs one projector call per codebook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence, Union
+
+import torch
+
+from illume_kit.core.layout import VocabLayout
+from illume_kit.model.image_tokens import (  # noqa: F401  (re-exported: the sequence API in one place)
+    ImageSequenceError,
+    ParsedImage,
+    describe_id,
+    extract_images,
+    image_block_ids,
+    parse_image_ids,
+)
+
+USER_PREFIX = "USER: "
+ASSISTANT_PREFIX = "\nASSISTANT: "
+IGNORE = -100
+
+
+# ---------------------------------------------------------------- parts of a sample
+
+
+@dataclass(frozen=True)
+class Tag:
+    """The resolution tags ``<height_H><width_W>`` of a pixel size (H, W)."""
+
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class Ids:
+    """Raw token ids, spliced as they are (structure tokens, forced prefixes)."""
+
+    ids: tuple[int, ...]
+
+
+@dataclass
+class InputImage:
+    """An image the model reads: (3, H, W) in [0, 1]. A bare tensor in a prompt means the same."""
+
+    image: torch.Tensor
+
+
+@dataclass
+class TargetImage:
+    """An image the model writes: tags + discrete block; every token is a label.
+
+    Give the pixel ``image`` (encoded with the tokenizer at assembly) or its ``codes`` (codebook name ->
+    LongTensor (h, w)) together with ``size`` (H, W) for the tags.
+    """
+
+    image: torch.Tensor | None = None
+    codes: Mapping[str, torch.Tensor] | None = None
+    size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.image is None and self.codes is None:
+            raise ValueError("TargetImage needs an image or codes")
+        if self.size is None:
+            if self.image is None:
+                raise ValueError("TargetImage from codes needs size=(H, W) for its resolution tags")
+            self.size = (int(self.image.shape[-2]), int(self.image.shape[-1]))
+
+
+Part = Union[str, Tag, Ids, InputImage, TargetImage, torch.Tensor]
+
+
+@dataclass
+class Sample:
+    """One exchange. ``prompt`` is the user turn (no loss), ``answer`` the assistant turn (loss).
+
+    ``eos`` closes the answer with the end-of-turn token (the backbone tokenizer's eos); by default
+    when there is an answer. Prompts for inference have an empty answer (or a forced prefix, eos=False).
+    """
+
+    prompt: list[Part]
+    answer: list[Part] = field(default_factory=list)
+    task: str = "und"
+    eos: bool | None = None
+
+
+@dataclass
+class Batch:
+    """Assembled batch. ``labels`` are aligned with the inputs (HF style): shift before CE."""
+
+    input_ids: torch.Tensor  # (B, T); feature slots hold the pad id
+    inputs_embeds: torch.Tensor  # (B, T, hidden)
+    attention_mask: torch.Tensor  # (B, T) 1 = real token
+    labels: torch.Tensor  # (B, T) -100 = no loss
+    position_ids: torch.Tensor  # (B, T)
+    tasks: list[str]
+    lengths: list[int]
+
+
+# ---------------------------------------------------------------- encoding images
+
+
+def _device(module: Any) -> torch.device | None:
+    p = next(iter(module.parameters()), None) if hasattr(module, "parameters") else None
+    return p.device if p is not None else None
+
+
+@torch.no_grad()
+def encode_images(model: Any, images: Sequence[torch.Tensor]) -> list[dict[str, dict[str, torch.Tensor]]]:
+    """Encode (3, H, W) images with the frozen tokenizer, batched per size.
+
+    Returns per image ``{"codes": {name: (h, w)}, "features": {name: (h, w, D)}}``. The tokenizer
+    runs in eval mode (and is restored), without gradients.
+    """
+    tok = model.tokenizer
+    out: list[dict | None] = [None] * len(images)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        if im.dim() != 3 or im.shape[0] != 3:
+            raise ValueError(f"images must be (3, H, W), got shape {tuple(im.shape)}")
+        groups.setdefault((int(im.shape[-2]), int(im.shape[-1])), []).append(i)
+    was_training = tok.training
+    device = _device(tok) or _device(model.backbone)
+    tok.eval()
+    try:
+        for idx in groups.values():
+            enc = tok.encode(torch.stack([images[i] for i in idx]).to(device))
+            for j, i in enumerate(idx):
+                out[i] = {"codes": {k: v[j] for k, v in enc.codes.items()},
+                          "features": {k: v[j] for k, v in enc.features.items()}}
+    finally:
+        tok.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- assembly
+
+
+class _Builder:
+    """Accumulates one sample's ids, label flags and feature slots."""
+
+    def __init__(self, text_ids) -> None:
+        self.text_ids = text_ids
+        self.ids: list[int] = []
+        self.loss: list[bool] = []
+        self.slots: list[tuple[int, int, int]] = []  # (position, codebook index, feature ref)
+
+    def add(self, ids: Sequence[int], loss: bool) -> None:
+        self.ids.extend(ids)
+        self.loss.extend([loss] * len(ids))
+
+
+def _input_block(b: _Builder, layout: VocabLayout, enc: dict, discrete: bool, feats: list[list[torch.Tensor]],
+                 pad: int) -> None:
+    b.add([layout.soi], False)
+    for i, cb in enumerate(layout.codebooks):
+        b.add([layout.level_start(i)], False)
+        if discrete:
+            codes = enc["codes"][cb.name]
+            h, w = codes.shape
+            rows = torch.cat([codes.long() + cb.start, torch.full((h, 1), layout.eol, dtype=torch.long)], 1)
+            b.add(rows.flatten().tolist(), False)
+        else:
+            f = enc["features"][cb.name]
+            h, w = f.shape[:2]
+            first = sum(x.shape[0] for x in feats[i])
+            feats[i].append(f.reshape(h * w, -1))
+            for r in range(h):
+                for c in range(w):
+                    b.slots.append((len(b.ids), i, first + r * w + c))
+                    b.add([pad], False)
+                b.add([layout.eol], False)
+        b.add([layout.level_end(i)], False)
+    b.add([layout.eoi], False)
+
+
+def _add_part(b: _Builder, part: Part, loss: bool, model: Any, encoded: dict[int, dict],
+              feats: list[list[torch.Tensor]], pad: int) -> None:
+    layout: VocabLayout = model.layout
+    if isinstance(part, str):
+        b.add(b.text_ids(part), loss)
+    elif isinstance(part, Tag):
+        b.add(layout.resolution_ids(part.height, part.width), loss)
+    elif isinstance(part, Ids):
+        b.add(part.ids, loss)
+    elif isinstance(part, (InputImage, torch.Tensor)):
+        img = part.image if isinstance(part, InputImage) else part
+        _input_block(b, layout, encoded[id(img)], model.image_input == "discrete", feats, pad)
+    elif isinstance(part, TargetImage):
+        codes = part.codes if part.codes is not None else encoded[id(part.image)]["codes"]
+        b.add(image_block_ids(layout, codes, part.size), loss)
+    else:
+        raise TypeError(f"unknown sample part {type(part).__name__}: use str, Tag, Ids, InputImage, TargetImage")
+
+
+def _images_to_encode(samples: Sequence[Sample]) -> list[torch.Tensor]:
+    out, seen = [], set()
+    for s in samples:
+        for part in [*s.prompt, *s.answer]:
+            img = None
+            if isinstance(part, torch.Tensor):
+                img = part
+            elif isinstance(part, InputImage):
+                img = part.image
+            elif isinstance(part, TargetImage) and part.codes is None:
+                img = part.image
+            if img is not None and id(img) not in seen:
+                seen.add(id(img))
+                out.append(img)
+    return out
+
+
+def text_ids_fn(tokenizer) -> Any:
+    """A cached ``str -> list[int]`` over the backbone's text tokenizer (no special tokens added)."""
+    cache: dict[str, list[int]] = {}
+
+    def ids(text: str) -> list[int]:
+        if text not in cache:
+            cache[text] = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return cache[text]
+
+    return ids
+
+
+def sample_ids(model: Any, sample: Sample, encoded: dict[int, dict], feats: list[list[torch.Tensor]],
+               text_ids=None) -> _Builder:
+    tok = model.backbone.text_tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    b = _Builder(text_ids or text_ids_fn(tok))
+    for part in [USER_PREFIX, *sample.prompt, ASSISTANT_PREFIX]:
+        _add_part(b, part, False, model, encoded, feats, pad)
+    for part in sample.answer:
+        _add_part(b, part, True, model, encoded, feats, pad)
+    if sample.eos if sample.eos is not None else bool(sample.answer):
+        b.add([tok.eos_token_id], True)
+    return b
+
+
+def assemble(model: Any, samples: Sequence[Sample], padding_side: str = "right",
+             encoded: Sequence[dict] | None = None) -> Batch:
+    """Samples -> padded ``Batch`` on the model's device.
+
+    ``padding_side='right'`` for training (positions 0..T-1), ``'left'`` for generation prompts
+    (every row ends at the last column; ``position_ids`` count real tokens only).
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if not samples:
+        raise ValueError("assemble needs at least one sample")
+    layout: VocabLayout = model.layout
+    images = _images_to_encode(samples)
+    enc_list = list(encoded) if encoded is not None else encode_images(model, images)
+    enc = {id(im): e for im, e in zip(images, enc_list)}
+    feats: list[list[torch.Tensor]] = [[] for _ in layout.codebooks]
+    tok = model.backbone.text_tokenizer
+    text_ids = text_ids_fn(tok)
+    builders = [sample_ids(model, s, enc, feats, text_ids) for s in samples]
+    # a slot's feature ref is an index into its codebook's concatenation over the whole batch
+    B, T = len(builders), max(len(b.ids) for b in builders)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    labels = torch.full((B, T), IGNORE, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    slot_b: list[list[int]] = [[] for _ in layout.codebooks]
+    slot_t: list[list[int]] = [[] for _ in layout.codebooks]
+    slot_f: list[list[int]] = [[] for _ in layout.codebooks]
+    for r, b in enumerate(builders):
+        off = T - len(b.ids) if padding_side == "left" else 0
+        row = torch.tensor(b.ids, dtype=torch.long)
+        ids[r, off : off + len(b.ids)] = row
+        mask[r, off : off + len(b.ids)] = 1
+        lab = torch.where(torch.tensor(b.loss, dtype=torch.bool), row, torch.full_like(row, IGNORE))
+        labels[r, off : off + len(b.ids)] = lab
+        for pos, c, f in b.slots:
+            slot_b[c].append(r)
+            slot_t[c].append(off + pos)
+            slot_f[c].append(f)
+    device = _device(model.backbone)
+    ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
+    embeds = model.backbone.embed(ids)
+    for c, cb in enumerate(layout.codebooks):
+        if not slot_b[c]:
+            continue
+        projector = model.projectors[cb.name]
+        f = torch.cat(feats[c]).to(device=device, dtype=next(projector.parameters()).dtype)
+        proj = projector(f)[torch.tensor(slot_f[c], device=device)]
+        embeds = embeds.index_put((torch.tensor(slot_b[c], device=device), torch.tensor(slot_t[c], device=device)),
+                                  proj.to(embeds.dtype))
+    position_ids = (mask.cumsum(1) - 1).clamp(min=0) if padding_side == "left" else \
+        torch.arange(T, device=device).expand(B, T)
+    return Batch(ids, embeds, mask, labels, position_ids, [s.task for s in samples], [len(b.ids) for b in builders])

@@ -1,0 +1,142 @@
+"""MLLM training samples from dataset items: understanding, text-to-image, editing, and their mix.
+
+The prompt templates follow ILLUME+ (reference §3.3, ``data_utils.py::ROLE_TEMPLATES``) and are the
+single source for both training and the sampler, so an inference prompt is always one the model
+was trained on:
+
+- understanding: ``<image>\\n{question}`` -> ``{answer}``;
+- text-to-image: ``Generate an image of {tag}, the content of image is {caption}`` -> image tokens;
+  with probability ``cfg_dropout`` (0.1 in the reference) the prompt is the unconditional
+  ``Generate a random image of {tag}``: that is what classifier-free guidance subtracts;
+- editing: ``{tag}<image>\\nPlease edit the image according to the instruction: {instruction}`` ->
+  target image tokens; with probability ``cfg_dropout`` the instruction is dropped and the sample
+  becomes the reference's reconstruction sample (``Reconstruct the image according to the given
+  image``, target = source), which is the unconditional branch for editing guidance.
+
+Dataset items are dicts as the shapes world serves them: ``image`` (3, H, W), ``caption``, ``qa``
+[(question, answer)], ``edit`` {instruction, image}. Task choice is seeded per (seed, step), so
+a resumed run draws the same tasks.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+from illume_kit.model.sequence import ASSISTANT_PREFIX, USER_PREFIX, Part, Sample, Tag, TargetImage
+
+TASKS = ("und", "t2i", "edit")
+T2I_PREFIX = "Generate an image of "
+T2I_CONTENT = ", the content of image is "
+T2I_UNCOND = "Generate a random image of "
+EDIT_INSTRUCTION = "\nPlease edit the image according to the instruction: "
+EDIT_UNCOND = "\nReconstruct the image according to the given image"
+
+
+def _size(image: torch.Tensor) -> tuple[int, int]:
+    return int(image.shape[-2]), int(image.shape[-1])
+
+
+def und_prompt(image: torch.Tensor, question: str) -> list[Part]:
+    return [image, "\n" + question]
+
+
+def t2i_prompt(caption: str | None, size: tuple[int, int]) -> list[Part]:
+    """The text-to-image prompt; ``caption=None`` gives the unconditional one."""
+    if caption is None:
+        return [T2I_UNCOND, Tag(*size)]
+    return [T2I_PREFIX, Tag(*size), T2I_CONTENT + caption]
+
+
+def edit_prompt(image: torch.Tensor, instruction: str | None, size: tuple[int, int] | None = None) -> list[Part]:
+    """The editing prompt; ``instruction=None`` gives the unconditional (reconstruction) one."""
+    tag = Tag(*(size or _size(image)))
+    return [tag, image, EDIT_UNCOND if instruction is None else EDIT_INSTRUCTION + instruction]
+
+
+def und_sample(image: torch.Tensor, question: str, answer: str) -> Sample:
+    return Sample(und_prompt(image, question), [answer], task="und")
+
+
+def t2i_sample(image: torch.Tensor, caption: str | None) -> Sample:
+    return Sample(t2i_prompt(caption, _size(image)), [TargetImage(image)], task="t2i")
+
+
+def edit_sample(source: torch.Tensor, instruction: str | None, target: torch.Tensor) -> Sample:
+    return Sample(edit_prompt(source, instruction), [TargetImage(target)], task="edit")
+
+
+def uncollate(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A batch from ``illume_kit.data.batching.collate`` (or a list of items) -> list of items."""
+    if not isinstance(batch, Mapping):
+        return [dict(b) for b in batch]
+    n = len(batch["image"])
+    cols = {k: uncollate(v) if isinstance(v, Mapping) else v for k, v in batch.items()}
+    return [{k: v[i] for k, v in cols.items()} for i in range(n)]
+
+
+class TaskMixer:
+    """Turns dataset items into training ``Sample``s, one task per item drawn with ``weights``.
+
+    A task an item cannot serve (no ``qa``, ``caption`` or ``edit``) is not drawn for it.
+    """
+
+    def __init__(self, weights: Mapping[str, float] | None = None, cfg_dropout: float = 0.1,
+                 edit_uncond_target: str = "source", seed: int = 0) -> None:
+        weights = dict(weights) if weights is not None else {t: 1.0 for t in TASKS}
+        unknown = set(weights) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown tasks {sorted(unknown)}; tasks are {', '.join(TASKS)}")
+        if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ValueError(f"task weights must be >= 0 with a positive sum, got {weights}")
+        if not 0.0 <= cfg_dropout <= 1.0:
+            raise ValueError(f"cfg_dropout must be in [0, 1], got {cfg_dropout}")
+        if edit_uncond_target not in ("source", "target"):
+            raise ValueError("edit_uncond_target must be 'source' (reconstruction, as ILLUME+) or 'target'")
+        self.weights, self.cfg_dropout, self.edit_uncond_target, self.seed = weights, cfg_dropout, edit_uncond_target, seed
+
+    def _tasks_for(self, item: Mapping[str, Any]) -> list[str]:
+        ok = {"und": bool(item.get("qa")), "t2i": bool(item.get("caption")), "edit": item.get("edit") is not None}
+        return [t for t in TASKS if ok[t] and self.weights.get(t, 0) > 0]
+
+    def sample(self, item: Mapping[str, Any], rng: random.Random, task: str | None = None) -> Sample:
+        tasks = self._tasks_for(item)
+        if task is None:
+            if not tasks:
+                raise ValueError(f"item (keys {sorted(item)}) serves none of the weighted tasks {self.weights}")
+            task = rng.choices(tasks, weights=[self.weights[t] for t in tasks])[0]
+        elif task not in tasks and task in TASKS:
+            raise ValueError(f"item (keys {sorted(item)}) cannot serve task {task!r}")
+        image = item["image"]
+        drop = rng.random() < self.cfg_dropout
+        if task == "und":
+            q, a = rng.choice(list(item["qa"]))
+            return und_sample(image, q, a)
+        if task == "t2i":
+            return t2i_sample(image, None if drop else item["caption"])
+        if task == "edit":
+            edit = item["edit"]
+            if drop:
+                return edit_sample(image, None, image if self.edit_uncond_target == "source" else edit["image"])
+            return edit_sample(image, edit["instruction"], edit["image"])
+        raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
+
+    def samples(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], step: int = 0) -> list[Sample]:
+        """Samples for a (collated) batch, seeded by (seed, step): resuming redraws the same tasks."""
+        rng = random.Random(f"{self.seed}/{step}")
+        return [self.sample(item, rng) for item in uncollate(batch)]
+
+
+def task_texts(items: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Every text string the tasks can put into a sequence: train the text BPE tokenizer on these."""
+    texts = {USER_PREFIX, ASSISTANT_PREFIX, T2I_PREFIX, T2I_UNCOND, EDIT_UNCOND}
+    for item in items:
+        if item.get("caption"):
+            texts.add(T2I_CONTENT + item["caption"])
+        for q, a in item.get("qa") or ():
+            texts.update(("\n" + q, a))
+        if item.get("edit") is not None:
+            texts.add(EDIT_INSTRUCTION + item["edit"]["instruction"])
+    return texts

@@ -1,0 +1,146 @@
+"""Sequence assembly: block layouts, label masks, padding, discrete input; target build/parse."""
+
+import pytest
+import torch
+
+from model_fakes import image, make_model
+from illume_kit.model.sequence import (ASSISTANT_PREFIX, IGNORE, USER_PREFIX, ImageSequenceError, Sample, Tag,
+                                       TargetImage, assemble, encode_images, extract_images, image_block_ids,
+                                       parse_image_ids)
+from illume_kit.model.tasks import t2i_sample, und_sample
+
+
+def text_ids(model, s):
+    return model.backbone.text_tokenizer(s, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("names", [("pixel",), ("semantic", "pixel")], ids=["1cb", "2cb"])
+def test_understanding_block_layout_labels_and_features(names):
+    m = make_model(names)
+    lay, img = m.layout, image(0, 48, 64)
+    grids = m.tokenizer.grid(48, 64)
+    b = assemble(m, [und_sample(img, "what?", "red")])
+    ids, lab = b.input_ids[0], b.labels[0]
+    prefix = text_ids(m, USER_PREFIX)
+    block = lay.image_length(grids, with_tags=False)
+    q = text_ids(m, "\nwhat?") + text_ids(m, ASSISTANT_PREFIX)
+    ans = text_ids(m, "red") + [m.backbone.text_tokenizer.eos_token_id]
+    assert b.lengths == [len(prefix) + block + len(q) + len(ans)]
+    assert ids[: len(prefix)].tolist() == prefix
+    blk = ids[len(prefix) : len(prefix) + block].tolist()
+    assert blk[0] == lay.soi and blk[1] == lay.level_start(0) and blk[-1] == lay.eoi
+    assert blk.count(lay.eol) == sum(h for h, _ in grids.values())
+    for i in range(len(names)):
+        assert blk.count(lay.level_start(i)) == blk.count(lay.level_end(i)) == 1
+    # loss only on the answer and eos
+    assert (lab != IGNORE).sum() == len(ans) and lab[-len(ans):].tolist() == ans
+    # feature slots carry projector(features), every other position the token embedding
+    enc = encode_images(m, [img])[0]
+    emb = m.backbone.embed(ids[None])[0]
+    start = len(prefix) + 1
+    for i, cb in enumerate(lay.codebooks):
+        h, w = grids[cb.name]
+        proj = m.projectors[cb.name](enc["features"][cb.name])  # (h, w, d)
+        start += 1  # level start
+        for r in range(h):
+            got = b.inputs_embeds[0, start + r * (w + 1) : start + r * (w + 1) + w]
+            torch.testing.assert_close(got, proj[r])
+            torch.testing.assert_close(b.inputs_embeds[0, start + r * (w + 1) + w], emb[start + r * (w + 1) + w])
+        start += h * (w + 1) + 1
+    torch.testing.assert_close(b.inputs_embeds[0, : len(prefix)], emb[: len(prefix)])
+
+
+@pytest.mark.parametrize("names", [("pixel",), ("semantic", "pixel")], ids=["1cb", "2cb"])
+def test_t2i_labels_are_the_image_block_and_padding_is_masked(names):
+    m = make_model(names)
+    img = image(1, 32, 64)
+    samples = [t2i_sample(img, "a red circle"), und_sample(image(2), "how many shapes are there?", "one")]
+    b = assemble(m, samples)
+    codes = encode_images(m, [img])[0]["codes"]
+    want = image_block_ids(m.layout, codes, (32, 64)) + [m.backbone.text_tokenizer.eos_token_id]
+    assert b.labels[0][b.labels[0] != IGNORE].tolist() == want
+    assert len(want) == m.layout.image_length(m.tokenizer.grid(32, 64)) + 1
+    # right padding: trailing zeros in the mask, no labels there, positions 0..T-1
+    short = min(b.lengths)
+    r = b.lengths.index(short)
+    assert b.attention_mask[r].tolist() == [1] * short + [0] * (b.input_ids.shape[1] - short)
+    assert (b.labels[r, short:] == IGNORE).all()
+    assert b.position_ids[r].tolist() == list(range(b.input_ids.shape[1]))
+    # gradients reach the projectors through the input image of the und sample
+    b.inputs_embeds.sum().backward()
+    assert all(p.grad is not None for p in m.projectors.parameters())
+
+
+def test_left_padding_positions(model2):
+    b = assemble(model2, [Sample(["hi"]), Sample([image(0), "a much longer prompt than the other"])], "left")
+    r = b.lengths.index(min(b.lengths))
+    n = b.lengths[r]
+    T = b.input_ids.shape[1]
+    assert b.attention_mask[r].tolist() == [0] * (T - n) + [1] * n
+    assert b.position_ids[r, T - n :].tolist() == list(range(n))
+
+
+def test_discrete_input_embeds_code_ids():
+    m = make_model(image_input="discrete")
+    img = image(3)
+    b = assemble(m, [Sample([img, "\nwhat?"])])
+    codes = encode_images(m, [img])[0]["codes"]
+    block = image_block_ids(m.layout, codes)  # no tags on the input side
+    n = len(text_ids(m, USER_PREFIX))
+    assert b.input_ids[0, n : n + len(block)].tolist() == block
+    torch.testing.assert_close(b.inputs_embeds, m.backbone.embed(b.input_ids))
+
+
+@pytest.mark.parametrize("names", [("pixel",), ("semantic", "pixel")], ids=["1cb", "2cb"])
+@pytest.mark.parametrize("size", [(16, 16), (48, 32), (64, 128)])
+def test_block_round_trip(names, size):
+    m = make_model(names)
+    grids = m.tokenizer.grid(*size)
+    g = torch.Generator().manual_seed(0)
+    codes = {cb.name: torch.randint(0, cb.size, grids[cb.name], generator=g) for cb in m.layout.codebooks}
+    for tags in (size, None):
+        ids = image_block_ids(m.layout, codes, tags)
+        parsed = parse_image_ids(m.layout, ids, grids)
+        assert parsed.size == tags
+        assert all(torch.equal(parsed.codes[k], codes[k]) for k in codes)
+    text = text_ids(m, "here it is")
+    found = extract_images(m.layout, text + ids + text + image_block_ids(m.layout, codes, size))
+    assert len(found) == 2 and found[1].size == size and torch.equal(found[0].codes["pixel"], codes["pixel"])
+
+
+def test_parse_errors_name_position_and_token(model2):
+    lay = model2.layout
+    codes = {"semantic": torch.zeros(1, 2, dtype=torch.long), "pixel": torch.ones(2, 2, dtype=torch.long)}
+    ok = image_block_ids(lay, codes, (32, 32))
+    # ok = [H, W, SOI, SOL0, s, s, EOL, EOL0, SOL1, p, p, EOL, p, p, EOL, EOL1, EOI]
+    pix, sem = lay.codebook("pixel").start, lay.codebook("semantic").start
+    cases = {
+        "missing eol": (ok[:14] + ok[15:], r"position 14: level 1 \('pixel'\) ends inside a row"),
+        "short row": (ok[:9] + [pix, lay.eol] + ok[12:], r"row 1 of level 1 \('pixel'\) has 2 codes, row 0 has 1"),
+        "wrong codebook": (ok[:4] + [pix] + ok[5:], r"position 4: expected a code of codebook 'semantic'.*codebook 'pixel' code 0"),
+        "trailing": (ok + [sem], r"position 17: 1 tokens after <end_of_image>"),
+        "truncated": (ok[:-1], r"sequence ends at position 16, expected <end_of_image>"),
+        "no soi": (ok[:2] + ok[3:], r"position 2: expected <start_of_image> .* got <start_of_level0>"),
+        "empty row": (ok[:4] + [lay.eol] + ok[4:], r"position 4: empty row in level 0"),
+        "tags swapped": ([ok[1], ok[0]] + ok[2:], r"resolution tags must be <height_H><width_W>"),
+    }
+    for name, (ids, msg) in cases.items():
+        with pytest.raises(ImageSequenceError, match=msg):
+            parse_image_ids(lay, ids)
+            pytest.fail(name)
+    with pytest.raises(ImageSequenceError, match=r"codebook 'pixel' grid is \(2, 2\), expected \(3, 2\)"):
+        parse_image_ids(lay, ok, {"pixel": (3, 2)})
+    with pytest.raises(ValueError, match="outside"):
+        image_block_ids(lay, {"semantic": torch.full((1, 1), 10**6), "pixel": torch.zeros(1, 1, dtype=torch.long)})
+    with pytest.raises(KeyError, match="lack codebook 'semantic'"):
+        image_block_ids(lay, {"pixel": torch.zeros(1, 1, dtype=torch.long)})
+
+
+def test_target_from_codes_and_bad_parts(model2):
+    codes = {"semantic": torch.zeros(1, 1, dtype=torch.long), "pixel": torch.zeros(2, 2, dtype=torch.long)}
+    b = assemble(model2, [Sample([Tag(32, 32), "x"], [TargetImage(codes=codes, size=(32, 32))])])
+    assert b.labels[0][b.labels[0] != IGNORE].tolist()[:-1] == image_block_ids(model2.layout, codes, (32, 32))
+    with pytest.raises(ValueError, match="needs size"):
+        TargetImage(codes=codes)
+    with pytest.raises(TypeError, match="unknown sample part int"):
+        assemble(model2, [Sample([3])])

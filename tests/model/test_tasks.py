@@ -1,0 +1,79 @@
+"""Task samples from shapes items: templates, CFG dropout rates, seeding, mixing, texts."""
+
+import random
+
+import pytest
+import torch
+
+from model_fakes import image
+from illume_kit.data.batching import collate
+from illume_kit.data.params import ShapesParams
+from illume_kit.data.shapes import ShapesDataset
+from illume_kit.model.objective import mllm_loss
+from illume_kit.model.sequence import Tag, TargetImage
+from illume_kit.model.tasks import (EDIT_UNCOND, T2I_UNCOND, TaskMixer, edit_prompt, t2i_prompt, task_texts,
+                                    uncollate)
+
+
+def item(seed=0, edit=True):
+    it = {"image": image(seed, 32, 32), "caption": "a small red circle at the top left",
+          "qa": [("how many shapes are there?", "one"), ("is there a star?", "no")], "attributes": {}}
+    if edit:
+        it["edit"] = {"instruction": "make the circle at the top left blue", "image": image(seed + 1, 32, 32)}
+    return it
+
+
+def test_t2i_cfg_dropout_rate_and_unconditional_prompt():
+    mixer = TaskMixer({"t2i": 1.0}, cfg_dropout=0.1)
+    rng, it = random.Random(0), item()
+    samples = [mixer.sample(it, rng) for _ in range(2000)]
+    unc = [s for s in samples if s.prompt[0] == T2I_UNCOND]
+    assert 0.07 < len(unc) / len(samples) < 0.13
+    assert unc[0].prompt == t2i_prompt(None, (32, 32)) == [T2I_UNCOND, Tag(32, 32)]
+    cond = next(s for s in samples if s.prompt[0] != T2I_UNCOND)
+    assert cond.prompt[-1].endswith(it["caption"]) and cond.task == "t2i"
+    assert isinstance(cond.answer[0], TargetImage) and cond.answer[0].image is it["image"]
+    assert all(s.prompt[0] == T2I_UNCOND for s in (TaskMixer({"t2i": 1}, 1.0).sample(it, rng) for _ in range(20)))
+
+
+def test_edit_dropout_becomes_reconstruction():
+    it = item()
+    s = TaskMixer({"edit": 1.0}, cfg_dropout=1.0).sample(it, random.Random(0))
+    assert s.prompt == edit_prompt(it["image"], None) and s.prompt[-1] == EDIT_UNCOND
+    assert s.answer[0].image is it["image"]  # target = source, as the reference's reconstruction samples
+    s = TaskMixer({"edit": 1.0}, cfg_dropout=1.0, edit_uncond_target="target").sample(it, random.Random(0))
+    assert s.answer[0].image is it["edit"]["image"]
+    s = TaskMixer({"edit": 1.0}, cfg_dropout=0.0).sample(it, random.Random(0))
+    assert s.prompt[-1].endswith(it["edit"]["instruction"]) and s.answer[0].image is it["edit"]["image"]
+    assert s.prompt[0] == Tag(32, 32) and s.prompt[1] is it["image"]
+
+
+def test_mixer_weights_seeding_and_unservable_tasks():
+    mixer = TaskMixer({"und": 3.0, "t2i": 1.0, "edit": 0.0}, seed=1)
+    items = [item(i) for i in range(400)]
+    tasks = [s.task for s in mixer.samples(items, step=5)]
+    assert set(tasks) == {"und", "t2i"} and 0.65 < tasks.count("und") / len(tasks) < 0.85
+    again = [s.task for s in mixer.samples(items, step=5)]
+    assert tasks == again and tasks != [s.task for s in mixer.samples(items, step=6)]
+    und = next(s for s in mixer.samples(items, 0) if s.task == "und")
+    assert und.answer[0] in ("one", "no") and und.prompt[0] is not None
+    only_edit = TaskMixer({"edit": 1.0})
+    with pytest.raises(ValueError, match="serves none of the weighted tasks"):
+        only_edit.sample(item(edit=False), random.Random(0))
+    with pytest.raises(ValueError, match="unknown tasks"):
+        TaskMixer({"caption": 1.0})
+
+
+def test_shapes_batch_to_loss_and_texts(model2):
+    ds = ShapesDataset(ShapesParams(image_size=32, num_samples=4, supersample=1))
+    items = [ds[i] for i in range(4)]
+    batch = collate(items)
+    back = uncollate(batch)
+    assert len(back) == 4 and back[2]["caption"] == items[2]["caption"]
+    assert torch.equal(back[1]["edit"]["image"], items[1]["edit"]["image"])
+    samples = TaskMixer(cfg_dropout=0.0).samples(batch, step=0)
+    out = mllm_loss(model2, samples)
+    assert torch.isfinite(out["loss"]) and out["loss"].requires_grad
+    texts = task_texts(items)
+    assert any(items[0]["caption"] in t for t in texts)
+    assert items[0]["qa"][0][1] in texts and any(items[3]["edit"]["instruction"] in t for t in texts)
