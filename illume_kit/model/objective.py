@@ -120,3 +120,39 @@ def trainable_parameters(model: Any, groups: Iterable[str]) -> list[nn.Parameter
             p.requires_grad_(True)
             unique.append(p)
     return unique
+
+
+# ---------------------------------------------------------------- the `mllm` training stage
+
+
+def _keep_items(items: list) -> list:
+    return items  # dataset items stay a list of dicts: tasks draw from each item separately
+
+
+def stage_setup(runner: Any, stage: Any):
+    """What ``illume-kit train`` needs for an ``mllm`` stage: (module, step_fn, data, trainer extras).
+
+    Stage options: ``tasks`` (task -> weight, default all), ``cfg_dropout`` (default 0.1),
+    ``retrain_text_tokenizer`` (default true for a from-scratch backbone: a byte-level BPE on the task
+    texts, done once, at the start of the recipe's first mllm stage).
+    """
+    from illume_kit.model.tasks import TaskMixer, task_texts
+
+    model = runner.model
+    opts = dict(stage.options)
+    unknown = set(opts) - {"tasks", "cfg_dropout", "retrain_text_tokenizer", "image_size", "text_corpus_items"}
+    if unknown:
+        raise ValueError(f"stage {stage.name!r}: unknown options {sorted(unknown)} (valid: tasks, cfg_dropout, "
+                         "retrain_text_tokenizer, image_size, text_corpus_items)")
+    data = runner._images(stage)
+    first_mllm = next(s for s in runner.recipe.train.stages if s.target == "mllm").name == stage.name
+    started = (runner.out / "stages" / stage.name / "checkpoints" / "latest").exists()
+    if (opts.get("retrain_text_tokenizer", True) and first_mllm and not started
+            and not getattr(model.backbone.params, "pretrained", None)):
+        n = min(len(data), int(opts.get("text_corpus_items", 400)))
+        model.backbone.retrain_text_tokenizer(sorted(task_texts(data[i] for i in range(n))))
+    groups = stage.trainable or ["all"]
+    trainable_parameters(model, groups)
+    mixer = TaskMixer(opts.get("tasks"), float(opts.get("cfg_dropout", 0.1)), seed=runner.recipe.run.seed)
+    # groups are applied here through requires_grad; the trainer then takes whatever requires grad
+    return model, mllm_step_fn(mixer), data, {"collate_fn": _keep_items, "config": {"trainable": []}}

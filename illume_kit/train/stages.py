@@ -124,6 +124,7 @@ class StageRunner:
         return result
 
     def _images(self, stage: Stage, **over):
+        """The recipe's training split; ``options.image_size`` trains at another size."""
         size = stage.options.get("image_size")
         return build_dataset(self.resolved, "train", **({"image_size": size} if size else {}), **over)
 
