@@ -98,11 +98,12 @@ def evaluate(checkpoint: str | Path, data_overrides: dict[str, Any] | None = Non
     torch.manual_seed(recipe.run.seed)
     metrics = reconstruction(model, dataset, n, quiet=quiet, decode_options=decode_options,
                              grid_path=out_dir / "reconstructions.png")
-    wanted = [m for m in recipe.eval.metrics if m.split("/")[0] in ("und", "gen", "edit")]
+    wanted = [m for m in recipe.eval.metrics if m.split("/")[0] in ("und", "gen", "edit", "probe")]
     if tasks and wanted:
         from illume_kit.eval import tasks as task_eval
 
-        metrics.update(task_eval.evaluate_tasks(model, resolved, wanted, n, out_dir=out_dir, quiet=quiet))
+        metrics.update(task_eval.evaluate_tasks(model, resolved, wanted, n, out_dir=out_dir, quiet=quiet,
+                                                dataset=dataset, split=split))
     result = {"checkpoint": str(checkpoint), "recipe": recipe.name, "split": split, "num_samples": n,
               "metrics": metrics}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))

@@ -140,7 +140,8 @@ def stage_setup(runner: Any, stage: Any):
 
     model = runner.model
     opts = dict(stage.options)
-    unknown = set(opts) - {"tasks", "cfg_dropout", "retrain_text_tokenizer", "image_size", "text_corpus_items"}
+    unknown = set(opts) - {"tasks", "cfg_dropout", "retrain_text_tokenizer", "image_size", "text_corpus_items",
+                           "cache_data"}
     if unknown:
         raise ValueError(f"stage {stage.name!r}: unknown options {sorted(unknown)} (valid: tasks, cfg_dropout, "
                          "retrain_text_tokenizer, image_size, text_corpus_items)")

@@ -31,6 +31,28 @@ from illume_kit.train.config import TrainerConfig
 CHECKPOINT = "checkpoint"
 
 
+class CachedDataset:
+    """Keeps items once built: procedural data is rendered once per item, not once per epoch."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self._items: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self._items.get(index)
+        if item is None:
+            item = self._items[index] = self.dataset[index]
+        return item
+
+    def __getattr__(self, name: str):
+        if name in ("dataset", "_items"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
 def build_dataset(resolved: ResolvedRecipe, split: str = "train", **overrides: Any):
     rc = resolved.components.get("data")
     if rc is None:
@@ -126,7 +148,8 @@ class StageRunner:
     def _images(self, stage: Stage, **over):
         """The recipe's training split; ``options.image_size`` trains at another size."""
         size = stage.options.get("image_size")
-        return build_dataset(self.resolved, "train", **({"image_size": size} if size else {}), **over)
+        data = build_dataset(self.resolved, "train", **({"image_size": size} if size else {}), **over)
+        return CachedDataset(data) if stage.options.get("cache_data", True) else data
 
     def _teacher(self, stage: Stage):
         rc = self.resolved.components.get("teacher")

@@ -59,8 +59,9 @@ class FSQTokenizer(nn.Module):
 
     def _quantize(self, x: torch.Tensor):
         z = self.encoder(x * 2 - 1)  # (B, d, h, w)
-        zq, idx = self.quantizer(z.permute(0, 2, 3, 1))
-        return z, zq.permute(0, 3, 1, 2), idx
+        b, d, h, w = z.shape
+        zq, idx = self.quantizer(z.flatten(2).transpose(1, 2))  # channel-last tokens (B, h*w, d)
+        return z, zq.transpose(1, 2).reshape(b, d, h, w), idx.reshape(b, h, w)
 
     def encode(self, images: torch.Tensor) -> TokenizerOutput:
         self.grid(images.shape[-2], images.shape[-1])
@@ -69,7 +70,10 @@ class FSQTokenizer(nn.Module):
                                quantized={"pixel": zq}, losses={})
 
     def codes_to_maps(self, codes):
-        return {"pixel": self.quantizer.indices_to_codes(codes["pixel"]).permute(0, 3, 1, 2)}
+        c = codes["pixel"]
+        b, h, w = c.shape
+        q = self.quantizer.indices_to_codes(c.reshape(b, h * w))  # (B, h*w, d)
+        return {"pixel": q.transpose(1, 2).reshape(b, -1, h, w)}
 
     def decode(self, codes) -> torch.Tensor:
         zq = self.codes_to_maps(codes)["pixel"]

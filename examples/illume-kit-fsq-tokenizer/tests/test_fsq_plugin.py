@@ -23,3 +23,12 @@ def test_registered_through_entry_point():
     reg = PluginManager().build_registry()
     spec = reg.get("tokenizer", "fsq-conv")
     assert spec.dist == "illume-kit-fsq-tokenizer" and spec.dist_version == "0.1.0"
+
+
+def test_non_square_sizes_round_trip():
+    tok = make().eval()
+    x = torch.rand(2, 3, 32, 48)
+    out = tok.encode(x)
+    assert out.codes["pixel"].shape == (2, 2, 3)
+    assert tok.decode(out.codes).shape == (2, 3, 32, 48)
+    assert torch.allclose(tok.codes_to_maps(out.codes)["pixel"], out.quantized["pixel"])

@@ -1,0 +1,215 @@
+"""`illume-kit understand | generate | edit`: use a checkpoint on one image or one caption.
+
+Inputs are checked before the (slow) model load where possible: a missing image, a malformed
+``--size`` or an output name Pillow cannot write fail at once with one line (exit status 2); a size
+the tokenizer cannot grid (not a multiple of its stride) or without a resolution tag fails right
+after the load, naming the valid sizes. Input images are center-cropped to the target aspect and
+resized to ``--size`` (default: the recipe's ``data.params.image_size``).
+
+Torch-free at import: ``illume-kit --help`` must not pay for torch.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+DEFAULT_SIZE = 64
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """``"64"`` or ``"64x48"`` (height x width) -> (H, W)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX×]\s*(\d+))?\s*", str(text))
+    if not m:
+        raise ValueError(f"--size {text!r}: expected HxW (e.g. 64x64) or one number for a square")
+    h = int(m.group(1))
+    w = int(m.group(2)) if m.group(2) else h
+    if h <= 0 or w <= 0:
+        raise ValueError(f"--size {text!r}: sides must be positive")
+    return h, w
+
+
+def _check_output(path: str) -> Path:
+    out = Path(path)
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"-o {path}: the output must end in one of {', '.join(IMAGE_SUFFIXES)}")
+    return out
+
+
+def _check_image(path: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    return p
+
+
+def recipe_image_size(checkpoint: str | Path) -> tuple[int, int]:
+    """The image size the checkpoint's recipe trained on (``data.params.image_size``), else 64."""
+    from illume_kit.core.checkpoint import load_recipe_yaml
+
+    try:
+        data = load_recipe_yaml(checkpoint).get("data") or {}
+        side = int((data.get("params") or {}).get("image_size") or DEFAULT_SIZE)
+    except (OSError, ValueError, AttributeError):
+        side = DEFAULT_SIZE
+    return side, side
+
+
+def check_size(model, size: tuple[int, int]) -> None:
+    """ValueError unless the tokenizer grids ``size`` and the vocab has its resolution tags."""
+    h, w = size
+    try:
+        model.tokenizer.grid(h, w)
+        model.layout.resolution_ids(h, w)
+    except (ValueError, KeyError, AssertionError) as exc:
+        strides = sorted({cb.stride for cb in model.tokenizer.codebooks})
+        raise ValueError(f"--size {h}x{w} does not fit this model (tokenizer strides {strides}): "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def load_image(path: str | Path, size: tuple[int, int]):
+    """An image file -> float (3, H, W) in [0, 1], center-cropped to the aspect of ``size`` and resized."""
+    from PIL import Image, UnidentifiedImageError
+
+    from illume_kit.data.shapes import to_tensor
+
+    h, w = size
+    try:
+        img = Image.open(path).convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{path}: not an image Pillow can read ({type(exc).__name__})") from None
+    W, H = img.size
+    if W * h > H * w:  # too wide: crop the sides
+        cw = round(H * w / h)
+        img = img.crop(((W - cw) // 2, 0, (W - cw) // 2 + cw, H))
+    elif W * h < H * w:
+        ch = round(W * h / w)
+        img = img.crop((0, (H - ch) // 2, W, (H - ch) // 2 + ch))
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.Resampling.BICUBIC)
+    return to_tensor(img)
+
+
+def _load_model(args):
+    import torch
+
+    from illume_kit.core.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(args.checkpoint)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(args.seed)
+    return model.to(device).eval()
+
+
+def save_images(images, path: Path) -> Path:
+    """One image -> that image; several -> a near-square grid of them."""
+    from illume_kit.eval.grid import to_pil
+    from illume_kit.eval.tasks import save_rows
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if len(images) == 1:
+        to_pil(images[0]).save(path)
+        return path
+    return save_rows([(im,) for im in images], path, per_row=math.ceil(math.sqrt(len(images))))
+
+
+def _sampling(args) -> dict:
+    return {"temperature": args.temperature, "top_k": args.top_k or None, "top_p": args.top_p}
+
+
+# ---------------------------------------------------------------- verbs
+
+
+def cmd_understand(args) -> int:
+    _check_image(args.image)
+    size = parse_size(args.size) or recipe_image_size(args.checkpoint)
+    image = load_image(args.image, size)
+    model = _load_model(args)
+    check_size(model, size)
+    from illume_kit.model.sampler import answer
+
+    print(answer(model, [image], [args.question], max_new_tokens=args.max_new_tokens)[0])
+    return 0
+
+
+def cmd_generate(args) -> int:
+    out = _check_output(args.output)
+    size = parse_size(args.size) or recipe_image_size(args.checkpoint)
+    if args.num < 1:
+        raise ValueError(f"--num {args.num}: need at least one image")
+    model = _load_model(args)
+    check_size(model, size)
+    from illume_kit.cli.output import console
+    from illume_kit.model.sampler import decode_images, generate_images
+
+    images = []
+    for b, lo in enumerate(range(0, args.num, args.batch_size)):
+        k = min(args.batch_size, args.num - lo)
+        codes = generate_images(model, [args.caption] * k, size, cfg=args.cfg, seed=args.seed + b, **_sampling(args))
+        images += [im.float().cpu() for im in decode_images(model, codes)]
+    save_images(images, out)
+    console.print(f"[green]wrote[/] {out} ({len(images)} image{'s' if len(images) > 1 else ''} of {size[0]}x{size[1]})")
+    return 0
+
+
+def cmd_edit(args) -> int:
+    out = _check_output(args.output)
+    _check_image(args.image)
+    size = parse_size(args.size) or recipe_image_size(args.checkpoint)
+    image = load_image(args.image, size)
+    model = _load_model(args)
+    check_size(model, size)
+    from illume_kit.cli.output import console
+    from illume_kit.model.sampler import decode_images, edit_images
+
+    codes = edit_images(model, [image], [args.instruction], cfg=args.cfg, seed=args.seed,
+                        **_sampling(args))
+    save_images([im.float().cpu() for im in decode_images(model, codes)], out)
+    console.print(f"[green]wrote[/] {out}")
+    return 0
+
+
+def _common(p, size_help: str) -> None:
+    p.add_argument("checkpoint", help="a checkpoint folder (from `compose -o` or training)")
+    p.add_argument("--size", help=size_help)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+
+def _sampling_args(p, cfg: float) -> None:
+    p.add_argument("--cfg", type=float, default=cfg, help=f"classifier-free guidance scale (default {cfg}; 1 = off)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=1.0)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("understand", help="answer a question about an image")
+    _common(p, "resize the image to HxW first (default: the recipe's image size)")
+    p.add_argument("image", help="a png/jpg image")
+    p.add_argument("question")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.set_defaults(func=cmd_understand)
+
+    p = sub.add_parser("generate", help="generate an image from a caption")
+    _common(p, "image size HxW (default: the recipe's image size)")
+    p.add_argument("caption")
+    p.add_argument("-o", "--output", required=True, help="output image (png/jpg); with --num > 1 a grid")
+    p.add_argument("--num", type=int, default=1, help="images to draw (written as one grid)")
+    p.add_argument("--batch-size", type=int, default=8)
+    _sampling_args(p, 2.0)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("edit", help="edit an image according to an instruction")
+    _common(p, "resize the image to HxW first; the edit has this size (default: the recipe's image size)")
+    p.add_argument("image", help="a png/jpg image")
+    p.add_argument("instruction")
+    p.add_argument("-o", "--output", required=True, help="output image (png/jpg)")
+    _sampling_args(p, 1.5)
+    p.set_defaults(func=cmd_edit)

@@ -1,0 +1,87 @@
+"""`understand`, `generate`, `edit` on a composed (random-weight) checkpoint: files, exit codes, errors."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from illume_kit.cli.generate_cmds import parse_size
+from illume_kit.cli.main import main
+
+RECIPE = "recipes/examples/fsq_qwen2_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("ckpt") / "model"
+    assert main(["compose", RECIPE, "-o", str(out)]) == 0
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    import random
+
+    from illume_kit.data.shapes import render, sample_scene
+
+    path = tmp_path_factory.mktemp("img") / "scene.jpg"
+    render(sample_scene(random.Random(0)), 100).save(path)  # 100 px: the verbs resize it to 64
+    return str(path)
+
+
+def test_generate_writes_an_image_and_a_grid(ckpt, tmp_path, capsys):
+    out = tmp_path / "one.png"
+    assert main(["generate", ckpt, "a small red circle at the center", "-o", str(out), "--seed", "3"]) == 0
+    assert Image.open(out).size == (64, 64)
+    grid = tmp_path / "sub" / "four.jpg"
+    assert main(["generate", ckpt, "a large blue star at the top left", "-o", str(grid), "--num", "4",
+                 "--batch-size", "3", "--size", "64x64", "--cfg", "3", "--temperature", "0.7", "--top-k", "50",
+                 "--top-p", "0.9"]) == 0
+    w, h = Image.open(grid).size
+    assert w > 2 * 64 and h > 2 * 64  # 2x2 tiles of 64x64 images
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_edit_and_understand(ckpt, image, tmp_path, capsys):
+    out = tmp_path / "edited.png"
+    assert main(["edit", ckpt, image, "make the circle at the center red", "-o", str(out)]) == 0
+    assert Image.open(out).size == (64, 64)
+    capsys.readouterr()
+    assert main(["understand", ckpt, image, "how many shapes are there?", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.endswith("\n")  # an answer line (random weights: any text)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["understand", "{ckpt}", "{missing}", "q"], "does not exist"),
+    (["edit", "{ckpt}", "{missing}", "make it red", "-o", "{tmp}/x.png"], "does not exist"),
+    (["edit", "{ckpt}", "{notimage}", "make it red", "-o", "{tmp}/x.png"], "not an image"),
+    (["generate", "{ckpt}", "a circle", "-o", "{tmp}/x.png", "--size", "big"], "expected HxW"),
+    (["generate", "{ckpt}", "a circle", "-o", "{tmp}/x.txt"], "must end in"),
+    (["generate", "{ckpt}", "a circle", "-o", "{tmp}/x.png", "--size", "60x64"], "does not fit"),
+    (["generate", "{ckpt}", "a circle", "-o", "{tmp}/x.png", "--num", "0"], "at least one"),
+    (["generate", "{tmp}", "a circle", "-o", "{tmp}/x.png"], "not an illume-kit checkpoint"),
+])
+def test_bad_input_exits_2_with_one_clear_line(ckpt, tmp_path, capsys, argv, message):
+    (tmp_path / "notimage.png").write_text("hello")
+    fill = {"ckpt": ckpt, "missing": str(tmp_path / "missing.png"), "notimage": str(tmp_path / "notimage.png"),
+            "tmp": str(tmp_path)}
+    assert main([a.format(**fill) for a in argv]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    assert message in err and "Traceback" not in err
+    assert err.startswith("error:") and err.count("error:") == 1, err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_parse_size():
+    assert parse_size("64") == (64, 64) and parse_size("32x48") == (32, 48) and parse_size(None) is None
+    for bad in ("0x64", "64x", "a", "-4"):
+        with pytest.raises(ValueError, match="--size"):
+            parse_size(bad)
+
+
+def test_module_imports_no_torch():
+    code = "import sys, illume_kit.cli.generate_cmds; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
