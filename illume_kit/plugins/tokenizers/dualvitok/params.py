@@ -6,7 +6,8 @@ stride 28), 4+4 adapter blocks at width 1280, SimVQ 32768 x 32 and 98304 x 32, M
 ch 128 / decoder ch 384 with DC up/down blocks; code-swap noise off (the fix-256 config turns it on
 at 0.1/0.1). Perceptual (LPIPS) loss needs local VGG weights, so it is off unless a file is given.
 ``tiny`` trains on 2 CPU cores at 64x64: an 8-px-patch ViT teacher (stride 16), one adapter block
-each way, pixel-unshuffle 4x before the CNNs so every conv runs at 16x16 or less, 1024-code books.
+each way, pixel-unshuffle 4x before the CNNs so every conv runs at 16x16 or less, 256-code books (a 64x64
+shapes image has only 8x8 + 4x4 tokens; larger books leave most codes unused).
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "semantic_encoder_blocks": 1,
         "semantic_decoder_blocks": 1,
         "semantic_code_dim": 16,
-        "semantic_codebook_size": 1024,
+        "semantic_codebook_size": 256,
         "patchify": 4,
         "encoder_channels": 32,
         "encoder_channel_mult": [1, 2, 2],
@@ -167,7 +168,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "encoder_attn_levels": [],
         "pixel_z_channels": 16,
         "pixel_code_dim": 16,
-        "pixel_codebook_size": 1024,
+        "pixel_codebook_size": 256,
         "decoder_channels": 32,
         "decoder_channel_mult": [1, 2, 2],
         "decoder_res_blocks": 1,

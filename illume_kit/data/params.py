@@ -1,0 +1,86 @@
+"""Dataset ``Params`` (torch-free, so recipe validation never imports torch).
+
+Every dataset shares four knobs: the square ``image_size`` it serves, the ``split``, how many
+samples to expose and the ``seed`` behind every random choice. Splits are disjoint by construction
+in each dataset (shapes: by caption hash; image-folder: by file-name hash; Fashion-MNIST: fixed
+ranges of the official files), so an evaluation never sees a training item.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from illume_kit.core.params import ComponentParams
+
+Split = Literal["train", "val", "test"]
+
+
+class DatasetParams(ComponentParams):
+    image_size: int = Field(64, ge=8, description="side of the (square) images served, in pixels")
+    split: Split = Field("train", description="which disjoint split to serve: train, val or test")
+    num_samples: Optional[int] = Field(
+        None, ge=1, description="number of items to expose; None = the whole split"
+    )
+    seed: int = Field(0, description="seed for every random choice (scene sampling, subset selection)")
+
+
+class ShapesParams(DatasetParams):
+    num_samples: int = Field(10_000, ge=1, description="items per split (procedural: any number works)")
+    grid: Literal[2, 3] = Field(3, description="named position grid: 2 (2x2) or 3 (3x3 cells)")
+    min_objects: int = Field(1, ge=1, description="fewest shapes in a scene")
+    max_objects: int = Field(
+        3, ge=1, le=4, description="most shapes in a scene (one per grid cell, so at most 4 fits both grids)"
+    )
+    supersample: int = Field(
+        4, ge=1, le=8, description="render at this multiple of image_size, then downsample (antialiasing)"
+    )
+    edits: bool = Field(
+        True, description="render an edit pair (instruction + target image) per item; doubles render cost"
+    )
+    varied_background: bool = Field(
+        True, description="pick a background tone and gradient per scene (else always black)"
+    )
+
+    @model_validator(mode="after")
+    def _check_counts(self) -> "ShapesParams":
+        if self.min_objects > self.max_objects:
+            raise ValueError(f"min_objects ({self.min_objects}) > max_objects ({self.max_objects})")
+        return self
+
+
+class ImageFolderParams(DatasetParams):
+    root: str = Field(description="folder searched recursively for png/jpg/jpeg/webp/bmp images")
+    captions: Optional[str] = Field(
+        None,
+        description='captions file of {"file": relative path, "caption": str} lines; '
+        "None = <root>/captions.jsonl if present, else empty captions",
+    )
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of files (by name hash) in the val split")
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of files (by name hash) in the test split")
+    keep_aspect: bool = Field(
+        False,
+        description="keep aspect ratio: short side = image_size, long side cropped to a multiple of "
+        "multiple_of (any-size batching); else resize + center-crop to image_size squared",
+    )
+    multiple_of: int = Field(16, ge=1, description="with keep_aspect, both sides are multiples of this")
+    max_aspect: float = Field(
+        2.0, ge=1.0, description="with keep_aspect, the long side is at most this x the short side"
+    )
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> "ImageFolderParams":
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must leave something for train")
+        return self
+
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+class FashionMNISTParams(DatasetParams):
+    root: str = Field(
+        FASHION_MNIST_DIR, description="folder with the gzipped idx files (Debian: dataset-fashion-mnist)"
+    )
+    val_size: int = Field(5_000, ge=0, le=30_000, description="last N official training images form the val split")

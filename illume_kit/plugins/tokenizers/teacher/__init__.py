@@ -1,0 +1,1 @@
+"""A small SigLIP-style semantic teacher trained in-project (no pretrained weights exist offline)."""

@@ -1,0 +1,170 @@
+"""SemanticTeacher: an open_clip image-text model trained with the SigLIP loss, used frozen.
+
+DualViTok's semantic branch and the SigLIP-only baseline need a frozen encoder whose patch features
+carry meaning. Here that encoder is trained in-project: ``loss(images, captions)`` is
+``open_clip.loss.SigLipLoss`` over the two towers' normalised embeddings; afterwards
+``encode_image`` gives the ViT's final (post-LayerNorm) patch tokens as a (B, h, w, C) grid, and
+``save``/``load`` move it through a folder (``config.json`` + ``model.safetensors``) so other
+components load it from a local path. Image sizes other than the training size are supported by
+bicubically resampling the learned position embeddings (the grid follows the image).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.loss import SigLipLoss
+from open_clip.tokenizer import SimpleTokenizer
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from illume_kit.plugins.tokenizers.teacher.params import TeacherParams
+
+FORMAT = "illume-kit-semantic-teacher"
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+def build_clip(p: TeacherParams) -> open_clip.CLIP:
+    """The open_clip model a ``TeacherParams`` describes (a custom config, no named model)."""
+    vision = dict(
+        image_size=p.image_size, patch_size=p.patch_size, width=p.vision_width, layers=p.vision_layers,
+        head_width=p.vision_head_width, mlp_ratio=p.mlp_ratio, pool_type=p.vision_pool,
+    )
+    text = dict(
+        context_length=p.context_length, vocab_size=49408, width=p.text_width, heads=p.text_heads,
+        layers=p.text_layers, mlp_ratio=p.mlp_ratio,
+    )
+    return open_clip.CLIP(
+        p.embed_dim, vision, text, init_logit_scale=p.init_logit_scale, init_logit_bias=p.init_logit_bias
+    )
+
+
+class SemanticTeacher(nn.Module):
+    Params = TeacherParams
+
+    def __init__(self, params: TeacherParams | None = None):
+        super().__init__()
+        self.params = p = params if params is not None else TeacherParams()
+        self.clip = build_clip(p)
+        self.tokenizer = SimpleTokenizer(context_length=p.context_length)
+        self.siglip = SigLipLoss()
+        self.register_buffer("mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.params.vision_width
+
+    @property
+    def patch_size(self) -> int:
+        return self.params.patch_size
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """Patch grid (rows, cols); like open_clip's patch conv, pixels past the last whole patch are dropped."""
+        s = self.params.patch_size
+        if height < s or width < s:
+            raise ValueError(f"semantic teacher: image sides must be at least the patch size {s}, got {height}x{width}")
+        return height // s, width // s
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+    # ------------------------------------------------------------------ features
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1] -> final patch features (B, H//patch, W//patch, vision_width)."""
+        v = self.clip.visual
+        gh, gw = self.grid(images.shape[-2], images.shape[-1])
+        x = v.conv1(self._prepare(images))
+        b, c = x.shape[:2]
+        x = x.flatten(2).transpose(1, 2)
+        pos = v.positional_embedding
+        if (gh, gw) != tuple(v.grid_size):
+            g0, g1 = v.grid_size
+            grid_pos = pos[1:].reshape(1, g0, g1, c).permute(0, 3, 1, 2)
+            grid_pos = F.interpolate(grid_pos, size=(gh, gw), mode="bicubic", align_corners=False)
+            pos = torch.cat([pos[:1], grid_pos.permute(0, 2, 3, 1).reshape(gh * gw, c)])
+        cls = v.class_embedding.to(x.dtype).expand(b, 1, c)
+        x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
+        x = v.ln_post(v.transformer(v.ln_pre(x)))
+        return x[:, 1:].reshape(b, gh, gw, c)
+
+    def tokenize(self, captions: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(captions)).to(self.mean.device)
+
+    def embed_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised image embeddings (B, embed_dim) at the training resolution."""
+        return self.clip.encode_image(self._prepare(images), normalize=True)
+
+    def embed_text(self, captions: Sequence[str]) -> torch.Tensor:
+        """Normalised caption embeddings (B, embed_dim)."""
+        return self.clip.encode_text(self.tokenize(captions), normalize=True)
+
+    def logits(self, images: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
+        """SigLIP pairwise logits (B images, N captions)."""
+        scale, bias = self.clip.logit_scale.exp(), self.clip.logit_bias
+        return scale * self.embed_image(images) @ self.embed_text(captions).T + bias
+
+    # ------------------------------------------------------------------ training
+
+    def loss(self, images: torch.Tensor, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """SigLIP sigmoid loss over the batch, plus detached image->text retrieval accuracy."""
+        if len(captions) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(captions)} captions")
+        img, txt = self.embed_image(images), self.embed_text(captions)
+        scale, bias = self.clip.logit_scale.exp(), self.clip.logit_bias
+        loss = self.siglip(img, txt, scale, bias)
+        with torch.no_grad():
+            hit = (img @ txt.T).argmax(-1) == torch.arange(len(captions), device=img.device)
+        return {"loss": loss, "retrieval_accuracy": hit.float().mean(), "logit_scale": scale.detach()}
+
+    def freeze(self) -> "SemanticTeacher":
+        """Eval mode, no gradients: how tokenizers use a trained teacher."""
+        self.eval()
+        self.requires_grad_(False)
+        return self
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path/config.json`` + ``path/model.safetensors`` (atomically: temp folder, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            config = {"format": FORMAT, "version": 1, "params": self.params.model_dump(mode="json")}
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+            save_model(self.clip, str(tmp / WEIGHTS_FILE))
+            if path.exists():
+                shutil.rmtree(path)
+            tmp.rename(path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "SemanticTeacher":
+        """Rebuild from a folder written by ``save`` (weights via safetensors; no code is run)."""
+        path = Path(path)
+        cfg_file = path / CONFIG_FILE
+        if not cfg_file.is_file() or not (path / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(
+                f"semantic teacher: {str(path)!r} needs {CONFIG_FILE} and {WEIGHTS_FILE} "
+                "(written by SemanticTeacher.save)"
+            )
+        config = json.loads(cfg_file.read_text())
+        if config.get("format") != FORMAT:
+            raise ValueError(f"semantic teacher: {str(cfg_file)!r} is not a {FORMAT} config")
+        teacher = cls(TeacherParams(**config["params"]))
+        load_model(teacher.clip, str(path / WEIGHTS_FILE), strict=True, device=str(device))
+        return teacher.to(device)

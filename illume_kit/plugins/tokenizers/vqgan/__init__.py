@@ -1,0 +1,1 @@
+"""VQGAN baseline tokenizer (taming-transformers / LlamaGen VQ-16)."""
