@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any

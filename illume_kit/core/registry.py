@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 ROLES = ("tokenizer", "backbone", "detokenizer", "quantizer", "teacher", "dataset", "metric")
 ROLE_ALIASES = {r + "s": r for r in ROLES} | {"recipe": "recipe", "recipes": "recipe"}

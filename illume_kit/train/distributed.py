@@ -45,7 +45,6 @@ def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> to
 def setup(device: str | torch.device | None = None) -> DistInfo:
     """Read the torchrun environment; init the process group when WORLD_SIZE > 1."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     if world_size <= 1:

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from PIL import Image
 
 from illume_kit.cli.generate_cmds import parse_size
@@ -15,7 +14,6 @@ RECIPE = "recipes/examples/fsq_qwen2_tiny.yaml"
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("ckpt") / "model"
     assert main(["compose", RECIPE, "-o", str(out)]) == 0
     return str(out)

@@ -11,7 +11,6 @@ from illume_kit.eval.probe import (
 
 @pytest.fixture(scope="module")
 def probe():
-    torch.set_num_threads(1)
     return load_probe()
 
 
@@ -94,7 +93,6 @@ def test_load_probe_errors_and_round_trip(tmp_path):
 
 
 def test_training_from_scratch_lowers_the_loss():
-    torch.set_num_threads(1)
     _, report = train_probe(steps=40, batch_images=16, n_scenes=200, heldout=0, quiet=True)
     assert report["steps"] == 40
     assert report["final_loss"] < 0.6 * report["first_loss"], report

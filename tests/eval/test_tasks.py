@@ -15,7 +15,6 @@ def tiny():
     from illume_kit.core.compose import compose
     from illume_kit.core.recipe import load_recipe
 
-    torch.set_num_threads(1)
     resolved = load_recipe(RECIPE, OVERRIDES)
     return compose(resolved), resolved
 

@@ -10,15 +10,6 @@ from illume_kit.plugins.decoders.fake import FakeTokenizer
 from illume_kit.plugins.decoders.params import DIFFUSION_PRESETS
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the CI box has 2 shared cores; oversubscribed intra-op threads make these tiny convs ~50x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return FakeTokenizer()

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from illume_kit.plugins.tokenizers.dualvitok.model import DualViTok
 from illume_kit.plugins.tokenizers.dualvitok.params import PRESETS
-
-
-@pytest.fixture
-def one_thread():
-    """Two cores shared by several processes: one torch thread is faster and less noisy here."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def astronaut_crops() -> torch.Tensor:
@@ -27,7 +17,7 @@ def astronaut_crops() -> torch.Tensor:
     return F.interpolate(crops, size=(64, 64), mode="area")
 
 
-def test_tiny_overfits(one_thread):
+def test_tiny_overfits():
     images = astronaut_crops()
     torch.manual_seed(0)
     model = DualViTok(DualViTok.Params(**PRESETS["tiny"])).train()

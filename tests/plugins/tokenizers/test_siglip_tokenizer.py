@@ -10,12 +10,6 @@ from illume_kit.plugins.tokenizers.siglip.params import PRESETS, SigLIPTokenizer
 from illume_kit.testing import conformance
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make():

@@ -13,12 +13,6 @@ SMALL = dict(image_size=32, patch_size=8, vision_width=64, vision_layers=2, text
              embed_dim=64, context_length=16)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def small(seed=0, **kw):

@@ -11,13 +11,6 @@ from illume_kit.plugins.tokenizers.vqgan.params import PRESETS, VQGANParams
 from illume_kit.testing import conformance
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two shared cores: torch's second thread only adds contention (see reference/environment.md)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny(**kw):
