@@ -84,7 +84,7 @@ PRESETS: dict[str, dict] = {
         "quantizer": {
             "name": "vq",
             "params": {
-                "codebook_size": 512,
+                "codebook_size": 2048,  # 512 codes: 96% used, 23.99 dB after 2200 steps (capacity-bound)
                 "use_cosine_sim": True,
                 "commitment_weight": 0.25,
                 "threshold_ema_dead_code": 2,
