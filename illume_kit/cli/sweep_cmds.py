@@ -1,0 +1,188 @@
+"""`illume-kit sweep plan|run|status` and `illume-kit results`: ablations from one YAML file.
+
+Torch-free at import and in ``plan``/``status``/``results``: the runs themselves are separate
+``illume-kit train``/``eval`` processes started by the runner.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def _sweep_dir(args, spec=None) -> Path:
+    if args.output:
+        return Path(args.output)
+    if spec is None:
+        from illume_kit.sweep.spec import load_sweep
+
+        spec, _ = load_sweep(args.file)
+    from illume_kit.sweep.plan import default_sweep_dir
+
+    return default_sweep_dir(spec)
+
+
+def _plan(args):
+    """Plan and freeze, or print every invalid run and return None."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from illume_kit.cli.output import console, err_console
+    from illume_kit.sweep.plan import SweepPlanError, plan_sweep
+    from illume_kit.sweep.shared import yaml_value
+
+    try:
+        plan = plan_sweep(args.file, args.output, force=args.force)
+    except SweepPlanError as exc:
+        err_console.print(f"[bold red]error:[/] sweep {args.file}: {len(exc.bad)} of {exc.total} runs are invalid; "
+                          "nothing was written")
+        t = Table(show_lines=True)
+        for col in ("run", "label", "overrides", "problems"):
+            t.add_column(col, overflow="fold")
+        for run, err in exc.bad:
+            ov = "\n".join(f"{k}={yaml_value(v)}" for k, v in run.overrides.items())
+            t.add_row(run.run_id, escape(run.label), escape(ov), escape("\n".join(str(p) for p in err.problems)))
+        err_console.print(t)
+        return None
+    moved = plan.write(force=args.force)
+    for w in plan.warnings:
+        console.print(f"[yellow]warning:[/] {escape(w)}")
+    if moved:
+        console.print(f"[yellow]moved to .stale/ (recipe changed):[/] {', '.join(moved)}")
+    return plan
+
+
+def cmd_plan(args) -> int:
+    import json
+
+    from illume_kit.cli.output import console
+    from illume_kit.sweep.display import plan_table
+
+    plan = _plan(args)
+    if plan is None:
+        return 2
+    data = plan.to_json()
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    console.print(plan_table(data))
+    console.print(f"frozen recipes in {plan.sweep_dir}/<run>/recipe.yaml; run with: "
+                  f"illume-kit sweep run {args.file}" + (f" -o {args.output}" if args.output else ""))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from illume_kit.cli.output import console
+    from illume_kit.sweep.display import runs_table, task_rows
+    from illume_kit.sweep.launchers import make_launcher
+    from illume_kit.sweep.runner import SweepRunner
+
+    plan = _plan(args)
+    if plan is None:
+        return 2
+    data = plan.to_json()
+    launcher = make_launcher(args.launcher, plan.sweep_dir, plan.spec.slurm)
+    metric_names = plan.spec.metric_names()
+    title = f"sweep {plan.spec.name} ({args.launcher}, {args.jobs} at a time) -> {plan.sweep_dir}"
+    live = None
+    seen: dict[str, str] = {}
+
+    def lines(tasks) -> None:
+        for r in task_rows(tasks):
+            key = f"{r['status']}:{r['stage']}"
+            if seen.get(r["id"]) != key:
+                seen[r["id"]] = key
+                extra = f" {r['latest']}" if r["status"] == "failed" else ""
+                console.print(f"{r['id']} [{r['label']}] {r['status']} {r['stage']}{extra}", markup=False)
+
+    def update(tasks) -> None:
+        live.update(runs_table(task_rows(tasks), metric_names, title))
+
+    runner = SweepRunner(data, plan.sweep_dir, launcher, jobs=args.jobs, on_change=None)
+    use_live = not args.no_live and console.is_terminal
+    if use_live:
+        from rich.live import Live
+
+        live = Live(runs_table(task_rows(runner.tasks), metric_names, title), console=console, refresh_per_second=2)
+        runner.on_change = update
+        with live:
+            summary = runner.run()
+    else:
+        console.print(f"{title}: {len(data['runs'])} runs, {len(data['units'])} shared units")
+        runner.on_change = lines
+        summary = runner.run()
+        console.print(runs_table(task_rows(runner.tasks), metric_names, title))
+    done, failed = summary.get("done", 0), summary.get("failed", 0)
+    console.print(f"{done} done, {failed} failed of {sum(summary.values())} runs; table: "
+                  f"illume-kit results {plan.sweep_dir}")
+    return 1 if failed else 0
+
+
+def cmd_status(args) -> int:
+    from illume_kit.cli.output import console
+    from illume_kit.sweep.display import runs_table, status_json, task_rows
+    from illume_kit.sweep.plan import read_plan
+    from illume_kit.sweep.runner import build_tasks
+
+    target = Path(args.file)
+    sweep_dir = target if target.is_dir() else _sweep_dir(args)
+    plan = read_plan(sweep_dir)
+    tasks = build_tasks(plan, sweep_dir)
+    rows = task_rows(tasks)
+    if args.json:
+        print(status_json(rows))
+        return 0
+    names = [m if isinstance(m, str) else m["name"] for m in plan.get("metrics", [])]
+    console.print(runs_table(rows, names, f"sweep {plan['sweep']} in {sweep_dir}"))
+    return 0
+
+
+def cmd_results(args) -> int:
+    from illume_kit.cli.output import console
+    from illume_kit.sweep.results import collect, plot, render
+
+    res = collect(args.sweep_dir, metrics=args.metric or None)
+    out = render(res, args.format)
+    if args.format == "table":
+        console.print(out)
+    else:
+        sys.stdout.write(out)
+    if args.plot:
+        path = plot(res, args.plot)
+        print(f"plot: {path}", file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="ablation sweeps: plan (expand, validate, freeze), run, status")
+    verbs = p.add_subparsers(dest="sweep_verb", metavar="ACTION", required=True)
+
+    def common(q, force_help: str) -> None:
+        q.add_argument("file", help="sweep YAML (or a recipe with a `sweep:` block)")
+        q.add_argument("-o", "--output", metavar="SWEEP_DIR", help="sweep folder (default: sweeps/<name>)")
+        q.add_argument("--force", action="store_true", help=force_help)
+
+    force = "expand past max_runs; replace frozen recipes of started runs (moved to .stale/)"
+    q = verbs.add_parser("plan", help="expand every run, validate all, show them and freeze each recipe")
+    common(q, force)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_plan)
+    q = verbs.add_parser("run", help="plan, then train and evaluate every run (skips finished runs, resumes others)")
+    common(q, force)
+    q.add_argument("-j", "--jobs", type=int, default=1, help="runs at a time (default 1)")
+    q.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                   help="local subprocesses, or slurm jobs via submitit (pip install submitit)")
+    q.add_argument("--no-live", action="store_true", help="print one line per change instead of a live table")
+    q.set_defaults(func=cmd_run)
+    q = verbs.add_parser("status", help="each run's status, stage, wall time and metrics")
+    q.add_argument("file", help="sweep YAML or SWEEP_DIR")
+    q.add_argument("-o", "--output", metavar="SWEEP_DIR")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("results", help="a sweep's results table: mean ± std over seeds, best and arrows")
+    p.add_argument("sweep_dir")
+    p.add_argument("--format", default="table", choices=["table", "md", "csv", "json", "latex"])
+    p.add_argument("--metric", action="append", metavar="NAME", help="metrics to show (default: the sweep's)")
+    p.add_argument("--plot", metavar="OUT.png", help="also plot each metric against the swept settings")
+    p.set_defaults(func=cmd_results)

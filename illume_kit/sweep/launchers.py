@@ -1,0 +1,140 @@
+"""Launchers: how one step of a run (a CLI command) is started, polled and stopped.
+
+Every step of a run is a separate process (``python -m illume_kit.cli.main train ...``), never a
+call inside the sweep process: a crash, an out-of-memory kill or a leaked CUDA context ends one step
+of one run, and the sweep records it and goes on. A launcher only has to start a command with its
+output going to a log file and say when it has finished:
+
+- ``local``: a subprocess on this machine (the runner keeps ``--jobs`` of them going);
+- ``slurm``: a job submitted through submitit (optional dependency, imported only when used);
+  ``SlurmLauncher(executor=submitit.LocalExecutor(...))`` runs the same code path without a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+
+class Job(Protocol):
+    def poll(self) -> int | None:
+        """None while running, else the exit status."""
+
+    def kill(self) -> None: ...
+
+
+class Launcher(Protocol):
+    name: str
+
+    def start(self, cmd: Sequence[str], log: Path, cwd: Path) -> Job: ...
+
+
+class LocalJob:
+    def __init__(self, proc: subprocess.Popen, log) -> None:
+        self.proc, self._log = proc, log
+        self.pid = proc.pid
+
+    def poll(self) -> int | None:
+        rc = self.proc.poll()
+        if rc is not None and not self._log.closed:
+            self._log.close()
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)  # the step and anything it started
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.poll()
+
+
+class LocalLauncher:
+    name = "local"
+
+    def start(self, cmd: Sequence[str], log: Path, cwd: Path) -> LocalJob:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        f = open(log, "a")  # noqa: SIM115 -- stays open while the step runs; LocalJob.poll closes it
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        proc = subprocess.Popen(list(cmd), cwd=cwd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        return LocalJob(proc, f)
+
+
+def local_step_alive(pid: int | None) -> bool:
+    """Whether ``pid`` on this machine is still an illume-kit step (a sweep killed mid-step leaves it)."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"illume_kit" in cmdline
+
+
+def run_logged(cmd: Sequence[str], log: str, cwd: str) -> int:
+    """Run ``cmd`` with its output appended to ``log``; the function a slurm job executes."""
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        return subprocess.run(list(cmd), cwd=cwd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              check=False).returncode
+
+
+def _submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise ValueError("--launcher slurm needs submitit: pip install submitit "
+                         "(or pip install 'illume-kit[slurm]')") from None
+    return submitit
+
+
+class SlurmJob:
+    def __init__(self, job) -> None:
+        self.job = job
+
+    def poll(self) -> int | None:
+        if not self.job.done():
+            return None
+        try:
+            return int(self.job.result())
+        except Exception:  # noqa: BLE001 -- the job itself died (node failure, timeout, cancel): a failed step
+            return 1
+
+    def kill(self) -> None:
+        self.job.cancel(check=False)
+
+
+class SlurmLauncher:
+    """Each step is one submitit job; ``params`` go to ``executor.update_parameters``."""
+
+    name = "slurm"
+
+    def __init__(self, folder: Path, params: dict | None = None, executor=None) -> None:
+        if executor is None:
+            executor = _submitit().AutoExecutor(folder=str(folder))
+        self.executor = executor
+        if params:
+            self.executor.update_parameters(**params)
+
+    def start(self, cmd: Sequence[str], log: Path, cwd: Path) -> SlurmJob:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        return SlurmJob(self.executor.submit(run_logged, list(cmd), str(log), str(cwd)))
+
+
+def make_launcher(name: str, sweep_dir: Path, slurm: dict | None = None) -> Launcher:
+    if name == "local":
+        return LocalLauncher()
+    if name == "slurm":
+        return SlurmLauncher(sweep_dir / ".submitit", slurm)
+    raise ValueError(f"unknown launcher {name!r} (valid: local, slurm)")
