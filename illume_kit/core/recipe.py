@@ -169,8 +169,8 @@ def parse_overrides(overrides: Sequence[str], problems: list[Problem]) -> tuple[
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        if key in COMPONENT_ROLES and not isinstance(value, dict):
-            key = f"{key}.name"
+        if key in COMPONENT_ROLES and value is not None and not isinstance(value, dict):
+            key = f"{key}.name"  # `detokenizer=null` removes the section instead
         sets.append((key, value))
     return sets, deletes
 

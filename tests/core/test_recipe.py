@@ -168,3 +168,9 @@ def test_resolved_yaml_has_no_import_paths(tmp_path, reg):
     text = r.to_yaml()
     assert "toytok" in text and ":" not in "".join(l.split(":", 1)[1] for l in text.splitlines() if "target" in l)
     assert "width: 4" in text
+
+
+def test_component_set_to_null_removes_it(tmp_path, reg):
+    p = write(tmp_path, "r.yaml", BASE + "detokenizer: {name: whatever}\n")
+    r = load_recipe(p, ["detokenizer=null"], registry=reg)
+    assert r.recipe.detokenizer is None and "detokenizer" not in r.components
