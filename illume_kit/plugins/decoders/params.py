@@ -101,8 +101,10 @@ class DiffusionDetokenizerParams(ComponentParams):
     )
     beta_start: float = Field(default=0.0001, gt=0, description="ddpm/ddim/euler: first beta (linear schedules)")
     beta_end: float = Field(default=0.02, gt=0, description="ddpm/ddim/euler: last beta (linear schedules)")
-    prediction_type: Literal["epsilon", "v_prediction"] = Field(
-        default="epsilon", description="ddpm/ddim/euler: what the UNet predicts (flow-match always predicts velocity)"
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = Field(
+        default="epsilon",
+        description="ddpm/ddim/euler: what the UNet predicts: epsilon (noise), v_prediction, or sample (the clean "
+        "image; easiest for a tiny UNet, which cannot carry many noise channels through a narrow first block)",
     )
     flow_shift: float = Field(default=1.0, gt=0, description="flow-match-euler: timestep shift (SD3 uses 3.0)")
     num_inference_steps: int = Field(default=25, ge=1, description="default sampling steps (decode(steps=...) overrides)")

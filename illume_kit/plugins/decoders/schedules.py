@@ -70,5 +70,8 @@ class TrainingProcess:
             return (1 - s_) * x0 + s_ * noise, s * self.T, noise - x0
         t = torch.randint(0, self.T, (b,), generator=generator).to(dev)
         xt = self.ddpm.add_noise(x0, noise, t)
-        target = noise if self.ddpm.config.prediction_type == "epsilon" else self.ddpm.get_velocity(x0, noise, t)
+        kind = self.ddpm.config.prediction_type
+        target = {"epsilon": noise, "sample": x0}.get(kind)
+        if target is None:
+            target = self.ddpm.get_velocity(x0, noise, t)
         return xt, t, target
