@@ -294,6 +294,17 @@ class HFCausalLMBackbone(nn.Module):
         return folder
 
 
+def _rope_decoder_config(config_cls: type, p: Any, special_ids: dict) -> PretrainedConfig:
+    """Qwen2 and Llama share one config vocabulary (GQA, RMSNorm, RoPE)."""
+    return config_cls(
+        vocab_size=p.vocab_size, hidden_size=p.hidden_size, intermediate_size=p.intermediate_size,
+        num_hidden_layers=p.num_layers, num_attention_heads=p.num_heads, num_key_value_heads=p.num_kv_heads,
+        max_position_embeddings=p.max_position_embeddings, rms_norm_eps=p.rms_norm_eps,
+        tie_word_embeddings=p.tie_word_embeddings, **special_ids,
+        rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta},
+    )
+
+
 class Qwen2Backbone(HFCausalLMBackbone):
     """Qwen2 / Qwen2.5 (the ILLUME+ backbone family)."""
 
@@ -303,13 +314,7 @@ class Qwen2Backbone(HFCausalLMBackbone):
 
     @classmethod
     def make_config(cls, p: Qwen2Params, **special_ids: int | None) -> PretrainedConfig:
-        return Qwen2Config(
-            vocab_size=p.vocab_size, hidden_size=p.hidden_size, intermediate_size=p.intermediate_size,
-            num_hidden_layers=p.num_layers, num_attention_heads=p.num_heads, num_key_value_heads=p.num_kv_heads,
-            max_position_embeddings=p.max_position_embeddings, rms_norm_eps=p.rms_norm_eps,
-            tie_word_embeddings=p.tie_word_embeddings, **special_ids,
-            rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta},
-        )
+        return _rope_decoder_config(Qwen2Config, p, special_ids)
 
 
 class LlamaBackbone(HFCausalLMBackbone):
@@ -321,13 +326,7 @@ class LlamaBackbone(HFCausalLMBackbone):
 
     @classmethod
     def make_config(cls, p: LlamaParams, **special_ids: int | None) -> PretrainedConfig:
-        return LlamaConfig(
-            vocab_size=p.vocab_size, hidden_size=p.hidden_size, intermediate_size=p.intermediate_size,
-            num_hidden_layers=p.num_layers, num_attention_heads=p.num_heads, num_key_value_heads=p.num_kv_heads,
-            max_position_embeddings=p.max_position_embeddings, rms_norm_eps=p.rms_norm_eps,
-            tie_word_embeddings=p.tie_word_embeddings, **special_ids,
-            rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta},
-        )
+        return _rope_decoder_config(LlamaConfig, p, special_ids)
 
 
 class GPT2Backbone(HFCausalLMBackbone):
