@@ -56,15 +56,13 @@ def cmd_list(args) -> int:
         console.print_json(json.dumps([{"role": s.role, "name": s.name, "summary": s.summary, "dist": s.dist,
                                         "version": s.dist_version} for s in rows]))
         return 0
-    t = Table(title="components")
-    for col in ("role", "name", "presets", "provider", "summary"):
+    # names and summaries only: presets and params live in each component's params module, which
+    # `show ROLE NAME` imports (importing all of them here would double list's start-up time)
+    t = Table(title="components (presets and params: illume-kit show ROLE NAME)")
+    for col in ("role", "name", "provider", "summary"):
         t.add_column(col, overflow="fold")
     for s in rows:
-        try:
-            presets = ", ".join(s.load_presets())
-        except Exception as exc:
-            presets = f"[red]unavailable ({type(exc).__name__})[/]"
-        t.add_row(s.role, s.name, presets, f"{s.dist} {s.dist_version}", s.summary)
+        t.add_row(s.role, s.name, f"{s.dist} {s.dist_version}", s.summary)
     console.print(t)
     return 0
 
