@@ -94,7 +94,7 @@ def print_tree(info: dict) -> None:
             label += f"  from {c['dist']} {c['version']}"
         label += f"  — {c['parameters']:,} params ({c['trainable']:,} trainable)"
         node = root.add(label)
-        if "params" in c:
+        if c.get("params"):
             flat = ", ".join(f"{k}={v}" for k, v in c["params"].items())
             node.add(f"[dim]{flat}[/]")
         if "per_codebook" in c:
