@@ -1,13 +1,30 @@
-"""Shared console and error reporting for the CLI (rich)."""
+"""Shared console and error reporting for the CLI (rich, imported on first use).
+
+rich costs ~60 ms to import; `validate` and `--help` print plain text and never pay for it.
+"""
 
 from __future__ import annotations
 
 import traceback
+from typing import Any
 
-from rich.console import Console
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+class _LazyConsole:
+    """A rich Console created on first attribute access."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs, self._console = kwargs, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(highlight=False, **self._kwargs)
+        return getattr(self._console, name)
+
+
+console = _LazyConsole()
+err_console = _LazyConsole(stderr=True)
 
 
 def user_error(exc: BaseException, debug: bool = False) -> int | None:

@@ -13,14 +13,13 @@ def _overrides_arg(p) -> None:
 
 
 def cmd_validate(args) -> int:
-    from illume_kit.cli.output import console
     from illume_kit.core.recipe import load_recipe
 
     r = load_recipe(args.recipe, args.overrides)
     if args.print_recipe:
         print(r.to_yaml())
     comps = ", ".join(f"{sec}={rc.spec.name}" + (f"[{rc.preset}]" if rc.preset else "") for sec, rc in r.components.items())
-    console.print(f"[green]ok[/] {r.origin}: {comps}")
+    print(f"ok {r.origin}: {comps}")  # plain text: validate stays fast (no rich import)
     return 0
 
 
