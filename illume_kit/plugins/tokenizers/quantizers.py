@@ -48,12 +48,13 @@ class _Quantizer(nn.Module):
         shape = (self.num_levels, codebook_size) if self.num_levels > 1 else (codebook_size,)
         self.register_buffer("usage_counts", torch.zeros(shape, dtype=torch.long), persistent=False)
 
-    # subclasses implement these two on float32 channel-last input
+    # on float32 channel-last input; the library module is ``self.vq``. Most of its classes return
+    # (quantized, indices, loss) and decode with indices_to_codes: subclasses override the others.
     def _quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        return self.vq(z)
 
     def _codes(self, indices: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.vq.indices_to_codes(indices)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         if z.ndim != 3 or z.shape[-1] != self.dim:
@@ -122,9 +123,6 @@ class VQ(_Quantizer):
             straight_through=False,
         )
 
-    def _quantize(self, z):
-        return self.vq(z)
-
     def _codes(self, indices):
         return self.vq.get_output_from_indices(indices)
 
@@ -163,9 +161,6 @@ class SimVQ(_Quantizer):
         loss = sum(p[2] * s for p, s in zip(parts, sizes)) / (b * n)
         return quantized, indices, loss
 
-    def _codes(self, indices):
-        return self.vq.indices_to_codes(indices)
-
 
 class FSQ(_Quantizer):
     """Finite scalar quantization (``vector_quantize_pytorch.FSQ``); no auxiliary loss."""
@@ -180,9 +175,6 @@ class FSQ(_Quantizer):
     def _quantize(self, z):
         quantized, indices = self.vq(z)
         return quantized, indices, z.new_zeros(())
-
-    def _codes(self, indices):
-        return self.vq.indices_to_codes(indices)
 
 
 class LFQ(_Quantizer):
@@ -201,12 +193,6 @@ class LFQ(_Quantizer):
             diversity_gamma=params.diversity_gamma,
             spherical=params.spherical,
         )
-
-    def _quantize(self, z):
-        return self.vq(z)
-
-    def _codes(self, indices):
-        return self.vq.indices_to_codes(indices)
 
 
 class ResidualVQ(_Quantizer):
@@ -233,9 +219,6 @@ class ResidualVQ(_Quantizer):
             threshold_ema_dead_code=params.threshold_ema_dead_code,
             quantize_dropout=params.quantize_dropout,
         )
-
-    def _quantize(self, z):
-        return self.vq(z)
 
     def _codes(self, indices):
         return self.vq.get_output_from_indices(indices)
