@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from illume_kit.core.params import ComponentParams, QuantizerRef
+from illume_kit.plugins.tokenizers.gan_params import PatchGANParams
 
 
 class TeacherParams(ComponentParams):
@@ -56,7 +57,7 @@ class TeacherParams(ComponentParams):
     )
 
 
-class DualViTokParams(ComponentParams):
+class DualViTokParams(PatchGANParams):
     teacher: TeacherParams = Field(default_factory=TeacherParams, description="frozen semantic teacher")
 
     # semantic adapter / decoder (Qwen2-VL vision blocks with 2D RoPE)
@@ -117,12 +118,7 @@ class DualViTokParams(ComponentParams):
     semantic_weight: float = Field(1.0, ge=0.0, description="weight of the whole semantic loss")
     semantic_codebook_weight: float = Field(1.0, ge=0.0, description="weight of the semantic quantizer loss inside it")
     semantic_recon_weight: float = Field(1.0, ge=0.0, description="weight of the 1 - cos feature loss inside it")
-    disc_weight: float = Field(0.5, ge=0.0, description="weight of the PatchGAN hinge losses (0 = no discriminator)")
-    disc_start: int = Field(20_000, ge=0, description="training step at which the GAN losses switch on")
-    disc_width: int = Field(64, ge=1, description="PatchGAN base width (ndf)")
-    disc_layers: int = Field(3, ge=1, description="PatchGAN stride-2 layers")
-    disc_norm: Literal["batch", "group", "none"] = Field("batch", description="PatchGAN normalisation")
-    adaptive_disc_weight: bool = Field(False, description="VQGAN adaptive GAN weight (ILLUME+: off)")
+    # PatchGAN fields (disc_*) come from PatchGANParams
 
     @model_validator(mode="after")
     def _check(self):

@@ -17,7 +17,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from illume_kit.core.params import ComponentParams, QuantizerRef
+from illume_kit.core.params import QuantizerRef
+from illume_kit.plugins.tokenizers.gan_params import PatchGANParams
 
 
 def _llamagen_quantizer() -> QuantizerRef:
@@ -25,7 +26,7 @@ def _llamagen_quantizer() -> QuantizerRef:
     return QuantizerRef(name="vq", params=params)
 
 
-class VQGANParams(ComponentParams):
+class VQGANParams(PatchGANParams):
     patch_size: int = Field(1, ge=1, description="pixel-unshuffle factor applied before the first conv (tiny: 4)")
     channels: int = Field(128, ge=1, description="base channel width of encoder and decoder (ch)")
     channel_mult: list[int] = Field(
@@ -45,14 +46,7 @@ class VQGANParams(ComponentParams):
     recon_loss: Literal["l1", "l2"] = Field("l2", description="pixel reconstruction loss (LlamaGen: l2)")
     recon_weight: float = Field(1.0, ge=0.0, description="weight of the reconstruction loss")
     codebook_weight: float = Field(1.0, ge=0.0, description="weight of the quantizer's auxiliary loss")
-    disc_weight: float = Field(0.5, ge=0.0, description="weight of the PatchGAN hinge losses (0 = no discriminator)")
-    disc_start: int = Field(20_000, ge=0, description="training step at which the GAN losses switch on")
-    disc_width: int = Field(64, ge=1, description="PatchGAN base width (ndf)")
-    disc_layers: int = Field(3, ge=1, description="PatchGAN stride-2 layers")
-    disc_norm: Literal["batch", "group", "none"] = Field("batch", description="PatchGAN normalisation")
-    adaptive_disc_weight: bool = Field(
-        False, description="scale the GAN loss by VQGAN's adaptive weight (grad-norm ratio at the last layer)"
-    )
+    # PatchGAN fields (disc_*) come from PatchGANParams
 
     @property
     def stride(self) -> int:
