@@ -17,8 +17,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
-import shutil
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import yaml
 
 import illume_kit
+from illume_kit.core.atomic import atomic_dir
 from illume_kit.core.layout import VocabLayout
 from illume_kit.core.registry import Registry, RegistryError, UnknownComponent
 from illume_kit.core.schema import ModelOptions
@@ -45,27 +44,6 @@ def _version_tuple(v: str) -> tuple:
         num = "".join(ch for ch in part if ch.isdigit())
         out.append(int(num) if num else 0)
     return tuple(out)
-
-
-def atomic_folder(final: Path, write) -> Path:
-    """Call ``write(tmp_dir)`` then move ``tmp_dir`` onto ``final`` (replacing it) with renames."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = final.parent / f".{final.name}.old-{os.getpid()}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def _save_module(module, folder: Path) -> None:
@@ -120,11 +98,10 @@ def save_component(module, section: str, spec, params, folder: str | Path, prese
         **(extra or {}),
     }
 
-    def write(tmp: Path) -> None:
+    with atomic_dir(folder) as tmp:
         _save_module(module, tmp / section)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-
-    return atomic_folder(Path(folder), write)
+    return Path(folder)
 
 
 def save_checkpoint(model, resolved, folder: str | Path, extra: dict | None = None) -> Path:
@@ -150,7 +127,7 @@ def save_checkpoint(model, resolved, folder: str | Path, extra: dict | None = No
         **(extra or {}),
     }
 
-    def write(tmp: Path) -> None:
+    with atomic_dir(folder) as tmp:
         for sec in SECTIONS:
             part = getattr(model, sec)
             if part is not None:
@@ -158,8 +135,7 @@ def save_checkpoint(model, resolved, folder: str | Path, extra: dict | None = No
         _save_module(model.projectors, tmp / "projectors")
         (tmp / "recipe.yaml").write_text(recipe_text)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-
-    return atomic_folder(Path(folder), write)
+    return Path(folder)
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
