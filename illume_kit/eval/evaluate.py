@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from illume_kit.eval.metrics import CodebookStats, reconstruction_metrics
 
 
-def _progress(total: int, desc: str, quiet: bool):
+def _progress(desc: str, quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn(desc), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=quiet,
@@ -42,7 +42,7 @@ def reconstruction(model, dataset, num_samples: int, batch_size: int = 16, quiet
     shown = None
     n = min(num_samples, len(dataset))
     t_decode = 0.0
-    with _progress(n, "eval", quiet) as prog:
+    with _progress("eval", quiet) as prog:
         task = prog.add_task("eval", total=n)
         for start in range(0, n, batch_size):
             hi = torch.stack([dataset[i]["image"] for i in range(start, min(n, start + batch_size))])

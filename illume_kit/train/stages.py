@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from illume_kit.core.compose import build_component, compose
 from illume_kit.core.recipe import ResolvedRecipe
 from illume_kit.core.schema import Stage
+from illume_kit.data.batching import collate
 from illume_kit.train.config import TrainerConfig
 
 CHECKPOINT = "checkpoint"
@@ -59,13 +60,6 @@ def build_dataset(resolved: ResolvedRecipe, split: str = "train", **overrides: A
         raise ValueError(f"{resolved.origin}: recipe has no `data:` section; training and evaluation need one")
     params = rc.params.model_copy(update={"split": split, **overrides})
     return build_component(rc.spec, type(rc.params).model_validate(params.model_dump()))
-
-
-def collate_images(items: list[dict]) -> dict[str, Any]:
-    batch: dict[str, Any] = {"image": torch.stack([it["image"] for it in items])}
-    if "caption" in items[0]:
-        batch["caption"] = [it["caption"] for it in items]
-    return batch
 
 
 def _done_marker(out: Path, stage: Stage) -> Path:
@@ -161,7 +155,7 @@ class StageRunner:
         def step(m, batch, s):
             return m.loss(batch["image"], batch["caption"])
 
-        return teacher, step, self._images(stage), {"collate_fn": collate_images}
+        return teacher, step, self._images(stage), {"collate_fn": collate}
 
     def _tokenizer(self, stage: Stage):
         tok = self.model.tokenizer
@@ -170,7 +164,7 @@ class StageRunner:
         def step(m, batch, s):
             return m.loss(batch["image"], s)
 
-        extra: dict[str, Any] = {"collate_fn": collate_images}
+        extra: dict[str, Any] = {"collate_fn": collate}
         if disc is not None:
             def disc_step(d, batch, s, out):
                 return tok.discriminator_loss(batch["image"], s)
@@ -196,7 +190,7 @@ class StageRunner:
                 codes = tok.encode(lo).codes
             return m.loss(hi, codes)
 
-        return det, step, self._images(stage), {"collate_fn": collate_images}
+        return det, step, self._images(stage), {"collate_fn": collate}
 
     def _mllm(self, stage: Stage):
         from illume_kit.model import objective
@@ -208,5 +202,3 @@ def train(resolved: ResolvedRecipe, only: list[str] | None = None, resume: bool 
           until: int | None = None, device: str | None = None) -> dict[str, dict]:
     return StageRunner(resolved, quiet=quiet, device=device).run(only, resume=resume, until=until)
 
-
-StepFn = Callable[..., dict]
