@@ -23,7 +23,6 @@ PNG grids (ground truth | generated, source | edited | target) are written to ``
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from pathlib import Path
@@ -154,41 +153,14 @@ def editing(model, items: Sequence[dict], probe, cfg: float = 1.5, seed: int = 0
 # ---------------------------------------------------------------- pictures
 
 
-def tile_rows(rows: Sequence[Sequence[torch.Tensor]], labels: Sequence[str] | None = None, per_row: int = 4,
-              pad: int = 2):
-    """A PIL image of groups of images side by side (e.g. truth | generated), ``per_row`` groups per
-    line, each with an optional label under it; images are shown at the largest size (nearest)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    from illume_kit.eval.grid import to_pil
-
-    if not rows:
-        raise ValueError("nothing to show")
-    k = max(len(r) for r in rows)
-    h = max(int(im.shape[-2]) for r in rows for im in r)
-    w = max(int(im.shape[-1]) for r in rows for im in r)
-    font = ImageFont.load_default()
-    label_h = 12 + pad if labels else 0
-    cols = min(per_row, len(rows))
-    cell_w, cell_h = k * (w + pad) + 2 * pad, h + 2 * pad + label_h
-    canvas = Image.new("RGB", (cols * cell_w, math.ceil(len(rows) / cols) * cell_h), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for i, group in enumerate(rows):
-        r, c = divmod(i, cols)
-        x0, y0 = c * cell_w + pad, r * cell_h + pad
-        for j, im in enumerate(group):
-            canvas.paste(to_pil(im).resize((w, h), Image.NEAREST), (x0 + j * (w + pad), y0))
-        if labels:
-            draw.text((x0, y0 + h + 1), str(labels[i]), fill=(0, 0, 0), font=font)
-    return canvas
-
-
 def save_rows(rows: Sequence[Sequence[torch.Tensor]], path: str | os.PathLike, labels: Sequence[str] | None = None,
               per_row: int = 4, pad: int = 2) -> Path:
-    """Write ``tile_rows(...)`` to ``path`` (format from the suffix, e.g. PNG)."""
+    """Write ``grid.tile(...)`` to ``path`` (format from the suffix, e.g. PNG)."""
+    from illume_kit.eval.grid import tile
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tile_rows(rows, labels, per_row, pad).save(path)
+    tile(rows, labels, per_row, pad).save(path)
     return path
 
 
