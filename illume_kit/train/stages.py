@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from illume_kit.core.compose import build_component, compose
 from illume_kit.core.recipe import ResolvedRecipe
 from illume_kit.core.schema import Stage
+from illume_kit.core.atomic import atomic_write_text
 from illume_kit.data.batching import collate
 from illume_kit.train.config import TrainerConfig
 
@@ -136,7 +137,7 @@ class StageRunner:
             self.save_model()
         marker = _done_marker(self.out, stage)
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(result, indent=2))
+        atomic_write_text(marker, json.dumps(result, indent=2))  # a torn marker would skip an unfinished stage
         return result
 
     def _images(self, stage: Stage, **over):
