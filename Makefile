@@ -8,14 +8,16 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 DEMO_RECIPE ?= recipes/dualvitok_qwen2_tiny.yaml
 PYTEST_ARGS ?=
+# a plain path entry in a .pth instead of setuptools' import-hook finder: ~30 ms less start-up per process
+EDITABLE := --config-settings editable_mode=compat
 
 .PHONY: install demo test test-slow data clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt examples/illume-kit-fsq-tokenizer/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e '.[test,slurm]'
-	$(PIP) install -q -c constraints.txt -e examples/illume-kit-fsq-tokenizer
+	$(PIP) install -q -c constraints.txt $(EDITABLE) -e '.[test,slurm]'
+	$(PIP) install -q -c constraints.txt $(EDITABLE) -e examples/illume-kit-fsq-tokenizer
 	touch $@
 
 install: $(VENV)/.installed

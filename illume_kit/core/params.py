@@ -22,7 +22,7 @@ class ComponentParams(BaseModel):
 class ComponentRef(BaseModel):
     """A nested component chosen by registry name: ``{name: simvq, params: {...}}``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     role: Any = Field(default=None, exclude=True, description="set by subclasses")
     name: str = Field(description="registry name")
     params: dict[str, Any] = Field(default_factory=dict, description="params for that component")
