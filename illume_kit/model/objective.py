@@ -132,7 +132,8 @@ def _keep_items(items: list) -> list:
 def stage_setup(runner: Any, stage: Any):
     """What ``illume-kit train`` needs for an ``mllm`` stage: (module, step_fn, data, trainer extras).
 
-    Stage options: ``tasks`` (task -> weight, default all), ``cfg_dropout`` (default 0.1),
+    Stage options: ``tasks`` (task -> weight, default all), ``cfg_dropout`` (default 0.1), ``qa_turns``
+    (question/answer pairs per understanding sample, as a multi-turn conversation; default 1),
     ``retrain_text_tokenizer`` (default true for a from-scratch backbone: a byte-level BPE on the task
     texts, done once, at the start of the recipe's first mllm stage).
     """
@@ -140,11 +141,11 @@ def stage_setup(runner: Any, stage: Any):
 
     model = runner.model
     opts = dict(stage.options)
-    unknown = set(opts) - {"tasks", "cfg_dropout", "retrain_text_tokenizer", "image_size", "text_corpus_items",
-                           "cache_data"}
+    valid = ("tasks", "cfg_dropout", "qa_turns", "retrain_text_tokenizer", "image_size", "text_corpus_items",
+             "cache_data")
+    unknown = set(opts) - set(valid)
     if unknown:
-        raise ValueError(f"stage {stage.name!r}: unknown options {sorted(unknown)} (valid: tasks, cfg_dropout, "
-                         "retrain_text_tokenizer, image_size, text_corpus_items)")
+        raise ValueError(f"stage {stage.name!r}: unknown options {sorted(unknown)} (valid: {', '.join(valid)})")
     data = runner._images(stage)
     first_mllm = next(s for s in runner.recipe.train.stages if s.target == "mllm").name == stage.name
     started = (runner.out / "stages" / stage.name / "checkpoints" / "latest").exists()
@@ -154,6 +155,7 @@ def stage_setup(runner: Any, stage: Any):
         model.backbone.retrain_text_tokenizer(sorted(task_texts(data[i] for i in range(n))))
     groups = stage.trainable or ["all"]
     trainable_parameters(model, groups)
-    mixer = TaskMixer(opts.get("tasks"), float(opts.get("cfg_dropout", 0.1)), seed=runner.recipe.run.seed)
+    mixer = TaskMixer(opts.get("tasks"), float(opts.get("cfg_dropout", 0.1)), seed=runner.recipe.run.seed,
+                      qa_turns=int(opts.get("qa_turns", 1)))
     # groups are applied here through requires_grad; the trainer then takes whatever requires grad
     return model, mllm_step_fn(mixer), data, {"collate_fn": _keep_items, "config": {"trainable": []}}

@@ -94,12 +94,15 @@ class Sample:
 
     ``eos`` closes the answer with the end-of-turn token (the backbone tokenizer's eos); by default
     when there is an answer. Prompts for inference have an empty answer (or a forced prefix, eos=False).
+    ``turns`` continue the conversation (LLaVA-style multi-turn): each ``(prompt, answer)`` adds
+    ``USER: {prompt}\nASSISTANT: {answer}<eos>`` with loss on the answer and its eos.
     """
 
     prompt: list[Part]
     answer: list[Part] = field(default_factory=list)
     task: str = "und"
     eos: bool | None = None
+    turns: list[tuple[list[Part], list[Part]]] = field(default_factory=list)  # follow-up (user, assistant) turns
 
 
 @dataclass
@@ -214,7 +217,7 @@ def _add_part(b: _Builder, part: Part, loss: bool, model: Any, encoded: dict[int
 def _images_to_encode(samples: Sequence[Sample]) -> list[torch.Tensor]:
     out, seen = [], set()
     for s in samples:
-        for part in [*s.prompt, *s.answer]:
+        for part in [*s.prompt, *s.answer, *(p for turn in s.turns for side in turn for p in side)]:
             img = None
             if isinstance(part, torch.Tensor):
                 img = part
@@ -250,6 +253,12 @@ def sample_ids(model: Any, sample: Sample, encoded: dict[int, dict], feats: list
     for part in sample.answer:
         _add_part(b, part, True, model, encoded, feats, pad)
     if sample.eos if sample.eos is not None else bool(sample.answer):
+        b.add([tok.eos_token_id], True)
+    for prompt, answer in sample.turns:
+        for part in [USER_PREFIX, *prompt, ASSISTANT_PREFIX]:
+            _add_part(b, part, False, model, encoded, feats, pad)
+        for part in answer:
+            _add_part(b, part, True, model, encoded, feats, pad)
         b.add([tok.eos_token_id], True)
     return b
 

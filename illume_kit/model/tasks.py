@@ -56,8 +56,10 @@ def edit_prompt(image: torch.Tensor, instruction: str | None, size: tuple[int, i
     return [tag, image, EDIT_UNCOND if instruction is None else EDIT_INSTRUCTION + instruction]
 
 
-def und_sample(image: torch.Tensor, question: str, answer: str) -> Sample:
-    return Sample(und_prompt(image, question), [answer], task="und")
+def und_sample(image: torch.Tensor, question: str, answer: str,
+               more: Sequence[tuple[str, str]] = ()) -> Sample:
+    """``image + question -> answer``; ``more`` (question, answer) pairs follow as further turns."""
+    return Sample(und_prompt(image, question), [answer], task="und", turns=[([q], [a]) for q, a in more])
 
 
 def t2i_sample(image: torch.Tensor, caption: str | None) -> Sample:
@@ -80,11 +82,15 @@ def uncollate(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[di
 class TaskMixer:
     """Turns dataset items into training ``Sample``s, one task per item drawn with ``weights``.
 
+    ``qa_turns`` > 1 makes an understanding sample a multi-turn conversation about its image (up to
+    that many of the item's question/answer pairs, in random order), as LLaVA-style instruction data
+    is: a one-word answer is otherwise ~1% of a batch's labelled tokens next to image targets.
+
     A task an item cannot serve (no ``qa``, ``caption`` or ``edit``) is not drawn for it.
     """
 
     def __init__(self, weights: Mapping[str, float] | None = None, cfg_dropout: float = 0.1,
-                 edit_uncond_target: str = "source", seed: int = 0) -> None:
+                 edit_uncond_target: str = "source", seed: int = 0, qa_turns: int = 1) -> None:
         weights = dict(weights) if weights is not None else {t: 1.0 for t in TASKS}
         unknown = set(weights) - set(TASKS)
         if unknown:
@@ -95,7 +101,10 @@ class TaskMixer:
             raise ValueError(f"cfg_dropout must be in [0, 1], got {cfg_dropout}")
         if edit_uncond_target not in ("source", "target"):
             raise ValueError("edit_uncond_target must be 'source' (reconstruction, as ILLUME+) or 'target'")
+        if qa_turns < 1:
+            raise ValueError(f"qa_turns must be >= 1, got {qa_turns}")
         self.weights, self.cfg_dropout, self.edit_uncond_target, self.seed = weights, cfg_dropout, edit_uncond_target, seed
+        self.qa_turns = qa_turns
 
     def _tasks_for(self, item: Mapping[str, Any]) -> list[str]:
         ok = {"und": bool(item.get("qa")), "t2i": bool(item.get("caption")), "edit": item.get("edit") is not None}
@@ -112,8 +121,12 @@ class TaskMixer:
         image = item["image"]
         drop = rng.random() < self.cfg_dropout
         if task == "und":
-            q, a = rng.choice(list(item["qa"]))
-            return und_sample(image, q, a)
+            qa = list(item["qa"])
+            if self.qa_turns == 1:
+                q, a = rng.choice(qa)
+                return und_sample(image, q, a)
+            picked = rng.sample(qa, min(self.qa_turns, len(qa)))
+            return und_sample(image, *picked[0], more=picked[1:])
         if task == "t2i":
             return t2i_sample(image, None if drop else item["caption"])
         if task == "edit":

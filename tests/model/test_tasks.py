@@ -77,3 +77,28 @@ def test_shapes_batch_to_loss_and_texts(model2):
     texts = task_texts(items)
     assert any(items[0]["caption"] in t for t in texts)
     assert items[0]["qa"][0][1] in texts and any(items[3]["edit"]["instruction"] in t for t in texts)
+
+
+def test_multi_turn_understanding_labels_every_answer(model2):
+    from illume_kit.model.sequence import IGNORE, assemble
+
+    it = item()
+    it["qa"] = [("how many shapes are there?", "one"), ("is there a star?", "no"), ("what size is it?", "small")]
+    mixer = TaskMixer({"und": 1.0}, qa_turns=3)
+    s = mixer.sample(it, random.Random(0))
+    assert len(s.turns) == 2 and {s.answer[0], *(a[0] for _, a in s.turns)} == {"one", "no", "small"}
+    single = TaskMixer({"und": 1.0}).sample(it, random.Random(0))
+    assert single.turns == []
+    batch = assemble(model2, [s, single])
+    eos = model2.backbone.text_tokenizer.eos_token_id
+    labelled = batch.labels != IGNORE
+    # one eos per answer is labelled: 3 in the conversation, 1 in the single-turn sample
+    assert ((batch.labels == eos) & labelled).sum(1).tolist() == [3, 1]
+    # the follow-up questions are in the sequence, but carry no loss
+    tok = model2.backbone.text_tokenizer
+    q_ids = tok(s.turns[0][0][0], add_special_tokens=False)["input_ids"]
+    row = batch.input_ids[0].tolist()
+    start = next(i for i in range(len(row)) if row[i:i + len(q_ids)] == q_ids)
+    assert not labelled[0, start:start + len(q_ids)].any()
+    with pytest.raises(ValueError, match="qa_turns"):
+        TaskMixer(qa_turns=0)
