@@ -49,6 +49,9 @@ def test_params_reject_bad_widths():
         DualViTokParams(encoder_channels=40)
     with pytest.raises(ValueError, match="out of range"):
         DualViTokParams(decoder_attn_levels=[7])
+    # caught when the recipe is validated, not after a teacher has trained (the DC shortcut reshapes)
+    with pytest.raises(ValueError, match="semantic_code_dim \\+ pixel_code_dim = 24"):
+        DualViTokParams(**{**PRESETS["tiny"], "pixel_code_dim": 8})
 
 
 def test_official_parameter_counts(official_meta):

@@ -135,6 +135,15 @@ class DualViTokParams(PatchGANParams):
             raise ValueError(f"norm_groups={self.norm_groups} must divide every CNN width {sorted(set(widths))}")
         if self.semantic_width % self.semantic_heads:
             raise ValueError("semantic_width must be divisible by semantic_heads")
+        if self.dc_blocks:  # the DC-AE shortcuts reshape channels into the latent and back
+            enc, zq = widths[len(self.encoder_channel_mult) - 1], self.semantic_code_dim + self.pixel_code_dim
+            dec = self.decoder_channels * self.decoder_channel_mult[-1]
+            if enc % self.pixel_z_channels:
+                raise ValueError(f"dc_blocks: the last encoder width {enc} must be a multiple of pixel_z_channels "
+                                 f"{self.pixel_z_channels}")
+            if dec % zq:
+                raise ValueError(f"dc_blocks: the last decoder width {dec} must be a multiple of semantic_code_dim + "
+                                 f"pixel_code_dim = {zq}")
         return self
 
     @property
