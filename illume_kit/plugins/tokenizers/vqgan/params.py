@@ -7,8 +7,10 @@ attention at the lowest level and in the middle block, z 256, one l2-normalised 
 The codebook is vector-quantize-pytorch's EMA cosine codebook (its cosine mode has no learnable
 variant) with dead-code replacement: without it the tiny preset used 25 of 512 codes on shapes,
 with it 374 (measured, 70 s of CPU training).
-``tiny`` pixel-unshuffles 4x first so every conv runs at 1/4 resolution: it trains on CPU at
-64x64 in minutes (see reference/environment.md, "CPU training budget").
+``tiny`` pixel-unshuffles 4x first so every conv runs at 1/4 resolution, then downsamples once:
+stride 8, so a 64x64 shapes image is 8x8 codes. At stride 16 (4x4 codes) every shape came back as
+a coloured blob (24.1 dB; the attribute probe read 9% of reconstructed scenes); stride 8 reaches
+24.6 dB in 900 steps (8 min on one CPU core).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ PRESETS: dict[str, dict] = {
     "tiny": {
         "patch_size": 4,
         "channels": 32,
-        "channel_mult": [1, 2, 2],
+        "channel_mult": [1, 2],
         "num_res_blocks": 1,
         "attention": False,
         "z_channels": 64,
