@@ -68,6 +68,9 @@ BUILTIN_METRICS: dict[str, MetricSpec] = _specs(
     MetricSpec("gen/position", "max", ".3f", "captioned objects the probe finds in their cell"),
     MetricSpec("gen/count", "max", ".3f", "generated scenes with the captioned number of objects"),
     MetricSpec("probe/accuracy", "max", ".3f", "attribute probe's scene accuracy on the ground-truth images"),
+    MetricSpec("probe/reconstruction", "max", ".3f",
+               "probe's scene accuracy on the images decoded from the ground-truth codes: the ceiling of "
+               "gen/accuracy and edit/accuracy that the tokenizer + detokenizer set"),
     MetricSpec("ar/bits_per_token", "min", ".3f", "held-out bits per image token of a small AR prior"),
     MetricSpec("train/loss", "min", ".4f", "final training loss"),
     MetricSpec("perf/steps_per_s", "max", ".2f", "training throughput", "step/s"),

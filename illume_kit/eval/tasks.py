@@ -13,7 +13,10 @@ The shapes world has exact answers, so every task has an exact score:
 - ``edit/accuracy``: each item's image edited with its instruction (guidance ``edit_cfg``, default
   1.5), probed against the edit's target scene (and ``edit/accuracy/<kind>`` per edit kind);
 - ``probe/accuracy``: the probe on the ground-truth images of the same items, so a reader knows how
-  far to trust the two numbers above.
+  far to trust the two numbers above;
+- ``probe/reconstruction``: the probe on those images encoded and decoded (ground-truth codes through
+  the detokenizer): a perfect LLM scores at most this, so it separates "the LLM draws the wrong
+  tokens" from "the tokenizer cannot draw this scene".
 
 Sampling options come from ``eval.options`` (``temperature``, ``top_k``, ``top_p``, ``batch_size``,
 ``max_answer_tokens``, ``decode`` = detokenizer options); every batch is seeded from ``run.seed``.
@@ -150,6 +153,21 @@ def editing(model, items: Sequence[dict], probe, cfg: float = 1.5, seed: int = 0
     return metrics, images, reads
 
 
+def _reconstruction_score(model, items: Sequence[dict], probe, batch_size: int, decode: dict) -> float:
+    """Probe scene accuracy on the items' images after tokenizer encode -> detokenizer decode."""
+    from illume_kit.eval.probe import read_scenes, score
+    from illume_kit.model.sampler import decode_images
+    from illume_kit.model.sequence import encode_images
+
+    images: list[torch.Tensor] = []
+    for lo, hi in _batches(len(items), batch_size):
+        with torch.no_grad():
+            enc = encode_images(model, [it["image"] for it in items[lo:hi]])
+        images += [im.detach().float().cpu() for im in decode_images(model, [e["codes"] for e in enc], **decode)]
+    truth = [it["attributes"] for it in items]
+    return score(read_scenes(probe, images, [t["grid"] for t in truth]), truth)["accuracy"]
+
+
 # ---------------------------------------------------------------- pictures
 
 
@@ -228,6 +246,8 @@ def evaluate_tasks(model, resolved, wanted: Sequence[str], n: int, out_dir: str 
                 truth = [it["attributes"] for it in items]
                 reads = read_scenes(probe, [it["image"] for it in items], [t["grid"] for t in truth])
                 metrics["probe/accuracy"] = score(reads, truth)["accuracy"]
+                if (probed & {"gen", "edit"} or "probe/reconstruction" in wanted) and model.detokenizer is not None:
+                    metrics["probe/reconstruction"] = _reconstruction_score(model, items, probe, bs, decode)
             if "gen" in probed:
                 cfg = float(opts.get("cfg", 2.0))
                 m, images, reads = generation(model, items, probe, cfg, seed, bs, sampling, decode, prog)

@@ -86,6 +86,34 @@ def test_a_model_that_draws_the_truth_scores_high_and_one_that_copies_scores_zer
     assert m["edit/accuracy"] <= 0.1, m
 
 
+def test_reconstruction_ceiling_reads_what_the_detokenizer_draws(tiny, monkeypatch):
+    model, resolved = tiny
+    from illume_kit.train.stages import build_dataset
+
+    items = [build_dataset(resolved, "val")[i] for i in range(8)]
+    noise = evaluate_tasks(model, resolved, ["probe/reconstruction"], 8, quiet=True, dataset=items)
+    assert set(noise) == {"probe/accuracy", "probe/reconstruction"}
+    assert noise["probe/reconstruction"] <= 0.25 < noise["probe/accuracy"]  # random tokenizer: nothing survives
+    by_id = {id(it["image"]): it["image"] for it in items}
+    seen = []
+
+    def exact_decode(model, codes, **kw):  # a perfect tokenizer + detokenizer: codes decode to the input
+        return [by_id[seen.pop(0)] for _ in codes]
+
+    import illume_kit.model.sequence as sequence
+
+    real_encode = sequence.encode_images
+
+    def tracking_encode(model, images):
+        seen.extend(id(im) for im in images)
+        return real_encode(model, images)
+
+    monkeypatch.setattr("illume_kit.model.sampler.decode_images", exact_decode)
+    monkeypatch.setattr("illume_kit.model.sequence.encode_images", tracking_encode)
+    m = evaluate_tasks(model, resolved, ["probe/reconstruction"], 8, quiet=True, dataset=items)
+    assert m["probe/reconstruction"] == m["probe/accuracy"] >= 0.75
+
+
 def test_text_helpers():
     assert normalise("  Top   Left ") == "top left"
     assert question_kind("how many shapes are there?") == "count"
