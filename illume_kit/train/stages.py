@@ -10,15 +10,25 @@ A recipe lists stages in order; each names what it trains:
 - ``mllm``: the unified model on the task mix, training the groups the stage names.
 
 The unified model is composed after the teacher stage (tokenizers load the teacher when built).
-After every stage the whole model is written to ``<output_dir>/checkpoint``; a stage that finished
-is skipped on rerun, and an interrupted one resumes from its trainer checkpoint.
+After every stage the whole model is written to ``<output_dir>/checkpoint``; with ``resume`` a stage
+that finished is skipped, and an interrupted one resumes from its trainer checkpoint.
+
+An output folder belongs to one recipe: ``<output_dir>/run_recipe.yaml`` keeps the resolved recipe it
+was started with. Resuming (or rerunning single stages) under a recipe that differs in anything but
+``eval``/``description`` is refused, naming the keys, because the stored weights and done-markers
+belong to the other recipe. A plain (non-resume) run of every stage starts over and first moves an
+earlier run aside to ``<output_dir>.replaced-<time>``: nothing is deleted, nothing stale is reused.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +41,35 @@ from illume_kit.data.batching import collate
 from illume_kit.train.config import TrainerConfig
 
 CHECKPOINT = "checkpoint"
+SNAPSHOT = "run_recipe.yaml"  # not recipe.yaml: a sweep keeps its frozen (input) recipe there
+UNCHECKED = ("eval", "description")  # may change between attempts without touching what was trained
+
+
+class OutputDirError(ValueError):
+    """The output folder holds a run of another recipe."""
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in list(a) + [k for k in b if k not in a]:
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.") if k in a and k in b else [f"{prefix}{k}"]
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def recipe_differences(stored_yaml: str, resolved: ResolvedRecipe) -> list[str]:
+    """Dotted keys where a stored resolved recipe differs from ``resolved`` (``eval``/``description`` aside)."""
+    old = yaml.safe_load(stored_yaml) or {}
+    new = yaml.safe_load(resolved.to_yaml()) or {}
+    for k in UNCHECKED:
+        old.pop(k, None)
+        new.pop(k, None)
+    return _diff(old, new)
+
+
+def _has_run(out: Path) -> bool:
+    return any((out / p).exists() for p in (SNAPSHOT, CHECKPOINT, "stages", "teacher"))
 
 
 class CachedDataset:
@@ -75,6 +114,34 @@ class StageRunner:
         self.quiet = quiet
         self.device = device if device is not None else (None if self.recipe.run.device == "auto" else self.recipe.run.device)
         self._model = None
+        self._reuse_checkpoint = True
+
+    # -- the output folder ------------------------------------------------------------------
+    def claim_output(self, continuing: bool) -> Path | None:
+        """Tie ``output_dir`` to this recipe. ``continuing`` (resume, or single stages that build on
+        the earlier ones): the folder must hold this recipe's run, or none. Otherwise an earlier run
+        is moved aside (returned) and the run starts clean."""
+        out, moved = self.out, None
+        if out.exists() and _has_run(out):
+            stored = out / SNAPSHOT
+            if not stored.is_file():  # runs written before the snapshot existed
+                stored = out / CHECKPOINT / "recipe.yaml"
+            if continuing:
+                diff = recipe_differences(stored.read_text(), self.resolved) if stored.is_file() else ["(no recorded recipe)"]
+                if diff:
+                    shown = ", ".join(diff[:8]) + (f" and {len(diff) - 8} more" if len(diff) > 8 else "")
+                    raise OutputDirError(
+                        f"{out} holds a run of a different recipe (differs at: {shown}); its weights and finished "
+                        f"stages do not belong to this one. Train without --resume/--stage to start over (the old run "
+                        f"is moved to {out.name}.replaced-<time>), or pick another folder with run.output_dir=...")
+            else:
+                moved = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+                out.rename(moved)
+                self._reuse_checkpoint = False
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / SNAPSHOT).is_file():
+            atomic_write_text(out / SNAPSHOT, self.resolved.to_yaml())
+        return moved
 
     # -- model ------------------------------------------------------------------------------
     @property
@@ -82,7 +149,7 @@ class StageRunner:
         """The unified model: reloaded from the last stage's checkpoint, else freshly composed."""
         if self._model is None:
             ck = self.out / CHECKPOINT
-            if (ck / "illume_kit.json").is_file():
+            if self._reuse_checkpoint and (ck / "illume_kit.json").is_file():
                 from illume_kit.core.checkpoint import load_checkpoint
 
                 self._model, _ = load_checkpoint(ck)
@@ -104,6 +171,11 @@ class StageRunner:
         for n in only or []:
             if n not in names:
                 raise ValueError(f"no stage {n!r} in {self.resolved.origin} (stages: {', '.join(names) or 'none'})")
+        moved = self.claim_output(continuing=resume or bool(only))
+        if moved is not None and not self.quiet:
+            from illume_kit.cli.output import console
+
+            console.print(f"[dim]{self.out}: an earlier run was moved to {moved}[/dim]")
         results = {}
         for stage in stages:
             if only and stage.name not in only:
@@ -112,6 +184,8 @@ class StageRunner:
             if resume and marker.is_file() and until is None:
                 results[stage.name] = json.loads(marker.read_text())
                 continue
+            if not resume and (self.out / "stages" / stage.name).exists():  # rerun this stage from step 0
+                shutil.rmtree(self.out / "stages" / stage.name)
             results[stage.name] = self.run_stage(stage, resume=resume, until=until)
             if until is not None:
                 break
