@@ -179,6 +179,7 @@ def test_shipped_sweeps_plan(name, tmp_path):
         assert {r.run.label for r in plan.runs} == {"dualvitok", "vqgan", "siglip"}
         # per seed: one teacher (dualvitok + siglip) and three tokenizers
         assert sorted(u.target for u in plan.units.values()) == ["teacher"] * 2 + ["tokenizer"] * 6
-        assert plan.spec.metric_names() == ["rec/psnr", "und/accuracy", "gen/accuracy", "edit/accuracy", "sem/cosine"]
+        assert plan.spec.metric_names() == ["rec/psnr", "und/accuracy", "gen/accuracy", "edit/accuracy",
+                                            "probe/reconstruction", "sem/cosine"]
     else:
         assert len(plan.runs) == 4 and len(plan.units) == 2
