@@ -33,6 +33,17 @@ def build(name: str, preset: str, device: str):
     return build_component(spec, params).to(device).eval()
 
 
+def nearest_size(tok, size: int) -> int | None:
+    """``size`` if the tokenizer takes it, else the largest smaller side it takes (SigLIP: multiples of 14)."""
+    for s in range(size, size // 2, -1):
+        try:
+            tok.grid(s, s)
+            return s
+        except ValueError:
+            continue
+    return None
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -64,18 +75,18 @@ def main() -> None:
     title = f"tokenizer throughput on {torch.cuda.get_device_name() if dev.startswith('cuda') else 'CPU'}"
     t = Table(title=f"{title}, batch {args.batch}, {torch.get_num_threads()} threads")
     for col in ("preset", "size", "tokenizer", "tokens/image", "encode img/s", "decode img/s", "encode vs vqgan"):
-        t.add_column(col, justify="right" if col not in ("tokenizer", "preset") else "left")
+        t.add_column(col, justify="right" if col not in ("tokenizer", "preset") else "left", no_wrap=True)
     for preset in args.presets:
         models = {name: build(name, preset, dev) for name in TOKENIZERS}
         for size in args.sizes:
             base = None
             for name, tok in models.items():
-                x = torch.rand(args.batch, 3, size, size, device=dev)
-                try:
-                    grid = tok.grid(size, size)
-                except ValueError as exc:
-                    t.add_row(preset, str(size), name, "-", f"n/a ({exc})", "", "")
+                side = nearest_size(tok, size)
+                if side is None:
+                    t.add_row(preset, str(size), name, "-", "n/a", "", "")
                     continue
+                x = torch.rand(args.batch, 3, side, side, device=dev)
+                grid = tok.grid(side, side)
                 enc = rate(lambda: tok.encode(x), args.batch, dev, args.min_time)
                 dec = ""
                 if tok.has_pixel_decoder:
@@ -83,8 +94,9 @@ def main() -> None:
                     dec = f"{rate(lambda: tok.decode(codes), args.batch, dev, args.min_time):.2f}"
                 base = base or enc
                 tokens = sum(h * w for h, w in grid.values())
-                t.add_row(preset, str(size), name, str(tokens), f"{enc:.2f}", dec, f"{enc / base:.2f}x")
-    Console().print(t)
+                shown = str(size) if side == size else f"{side} (of {size})"
+                t.add_row(preset, shown, name, str(tokens), f"{enc:.2f}", dec, f"{enc / base:.2f}x")
+    Console(width=max(Console().width, 110)).print(t)
 
 
 if __name__ == "__main__":
