@@ -45,7 +45,7 @@ def image_block_ids(layout: VocabLayout, codes: Mapping[str, torch.Tensor], size
     for i, cb in enumerate(layout.codebooks):
         if cb.name not in codes:
             raise KeyError(f"codes lack codebook {cb.name!r} (got {sorted(codes)})")
-        grid = torch.as_tensor(codes[cb.name])
+        grid = torch.as_tensor(codes[cb.name]).detach().cpu()  # ids are host data; one copy per grid
         if grid.dim() != 2:
             raise ValueError(f"codes[{cb.name!r}] must be a (h, w) grid, got shape {tuple(grid.shape)}")
         if grid.numel() and (int(grid.min()) < 0 or int(grid.max()) >= cb.size):
