@@ -127,7 +127,7 @@ def cmd_status(args) -> int:
     target = Path(args.file)
     sweep_dir = target if target.is_dir() else _sweep_dir(args)
     plan = read_plan(sweep_dir)
-    tasks = build_tasks(plan, sweep_dir)
+    tasks = [t.seen_from_outside() for t in build_tasks(plan, sweep_dir)]
     rows = task_rows(tasks)
     if args.json:
         print(status_json(rows))

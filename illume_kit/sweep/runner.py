@@ -108,8 +108,23 @@ class Task:
         tmp.replace(self.state_file)
 
     def elapsed(self) -> float:
+        """Wall time over all attempts; a running attempt counts from its start, also when another
+        process (``sweep status``) asks."""
         base = float(self.record.get("wall_s", 0.0))
-        return base + (time.monotonic() - self.t0 if self.status == "running" else 0.0)
+        if self.status != "running":
+            return base
+        if self.t0:  # started by this process
+            return base + time.monotonic() - self.t0
+        started = self.record.get("started_epoch")
+        return base + max(0.0, time.time() - float(started)) if started is not None else base
+
+    def seen_from_outside(self) -> "Task":
+        """As ``sweep status`` should show it: a "running" step whose process is gone is interrupted."""
+        rec = self.record
+        if (self.status == "running" and rec.get("host") == platform.node()
+                and not local_step_alive(rec.get("pid"))):
+            rec["status"] = "interrupted"
+        return self
 
 
 def _sha(path: Path) -> str | None:
@@ -175,7 +190,7 @@ class SweepRunner:
 
     def _start(self, t: Task) -> None:
         t.t0, t.step = time.monotonic(), 0
-        t.record.update(status="running", started_at=_now(), error=None,
+        t.record.update(status="running", started_at=_now(), started_epoch=round(time.time(), 3), error=None,
                         attempts=int(t.record.get("attempts", 0)) + 1)
         if not t.steps:
             self._finish(t)

@@ -172,3 +172,26 @@ def test_a_step_left_running_by_a_killed_sweep_is_not_started_twice(write_sweep,
         orphan.wait()
     fake = FakeLauncher()
     assert run(plan, sd, fake) == {"done": 1} and fake.verbs(rid) == ["train", "eval"]
+
+
+def test_status_from_another_process_shows_live_elapsed_and_dead_steps_as_interrupted(write_sweep, tmp_path):
+    import platform
+    import subprocess
+    import time
+
+    from illume_kit.sweep.runner import build_tasks
+
+    plan, sd = planned(write_sweep, tmp_path, "seeds: [0, 1]")
+    live, dead = (r["id"] for r in plan["runs"])
+    step = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "illume_kit", "train"])
+    try:
+        for rid, pid in ((live, step.pid), (dead, 999_999_999)):
+            (sd / rid / "run.json").write_text(json.dumps({
+                "status": "running", "stage": "train", "pid": pid, "host": platform.node(), "wall_s": 10.0,
+                "started_epoch": time.time() - 30}))
+        tasks = {t.id: t.seen_from_outside() for t in build_tasks(plan, sd)}
+        assert tasks[live].status == "running" and 39 < tasks[live].elapsed() < 60  # not seconds since boot
+        assert tasks[dead].status == "interrupted" and tasks[dead].elapsed() == 10.0
+    finally:
+        step.kill()
+        step.wait()
