@@ -224,6 +224,7 @@ class StageRunner:
         rc = self.resolved.components.get("teacher")
         if rc is None:
             raise ValueError(f"stage {stage.name!r} trains the teacher but the recipe has no `teacher:` section")
+        torch.manual_seed(self.recipe.run.seed)  # as compose() does: the init must not depend on the process
         teacher = build_component(rc.spec, rc.params)
         self._teacher_obj = teacher
 
