@@ -156,14 +156,12 @@ def editing(model, items: Sequence[dict], probe, cfg: float = 1.5, seed: int = 0
 def _reconstruction_score(model, items: Sequence[dict], probe, batch_size: int, decode: dict) -> float:
     """Probe scene accuracy on the items' images after tokenizer encode -> detokenizer decode."""
     from illume_kit.eval.probe import read_scenes, score
-    from illume_kit.model.sampler import decode_images
     from illume_kit.model.sequence import encode_images
 
-    images: list[torch.Tensor] = []
-    for lo, hi in _batches(len(items), batch_size):
-        with torch.no_grad():
-            enc = encode_images(model, [it["image"] for it in items[lo:hi]])
-        images += [im.detach().float().cpu() for im in decode_images(model, [e["codes"] for e in enc], **decode)]
+    def codes(lo, hi, s):
+        return [e["codes"] for e in encode_images(model, [it["image"] for it in items[lo:hi]])]
+
+    images = _draw(codes, model, len(items), batch_size, 0, decode, None, "reconstruct")
     truth = [it["attributes"] for it in items]
     return score(read_scenes(probe, images, [t["grid"] for t in truth]), truth)["accuracy"]
 

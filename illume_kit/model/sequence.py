@@ -248,18 +248,15 @@ def sample_ids(model: Any, sample: Sample, encoded: dict[int, dict], feats: list
     tok = model.backbone.text_tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     b = _Builder(text_ids or text_ids_fn(tok))
-    for part in [USER_PREFIX, *sample.prompt, ASSISTANT_PREFIX]:
-        _add_part(b, part, False, model, encoded, feats, pad)
-    for part in sample.answer:
-        _add_part(b, part, True, model, encoded, feats, pad)
-    if sample.eos if sample.eos is not None else bool(sample.answer):
-        b.add([tok.eos_token_id], True)
-    for prompt, answer in sample.turns:
+    first_eos = sample.eos if sample.eos is not None else bool(sample.answer)
+    for (prompt, answer), eos in zip([(sample.prompt, sample.answer), *sample.turns],
+                                     [first_eos] + [True] * len(sample.turns)):
         for part in [USER_PREFIX, *prompt, ASSISTANT_PREFIX]:
             _add_part(b, part, False, model, encoded, feats, pad)
         for part in answer:
             _add_part(b, part, True, model, encoded, feats, pad)
-        b.add([tok.eos_token_id], True)
+        if eos:
+            b.add([tok.eos_token_id], True)
     return b
 
 

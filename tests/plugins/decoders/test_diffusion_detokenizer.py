@@ -28,6 +28,17 @@ def make(tok, **params):
     return det
 
 
+def fit(det, images, codes, steps: int, lr: float = 3e-3) -> None:
+    """AdamW on the detokenizer's own loss (leaves it in train mode)."""
+    opt = torch.optim.AdamW(det.parameters(), lr=lr)
+    det.train()
+    for _ in range(steps):
+        loss = det.loss(images, codes)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 @pytest.mark.parametrize("scale", [1, 2])
 def test_output_is_scale_times_the_codes_pixel_size(tok, codes, scale):
     det = make(tok, output_scale=scale)
@@ -96,13 +107,7 @@ def test_training_overfits_a_few_images(tok):
             return sum(det.loss(images, codes, generator=torch.Generator().manual_seed(s))["loss"] for s in range(4)) / 4
 
     before = held_out_loss()
-    opt = torch.optim.AdamW(det.parameters(), lr=3e-3)
-    det.train()
-    for step in range(30):
-        loss = det.loss(images, codes)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit(det, images, codes, steps=30)
     after = held_out_loss()
     assert after < 0.85 * before, (before, after)
 
@@ -194,13 +199,7 @@ def test_sampling_reconstructs_after_training_on_clean_sample_target(tok):
                block_out_channels=[64, 64])
     det.eval()
     before = float(psnr(images, det.decode(codes, steps=10, guidance=1.0, seed=0)).mean())
-    opt = torch.optim.AdamW(det.parameters(), lr=3e-3)
-    det.train()
-    for _ in range(80):
-        loss = det.loss(images, codes)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit(det, images, codes, steps=80)
     det.eval()
     after = float(psnr(images, det.decode(codes, steps=10, guidance=1.0, seed=0)).mean())
     assert after > before + 3.0, (before, after)
