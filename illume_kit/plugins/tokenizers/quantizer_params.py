@@ -54,6 +54,13 @@ class SimVQParams(ComponentParams):
     frozen_codebook_dim: int | None = Field(
         None, ge=1, description="width of the frozen Gaussian codebook if different from dim"
     )
+    restart_dead_codes_after: int = Field(
+        0,
+        ge=0,
+        description="training only: a code no token has chosen for this many consecutive training steps is "
+        "re-seeded at one of the batch's worst-served inputs (code restart, as VectorQuantize's "
+        "threshold_ema_dead_code); 0 = off, as in ILLUME+",
+    )
     lookup_chunk_elements: int = Field(
         2**28,
         ge=1,

@@ -147,6 +147,39 @@ class SimVQ(_Quantizer):
             commitment_weight=params.commitment_weight,
             frozen_codebook_dim=params.frozen_codebook_dim,
         )
+        if params.restart_dead_codes_after:
+            # persistent: a resumed run restarts the same codes at the same step
+            self.register_buffer("steps_unused", torch.zeros(params.codebook_size, dtype=torch.long))
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        out = super().forward(z)
+        if self.params.restart_dead_codes_after and self.training and torch.is_grad_enabled():
+            self._restart_dead_codes(z.detach().float().reshape(-1, self.dim), out.quantized.detach(), out.indices)
+        return out
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, z: torch.Tensor, quantized: torch.Tensor, indices: torch.Tensor) -> None:
+        """Re-seed codes unused for ``restart_dead_codes_after`` steps at the worst-quantised inputs.
+
+        SimVQ's codes are ``frozen_codebook @ W.T``; only the frozen rows of the dead codes change,
+        to the least-squares solution of ``W c = z`` (exact when W has full column rank), so the
+        learnt map W and every live code stay as they are. Deterministic: the inputs are the batch's
+        largest quantisation errors, no random draw.
+        """
+        used = torch.bincount(indices.reshape(-1), minlength=self.codebook_size) > 0
+        self.steps_unused.add_(1).masked_fill_(used, 0)
+        dead = (self.steps_unused >= self.params.restart_dead_codes_after).nonzero().squeeze(1)
+        if dead.numel() == 0:
+            return
+        error = (z - quantized.reshape(-1, self.dim)).square().sum(-1)
+        worst = error.argsort(descending=True)[: dead.numel()]
+        dead = dead[: worst.numel()]
+        weight = self.vq.code_transform.weight.float()  # (dim, frozen_dim)
+        seeds = torch.linalg.lstsq(weight, z[worst].T).solution.T  # (n, frozen_dim)
+        codebook = self.vq.frozen_codebook.clone()  # out of place: this step's graph still holds the old one
+        codebook[dead] = seeds.to(codebook.dtype)
+        self.vq.frozen_codebook = codebook
+        self.steps_unused[dead] = 0
 
     def _quantize(self, z):
         b, n, d = z.shape

@@ -107,6 +107,42 @@ def test_simvq_defaults_are_illume_plus_and_chunked_lookup_matches():
     assert sum(p.numel() for p in whole.parameters() if p.requires_grad) == 16
 
 
+def _fit_clusters(restart_after: int):
+    """SimVQ on 24 tight clusters far from its initial codes: (eval usage, eval MSE, quantizer)."""
+    torch.manual_seed(0)
+    centers = torch.randn(24, 8) * 3 + 5
+    q = build_quantizer({"name": "simvq", "params": {"dim": 8, "codebook_size": 32,
+                                                      "restart_dead_codes_after": restart_after}})
+    opt = torch.optim.Adam(q.parameters(), 1e-2)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(150):
+        x = centers[torch.randint(0, 24, (16, 32), generator=g)] + 0.1 * torch.randn(16, 32, 8, generator=g)
+        out = q(x)
+        opt.zero_grad()
+        out.aux_loss.backward()
+        opt.step()
+    q.eval()
+    q.track_usage = True
+    q.reset_usage()
+    out = q(centers[None])
+    return q.usage()["usage"], (out.quantized - centers).square().mean().item(), q
+
+
+def test_simvq_dead_code_restart_revives_codes_and_is_deterministic():
+    usage_off, mse_off, plain = _fit_clusters(0)
+    usage_on, mse_on, q = _fit_clusters(10)
+    assert "steps_unused" not in plain.state_dict()  # off by default: the state dict stays the library's
+    assert usage_off <= 0.25 and mse_off > 1.0  # the classic collapse onto a few codes
+    assert usage_on >= 0.6 and mse_on < 0.1 * mse_off
+    assert "steps_unused" in q.state_dict()  # persisted, so resume restarts the same codes
+    again = _fit_clusters(10)[2]
+    assert torch.equal(q.vq.frozen_codebook, again.vq.frozen_codebook)
+    q.eval()  # no restart outside training
+    before = q.vq.frozen_codebook.clone()
+    q(torch.randn(2, 4, 8) * 100)
+    assert torch.equal(before, q.vq.frozen_codebook)
+
+
 def test_usage_counters():
     torch.manual_seed(0)
     q = make("simvq")
