@@ -118,12 +118,25 @@ class Task:
         started = self.record.get("started_epoch")
         return base + max(0.0, time.time() - float(started)) if started is not None else base
 
+    def mark_interrupted(self) -> None:
+        """A "running" record whose process died: count the dead attempt's wall time up to the last
+        file it wrote (step log or training metrics), since no process lived to add it."""
+        rec = self.record
+        started = rec.get("started_epoch")
+        if started is not None:
+            files = [Path(rec["log"])] if rec.get("log") else []
+            files += list(self.folder.glob("stages/*/metrics.jsonl"))
+            last = max((f.stat().st_mtime for f in files if f.is_file()), default=float(started))
+            rec["wall_s"] = round(float(rec.get("wall_s", 0.0)) + max(0.0, last - float(started)), 3)
+            rec.pop("started_epoch")
+        rec["status"] = "interrupted"
+
     def seen_from_outside(self) -> "Task":
         """As ``sweep status`` should show it: a "running" step whose process is gone is interrupted."""
         rec = self.record
         if (self.status == "running" and rec.get("host") == platform.node()
                 and not local_step_alive(rec.get("pid"))):
-            rec["status"] = "interrupted"
+            self.mark_interrupted()
         return self
 
 
@@ -243,7 +256,8 @@ class SweepRunner:
                     raise SweepError(f"{t.folder}: its {t.record.get('stage')} step is still running (pid "
                                      f"{t.record['pid']}), left by a sweep that was killed or is still going; "
                                      "wait for it or end it, then rerun")
-                t.record["status"] = "interrupted"
+                t.mark_interrupted()
+                t.save()
         self.on_change(self.tasks)
         try:
             while todo or running:

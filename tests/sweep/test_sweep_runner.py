@@ -1,6 +1,7 @@
 """The runner with a launcher that runs nothing: steps, failures, skip-done, resume, shared units."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -184,14 +185,20 @@ def test_status_from_another_process_shows_live_elapsed_and_dead_steps_as_interr
     plan, sd = planned(write_sweep, tmp_path, "seeds: [0, 1]")
     live, dead = (r["id"] for r in plan["runs"])
     step = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "illume_kit", "train"])
+    started = time.time() - 30
+    log = sd / dead / "logs" / "train.log"  # the dead attempt last wrote 20 s after it started
+    log.parent.mkdir(parents=True)
+    log.write_text("step 1\n")
+    os.utime(log, (started + 20, started + 20))
     try:
         for rid, pid in ((live, step.pid), (dead, 999_999_999)):
             (sd / rid / "run.json").write_text(json.dumps({
                 "status": "running", "stage": "train", "pid": pid, "host": platform.node(), "wall_s": 10.0,
-                "started_epoch": time.time() - 30}))
+                "started_epoch": started, "log": str(log)}))
         tasks = {t.id: t.seen_from_outside() for t in build_tasks(plan, sd)}
         assert tasks[live].status == "running" and 39 < tasks[live].elapsed() < 60  # not seconds since boot
-        assert tasks[dead].status == "interrupted" and tasks[dead].elapsed() == 10.0
+        # earlier attempts (10 s) + the dead one up to its last write (20 s), not 0 and not "until now"
+        assert tasks[dead].status == "interrupted" and abs(tasks[dead].elapsed() - 30.0) < 0.01
     finally:
         step.kill()
         step.wait()
