@@ -28,10 +28,6 @@ class ModelOptions(_Strict):
     image_input: Literal["continuous", "discrete"] = Field(
         "continuous", description="LLM input side: projected pre-quantisation features (ILLUME+) or code embeddings")
     projector_hidden: int | None = Field(None, description="hidden width of the per-codebook 2-layer MLP projectors (default: LLM width)")
-    image_position_embed: int = Field(
-        0, ge=0, description="continuous input: add learned row + column embeddings (up to this many rows/columns) "
-        "to each projected image feature, so the LLM knows where a feature sits without counting line ends "
-        "under its 1D RoPE; 0 = off (ILLUME+)")
     resolution_step: int = Field(64, ge=1, description="step of the <height_H>/<width_W> resolution tags")
     max_resolution: int = Field(1024, ge=1, description="largest resolution tag")
 

@@ -164,7 +164,7 @@ class _Builder:
         self.text_ids = text_ids
         self.ids: list[int] = []
         self.loss: list[bool] = []
-        self.slots: list[tuple[int, int, int, int, int]] = []  # (position, codebook index, feature ref, row, col)
+        self.slots: list[tuple[int, int, int]] = []  # (position, codebook index, feature ref)
 
     def add(self, ids: Sequence[int], loss: bool) -> None:
         self.ids.extend(ids)
@@ -188,7 +188,7 @@ def _input_block(b: _Builder, layout: VocabLayout, enc: dict, discrete: bool, fe
             feats[i].append(f.reshape(h * w, -1))
             for r in range(h):
                 for c in range(w):
-                    b.slots.append((len(b.ids), i, first + r * w + c, r, c))
+                    b.slots.append((len(b.ids), i, first + r * w + c))
                     b.add([pad], False)
                 b.add([layout.eol], False)
         b.add([layout.level_end(i)], False)
@@ -288,7 +288,6 @@ def assemble(model: Any, samples: Sequence[Sample], padding_side: str = "right",
     slot_b: list[list[int]] = [[] for _ in layout.codebooks]
     slot_t: list[list[int]] = [[] for _ in layout.codebooks]
     slot_f: list[list[int]] = [[] for _ in layout.codebooks]
-    slot_rc: list[list[tuple[int, int]]] = [[] for _ in layout.codebooks]
     for r, b in enumerate(builders):
         off = T - len(b.ids) if padding_side == "left" else 0
         row = torch.tensor(b.ids, dtype=torch.long)
@@ -296,11 +295,10 @@ def assemble(model: Any, samples: Sequence[Sample], padding_side: str = "right",
         mask[r, off : off + len(b.ids)] = 1
         lab = torch.where(torch.tensor(b.loss, dtype=torch.bool), row, torch.full_like(row, IGNORE))
         labels[r, off : off + len(b.ids)] = lab
-        for pos, c, f, row, col in b.slots:
+        for pos, c, f in b.slots:
             slot_b[c].append(r)
             slot_t[c].append(off + pos)
             slot_f[c].append(f)
-            slot_rc[c].append((row, col))
     device = _device(model.backbone)
     ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
     embeds = model.backbone.embed(ids)
@@ -310,9 +308,6 @@ def assemble(model: Any, samples: Sequence[Sample], padding_side: str = "right",
         projector = model.projectors[cb.name]
         f = torch.cat(feats[c]).to(device=device, dtype=next(projector.parameters()).dtype)
         proj = projector(f)[torch.tensor(slot_f[c], device=device)]
-        if projector.max_grid:
-            rc = torch.tensor(slot_rc[c], device=device)
-            proj = proj + projector.positions(rc[:, 0], rc[:, 1]).to(proj.dtype)
         embeds = embeds.index_put((torch.tensor(slot_b[c], device=device), torch.tensor(slot_t[c], device=device)),
                                   proj.to(embeds.dtype))
     position_ids = (mask.cumsum(1) - 1).clamp(min=0) if padding_side == "left" else \

@@ -31,8 +31,7 @@ def count_params(module: nn.Module | None) -> tuple[int, int]:
 
 class UnifiedModel(nn.Module):
     def __init__(self, tokenizer: nn.Module, backbone: nn.Module, detokenizer: nn.Module | None,
-                 layout: VocabLayout, image_input: str = "continuous", projector_hidden: int | None = None,
-                 image_position_embed: int = 0) -> None:
+                 layout: VocabLayout, image_input: str = "continuous", projector_hidden: int | None = None) -> None:
         super().__init__()
         self.tokenizer = tokenizer
         self.backbone = backbone
@@ -41,7 +40,7 @@ class UnifiedModel(nn.Module):
         self.image_input = image_input
         d = backbone.hidden_size
         self.projectors = nn.ModuleDict(
-            {cb.name: MLPProjector(cb.feature_dim, d, projector_hidden, image_position_embed) for cb in tokenizer.codebooks}
+            {cb.name: MLPProjector(cb.feature_dim, d, projector_hidden) for cb in tokenizer.codebooks}
         )
 
     @property

@@ -80,32 +80,6 @@ def test_left_padding_positions(model2):
     assert b.position_ids[r, T - n :].tolist() == list(range(n))
 
 
-def test_image_position_embed_adds_row_and_column_embeddings():
-    plain, m = make_model(), make_model(image_position_embed=8)
-    assert not any("embed" in n for n in plain.projectors.state_dict())  # off: the state dict is unchanged
-    img = image(1, 48, 64)
-    with torch.no_grad():
-        for cb in m.layout.codebooks:
-            m.projectors[cb.name].row_embed.copy_(torch.randn(8, m.backbone.hidden_size))
-            m.projectors[cb.name].col_embed.copy_(torch.randn(8, m.backbone.hidden_size))
-    b = assemble(m, [und_sample(img, "what?", "red")])
-    enc = encode_images(m, [img])[0]
-    ids = b.input_ids[0].tolist()
-    start = ids.index(m.layout.soi) + 1
-    for cb in m.layout.codebooks:
-        h, w = m.tokenizer.grid(48, 64)[cb.name]
-        pj = m.projectors[cb.name]
-        proj = pj(enc["features"][cb.name])
-        start += 1
-        for r in range(h):
-            got = b.inputs_embeds[0, start + r * (w + 1): start + r * (w + 1) + w]
-            torch.testing.assert_close(got, proj[r] + pj.row_embed[r] + pj.col_embed[:w])
-        start += h * (w + 1) + 1
-    small = make_model(image_position_embed=2)
-    with pytest.raises(ValueError, match="image_position_embed=2"):
-        assemble(small, [und_sample(img, "what?", "red")])
-
-
 def test_discrete_input_embeds_code_ids():
     m = make_model(image_input="discrete")
     img = image(3)
