@@ -21,9 +21,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 import illume_kit
+from illume_kit.core import yamlio
 from illume_kit.core.atomic import atomic_dir
 from illume_kit.core.layout import VocabLayout
 from illume_kit.core.registry import Registry, RegistryError, UnknownComponent
@@ -223,4 +223,4 @@ def load_checkpoint(folder: str | Path, registry: Registry | None = None, weight
 
 
 def load_recipe_yaml(folder: str | Path) -> dict:
-    return yaml.safe_load((Path(folder) / "recipe.yaml").read_text())
+    return yamlio.safe_load((Path(folder) / "recipe.yaml").read_text())

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pluggy
-import yaml
 
 import illume_kit
 from illume_kit import hookimpl
-from illume_kit.core import hookspecs
+from illume_kit.core import hookspecs, yamlio
 from illume_kit.core.registry import ComponentSpec, DuplicateComponent, RecipeSource, Registry, RegistryError
 
 GROUP = "illume_kit"
@@ -47,7 +46,7 @@ class BuiltinPlugin:
 
     def __init__(self) -> None:
         text = resources.files("illume_kit").joinpath("registry.yaml").read_text()
-        self._data: dict[str, dict[str, dict[str, Any]]] = yaml.safe_load(text) or {}
+        self._data: dict[str, dict[str, dict[str, Any]]] = yamlio.safe_load(text) or {}
 
     def _specs(self, role: str) -> list[ComponentSpec]:
         out = []

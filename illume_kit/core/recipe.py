@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
+from illume_kit.core import yamlio
 from illume_kit.core.params import ComponentRef
 from illume_kit.core.registry import ComponentSpec, Registry, RegistryError, UnknownComponent
 from illume_kit.core.schema import COMPONENT_ROLES, ComponentChoice, Recipe
@@ -102,7 +103,7 @@ def _read_yaml(path: Path, via: str, problems: list[Problem]) -> dict | None:
         problems.append(Problem("extends" if via else "", f"recipe file {str(path)!r} does not exist", via))
         return None
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yamlio.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -166,7 +167,7 @@ def parse_overrides(overrides: Sequence[str], problems: list[Problem]) -> tuple[
             problems.append(Problem(key or ov, f"override {ov!r} is not key=value", CLI))
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yamlio.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         if key in COMPONENT_ROLES and value is not None and not isinstance(value, dict):
