@@ -29,7 +29,7 @@ CLI = [sys.executable, "-m", "illume_kit.cli.main"]
 COMMANDS = {
     "baseline: python -c 'import torch'": [sys.executable, "-c", "import torch"],
     # what the libraries these verbs are built on cost to import, before any illume-kit code runs
-    "floor: python -c 'import pydantic.main, omegaconf, pluggy'": [
+    "floor: import pluggy, omegaconf, pydantic (+ importlib.metadata)": [
         sys.executable, "-c", "import importlib.metadata, pluggy, omegaconf, pydantic.main, pydantic.fields"],
     "illume-kit --help": CLI + ["--help"],
     "illume-kit plugins": CLI + ["plugins"],

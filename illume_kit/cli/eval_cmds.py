@@ -6,14 +6,14 @@ import json
 
 
 def _kv(pairs: list[str]) -> dict:
-    import yaml
+    from illume_kit.core import yamlio
 
     out = {}
     for p in pairs or []:
         k, eq, v = p.partition("=")
         if not eq:
             raise ValueError(f"--data {p!r}: expected KEY=VALUE (a param of the recipe's dataset)")
-        out[k] = yaml.safe_load(v)
+        out[k] = yamlio.safe_load(v)
     return out
 
 

@@ -113,17 +113,17 @@ def shipped_recipes() -> list[tuple[str, Path]]:
 
 
 def cmd_recipes(args) -> int:
-    import yaml
     from rich.table import Table
 
     from illume_kit.cli.output import console
+    from illume_kit.core import yamlio
 
     t = Table(title="shipped recipes")
     for col in ("recipe", "description"):
         t.add_column(col, overflow="fold")
     for name, path in shipped_recipes():
         try:
-            desc = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+            desc = (yamlio.safe_load(path.read_text()) or {}).get("description", "")
         except Exception:
             desc = "[red]unreadable[/]"
         t.add_row(f"recipes/{name}", str(desc))

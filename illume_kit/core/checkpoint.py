@@ -21,7 +21,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-
 import illume_kit
 from illume_kit.core import yamlio
 from illume_kit.core.atomic import atomic_dir

@@ -8,9 +8,8 @@ from typing import Any
 
 import yaml
 
-SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-YAMLError = yaml.YAMLError
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def safe_load(text: str) -> Any:
-    return yaml.load(text, Loader=SafeLoader)  # noqa: S506 - a safe loader (C or pure Python)
+    return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader (C or pure Python)

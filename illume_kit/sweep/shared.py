@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from illume_kit.core import yamlio
 from illume_kit.core.recipe import Problem, RecipeError, ResolvedRecipe, load_recipe
 from illume_kit.core.schema import Stage
 
@@ -176,6 +177,6 @@ class UnitPlanner:
 
 def freeze(resolved: ResolvedRecipe) -> str:
     """The resolved recipe as the YAML a run trains from (no sweep block: a run is not a sweep)."""
-    data = yaml.safe_load(resolved.to_yaml())
+    data = yamlio.safe_load(resolved.to_yaml())
     data.pop("sweep", None)
     return yaml.safe_dump(data, sort_keys=False)

@@ -37,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 
+from illume_kit.core import yamlio
 from illume_kit.core.schema import COMPONENT_ROLES
 
 RESERVED = {"variant"}  # exclude entries may name a variant
@@ -185,7 +186,7 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
     if not path.is_file():
         raise SweepError(f"sweep file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yamlio.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise SweepError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):

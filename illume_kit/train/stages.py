@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from illume_kit.core.compose import build_component, compose
 from illume_kit.core.recipe import ResolvedRecipe
 from illume_kit.core.schema import Stage
+from illume_kit.core import yamlio
 from illume_kit.core.atomic import atomic_write_text
 from illume_kit.data.batching import collate
 from illume_kit.train.config import TrainerConfig
@@ -60,8 +60,8 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def recipe_differences(stored_yaml: str, resolved: ResolvedRecipe) -> list[str]:
     """Dotted keys where a stored resolved recipe differs from ``resolved`` (``eval``/``description`` aside)."""
-    old = yaml.safe_load(stored_yaml) or {}
-    new = yaml.safe_load(resolved.to_yaml()) or {}
+    old = yamlio.safe_load(stored_yaml) or {}
+    new = yamlio.safe_load(resolved.to_yaml()) or {}
     for k in UNCHECKED:
         old.pop(k, None)
         new.pop(k, None)
