@@ -13,14 +13,32 @@ import importlib
 import os
 import sys
 
-VERB_MODULES = (
-    "illume_kit.cli.registry_cmds",  # plugins, list, show, recipes, schema
-    "illume_kit.cli.recipe_cmds",  # validate, compose, inspect
-    "illume_kit.cli.extra_cmds",  # verbs from other modules (train, eval, convert, generate, ...)
-)
+# verb -> the module whose register(subparsers) defines it. A command line naming one verb imports
+# only that verb's module (importing all of them costs ~40 ms of every start); `--help`, no verb or an
+# unknown verb imports them all, so the help lists everything and argparse reports bad verbs.
+# tests/cli/test_main.py checks this table against what each module registers.
+VERBS = {
+    **dict.fromkeys(("plugins", "list", "show", "recipes", "schema"), "illume_kit.cli.registry_cmds"),
+    **dict.fromkeys(("validate", "compose", "inspect"), "illume_kit.cli.recipe_cmds"),
+    "train": "illume_kit.cli.train_cmds",
+    "eval": "illume_kit.cli.eval_cmds",
+    "convert": "illume_kit.cli.convert_cmds",
+    **dict.fromkeys(("understand", "generate", "edit"), "illume_kit.cli.generate_cmds"),
+    **dict.fromkeys(("sweep", "results"), "illume_kit.cli.sweep_cmds"),
+}
+VERB_MODULES = tuple(dict.fromkeys(VERBS.values()))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: list[str] | None) -> tuple[str, ...]:
+    """The verb modules a command line needs: the named verb's alone, or all of them."""
+    words = sys.argv[1:] if argv is None else argv
+    verb = next((w for w in words if not w.startswith("-")), None)
+    if verb in VERBS and not {"-h", "--help"} & set(words[: words.index(verb)]):
+        return (VERBS[verb],)
+    return VERB_MODULES
+
+
+def build_parser(argv: list[str] | None = None, modules: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="illume-kit",
         description="Compose, train and evaluate unified multimodal LLMs (ILLUME+-style) from YAML recipes.",
@@ -28,12 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--strict", action="store_true", help="a plugin that fails to load is an error")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for mod in VERB_MODULES:
-        try:
-            importlib.import_module(mod).register(sub)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
+    for mod in modules if modules is not None else _modules_for(argv):
+        importlib.import_module(mod).register(sub)
     return parser
 
 
@@ -43,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     # illume-kit uses no pydantic plugins; looking for them scans every installed distribution's
     # entry points on the first model build (~30 ms of start-up). Set the variable to opt back in.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
