@@ -42,6 +42,11 @@ class ShapesParams(DatasetParams):
     varied_background: bool = Field(
         True, description="pick a background tone and gradient per scene (else always black)"
     )
+    jitter: float = Field(
+        1.0, ge=0.0, le=1.0,
+        description="how far a shape may stray from its cell centre, as a fraction of the free room "
+        "(0 = always centred, so a shape's pixels depend only on its attributes)",
+    )
 
     @model_validator(mode="after")
     def _check_counts(self) -> "ShapesParams":

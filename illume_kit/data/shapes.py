@@ -187,8 +187,9 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     raise ValueError(f"no polygon for shape {shape!r}")
 
 
-def render(scene: dict, image_size: int, supersample: int = 4) -> Image.Image:
-    """Draw a scene at ``image_size * supersample`` and box-downsample to ``image_size`` (RGB)."""
+def render(scene: dict, image_size: int, supersample: int = 4, jitter: float = 1.0) -> Image.Image:
+    """Draw a scene at ``image_size * supersample`` and box-downsample to ``image_size`` (RGB).
+    ``jitter`` scales each object's drawn offset from its cell centre (0: centred)."""
     side = image_size * supersample
     base = np.array(BACKGROUNDS[scene["background"]], dtype=np.float32)
     ramp = np.linspace(1.0, -1.0, side, dtype=np.float32)[:, None] * scene["shade"] * 24.0
@@ -198,8 +199,8 @@ def render(scene: dict, image_size: int, supersample: int = 4) -> Image.Image:
     cell = side / scene["grid"]
     for o in scene["objects"]:
         s = cell * SIZE_FRACTION[o["size"]]
-        cx = (o["cell"][1] + 0.5) * cell + o["offset"][0] * (cell - s) / 2
-        cy = (o["cell"][0] + 0.5) * cell + o["offset"][1] * (cell - s) / 2
+        cx = (o["cell"][1] + 0.5) * cell + jitter * o["offset"][0] * (cell - s) / 2
+        cy = (o["cell"][0] + 0.5) * cell + jitter * o["offset"][1] * (cell - s) / 2
         r, fill = s / 2, COLORS[o["color"]]
         if o["shape"] == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -256,7 +257,7 @@ class ShapesDataset(Dataset):
         p = self.params
         scene = self.scene(index)
         item = {
-            "image": to_tensor(render(scene, p.image_size, p.supersample)),
+            "image": to_tensor(render(scene, p.image_size, p.supersample, p.jitter)),
             "caption": caption_of(scene),
             "qa": questions_of(scene, self._rng(index, "qa")),
             "attributes": scene,
@@ -265,7 +266,7 @@ class ShapesDataset(Dataset):
             text, target = sample_edit(scene, self._rng(index, "edit"), p.min_objects, p.max_objects)
             item["edit"] = {
                 "instruction": text,
-                "image": to_tensor(render(target, p.image_size, p.supersample)),
+                "image": to_tensor(render(target, p.image_size, p.supersample, p.jitter)),
                 "attributes": target,
             }
         return item

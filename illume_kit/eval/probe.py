@@ -129,6 +129,9 @@ def read_scenes(probe: ShapesProbe, images: torch.Tensor | Sequence[torch.Tensor
     return out  # type: ignore[return-value]
 
 
+ATTRIBUTES = ("shape", "colour", "position", "count")  # what `attributes` averages
+
+
 def compare(pred: dict[str, Any], truth: dict[str, Any]) -> dict[str, int]:
     """Per-scene tallies: ``exact`` (same occupied cells, each with the right shape and colour),
     ``count``; per truth object: the probe sees an object / the right shape / colour / size there."""
@@ -150,7 +153,9 @@ def compare(pred: dict[str, Any], truth: dict[str, Any]) -> dict[str, int]:
 
 def score(preds: Sequence[dict], truths: Sequence[dict]) -> dict[str, float]:
     """Scene accuracy (``accuracy``: count, positions, shapes and colours all right), ``count`` (per
-    scene) and ``shape`` / ``colour`` / ``position`` / ``size`` (per captioned object)."""
+    scene), ``shape`` / ``colour`` / ``position`` / ``size`` (per captioned object) and
+    ``attributes``: the mean of the shape, colour, position and count accuracies (the attribute
+    accuracy of a generation benchmark, which credits a scene drawn partly right)."""
     if len(preds) != len(truths):
         raise ValueError(f"{len(preds)} readings for {len(truths)} scenes")
     if not preds:
@@ -161,6 +166,7 @@ def score(preds: Sequence[dict], truths: Sequence[dict]) -> dict[str, float]:
            "count": sum(t["count"] for t in tallies) / len(tallies)}
     for k in ("shape", "colour", "position", "size"):
         out[k] = sum(t[k] for t in tallies) / n_obj
+    out["attributes"] = sum(out[k] for k in ATTRIBUTES) / len(ATTRIBUTES)
     return out
 
 

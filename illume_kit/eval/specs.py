@@ -62,6 +62,9 @@ BUILTIN_METRICS: dict[str, MetricSpec] = _specs(
     MetricSpec("gen/accuracy", "max", ".3f", "generation accuracy on the shapes world"),
     MetricSpec("edit/accuracy", "max", ".3f", "editing accuracy on the shapes world"),
     MetricSpec("gen/accuracy_nocfg", "max", ".3f", "generation scene accuracy without guidance (cfg 1)"),
+    MetricSpec("gen/attributes", "max", ".3f",
+               "generation attribute accuracy: mean of the shape, colour, position and count accuracies"),
+    MetricSpec("gen/attributes_nocfg", "max", ".3f", "generation attribute accuracy without guidance (cfg 1)"),
     MetricSpec("gen/shape", "max", ".3f", "generated objects the probe reads with the captioned shape"),
     MetricSpec("gen/colour", "max", ".3f", "generated objects the probe reads with the captioned colour"),
     MetricSpec("gen/size", "max", ".3f", "generated objects the probe reads with the captioned size"),
@@ -71,6 +74,8 @@ BUILTIN_METRICS: dict[str, MetricSpec] = _specs(
     MetricSpec("probe/reconstruction", "max", ".3f",
                "probe's scene accuracy on the images decoded from the ground-truth codes: the ceiling of "
                "gen/accuracy and edit/accuracy that the tokenizer + detokenizer set"),
+    MetricSpec("probe/reconstruction_attributes", "max", ".3f",
+               "probe's attribute accuracy on the images decoded from the ground-truth codes (ceiling of gen/attributes)"),
     MetricSpec("ar/bits_per_token", "min", ".3f", "held-out bits per image token of a small AR prior"),
     MetricSpec("train/loss", "min", ".4f", "final training loss"),
     MetricSpec("perf/steps_per_s", "max", ".2f", "training throughput", "step/s"),

@@ -8,15 +8,17 @@ The shapes world has exact answers, so every task has an exact score:
   2.0), decoded by the detokenizer and read back by the attribute probe (``eval/probe.py``); a scene
   counts when the probe reads exactly the captioned objects (same occupied cells, each with the
   captioned shape and colour). ``gen/shape``, ``gen/colour``, ``gen/size``, ``gen/position`` are per
-  captioned object, ``gen/count`` per scene; ``gen/accuracy_nocfg`` is the same scene score at
-  cfg 1 (``eval.options.nocfg: false`` skips it);
+  captioned object, ``gen/count`` per scene; ``gen/attributes`` is the attribute accuracy, the mean
+  of the shape, colour, position and count accuracies; ``gen/accuracy_nocfg`` and
+  ``gen/attributes_nocfg`` are the same scores at cfg 1 (``eval.options.nocfg: false`` skips them);
 - ``edit/accuracy``: each item's image edited with its instruction (guidance ``edit_cfg``, default
   1.5), probed against the edit's target scene (and ``edit/accuracy/<kind>`` per edit kind);
 - ``probe/accuracy``: the probe on the ground-truth images of the same items, so a reader knows how
   far to trust the two numbers above;
 - ``probe/reconstruction``: the probe on those images encoded and decoded (ground-truth codes through
   the detokenizer): a perfect LLM scores at most this, so it separates "the LLM draws the wrong
-  tokens" from "the tokenizer cannot draw this scene".
+  tokens" from "the tokenizer cannot draw this scene"; ``probe/reconstruction_attributes`` is the
+  same ceiling for ``gen/attributes``.
 
 Sampling options come from ``eval.options`` (``temperature``, ``top_k``, ``top_p``, ``batch_size``,
 ``max_answer_tokens``, ``decode`` = detokenizer options); every batch is seeded from ``run.seed``.
@@ -128,7 +130,7 @@ def generation(model, items: Sequence[dict], probe, cfg: float = 2.0, seed: int 
     reads = read_scenes(probe, images, [it["attributes"]["grid"] for it in items])
     s = score(reads, [it["attributes"] for it in items])
     metrics = {f"{prefix}/accuracy": s["accuracy"]}
-    metrics.update({f"{prefix}/{k}": s[k] for k in ("shape", "colour", "size", "position", "count")})
+    metrics.update({f"{prefix}/{k}": s[k] for k in ("shape", "colour", "size", "position", "count", "attributes")})
     return metrics, images, reads
 
 
@@ -153,8 +155,9 @@ def editing(model, items: Sequence[dict], probe, cfg: float = 1.5, seed: int = 0
     return metrics, images, reads
 
 
-def _reconstruction_score(model, items: Sequence[dict], probe, batch_size: int, decode: dict) -> float:
-    """Probe scene accuracy on the items' images after tokenizer encode -> detokenizer decode."""
+def _reconstruction_score(model, items: Sequence[dict], probe, batch_size: int, decode: dict) -> dict[str, float]:
+    """Probe scores (scene ``accuracy``, ``attributes``, ...) of the items' images after tokenizer
+    encode -> detokenizer decode."""
     from illume_kit.eval.probe import read_scenes, score
     from illume_kit.model.sequence import encode_images
 
@@ -163,7 +166,7 @@ def _reconstruction_score(model, items: Sequence[dict], probe, batch_size: int, 
 
     images = _draw(codes, model, len(items), batch_size, 0, decode, None, "reconstruct")
     truth = [it["attributes"] for it in items]
-    return score(read_scenes(probe, images, [t["grid"] for t in truth]), truth)["accuracy"]
+    return score(read_scenes(probe, images, [t["grid"] for t in truth]), truth)
 
 
 # ---------------------------------------------------------------- pictures
@@ -245,7 +248,9 @@ def evaluate_tasks(model, resolved, wanted: Sequence[str], n: int, out_dir: str 
                 reads = read_scenes(probe, [it["image"] for it in items], [t["grid"] for t in truth])
                 metrics["probe/accuracy"] = score(reads, truth)["accuracy"]
                 if (probed & {"gen", "edit"} or "probe/reconstruction" in wanted) and model.detokenizer is not None:
-                    metrics["probe/reconstruction"] = _reconstruction_score(model, items, probe, bs, decode)
+                    rec = _reconstruction_score(model, items, probe, bs, decode)
+                    metrics["probe/reconstruction"] = rec["accuracy"]
+                    metrics["probe/reconstruction_attributes"] = rec["attributes"]
             if "gen" in probed:
                 cfg = float(opts.get("cfg", 2.0))
                 m, images, reads = generation(model, items, probe, cfg, seed, bs, sampling, decode, prog)
@@ -253,6 +258,7 @@ def evaluate_tasks(model, resolved, wanted: Sequence[str], n: int, out_dir: str 
                 if opts.get("nocfg", True) and cfg != 1.0:
                     m1, _, _ = generation(model, items, probe, 1.0, seed, bs, sampling, decode, prog, prefix="nocfg")
                     metrics["gen/accuracy_nocfg"] = m1["nocfg/accuracy"]
+                    metrics["gen/attributes_nocfg"] = m1["nocfg/attributes"]
                 samples["gen"] = [{"caption": it["caption"], "read": r["objects"]} for it, r in zip(items[:16], reads)]
                 if out is not None:
                     save_rows([(it["image"], im) for it, im in zip(items[:16], images)], out / "generations.png",

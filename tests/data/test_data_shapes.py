@@ -125,3 +125,24 @@ def test_scenes_survive_a_json_round_trip():
     assert S.caption_of(back) == S.caption_of(sc)
     assert torch.equal(S.to_tensor(S.render(back, 32)), S.to_tensor(S.render(sc, 32)))
     assert S.sample_edit(back, random.Random(1))[0] == S.sample_edit(sc, random.Random(1))[0]
+
+
+def test_zero_jitter_centres_every_shape_and_keeps_the_scenes():
+    jittered = ShapesDataset(ShapesParams(num_samples=40, grid=2, varied_background=False, edits=False))
+    centred = ShapesDataset(ShapesParams(num_samples=40, grid=2, varied_background=False, edits=False, jitter=0.0))
+    assert [jittered.scene(i) for i in range(40)] == [centred.scene(i) for i in range(40)]  # same draws
+    single = {"grid": 2, "background": "black", "shade": 0.0, "count": 1,
+              "objects": [{"shape": "square", "color": "red", "size": "small", "position": "top left",
+                           "cell": (0, 0), "offset": (0.5, -0.5)}]}
+    img = S.to_tensor(S.render(single, 64, 4, jitter=0.0))
+    lit = img.sum(0) > 0.5
+    rows, cols = lit.any(1).nonzero().flatten(), lit.any(0).nonzero().flatten()
+    assert (rows.min() + rows.max()) / 2 == pytest.approx(15.5, abs=0.6)  # centred in the 32 px cell
+    assert (cols.min() + cols.max()) / 2 == pytest.approx(15.5, abs=0.6)
+    other_offset = {**single, "objects": [{**single["objects"][0], "offset": (-0.3, 0.2)}]}
+    assert torch.equal(S.to_tensor(S.render(other_offset, 64, 4, jitter=0.0)), img)  # pixels = f(attributes)
+    moved = S.to_tensor(S.render(single, 64, 4, jitter=1.0))
+    assert not torch.equal(moved, img)
+    assert not torch.equal(jittered[0]["image"], centred[0]["image"])
+    with pytest.raises(ValidationError, match="jitter"):
+        ShapesParams(jitter=1.5)

@@ -75,6 +75,7 @@ def test_compare_and_score_are_exact():
     s = score([same, recolored, moved, extra], [truth] * 4)
     assert s["accuracy"] == 0.25 and s["count"] == 0.75
     assert s["colour"] == 6 / 8 and s["position"] == 7 / 8
+    assert s["attributes"] == pytest.approx((s["shape"] + 6 / 8 + 7 / 8 + 0.75) / 4)
     with pytest.raises(ValueError, match="readings"):
         score([same], [truth, truth])
 

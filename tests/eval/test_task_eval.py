@@ -25,7 +25,7 @@ def test_random_model_reports_every_metric_in_range(tiny, tmp_path):
     m = evaluate_tasks(model, resolved, ["und/accuracy", "gen/accuracy", "edit/accuracy", "rec/psnr"], 4,
                        out_dir=tmp_path, quiet=True)
     for k in ("und/accuracy", "gen/accuracy", "gen/accuracy_nocfg", "gen/shape", "gen/colour", "gen/position",
-              "gen/count", "edit/accuracy", "probe/accuracy"):
+              "gen/count", "gen/attributes", "gen/attributes_nocfg", "edit/accuracy", "probe/accuracy"):
         assert k in m, (k, sorted(m))
     assert all(0.0 <= v <= 1.0 for v in m.values()), m
     assert not any(k.startswith("rec/") for k in m)
@@ -77,6 +77,7 @@ def test_a_model_that_draws_the_truth_scores_high_and_one_that_copies_scores_zer
                        dataset=items)
     assert m["und/accuracy"] == 1.0 and m["und/accuracy/count"] == 1.0
     assert m["gen/accuracy"] >= 0.9 and m["gen/accuracy_nocfg"] >= 0.9 and m["edit/accuracy"] >= 0.9, m
+    assert m["gen/attributes"] >= 0.9 and m["gen/attributes_nocfg"] >= 0.9, m
 
     def copy_draw(make_codes, model, n, bs, seed, decode, progress, label):
         return [it["image"] for it in items[:n]]  # "edit" = give the source back unchanged
@@ -92,8 +93,9 @@ def test_reconstruction_ceiling_reads_what_the_detokenizer_draws(tiny, monkeypat
 
     items = [build_dataset(resolved, "val")[i] for i in range(8)]
     noise = evaluate_tasks(model, resolved, ["probe/reconstruction"], 8, quiet=True, dataset=items)
-    assert set(noise) == {"probe/accuracy", "probe/reconstruction"}
+    assert set(noise) == {"probe/accuracy", "probe/reconstruction", "probe/reconstruction_attributes"}
     assert noise["probe/reconstruction"] <= 0.25 < noise["probe/accuracy"]  # random tokenizer: nothing survives
+    assert noise["probe/reconstruction_attributes"] < 0.5
     by_id = {id(it["image"]): it["image"] for it in items}
     seen = []
 
@@ -112,6 +114,7 @@ def test_reconstruction_ceiling_reads_what_the_detokenizer_draws(tiny, monkeypat
     monkeypatch.setattr("illume_kit.model.sequence.encode_images", tracking_encode)
     m = evaluate_tasks(model, resolved, ["probe/reconstruction"], 8, quiet=True, dataset=items)
     assert m["probe/reconstruction"] == m["probe/accuracy"] >= 0.75
+    assert m["probe/reconstruction_attributes"] >= 0.9
 
 
 def test_text_helpers():
@@ -129,5 +132,6 @@ def test_metric_specs_cover_every_reported_name():
     from illume_kit.eval.specs import metric_spec
 
     for name in ("gen/accuracy_nocfg", "gen/shape", "gen/colour", "gen/size", "gen/position", "gen/count",
+                 "gen/attributes", "gen/attributes_nocfg", "probe/reconstruction_attributes",
                  "probe/accuracy", "und/accuracy/count", "edit/accuracy/move"):
         assert metric_spec(name).goal == "max"
