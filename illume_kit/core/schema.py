@@ -28,6 +28,9 @@ class ModelOptions(_Strict):
     image_input: Literal["continuous", "discrete"] = Field(
         "continuous", description="LLM input side: projected pre-quantisation features (ILLUME+) or code embeddings")
     projector_hidden: int | None = Field(None, description="hidden width of the per-codebook 2-layer MLP projectors (default: LLM width)")
+    image_positions: int = Field(
+        0, ge=0, description="learned row + column embeddings on every image token (input and output), for grids "
+        "up to this many tokens a side; 0 = off (ILLUME+: 1D positions and end-of-line tokens only)")
     resolution_step: int = Field(64, ge=1, description="step of the <height_H>/<width_W> resolution tags")
     max_resolution: int = Field(1024, ge=1, description="largest resolution tag")
 

@@ -126,6 +126,24 @@ class _Rows:
         self.cb_lo = torch.tensor([cb.start for cb in lay.codebooks], device=dev)
         self.cb_hi = torch.tensor([cb.stop for cb in lay.codebooks], device=dev)
         self.n_text, self.pad, self.eos = lay.text_vocab_size, pad, eos
+        # (codebook index, row, col) of each template slot, -1 elsewhere: image position embeddings
+        self.grid = torch.full((3, B, L), -1, dtype=torch.long)
+        for b, t in enumerate(tmpls):
+            level, r, c = -1, 0, 0
+            for j, v in enumerate(t):
+                if v < 0:
+                    if -v - 1 != level:
+                        level, r, c = -v - 1, 0, 0
+                    self.grid[:, b, j] = torch.tensor((level, r, c))
+                    c += 1
+                elif v == lay.eol and level >= 0:
+                    r, c = r + 1, 0
+        self.grid = self.grid.to(dev)
+
+    def grid_at(self, pos: torch.Tensor) -> torch.Tensor:
+        """(3, B, k) codebook index / row / col of the template positions ``pos`` (B, k); -1 = not a code."""
+        g = self.grid.gather(2, pos.clamp(min=0)[None].expand(3, -1, -1))
+        return torch.where(pos[None] >= 0, g, torch.full_like(g, -1))
 
     def legal(self):
         """(lo, hi, extra, level, slot, forced): legal ids are [lo, hi) plus ``extra`` (-1: none);
@@ -240,24 +258,38 @@ class StructuredSampler:
             if bool(free.any()):
                 tok[free] = self._sample(logits[:B], logits[B:] if guide else None, free, slot, lo, hi, extra,
                                          level, table, gen)
-            feed = [tok]
+            feed, at = [tok], [state.pos.clone()]
             produced.append(state.advance(tok))
             while not bool(state.done.all()):  # fold the forced tokens every row has next
                 lo, _, _, _, _, forced = state.legal()
                 if not bool(forced.all()):
                     break
                 feed.append(lo)
+                at.append(state.pos.clone())
                 produced.append(state.advance(lo))
             if bool(state.done.all()):
                 break
             k = len(feed)
             ids = torch.stack(feed, 1)
-            ids = torch.cat([ids, ids]) if guide else ids
-            out = backbone(backbone.embed(ids), attention_mask=mask[:, : cur + k], past_key_values=cache,
+            embeds = self._embed(ids, state.grid_at(torch.stack(at, 1)))
+            embeds = torch.cat([embeds, embeds]) if guide else embeds
+            out = backbone(embeds, attention_mask=mask[:, : cur + k], past_key_values=cache,
                            position_ids=next_pos[:, None] + torch.arange(k, device=dev), use_cache=True)
             next_pos, cur = next_pos + k, cur + k
             logits, cache = out.logits[:, -1], out.past_key_values
         return torch.stack(produced, 1) if produced else torch.zeros((B, 0), dtype=torch.long, device=dev)
+
+    def _embed(self, ids: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """Token embeddings of fed ids (B, k), plus the image position embeddings of code tokens
+        (``grid``: codebook index / row / col per token, as in training's ``assemble``)."""
+        embeds = self.model.backbone.embed(ids)
+        if getattr(self.model, "image_positions", 0):
+            for i, cb in enumerate(self.model.layout.codebooks):
+                hit = grid[0] == i
+                if bool(hit.any()):
+                    pos = self.model.projectors[cb.name].positions(grid[1][hit], grid[2][hit])
+                    embeds[hit] = embeds[hit] + pos.to(embeds.dtype)
+        return embeds
 
     def _sample(self, logits_c, logits_u, free, slot, lo, hi, extra, level, table, gen) -> torch.Tensor:
         """Next ids of the rows in ``free`` (not forced): mask, guide, filter, sample."""

@@ -165,6 +165,12 @@ class _Builder:
         self.ids: list[int] = []
         self.loss: list[bool] = []
         self.slots: list[tuple[int, int, int]] = []  # (position, codebook index, feature ref)
+        self.grid: list[tuple[int, int, int, int]] = []  # (position, codebook index, row, col) of image tokens
+
+    def add_grid(self, level: int, h: int, w: int) -> None:
+        """Note the (row, col) of the h rows of w tokens + end-of-line that come next at this level."""
+        start = len(self.ids)
+        self.grid.extend((start + r * (w + 1) + c, level, r, c) for r in range(h) for c in range(w))
 
     def add(self, ids: Sequence[int], loss: bool) -> None:
         self.ids.extend(ids)
@@ -180,12 +186,14 @@ def _input_block(b: _Builder, layout: VocabLayout, enc: dict, discrete: bool, fe
             codes = enc["codes"][cb.name]
             h, w = codes.shape
             rows = torch.cat([codes.long() + cb.start, torch.full((h, 1), layout.eol, dtype=torch.long)], 1)
+            b.add_grid(i, h, w)
             b.add(rows.flatten().tolist(), False)
         else:
             f = enc["features"][cb.name]
             h, w = f.shape[:2]
             first = sum(x.shape[0] for x in feats[i])
             feats[i].append(f.reshape(h * w, -1))
+            b.add_grid(i, h, w)
             for r in range(h):
                 for c in range(w):
                     b.slots.append((len(b.ids), i, first + r * w + c))
@@ -209,7 +217,12 @@ def _add_part(b: _Builder, part: Part, loss: bool, model: Any, encoded: dict[int
         _input_block(b, layout, encoded[id(img)], model.image_input == "discrete", feats, pad)
     elif isinstance(part, TargetImage):
         codes = part.codes if part.codes is not None else encoded[id(part.image)]["codes"]
+        start = len(b.ids) + (2 if part.size is not None else 0) + 1  # tags, start of image
         b.add(image_block_ids(layout, codes, part.size), loss)
+        for i, cb in enumerate(layout.codebooks):
+            h, w = codes[cb.name].shape
+            b.grid.extend((start + 1 + r * (w + 1) + c, i, r, c) for r in range(h) for c in range(w))
+            start += 1 + h * (w + 1) + 1  # level start, rows, level end
     else:
         raise TypeError(f"unknown sample part {type(part).__name__}: use str, Tag, Ids, InputImage, TargetImage")
 
@@ -288,6 +301,7 @@ def assemble(model: Any, samples: Sequence[Sample], padding_side: str = "right",
     slot_b: list[list[int]] = [[] for _ in layout.codebooks]
     slot_t: list[list[int]] = [[] for _ in layout.codebooks]
     slot_f: list[list[int]] = [[] for _ in layout.codebooks]
+    grid: list[list[tuple[int, int, int, int]]] = [[] for _ in layout.codebooks]  # (batch row, t, r, c)
     for r, b in enumerate(builders):
         off = T - len(b.ids) if padding_side == "left" else 0
         row = torch.tensor(b.ids, dtype=torch.long)
@@ -299,6 +313,8 @@ def assemble(model: Any, samples: Sequence[Sample], padding_side: str = "right",
             slot_b[c].append(r)
             slot_t[c].append(off + pos)
             slot_f[c].append(f)
+        for pos, c, gr, gc in b.grid:
+            grid[c].append((r, off + pos, gr, gc))
     device = _device(model.backbone)
     ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
     embeds = model.backbone.embed(ids)
@@ -310,6 +326,12 @@ def assemble(model: Any, samples: Sequence[Sample], padding_side: str = "right",
         proj = projector(f)[torch.tensor(slot_f[c], device=device)]
         embeds = embeds.index_put((torch.tensor(slot_b[c], device=device), torch.tensor(slot_t[c], device=device)),
                                   proj.to(embeds.dtype))
+    if getattr(model, "image_positions", 0):
+        for c, cb in enumerate(layout.codebooks):
+            if grid[c]:
+                idx = torch.tensor(grid[c], device=device).T  # 4 x N: batch row, t, r, c
+                pos = model.projectors[cb.name].positions(idx[2], idx[3]).to(embeds.dtype)
+                embeds = embeds.index_put((idx[0], idx[1]), pos, accumulate=True)
     position_ids = (mask.cumsum(1) - 1).clamp(min=0) if padding_side == "left" else \
         torch.arange(T, device=device).expand(B, T)
     return Batch(ids, embeds, mask, labels, position_ids, [s.task for s in samples], [len(b.ids) for b in builders])

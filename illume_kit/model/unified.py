@@ -31,16 +31,18 @@ def count_params(module: nn.Module | None) -> tuple[int, int]:
 
 class UnifiedModel(nn.Module):
     def __init__(self, tokenizer: nn.Module, backbone: nn.Module, detokenizer: nn.Module | None,
-                 layout: VocabLayout, image_input: str = "continuous", projector_hidden: int | None = None) -> None:
+                 layout: VocabLayout, image_input: str = "continuous", projector_hidden: int | None = None,
+                 image_positions: int = 0) -> None:
         super().__init__()
         self.tokenizer = tokenizer
         self.backbone = backbone
         self.detokenizer = detokenizer
         self.layout = layout
         self.image_input = image_input
+        self.image_positions = image_positions
         d = backbone.hidden_size
         self.projectors = nn.ModuleDict(
-            {cb.name: MLPProjector(cb.feature_dim, d, projector_hidden) for cb in tokenizer.codebooks}
+            {cb.name: MLPProjector(cb.feature_dim, d, projector_hidden, image_positions) for cb in tokenizer.codebooks}
         )
 
     @property

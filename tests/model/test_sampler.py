@@ -148,3 +148,32 @@ def test_errors(model2):
         sample_images(model2, [t2i_prompt("x", (16, 16))], None, (16, 16), cfg=2.0)
     with pytest.raises(ValueError, match="got 1 sizes for 2 prompts"):
         generate_images(model2, ["x", "y"], [(16, 16)])
+
+
+@pytest.mark.parametrize("image_positions", [0, 8], ids=["1d", "2d"])
+def test_greedy_codes_are_the_argmax_of_a_full_forward_of_the_same_sequence(image_positions):
+    """The sampler's cached, step-by-step inputs (embeddings, positions, image position embeddings)
+    are exactly what training's ``assemble`` builds: replaying the generated image as a training target
+    gives logits whose argmax over each slot's codebook is the code the sampler chose."""
+    from illume_kit.model.sequence import TargetImage, assemble
+    from illume_kit.model.tasks import t2i_sample
+
+    m = make_model(image_positions=image_positions)
+    if image_positions:
+        with torch.no_grad():  # make the position embeddings matter
+            for p in m.projectors.values():
+                p.row_embed.normal_(0, 1.0)
+                p.col_embed.normal_(0, 1.0)
+    captions, sizes = ["a red circle", "two blue squares"], [(32, 48), (48, 32)]
+    codes = generate_images(m, captions, sizes, cfg=1.0, seed=0, temperature=0.0)
+    for cap, size, got in zip(captions, sizes, codes):
+        sample = t2i_sample(torch.zeros(3, *size), cap)
+        sample.answer[:] = [TargetImage(None, codes=got, size=size)]
+        b = assemble(m, [sample])
+        with torch.no_grad():
+            logits = m.backbone(b.inputs_embeds, attention_mask=b.attention_mask, position_ids=b.position_ids).logits[0]
+        ids = b.input_ids[0]
+        for cb in m.layout.codebooks:
+            at = ((ids >= cb.start) & (ids < cb.stop)).nonzero().flatten()
+            pred = logits[at - 1, cb.start:cb.stop].argmax(-1)
+            assert torch.equal(pred, ids[at] - cb.start), cb.name

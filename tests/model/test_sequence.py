@@ -144,3 +144,39 @@ def test_target_from_codes_and_bad_parts(model2):
         TargetImage(codes=codes)
     with pytest.raises(TypeError, match="unknown sample part int"):
         assemble(model2, [Sample([3])])
+
+
+@pytest.mark.parametrize("image_input", ["continuous", "discrete"])
+def test_image_positions_add_row_and_column_embeddings_to_every_image_token(image_input):
+    plain = make_model(image_input=image_input)
+    m = make_model(image_input=image_input, image_positions=8)
+    assert not any("embed" in k for k in plain.projectors.state_dict())  # off: state dict unchanged
+    with torch.no_grad():
+        for name, p in m.projectors.items():
+            p.load_state_dict(plain.projectors[name].state_dict(), strict=False)  # same MLPs
+            p.row_embed.normal_()
+            p.col_embed.normal_()
+    src, tgt = image(0, 48, 64), image(1, 32, 48)
+    samples = [und_sample(src, "what?", "red"), t2i_sample(tgt, "a red circle")]
+    b, b0 = assemble(m, samples), assemble(plain, samples)
+    assert torch.equal(b.input_ids, b0.input_ids)
+    delta = b.inputs_embeds - b0.inputs_embeds  # same weights apart from the position tables
+    lay = m.layout
+    for row, img in ((0, src), (1, tgt)):
+        ids = b.input_ids[row].tolist()
+        soi = ids.index(lay.soi)
+        start = soi + 1
+        grids = m.tokenizer.grid(*img.shape[-2:])
+        touched = torch.zeros(len(ids), dtype=torch.bool)
+        for cb in lay.codebooks:
+            h, w = grids[cb.name]
+            start += 1  # level start
+            pj = m.projectors[cb.name]
+            for r in range(h):
+                at = start + r * (w + 1)
+                torch.testing.assert_close(delta[row, at: at + w], pj.row_embed[r] + pj.col_embed[:w])
+                touched[at: at + w] = True
+            start += h * (w + 1) + 1
+        assert (delta[row, ~touched] == 0).all()  # text, structure tokens, padding: untouched
+    with pytest.raises(ValueError, match="image_positions=2"):
+        assemble(make_model(image_input=image_input, image_positions=2), samples)
