@@ -1,7 +1,11 @@
 """The MLLM training objective and the parameter groups each training stage trains.
 
-The loss is the reference's: plain next-token cross-entropy over every labelled token (answer text,
-resolution tags, structure and image tokens alike), no per-modality weighting (reference §3.3).
+The loss is by default the reference's: plain next-token cross-entropy over every labelled token
+(answer text, resolution tags, structure and image tokens alike), no per-modality weighting
+(reference §3.3). In a batch mixing tasks an image sample then outweighs a one-word answer ~50 to 1,
+so ``average="sample"`` (stage option ``loss_average: sample``) takes each sample's mean CE first and
+then the mean over samples, as InternVL 2.5 weighs its data ("sample averaging"): every sample,
+short answer or long image, counts the same.
 ``und`` and ``gen`` report the same CE restricted to understanding samples and to generation
 samples (text-to-image and editing) for logging; they are present only when the batch has such
 samples. The tokenizer is frozen and runs without gradients: its features feed the projectors,
@@ -32,8 +36,14 @@ GROUPS = ("projectors", "new_embeddings", "backbone", "all")
 GEN_TASKS = ("t2i", "edit")
 
 
-def mllm_loss(model: Any, batch: Sequence[Sample] | Batch) -> dict[str, torch.Tensor]:
-    """Next-token CE over the labels of an assembled batch (or of samples, assembled here)."""
+AVERAGES = ("token", "sample")
+
+
+def mllm_loss(model: Any, batch: Sequence[Sample] | Batch, average: str = "token") -> dict[str, torch.Tensor]:
+    """Next-token CE over the labels of an assembled batch (or of samples, assembled here), averaged
+    over all labelled tokens (``token``) or per sample first (``sample``)."""
+    if average not in AVERAGES:
+        raise ValueError(f"loss average must be one of {', '.join(AVERAGES)}, got {average!r}")
     if not isinstance(batch, Batch):
         batch = assemble(model, batch, padding_side="right")
     out = model.backbone(batch.inputs_embeds, attention_mask=batch.attention_mask,
@@ -44,8 +54,13 @@ def mllm_loss(model: Any, batch: Sequence[Sample] | Batch) -> dict[str, torch.Te
         raise ValueError("the batch has no labelled tokens (every sample needs an answer)")
     logits = out.logits[:, :-1][keep]  # CE only where there is a label
     ce = F.cross_entropy(logits.float(), labels[keep], reduction="none")
-    result = {"loss": ce.mean()}
     rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)[keep]
+    if average == "token":
+        result = {"loss": ce.mean()}
+    else:
+        per_row = torch.zeros(labels.shape[0], device=ce.device).index_add_(0, rows, ce)
+        counts = keep.sum(1)
+        result = {"loss": (per_row[counts > 0] / counts[counts > 0]).mean()}
     for name, tasks in (("und", ("und",)), ("gen", GEN_TASKS)):
         sel = torch.tensor([t in tasks for t in batch.tasks], device=labels.device)[rows]
         if sel.any():
@@ -53,11 +68,11 @@ def mllm_loss(model: Any, batch: Sequence[Sample] | Batch) -> dict[str, torch.Te
     return result
 
 
-def mllm_step_fn(mixer: Any):
+def mllm_step_fn(mixer: Any, average: str = "token"):
     """A trainer ``step_fn(model, batch, step)``: dataset batch -> task samples -> ``mllm_loss``."""
 
     def step_fn(model: Any, batch: Any, step: int) -> dict[str, torch.Tensor]:
-        return mllm_loss(model, mixer.samples(batch, step))
+        return mllm_loss(model, mixer.samples(batch, step), average)
 
     return step_fn
 
@@ -134,6 +149,7 @@ def stage_setup(runner: Any, stage: Any):
 
     Stage options: ``tasks`` (task -> weight, default all), ``cfg_dropout`` (default 0.1), ``qa_turns``
     (question/answer pairs per understanding sample, as a multi-turn conversation; default 1),
+    ``loss_average`` (``token``, the reference's, or ``sample``; see ``mllm_loss``),
     ``retrain_text_tokenizer`` (default true for a from-scratch backbone: a byte-level BPE on the task
     texts, done once, at the start of the recipe's first mllm stage).
     """
@@ -142,10 +158,14 @@ def stage_setup(runner: Any, stage: Any):
     model = runner.model
     opts = dict(stage.options)
     valid = ("tasks", "cfg_dropout", "qa_turns", "retrain_text_tokenizer", "image_size", "text_corpus_items",
-             "cache_data")
+             "cache_data", "loss_average")
     unknown = set(opts) - set(valid)
     if unknown:
         raise ValueError(f"stage {stage.name!r}: unknown options {sorted(unknown)} (valid: {', '.join(valid)})")
+    average = str(opts.get("loss_average", "token"))
+    if average not in AVERAGES:
+        raise ValueError(f"stage {stage.name!r}: options.loss_average must be one of {', '.join(AVERAGES)}, "
+                         f"got {average!r}")
     data = runner._images(stage)
     first_mllm = next(s for s in runner.recipe.train.stages if s.target == "mllm").name == stage.name
     started = (runner.out / "stages" / stage.name / "checkpoints" / "latest").exists()
@@ -158,4 +178,4 @@ def stage_setup(runner: Any, stage: Any):
     mixer = TaskMixer(opts.get("tasks"), float(opts.get("cfg_dropout", 0.1)), seed=runner.recipe.run.seed,
                       qa_turns=int(opts.get("qa_turns", 1)))
     # groups are applied here through requires_grad; the trainer then takes whatever requires grad
-    return model, mllm_step_fn(mixer), data, {"collate_fn": _keep_items, "config": {"trainable": []}}
+    return model, mllm_step_fn(mixer, average), data, {"collate_fn": _keep_items, "config": {"trainable": []}}

@@ -27,6 +27,20 @@ def test_loss_is_ce_on_labels_with_task_splits(model2):
     assert "gen" in out and "und" not in mllm_loss(model2, s[1:])
 
 
+def test_sample_average_weighs_every_sample_alike(model2):
+    s = samples()
+    out = mllm_loss(model2, s, average="sample")
+    b = assemble(model2, s)
+    logits = model2.backbone(b.inputs_embeds, attention_mask=b.attention_mask, use_cache=False).logits
+    per_sample = [F.cross_entropy(logits[i, :-1], b.labels[i, 1:], ignore_index=IGNORE) for i in range(len(s))]
+    torch.testing.assert_close(out["loss"], torch.stack(per_sample).mean(), rtol=1e-4, atol=1e-5)
+    token = mllm_loss(model2, s)["loss"]
+    assert not torch.allclose(out["loss"], token)  # the one-word answer now weighs as much as an image
+    torch.testing.assert_close(out["und"], per_sample[0], rtol=1e-4, atol=1e-5)  # logging is unchanged
+    with pytest.raises(ValueError, match="token, sample"):
+        mllm_loss(model2, s, average="square")
+
+
 def test_groups_freeze_and_new_embedding_rows_only():
     m = make_model()
     params = trainable_parameters(m, ["projectors"])
@@ -78,3 +92,15 @@ def test_tiny_model_learns_a_repeated_sample_and_reproduces_it():
     target = encode_images(m, [img])[0]["codes"]
     assert all(torch.equal(out[k], target[k]) for k in target)
     assert answer(m, [q], ["what shape is at the center?"]) == ["star"]
+
+
+def test_stage_options_are_checked_before_training():
+    from types import SimpleNamespace
+
+    from illume_kit.model.objective import stage_setup
+
+    runner = SimpleNamespace(model=None)
+    with pytest.raises(ValueError, match=r"options.loss_average must be one of token, sample, got 'tokens'"):
+        stage_setup(runner, SimpleNamespace(name="mllm", options={"loss_average": "tokens"}))
+    with pytest.raises(ValueError, match=r"unknown options \['qa_turn'\]"):
+        stage_setup(runner, SimpleNamespace(name="mllm", options={"qa_turn": 6}))
