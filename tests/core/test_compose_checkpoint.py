@@ -144,3 +144,15 @@ def test_retrained_text_tokenizer_survives_checkpoint(tmp_path):
     loaded, _ = load_checkpoint(out)
     assert loaded.backbone.text_tokenizer("a red circle")["input_ids"] == ids
     assert loaded.backbone.text_tokenizer.convert_tokens_to_ids("<start_of_image>") == model.layout.soi
+
+
+def test_image_position_tables_round_trip(tmp_path):
+    resolved = load_recipe(FSQ_RECIPE, ["model.image_positions=8"])
+    model = compose(resolved).eval()
+    with torch.no_grad():
+        model.projectors["pixel"].row_embed.normal_()
+    folder = save_checkpoint(model, resolved, tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(folder)
+    assert loaded.image_positions == 8
+    for name in ("row_embed", "col_embed"):
+        assert torch.equal(getattr(loaded.projectors["pixel"], name), getattr(model.projectors["pixel"], name))
