@@ -38,7 +38,7 @@ def _modules_for(argv: list[str] | None) -> tuple[str, ...]:
     return VERB_MODULES
 
 
-def build_parser(argv: list[str] | None = None, modules: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="illume-kit",
         description="Compose, train and evaluate unified multimodal LLMs (ILLUME+-style) from YAML recipes.",
@@ -46,7 +46,7 @@ def build_parser(argv: list[str] | None = None, modules: tuple[str, ...] | None 
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--strict", action="store_true", help="a plugin that fails to load is an error")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for mod in modules if modules is not None else _modules_for(argv):
+    for mod in _modules_for(argv):
         importlib.import_module(mod).register(sub)
     return parser
 

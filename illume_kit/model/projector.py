@@ -38,7 +38,4 @@ class MLPProjector(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # the MLP only; positions are added by the caller
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"projector expects features of width {self.in_dim}, got {x.shape[-1]}")
-        h = x
-        for layer in self:
-            h = layer(h)
-        return h
+        return super().forward(x)

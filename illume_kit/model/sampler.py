@@ -127,18 +127,22 @@ class _Rows:
         self.cb_hi = torch.tensor([cb.stop for cb in lay.codebooks], device=dev)
         self.n_text, self.pad, self.eos = lay.text_vocab_size, pad, eos
         # (codebook index, row, col) of each template slot, -1 elsewhere: image position embeddings
-        self.grid = torch.full((3, B, L), -1, dtype=torch.long)
+        self.grid = self._slot_grid(tmpls, L, lay.eol).to(dev) if getattr(model, "image_positions", 0) else None
+
+    @staticmethod
+    def _slot_grid(tmpls: list[list[int]], L: int, eol: int) -> torch.Tensor:
+        grid = [[[-1] * L for _ in tmpls] for _ in range(3)]
         for b, t in enumerate(tmpls):
             level, r, c = -1, 0, 0
             for j, v in enumerate(t):
                 if v < 0:
                     if -v - 1 != level:
                         level, r, c = -v - 1, 0, 0
-                    self.grid[:, b, j] = torch.tensor((level, r, c))
+                    grid[0][b][j], grid[1][b][j], grid[2][b][j] = level, r, c
                     c += 1
-                elif v == lay.eol and level >= 0:
+                elif v == eol and level >= 0:
                     r, c = r + 1, 0
-        self.grid = self.grid.to(dev)
+        return torch.tensor(grid, dtype=torch.long)
 
     def grid_at(self, pos: torch.Tensor) -> torch.Tensor:
         """(3, B, k) codebook index / row / col of the template positions ``pos`` (B, k); -1 = not a code."""
@@ -251,6 +255,7 @@ class StructuredSampler:
                        position_ids=batch.position_ids, use_cache=True)
         logits, cache = out.logits[:, -1], out.past_key_values
         produced: list[torch.Tensor] = []
+        positions = state.grid is not None  # model.image_positions: track the template position of each fed token
         while not bool(state.done.all()):
             lo, hi, extra, level, slot, forced = state.legal()
             tok = lo.clone()
@@ -258,20 +263,21 @@ class StructuredSampler:
             if bool(free.any()):
                 tok[free] = self._sample(logits[:B], logits[B:] if guide else None, free, slot, lo, hi, extra,
                                          level, table, gen)
-            feed, at = [tok], [state.pos.clone()]
+            feed, at = [tok], [state.pos.clone()] if positions else []
             produced.append(state.advance(tok))
             while not bool(state.done.all()):  # fold the forced tokens every row has next
                 lo, _, _, _, _, forced = state.legal()
                 if not bool(forced.all()):
                     break
                 feed.append(lo)
-                at.append(state.pos.clone())
+                if positions:
+                    at.append(state.pos.clone())
                 produced.append(state.advance(lo))
             if bool(state.done.all()):
                 break
             k = len(feed)
             ids = torch.stack(feed, 1)
-            embeds = self._embed(ids, state.grid_at(torch.stack(at, 1)))
+            embeds = self._embed(ids, state.grid_at(torch.stack(at, 1)) if positions else None)
             embeds = torch.cat([embeds, embeds]) if guide else embeds
             out = backbone(embeds, attention_mask=mask[:, : cur + k], past_key_values=cache,
                            position_ids=next_pos[:, None] + torch.arange(k, device=dev), use_cache=True)
@@ -279,11 +285,11 @@ class StructuredSampler:
             logits, cache = out.logits[:, -1], out.past_key_values
         return torch.stack(produced, 1) if produced else torch.zeros((B, 0), dtype=torch.long, device=dev)
 
-    def _embed(self, ids: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    def _embed(self, ids: torch.Tensor, grid: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings of fed ids (B, k), plus the image position embeddings of code tokens
-        (``grid``: codebook index / row / col per token, as in training's ``assemble``)."""
+        (``grid``: codebook index / row / col per token, as in training's ``assemble``; None: off)."""
         embeds = self.model.backbone.embed(ids)
-        if getattr(self.model, "image_positions", 0):
+        if grid is not None:
             for i, cb in enumerate(self.model.layout.codebooks):
                 hit = grid[0] == i
                 if bool(hit.any()):

@@ -160,17 +160,21 @@ def encode_images(model: Any, images: Sequence[torch.Tensor]) -> list[dict[str, 
 class _Builder:
     """Accumulates one sample's ids, label flags and feature slots."""
 
-    def __init__(self, text_ids) -> None:
+    def __init__(self, text_ids, track_grid: bool = False) -> None:
         self.text_ids = text_ids
         self.ids: list[int] = []
         self.loss: list[bool] = []
         self.slots: list[tuple[int, int, int]] = []  # (position, codebook index, feature ref)
-        self.grid: list[tuple[int, int, int, int]] = []  # (position, codebook index, row, col) of image tokens
+        # (position, codebook index, row, col) of image tokens; kept only for model.image_positions
+        self.track_grid = track_grid
+        self.grid: list[tuple[int, int, int, int]] = []
 
-    def add_grid(self, level: int, h: int, w: int) -> None:
-        """Note the (row, col) of the h rows of w tokens + end-of-line that come next at this level."""
-        start = len(self.ids)
-        self.grid.extend((start + r * (w + 1) + c, level, r, c) for r in range(h) for c in range(w))
+    def add_grid(self, level: int, h: int, w: int, start: int | None = None) -> None:
+        """Note the (row, col) of h rows of w tokens + end-of-line at this level, beginning at position
+        ``start`` (default: the next token)."""
+        if self.track_grid:
+            start = len(self.ids) if start is None else start
+            self.grid.extend((start + r * (w + 1) + c, level, r, c) for r in range(h) for c in range(w))
 
     def add(self, ids: Sequence[int], loss: bool) -> None:
         self.ids.extend(ids)
@@ -221,7 +225,7 @@ def _add_part(b: _Builder, part: Part, loss: bool, model: Any, encoded: dict[int
         b.add(image_block_ids(layout, codes, part.size), loss)
         for i, cb in enumerate(layout.codebooks):
             h, w = codes[cb.name].shape
-            b.grid.extend((start + 1 + r * (w + 1) + c, i, r, c) for r in range(h) for c in range(w))
+            b.add_grid(i, h, w, start + 1)
             start += 1 + h * (w + 1) + 1  # level start, rows, level end
     else:
         raise TypeError(f"unknown sample part {type(part).__name__}: use str, Tag, Ids, InputImage, TargetImage")
@@ -260,7 +264,7 @@ def sample_ids(model: Any, sample: Sample, encoded: dict[int, dict], feats: list
                text_ids=None) -> _Builder:
     tok = model.backbone.text_tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    b = _Builder(text_ids or text_ids_fn(tok))
+    b = _Builder(text_ids or text_ids_fn(tok), track_grid=bool(getattr(model, "image_positions", 0)))
     first_eos = sample.eos if sample.eos is not None else bool(sample.answer)
     for (prompt, answer), eos in zip([(sample.prompt, sample.answer), *sample.turns],
                                      [first_eos] + [True] * len(sample.turns)):
