@@ -72,12 +72,14 @@ def cmd_show(args) -> int:
 
     from illume_kit.cli.output import console
 
+    from illume_kit.core import params_digest
+
     spec = _registry().get(_role(args.role), args.name)
-    params = spec.load_params()
-    presets = spec.load_presets()
+    info = params_digest.cached(spec) or params_digest.render(spec)
+    presets = info["presets"]
     if args.json:
         console.print_json(json.dumps({"role": spec.role, "name": spec.name, "dist": spec.dist,
-                                       "version": spec.dist_version, "schema": params.model_json_schema(),
+                                       "version": spec.dist_version, "schema": info["schema"],
                                        "presets": presets}))
         return 0
     console.print(f"[bold]{spec.role} {spec.name}[/] — {spec.summary}")
@@ -85,10 +87,8 @@ def cmd_show(args) -> int:
     t = Table(title="params")
     for col in ("key", "type", "default", "description"):
         t.add_column(col, overflow="fold")
-    for key, f in params.model_fields.items():
-        ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
-        default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
-        t.add_row(key, ann, default, f.description or "")
+    for row in info["fields"]:
+        t.add_row(*row)
     console.print(t)
     if presets:
         p = Table(title="presets")

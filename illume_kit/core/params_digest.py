@@ -1,0 +1,114 @@
+"""Pre-rendered params tables of the built-in components, so ``illume-kit show`` imports no pydantic.
+
+Importing pydantic and building a ``Params`` model is ~0.2 s of ``show``'s start-up; the rows it
+prints (key, type, default, description), the JSON schema and the presets only change when a params
+module does. ``illume_kit/params_digest.json`` holds them for every built-in component, each entry with
+a fingerprint of the source files it was rendered from: an entry whose files changed is ignored and
+``show`` renders live, so the file can be stale but never wrong. ``tests/core/test_params_digest.py``
+fails when it is stale; ``python -m illume_kit.core.params_digest`` rewrites it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from illume_kit.core.registry import ComponentSpec
+
+PACKAGE = Path(__file__).resolve().parent.parent
+DIGEST = PACKAGE / "params_digest.json"
+_LOADED: dict[str, Any] = {}
+
+
+def key(spec: ComponentSpec) -> str:
+    return f"{spec.role}/{spec.name}"
+
+
+def _source_files(spec: ComponentSpec) -> list[Path] | None:
+    """The files behind a spec's params and presets, or None if any is not a module of this package."""
+    targets = [spec.params if spec.params is not None else spec.target, spec.presets]
+    files = []
+    for t in targets:
+        if not t:
+            continue
+        if not isinstance(t, str):
+            return None
+        mod = t.partition(":")[0].split(".")
+        if mod[0] != PACKAGE.name:
+            return None
+        base = PACKAGE.joinpath(*mod[1:])
+        path = base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
+        if not path.is_file():
+            return None
+        files.append(path)
+    return files
+
+
+def fingerprint(spec: ComponentSpec) -> str | None:
+    files = _source_files(spec)
+    if files is None:
+        return None
+    h = hashlib.sha256()
+    for f in sorted(set(files)):
+        h.update(f.relative_to(PACKAGE).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def render(spec: ComponentSpec) -> dict[str, Any]:
+    """What ``show`` prints, computed from the live ``Params`` model (imports pydantic)."""
+    params = spec.load_params()
+    rows = []
+    for name, f in params.model_fields.items():
+        ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+        default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+        rows.append([name, ann, default, f.description or ""])
+    out = {"fields": rows, "schema": params.model_json_schema(), "presets": spec.load_presets()}
+    return json.loads(json.dumps(out, default=repr))  # what the digest file would give back
+
+
+def cached(spec: ComponentSpec) -> dict[str, Any] | None:
+    """The digest entry of a built-in spec if its source files are unchanged, else None."""
+    if spec.plugin != "builtin":
+        return None
+    if "data" not in _LOADED:
+        try:
+            _LOADED["data"] = json.loads(DIGEST.read_text())
+        except (OSError, ValueError):
+            _LOADED["data"] = {}
+    entry = _LOADED["data"].get(key(spec))
+    if not entry or entry.get("fingerprint") != fingerprint(spec):
+        return None
+    return entry
+
+
+def build(specs) -> dict[str, Any]:
+    out = {}
+    for spec in specs:
+        fp = fingerprint(spec)
+        if spec.plugin == "builtin" and fp is not None:
+            out[key(spec)] = {"fingerprint": fp, **render(spec)}
+    return dict(sorted(out.items()))
+
+
+def builtin_specs() -> list[ComponentSpec]:
+    from illume_kit.core.plugins import get_registry
+    from illume_kit.core.registry import ROLES
+
+    reg = get_registry()
+    return [s for r in ROLES for s in reg.specs(r) if s.plugin == "builtin"]
+
+
+def dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=1, default=repr) + "\n"
+
+
+def main() -> None:
+    data = build(builtin_specs())
+    DIGEST.write_text(dumps(data))
+    print(f"wrote {len(data)} entries to {DIGEST}")
+
+
+if __name__ == "__main__":
+    main()
