@@ -71,7 +71,6 @@ def cmd_show(args) -> int:
     from rich.table import Table
 
     from illume_kit.cli.output import console
-
     from illume_kit.core import params_digest
 
     spec = _registry().get(_role(args.role), args.name)

@@ -2,9 +2,9 @@
 
 Importing pydantic and building a ``Params`` model is ~0.2 s of ``show``'s start-up; the rows it
 prints (key, type, default, description), the JSON schema and the presets only change when a params
-module does. ``illume_kit/params_digest.json`` holds them for every built-in component, each entry with
-a fingerprint of the source files it was rendered from: an entry whose files changed is ignored and
-``show`` renders live, so the file can be stale but never wrong. ``tests/core/test_params_digest.py``
+module (or an illume_kit module it imports) does. ``illume_kit/params_digest.json`` holds them for every
+built-in component, each entry with a fingerprint of those source files: an entry whose files changed
+is ignored and ``show`` renders live, so the file can be stale but never wrong. ``tests/core/test_params_digest.py``
 fails when it is stale; ``python -m illume_kit.core.params_digest`` rewrites it.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +27,39 @@ def key(spec: ComponentSpec) -> str:
     return f"{spec.role}/{spec.name}"
 
 
-def _source_files(spec: ComponentSpec) -> list[Path] | None:
-    """The files behind a spec's params and presets, or None if any is not a module of this package."""
-    targets = [spec.params if spec.params is not None else spec.target, spec.presets]
-    files = []
-    for t in targets:
+_IMPORT = re.compile(r"^\s*(?:from|import)\s+(illume_kit(?:\.\w+)*)", re.MULTILINE)
+
+
+def _module_file(module: str) -> Path | None:
+    """The source file of an ``illume_kit`` module, found without importing it (or its package)."""
+    parts = module.split(".")
+    if parts[0] != PACKAGE.name:
+        return None
+    base = PACKAGE.joinpath(*parts[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _source_files(spec: ComponentSpec) -> set[Path] | None:
+    """The files behind a spec's params and presets and the illume_kit modules they import, found by
+    reading (not importing) them; None if a target is not a module of this package."""
+    pending = []
+    for t in (spec.params if spec.params is not None else spec.target, spec.presets):
         if not t:
             continue
-        if not isinstance(t, str):
+        path = _module_file(t.partition(":")[0]) if isinstance(t, str) else None
+        if path is None:
             return None
-        mod = t.partition(":")[0].split(".")
-        if mod[0] != PACKAGE.name:
-            return None
-        base = PACKAGE.joinpath(*mod[1:])
-        path = base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
-        if not path.is_file():
-            return None
-        files.append(path)
+        pending.append(path)
+    files: set[Path] = set()
+    while pending:
+        path = pending.pop()
+        if path in files:
+            continue
+        files.add(path)
+        pending += [f for m in _IMPORT.findall(path.read_text()) if (f := _module_file(m)) is not None]
     return files
 
 
@@ -51,7 +68,7 @@ def fingerprint(spec: ComponentSpec) -> str | None:
     if files is None:
         return None
     h = hashlib.sha256()
-    for f in sorted(set(files)):
+    for f in sorted(files):
         h.update(f.relative_to(PACKAGE).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 
@@ -84,10 +101,11 @@ def cached(spec: ComponentSpec) -> dict[str, Any] | None:
 
 
 def build(specs) -> dict[str, Any]:
+    """Digest entries of ``specs`` (built-ins: see ``builtin_specs``) whose sources this package holds."""
     out = {}
     for spec in specs:
         fp = fingerprint(spec)
-        if spec.plugin == "builtin" and fp is not None:
+        if fp is not None:
             out[key(spec)] = {"fingerprint": fp, **render(spec)}
     return dict(sorted(out.items()))
 
