@@ -31,6 +31,10 @@ class ModelOptions(_Strict):
     image_positions: int = Field(
         0, ge=0, description="learned row + column embeddings on every image token (input and output), for grids "
         "up to this many tokens a side; 0 = off (ILLUME+: 1D positions and end-of-line tokens only)")
+    output_positions: Literal["slot", "next"] = Field(
+        "slot", description="with image_positions, which token of an output image carries a code's row/column "
+        "embedding: the code's own (slot) or the token before it, the one that predicts it (next), so the query "
+        "drawing a code knows its cell and can find the same cell of an input image (editing)")
     resolution_step: int = Field(64, ge=1, description="step of the <height_H>/<width_W> resolution tags")
     max_resolution: int = Field(1024, ge=1, description="largest resolution tag")
 

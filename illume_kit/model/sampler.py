@@ -128,6 +128,9 @@ class _Rows:
         self.n_text, self.pad, self.eos = lay.text_vocab_size, pad, eos
         # (codebook index, row, col) of each template slot, -1 elsewhere: image position embeddings
         self.grid = self._slot_grid(tmpls, L, lay.eol).to(dev) if getattr(model, "image_positions", 0) else None
+        if self.grid is not None and getattr(model, "output_positions", "slot") == "next":
+            # a fed token carries the position of the slot it predicts, as in training's assemble
+            self.grid = torch.cat([self.grid[:, :, 1:], torch.full_like(self.grid[:, :, :1], -1)], 2)
 
     @staticmethod
     def _slot_grid(tmpls: list[list[int]], L: int, eol: int) -> torch.Tensor:
@@ -221,6 +224,8 @@ class StructuredSampler:
         batch = assemble(self.model, rows, padding_side="left")
         state = _Rows(self.model, tmpls, heads, from_text, max_new_tokens, self.pad, self.eos,
                       batch.inputs_embeds.device)
+        if state.grid is not None and getattr(self.model, "output_positions", "slot") == "next":
+            self._head_positions(batch, state, heads, B)
         backbone = self.model.backbone
         was_training = backbone.training
         backbone.eval()
@@ -237,6 +242,20 @@ class StructuredSampler:
                 ids = ids[: ids.index(self.eos) + 1]
             out.append(list(heads[r]) + ids)
         return out
+
+    def _head_positions(self, batch: Any, state: _Rows, heads: list[list[int]], B: int) -> None:
+        """``output_positions: next``: the last forced head token of a prefilled image (its level start)
+        predicts the first code, so it carries that code's position, as in training."""
+        embeds = batch.inputs_embeds
+        for r, h in enumerate(heads):
+            if not h:
+                continue
+            g = state.grid[:, r, len(h) - 1]
+            if int(g[0]) < 0:
+                continue
+            pos = self.model.projectors[self.model.layout.codebooks[int(g[0])].name].positions(g[1:2], g[2:3])[0]
+            for row in range(r, embeds.shape[0], B):  # the conditional row and its unconditional twin
+                embeds[row, -1] = embeds[row, -1] + pos.to(embeds.dtype)
 
     def _loop(self, batch: Any, state: _Rows, guide: bool) -> torch.Tensor:
         """Sample, then feed the sampled token together with every forced token that follows it in

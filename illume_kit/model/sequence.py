@@ -222,6 +222,8 @@ def _add_part(b: _Builder, part: Part, loss: bool, model: Any, encoded: dict[int
     elif isinstance(part, TargetImage):
         codes = part.codes if part.codes is not None else encoded[id(part.image)]["codes"]
         start = len(b.ids) + (2 if part.size is not None else 0) + 1  # tags, start of image
+        if getattr(model, "output_positions", "slot") == "next":
+            start -= 1  # each code's position rides on the token that predicts it
         b.add(image_block_ids(layout, codes, part.size), loss)
         for i, cb in enumerate(layout.codebooks):
             h, w = codes[cb.name].shape

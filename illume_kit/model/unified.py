@@ -32,7 +32,7 @@ def count_params(module: nn.Module | None) -> tuple[int, int]:
 class UnifiedModel(nn.Module):
     def __init__(self, tokenizer: nn.Module, backbone: nn.Module, detokenizer: nn.Module | None,
                  layout: VocabLayout, image_input: str = "continuous", projector_hidden: int | None = None,
-                 image_positions: int = 0) -> None:
+                 image_positions: int = 0, output_positions: str = "slot") -> None:
         super().__init__()
         self.tokenizer = tokenizer
         self.backbone = backbone
@@ -40,6 +40,9 @@ class UnifiedModel(nn.Module):
         self.layout = layout
         self.image_input = image_input
         self.image_positions = image_positions
+        if output_positions not in ("slot", "next"):
+            raise ValueError(f"output_positions must be 'slot' or 'next', got {output_positions!r}")
+        self.output_positions = output_positions
         d = backbone.hidden_size
         self.projectors = nn.ModuleDict(
             {cb.name: MLPProjector(cb.feature_dim, d, projector_hidden, image_positions) for cb in tokenizer.codebooks}

@@ -58,10 +58,12 @@ class FakeTokenizer(nn.Module):
         return F.interpolate(img, scale_factor=SPECS[n][1], mode="nearest")
 
 
-def make_model(names=("semantic", "pixel"), image_input="continuous", image_positions=0, **backbone):
+def make_model(names=("semantic", "pixel"), image_input="continuous", image_positions=0, output_positions="slot",
+               **backbone):
     torch.manual_seed(0)
     bb = Qwen2Backbone(Qwen2Backbone.Params(**{**QWEN2_PRESETS["tiny"], "new_rows_init": "normal", **backbone}))
-    opts = ModelOptions(image_input=image_input, resolution_step=16, max_resolution=128, image_positions=image_positions)
+    opts = ModelOptions(image_input=image_input, resolution_step=16, max_resolution=128, image_positions=image_positions,
+                        output_positions=output_positions)
     return compose_assemble(FakeTokenizer(names), bb, VQDetokenizer(), opts).eval()
 
 

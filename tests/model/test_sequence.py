@@ -7,7 +7,7 @@ from model_fakes import image, make_model
 from illume_kit.model.sequence import (ASSISTANT_PREFIX, IGNORE, USER_PREFIX, ImageSequenceError, Sample, Tag,
                                        TargetImage, assemble, encode_images, extract_images, image_block_ids,
                                        parse_image_ids)
-from illume_kit.model.tasks import t2i_sample, und_sample
+from illume_kit.model.tasks import edit_sample, t2i_sample, und_sample
 
 
 def text_ids(model, s):
@@ -180,3 +180,44 @@ def test_image_positions_add_row_and_column_embeddings_to_every_image_token(imag
         assert (delta[row, ~touched] == 0).all()  # text, structure tokens, padding: untouched
     with pytest.raises(ValueError, match="image_positions=2"):
         assemble(make_model(image_input=image_input, image_positions=2), samples)
+
+
+def test_output_positions_next_moves_each_output_codes_position_onto_the_token_that_predicts_it():
+    """``output_positions: next``: a target image's (row, col) embedding sits on the token before each
+    code (level start, the previous code, end-of-line), so the query drawing a code knows its cell; input
+    images keep theirs on the code itself."""
+    slot = make_model(image_input="discrete", image_positions=8)
+    nxt = make_model(image_input="discrete", image_positions=8, output_positions="next")
+    with torch.no_grad():
+        for name, p in nxt.projectors.items():
+            p.load_state_dict(slot.projectors[name].state_dict())
+            for q in (p, slot.projectors[name]):
+                q.row_embed.copy_(torch.randn(q.row_embed.shape, generator=torch.Generator().manual_seed(1)))
+                q.col_embed.copy_(torch.randn(q.col_embed.shape, generator=torch.Generator().manual_seed(2)))
+    src, tgt = image(0, 32, 32), image(1, 32, 48)
+    samples = [edit_sample(src, "make it red", tgt)]
+    b, b0 = assemble(nxt, samples), assemble(slot, samples)
+    assert torch.equal(b.input_ids, b0.input_ids)
+    ids = b.input_ids[0].tolist()
+    out_soi = [i for i, t in enumerate(ids) if t == nxt.layout.soi][1]  # the second image is the output
+    torch.testing.assert_close(b.inputs_embeds[0, :out_soi], b0.inputs_embeds[0, :out_soi])  # input image: as before
+    base = slot.backbone.embed(b.input_ids)[0]
+    start = out_soi + 1
+    grids = nxt.tokenizer.grid(*tgt.shape[-2:])
+    for cb in nxt.layout.codebooks:
+        h, w = grids[cb.name]
+        pj = nxt.projectors[cb.name]
+        for r in range(h):
+            first = start + 1 + r * (w + 1)  # this row's first code; the token before it predicts it
+            for c in range(w):
+                torch.testing.assert_close(b.inputs_embeds[0, first + c - 1] - base[first + c - 1],
+                                           pj.row_embed[r] + pj.col_embed[c])
+            torch.testing.assert_close(b.inputs_embeds[0, first + w - 1], base[first + w - 1])  # predicts end-of-line
+        start += 1 + h * (w + 1) + 1
+
+
+def test_output_positions_is_validated():
+    with pytest.raises(ValueError, match="output_positions"):
+        from illume_kit.model.unified import UnifiedModel
+
+        UnifiedModel(None, make_model().backbone, None, None, output_positions="prev")
