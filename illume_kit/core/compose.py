@@ -75,7 +75,7 @@ def assemble(tokenizer: Any, backbone: Any, detokenizer: Any | None, options: Mo
     layout = computed
     backbone.extend_vocab(layout)
     model = UnifiedModel(tokenizer, backbone, detokenizer, layout, options.image_input, options.projector_hidden,
-                         options.image_positions, options.output_positions)
+                         options.image_positions, options.output_positions, options.edit_order)
     for cb in tokenizer.codebooks:
         if model.projectors[cb.name].in_dim != cb.feature_dim:
             raise ComposeError(f"projector for {cb.name!r} takes {model.projectors[cb.name].in_dim}-d features, "

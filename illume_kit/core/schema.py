@@ -35,6 +35,10 @@ class ModelOptions(_Strict):
         "slot", description="with image_positions, which token of an output image carries a code's row/column "
         "embedding: the code's own (slot) or the token before it, the one that predicts it (next), so the query "
         "drawing a code knows its cell and can find the same cell of an input image (editing)")
+    edit_order: Literal["image_first", "instruction_first"] = Field(
+        "image_first", description="editing prompt: the source image then the instruction (ILLUME+), or the "
+        "instruction first, so the source sits a fixed number of tokens before the target and copying its "
+        "unchanged cells is a fixed-offset lookup")
     resolution_step: int = Field(64, ge=1, description="step of the <height_H>/<width_W> resolution tags")
     max_resolution: int = Field(1024, ge=1, description="largest resolution tag")
 

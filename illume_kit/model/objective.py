@@ -176,6 +176,6 @@ def stage_setup(runner: Any, stage: Any):
     groups = stage.trainable or ["all"]
     trainable_parameters(model, groups)
     mixer = TaskMixer(opts.get("tasks"), float(opts.get("cfg_dropout", 0.1)), seed=runner.recipe.run.seed,
-                      qa_turns=int(opts.get("qa_turns", 1)))
+                      qa_turns=int(opts.get("qa_turns", 1)), edit_order=getattr(model, "edit_order", "image_first"))
     # groups are applied here through requires_grad; the trainer then takes whatever requires grad
     return model, mllm_step_fn(mixer, average), data, {"collate_fn": _keep_items, "config": {"trainable": []}}

@@ -390,8 +390,9 @@ def edit_images(model: Any, images: Sequence[torch.Tensor] | torch.Tensor, instr
     is the same image with the instruction dropped."""
     images = list(images)
     sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-    cond = [edit_prompt(im, ins) for im, ins in zip(images, instructions)]
-    unc = [edit_prompt(im, None) for im in images]
+    order = getattr(model, "edit_order", "image_first")  # as the model was trained
+    cond = [edit_prompt(im, ins, order=order) for im, ins in zip(images, instructions)]
+    unc = [edit_prompt(im, None, order=order) for im in images]
     return sample_images(model, cond, unc, sizes, cfg, seed, temperature, top_k, top_p, **kw)
 
 

@@ -50,10 +50,21 @@ def t2i_prompt(caption: str | None, size: tuple[int, int]) -> list[Part]:
     return [T2I_PREFIX, Tag(*size), T2I_CONTENT + caption]
 
 
-def edit_prompt(image: torch.Tensor, instruction: str | None, size: tuple[int, int] | None = None) -> list[Part]:
-    """The editing prompt; ``instruction=None`` gives the unconditional (reconstruction) one."""
+def edit_prompt(image: torch.Tensor, instruction: str | None, size: tuple[int, int] | None = None,
+                order: str = "image_first") -> list[Part]:
+    """The editing prompt; ``instruction=None`` gives the unconditional (reconstruction) one.
+
+    ``order`` (recipe ``model.edit_order``): ``image_first`` is ILLUME+'s ``{tag}<image>\\n{instruction}``;
+    ``instruction_first`` puts the instruction before the image, so the source image always sits the
+    same number of tokens before the target, whatever the instruction's length.
+    """
     tag = Tag(*(size or _size(image)))
-    return [tag, image, EDIT_UNCOND if instruction is None else EDIT_INSTRUCTION + instruction]
+    text = EDIT_UNCOND if instruction is None else EDIT_INSTRUCTION + instruction
+    if order == "image_first":
+        return [tag, image, text]
+    if order == "instruction_first":
+        return [text.lstrip("\n") + "\n", tag, image]
+    raise ValueError(f"edit order must be 'image_first' or 'instruction_first', got {order!r}")
 
 
 def und_sample(image: torch.Tensor, question: str, answer: str,
@@ -66,8 +77,9 @@ def t2i_sample(image: torch.Tensor, caption: str | None) -> Sample:
     return Sample(t2i_prompt(caption, _size(image)), [TargetImage(image)], task="t2i")
 
 
-def edit_sample(source: torch.Tensor, instruction: str | None, target: torch.Tensor) -> Sample:
-    return Sample(edit_prompt(source, instruction), [TargetImage(target)], task="edit")
+def edit_sample(source: torch.Tensor, instruction: str | None, target: torch.Tensor,
+                order: str = "image_first") -> Sample:
+    return Sample(edit_prompt(source, instruction, order=order), [TargetImage(target)], task="edit")
 
 
 def uncollate(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -90,7 +102,8 @@ class TaskMixer:
     """
 
     def __init__(self, weights: Mapping[str, float] | None = None, cfg_dropout: float = 0.1,
-                 edit_uncond_target: str = "source", seed: int = 0, qa_turns: int = 1) -> None:
+                 edit_uncond_target: str = "source", seed: int = 0, qa_turns: int = 1,
+                 edit_order: str = "image_first") -> None:
         weights = dict(weights) if weights is not None else {t: 1.0 for t in TASKS}
         unknown = set(weights) - set(TASKS)
         if unknown:
@@ -105,6 +118,8 @@ class TaskMixer:
             raise ValueError(f"qa_turns must be >= 1, got {qa_turns}")
         self.weights, self.cfg_dropout, self.edit_uncond_target, self.seed = weights, cfg_dropout, edit_uncond_target, seed
         self.qa_turns = qa_turns
+        edit_prompt(torch.zeros(3, 1, 1), None, order=edit_order)  # rejects an unknown order now, not mid-run
+        self.edit_order = edit_order
 
     def _tasks_for(self, item: Mapping[str, Any]) -> list[str]:
         ok = {"und": bool(item.get("qa")), "t2i": bool(item.get("caption")), "edit": item.get("edit") is not None}
@@ -132,8 +147,9 @@ class TaskMixer:
         if task == "edit":
             edit = item["edit"]
             if drop:
-                return edit_sample(image, None, image if self.edit_uncond_target == "source" else edit["image"])
-            return edit_sample(image, edit["instruction"], edit["image"])
+                return edit_sample(image, None, image if self.edit_uncond_target == "source" else edit["image"],
+                                   self.edit_order)
+            return edit_sample(image, edit["instruction"], edit["image"], self.edit_order)
         raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
 
     def samples(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], step: int = 0) -> list[Sample]:

@@ -32,7 +32,7 @@ def count_params(module: nn.Module | None) -> tuple[int, int]:
 class UnifiedModel(nn.Module):
     def __init__(self, tokenizer: nn.Module, backbone: nn.Module, detokenizer: nn.Module | None,
                  layout: VocabLayout, image_input: str = "continuous", projector_hidden: int | None = None,
-                 image_positions: int = 0, output_positions: str = "slot") -> None:
+                 image_positions: int = 0, output_positions: str = "slot", edit_order: str = "image_first") -> None:
         super().__init__()
         self.tokenizer = tokenizer
         self.backbone = backbone
@@ -43,6 +43,9 @@ class UnifiedModel(nn.Module):
         if output_positions not in ("slot", "next"):
             raise ValueError(f"output_positions must be 'slot' or 'next', got {output_positions!r}")
         self.output_positions = output_positions
+        if edit_order not in ("image_first", "instruction_first"):
+            raise ValueError(f"edit_order must be 'image_first' or 'instruction_first', got {edit_order!r}")
+        self.edit_order = edit_order
         d = backbone.hidden_size
         self.projectors = nn.ModuleDict(
             {cb.name: MLPProjector(cb.feature_dim, d, projector_hidden, image_positions) for cb in tokenizer.codebooks}

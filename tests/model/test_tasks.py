@@ -11,8 +11,8 @@ from illume_kit.data.params import ShapesParams
 from illume_kit.data.shapes import ShapesDataset
 from illume_kit.model.objective import mllm_loss
 from illume_kit.model.sequence import Tag, TargetImage
-from illume_kit.model.tasks import (EDIT_UNCOND, T2I_UNCOND, TaskMixer, edit_prompt, t2i_prompt, task_texts,
-                                    uncollate)
+from illume_kit.model.tasks import (EDIT_UNCOND, T2I_UNCOND, TaskMixer, edit_prompt, edit_sample, t2i_prompt,
+                                    task_texts, uncollate)
 
 
 def item(seed=0, edit=True):
@@ -102,3 +102,32 @@ def test_multi_turn_understanding_labels_every_answer(model2):
     assert not labelled[0, start:start + len(q_ids)].any()
     with pytest.raises(ValueError, match="qa_turns"):
         TaskMixer(qa_turns=0)
+
+
+def test_instruction_first_editing_keeps_the_source_a_fixed_distance_before_the_target():
+    """``model.edit_order: instruction_first``: however long the instruction, the source image's first
+    code sits the same number of tokens before the target's (image_first: it moves with the text)."""
+    from model_fakes import make_model
+
+    from illume_kit.model.sequence import assemble
+
+    src, tgt = image(0, 32, 32), image(1, 32, 32)
+    gaps = {}
+    for order in ("image_first", "instruction_first"):
+        m = make_model(image_input="discrete", edit_order=order)
+        mixer = TaskMixer({"edit": 1.0}, cfg_dropout=0.0, edit_order=order)
+        assert mixer.edit_order == order
+        out = []
+        for ins in ("make it red", "move the small blue square at the top left to the bottom right", None):
+            b = assemble(m, [edit_sample(src, ins, tgt, order)])
+            ids = b.input_ids[0].tolist()
+            sois = [i for i, t in enumerate(ids) if t == m.layout.soi]
+            assert len(sois) == 2
+            out.append(sois[1] - sois[0])
+        gaps[order] = out
+    assert len(set(gaps["instruction_first"])) == 1
+    assert len(set(gaps["image_first"])) == 3
+    parts = edit_prompt(src, "make it red", order="instruction_first")
+    assert isinstance(parts[0], str) and parts[0].endswith("make it red\n") and parts[2] is src
+    with pytest.raises(ValueError, match="instruction_first"):
+        TaskMixer(edit_order="last")
