@@ -128,8 +128,9 @@ class _Rows:
         self.n_text, self.pad, self.eos = lay.text_vocab_size, pad, eos
         # (codebook index, row, col) of each template slot, -1 elsewhere: image position embeddings
         self.grid = self._slot_grid(tmpls, L, lay.eol).to(dev) if getattr(model, "image_positions", 0) else None
-        if self.grid is not None and getattr(model, "output_positions", "slot") == "next":
-            # a fed token carries the position of the slot it predicts, as in training's assemble
+        # output_positions: next: a fed token carries the position of the slot it predicts, as in training
+        self.shifted = self.grid is not None and getattr(model, "output_positions", "slot") == "next"
+        if self.shifted:
             self.grid = torch.cat([self.grid[:, :, 1:], torch.full_like(self.grid[:, :, :1], -1)], 2)
 
     @staticmethod
@@ -224,7 +225,7 @@ class StructuredSampler:
         batch = assemble(self.model, rows, padding_side="left")
         state = _Rows(self.model, tmpls, heads, from_text, max_new_tokens, self.pad, self.eos,
                       batch.inputs_embeds.device)
-        if state.grid is not None and getattr(self.model, "output_positions", "slot") == "next":
+        if state.shifted:
             self._head_positions(batch, state, heads, B)
         backbone = self.model.backbone
         was_training = backbone.training

@@ -33,6 +33,7 @@ T2I_CONTENT = ", the content of image is "
 T2I_UNCOND = "Generate a random image of "
 EDIT_INSTRUCTION = "\nPlease edit the image according to the instruction: "
 EDIT_UNCOND = "\nReconstruct the image according to the given image"
+EDIT_ORDERS = ("image_first", "instruction_first")  # recipe model.edit_order
 
 
 def _size(image: torch.Tensor) -> tuple[int, int]:
@@ -50,6 +51,11 @@ def t2i_prompt(caption: str | None, size: tuple[int, int]) -> list[Part]:
     return [T2I_PREFIX, Tag(*size), T2I_CONTENT + caption]
 
 
+def check_edit_order(order: str) -> None:
+    if order not in EDIT_ORDERS:
+        raise ValueError(f"edit order must be one of {', '.join(EDIT_ORDERS)}, got {order!r}")
+
+
 def edit_prompt(image: torch.Tensor, instruction: str | None, size: tuple[int, int] | None = None,
                 order: str = "image_first") -> list[Part]:
     """The editing prompt; ``instruction=None`` gives the unconditional (reconstruction) one.
@@ -58,13 +64,12 @@ def edit_prompt(image: torch.Tensor, instruction: str | None, size: tuple[int, i
     ``instruction_first`` puts the instruction before the image, so the source image always sits the
     same number of tokens before the target, whatever the instruction's length.
     """
+    check_edit_order(order)
     tag = Tag(*(size or _size(image)))
     text = EDIT_UNCOND if instruction is None else EDIT_INSTRUCTION + instruction
     if order == "image_first":
         return [tag, image, text]
-    if order == "instruction_first":
-        return [text.lstrip("\n") + "\n", tag, image]
-    raise ValueError(f"edit order must be 'image_first' or 'instruction_first', got {order!r}")
+    return [text.lstrip("\n") + "\n", tag, image]
 
 
 def und_sample(image: torch.Tensor, question: str, answer: str,
@@ -118,7 +123,7 @@ class TaskMixer:
             raise ValueError(f"qa_turns must be >= 1, got {qa_turns}")
         self.weights, self.cfg_dropout, self.edit_uncond_target, self.seed = weights, cfg_dropout, edit_uncond_target, seed
         self.qa_turns = qa_turns
-        edit_prompt(torch.zeros(3, 1, 1), None, order=edit_order)  # rejects an unknown order now, not mid-run
+        check_edit_order(edit_order)  # now, not mid-run
         self.edit_order = edit_order
 
     def _tasks_for(self, item: Mapping[str, Any]) -> list[str]:

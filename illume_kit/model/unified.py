@@ -12,6 +12,7 @@ from torch import nn
 
 from illume_kit.core.layout import VocabLayout
 from illume_kit.model.projector import MLPProjector
+from illume_kit.model.tasks import check_edit_order
 
 
 def count_params(module: nn.Module | None) -> tuple[int, int]:
@@ -43,8 +44,7 @@ class UnifiedModel(nn.Module):
         if output_positions not in ("slot", "next"):
             raise ValueError(f"output_positions must be 'slot' or 'next', got {output_positions!r}")
         self.output_positions = output_positions
-        if edit_order not in ("image_first", "instruction_first"):
-            raise ValueError(f"edit_order must be 'image_first' or 'instruction_first', got {edit_order!r}")
+        check_edit_order(edit_order)
         self.edit_order = edit_order
         d = backbone.hidden_size
         self.projectors = nn.ModuleDict(
