@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from illume_kit.model.sequence import IGNORE, Batch, Sample, assemble
+from illume_kit.model.sequence import IGNORE, Batch, EncodeCache, Sample, assemble
 
 GROUPS = ("projectors", "new_embeddings", "backbone", "all")
 GEN_TASKS = ("t2i", "edit")
@@ -149,7 +149,8 @@ def stage_setup(runner: Any, stage: Any):
 
     Stage options: ``tasks`` (task -> weight, default all), ``cfg_dropout`` (default 0.1), ``qa_turns``
     (question/answer pairs per understanding sample, as a multi-turn conversation; default 1),
-    ``loss_average`` (``token``, the reference's, or ``sample``; see ``mllm_loss``),
+    ``loss_average`` (``token``, the reference's, or ``sample``; see ``mllm_loss``), ``cache_codes``
+    (default true: keep each image's tokenizer output for the rest of the run, ``EncodeCache``),
     ``retrain_text_tokenizer`` (default true for a from-scratch backbone: a byte-level BPE on the task
     texts, done once, at the start of the recipe's first mllm stage).
     """
@@ -158,7 +159,7 @@ def stage_setup(runner: Any, stage: Any):
     model = runner.model
     opts = dict(stage.options)
     valid = ("tasks", "cfg_dropout", "qa_turns", "retrain_text_tokenizer", "image_size", "text_corpus_items",
-             "cache_data", "loss_average")
+             "cache_data", "loss_average", "cache_codes")
     unknown = set(opts) - set(valid)
     if unknown:
         raise ValueError(f"stage {stage.name!r}: unknown options {sorted(unknown)} (valid: {', '.join(valid)})")
@@ -175,6 +176,8 @@ def stage_setup(runner: Any, stage: Any):
         model.backbone.retrain_text_tokenizer(sorted(task_texts(data[i] for i in range(n))))
     groups = stage.trainable or ["all"]
     trainable_parameters(model, groups)
+    model.encode_cache = (EncodeCache(keep_features=model.image_input != "discrete")
+                          if opts.get("cache_codes", True) else None)
     mixer = TaskMixer(opts.get("tasks"), float(opts.get("cfg_dropout", 0.1)), seed=runner.recipe.run.seed,
                       qa_turns=int(opts.get("qa_turns", 1)), edit_order=getattr(model, "edit_order", "image_first"))
     # groups are applied here through requires_grad; the trainer then takes whatever requires grad

@@ -126,20 +126,89 @@ def _device(module: Any) -> torch.device | None:
     return p.device if p is not None else None
 
 
+class EncodeCache:
+    """Frozen-tokenizer outputs by image content, so an image a training run has seen is not encoded again.
+
+    An mllm stage never updates the tokenizer, and it meets every item of its (cached) dataset
+    again each epoch; encoding is ~20% of a tiny-recipe step (``bench/encode_cache.py``). Keys are
+    a hash of the image's dtype, shape and bytes. An entry is only as good as the tokenizer weights
+    it came from: any in-place change to a tokenizer parameter or buffer (an optimiser step, a load)
+    bumps its version counter, and the cache then empties itself. ``keep_features=False`` stores codes
+    only (what discrete image input and image targets need); a lookup that needs features then
+    misses. ``max_bytes`` bounds the stored tensors; when full, new images are encoded but not kept.
+    """
+
+    def __init__(self, keep_features: bool = True, max_bytes: int = 1 << 30) -> None:
+        self.keep_features, self.max_bytes = keep_features, int(max_bytes)
+        self._store: dict[bytes, dict[str, dict[str, torch.Tensor]]] = {}
+        self._version: int | None = None
+        self.bytes = self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    @staticmethod
+    def key(image: torch.Tensor) -> bytes:
+        import hashlib
+
+        x = image.detach().cpu().contiguous()
+        h = hashlib.blake2b(f"{x.dtype}{tuple(x.shape)}".encode(), digest_size=16)
+        h.update(x.view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+        return h.digest()
+
+    def check(self, tokenizer: Any) -> None:
+        """Empty the cache if ``tokenizer``'s weights changed since it was filled."""
+        tensors = list(tokenizer.parameters()) + list(tokenizer.buffers()) if hasattr(tokenizer, "parameters") else []
+        version = sum(t._version for t in tensors)
+        if version != self._version:
+            self._store.clear()
+            self.bytes, self._version = 0, version
+
+    def get(self, key: bytes, need_features: bool) -> dict | None:
+        hit = self._store.get(key)
+        if hit is None or (need_features and not self.keep_features):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return hit
+
+    def put(self, key: bytes, entry: dict[str, dict[str, torch.Tensor]]) -> None:
+        kept = {"codes": {k: v.clone() for k, v in entry["codes"].items()},
+                "features": {k: v.clone() for k, v in entry["features"].items()} if self.keep_features else {}}
+        size = sum(t.numel() * t.element_size() for part in kept.values() for t in part.values())
+        if key not in self._store and self.bytes + size <= self.max_bytes:
+            self._store[key] = kept
+            self.bytes += size
+
+
 @torch.no_grad()
-def encode_images(model: Any, images: Sequence[torch.Tensor]) -> list[dict[str, dict[str, torch.Tensor]]]:
+def encode_images(model: Any, images: Sequence[torch.Tensor], need_features: bool = True
+                  ) -> list[dict[str, dict[str, torch.Tensor]]]:
     """Encode (3, H, W) images with the frozen tokenizer, batched per size.
 
     Returns per image ``{"codes": {name: (h, w)}, "features": {name: (h, w, D)}}``. The tokenizer
-    runs in eval mode (and is restored), without gradients.
+    runs in eval mode (and is restored), without gradients. When ``model.encode_cache`` holds an
+    ``EncodeCache`` (mllm training sets one), images it has seen come from there; with
+    ``need_features=False`` a codes-only entry is enough.
     """
     tok = model.tokenizer
+    cache: EncodeCache | None = getattr(model, "encode_cache", None)
     out: list[dict | None] = [None] * len(images)
+    keys: list[bytes | None] = [None] * len(images)
     groups: dict[tuple[int, int], list[int]] = {}
+    if cache is not None:
+        cache.check(tok)
     for i, im in enumerate(images):
         if im.dim() != 3 or im.shape[0] != 3:
             raise ValueError(f"images must be (3, H, W), got shape {tuple(im.shape)}")
+        if cache is not None:
+            keys[i] = cache.key(im)
+            out[i] = cache.get(keys[i], need_features)
+            if out[i] is not None:
+                continue
         groups.setdefault((int(im.shape[-2]), int(im.shape[-1])), []).append(i)
+    if not groups:
+        return out  # type: ignore[return-value]
     was_training = tok.training
     device = _device(tok) or _device(model.backbone)
     tok.eval()
@@ -149,6 +218,8 @@ def encode_images(model: Any, images: Sequence[torch.Tensor]) -> list[dict[str, 
             for j, i in enumerate(idx):
                 out[i] = {"codes": {k: v[j] for k, v in enc.codes.items()},
                           "features": {k: v[j] for k, v in enc.features.items()}}
+                if cache is not None:
+                    cache.put(keys[i], out[i])
     finally:
         tok.train(was_training)
     return out  # type: ignore[return-value]
@@ -292,7 +363,8 @@ def assemble(model: Any, samples: Sequence[Sample], padding_side: str = "right",
         raise ValueError("assemble needs at least one sample")
     layout: VocabLayout = model.layout
     images = _images_to_encode(samples)
-    enc_list = list(encoded) if encoded is not None else encode_images(model, images)
+    enc_list = (list(encoded) if encoded is not None
+                else encode_images(model, images, need_features=model.image_input != "discrete"))
     enc = {id(im): e for im, e in zip(images, enc_list)}
     feats: list[list[torch.Tensor]] = [[] for _ in layout.codebooks]
     tok = model.backbone.text_tokenizer

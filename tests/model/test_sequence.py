@@ -221,3 +221,67 @@ def test_output_positions_is_validated():
         from illume_kit.model.unified import UnifiedModel
 
         UnifiedModel(None, make_model().backbone, None, None, output_positions="prev")
+
+
+def _counting_encode(m):
+    calls = []
+    real = m.tokenizer.encode
+
+    def encode(images):
+        calls.append(images.shape[0])
+        return real(images)
+
+    m.tokenizer.encode = encode
+    return calls
+
+
+@pytest.mark.parametrize("keep_features", [True, False])
+def test_encode_cache_gives_the_same_outputs_without_encoding_again(keep_features):
+    from illume_kit.model.sequence import EncodeCache
+
+    m = make_model()
+    imgs = [image(0), image(1, 32, 64), image(0).clone()]  # the clone is the same content
+    plain = encode_images(m, imgs)
+    calls = _counting_encode(m)
+    m.encode_cache = EncodeCache(keep_features=keep_features)
+    first = encode_images(m, imgs, need_features=False)
+    again = encode_images(m, imgs, need_features=False)
+    assert sum(calls) == 3 and len(m.encode_cache) == 2  # one image per content is kept
+    for got in (first, again):
+        for g, p in zip(got, plain):
+            for name in p["codes"]:
+                assert torch.equal(g["codes"][name], p["codes"][name])
+    assert m.encode_cache.hits == 3
+    # features: served by a cache that keeps them, encoded again by one that does not
+    with_feats = encode_images(m, imgs)
+    assert sum(calls) == (3 if keep_features else 6)
+    for g, p in zip(with_feats, plain):
+        for name in p["features"]:
+            torch.testing.assert_close(g["features"][name], p["features"][name])
+    # a batch assembled through the cache is the batch assembled without it
+    samples = [edit_sample(imgs[0], "make it red", imgs[1]), und_sample(imgs[2], "how many?", "one")]
+    cached = assemble(m, samples)
+    m.encode_cache = None
+    fresh = assemble(m, samples)
+    assert torch.equal(cached.input_ids, fresh.input_ids) and torch.equal(cached.labels, fresh.labels)
+    torch.testing.assert_close(cached.inputs_embeds, fresh.inputs_embeds)
+
+
+def test_encode_cache_empties_when_the_tokenizer_weights_change():
+    from illume_kit.model.sequence import EncodeCache
+
+    m = make_model()
+    m.encode_cache = EncodeCache()
+    img = image(3)
+    before = encode_images(m, [img])[0]
+    calls = _counting_encode(m)
+    with torch.no_grad():
+        next(iter(m.tokenizer.parameters())).mul_(-1.0)  # an in-place update, as an optimiser step is
+    after = encode_images(m, [img])[0]
+    assert calls == [1]  # the stale entry was not served
+    assert not all(torch.equal(after["features"][n], before["features"][n]) for n in before["features"])
+    full = EncodeCache(max_bytes=0)
+    m.encode_cache = full
+    encode_images(m, [img])
+    assert len(full) == 0 and full.bytes == 0  # over its bound: encoded, not kept
+
