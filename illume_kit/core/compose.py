@@ -10,7 +10,7 @@ Checks between components, each a clear ``ComposeError``:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from pydantic import BaseModel
 
@@ -55,9 +55,21 @@ def check_contracts(tokenizer: Any, detokenizer: Any | None, names: Mapping[str,
                                f"{exp.code_dim}; tokenizer {tok!r} has {got}")
 
 
+def level_order(tokenizer: Any, order: Sequence[str] | None) -> list[Any]:
+    """The tokenizer's codebooks in the order ``model.level_order`` names (``None``: the tokenizer's)."""
+    cbs = list(tokenizer.codebooks)
+    if order is None:
+        return cbs
+    names = [cb.name for cb in cbs]
+    if sorted(order) != sorted(names):
+        raise ComposeError(f"model.level_order {list(order)} must name each codebook of the tokenizer once: "
+                           f"{', '.join(names)}")
+    return [cbs[names.index(n)] for n in order]
+
+
 def build_layout(tokenizer: Any, backbone: Any, options: ModelOptions) -> VocabLayout:
     text = int(getattr(backbone, "text_vocab_size", None) or backbone.vocab_size)
-    return VocabLayout.build(text, [(cb.name, cb.size) for cb in tokenizer.codebooks],
+    return VocabLayout.build(text, [(cb.name, cb.size) for cb in level_order(tokenizer, options.level_order)],
                              options.resolution_step, options.max_resolution)
 
 

@@ -2,7 +2,9 @@
 
 ILLUME+ appends to the text vocabulary, in this order: structure tokens (start/end of image, end of
 line, start/end of each codebook level), resolution tags (``<height_H>`` then ``<width_W>``), then one
-contiguous id range per codebook (semantic, then pixel). The reference hard-codes the resulting ids
+contiguous id range per codebook (semantic, then pixel). The codebooks come in *level order*: the
+order their levels take in every image sequence, the tokenizer's (coarse first) unless the recipe's
+``model.level_order`` names another. The reference hard-codes the resulting ids
 for Qwen2.5; here they are computed once from the tokenizer's codebooks, stored in the checkpoint
 manifest, and every other part (sequence assembly, sampler masks, decoding) asks this object.
 
@@ -78,7 +80,7 @@ class VocabLayout:
     # ---- lookups ------------------------------------------------------------------------
     @property
     def total_size(self) -> int:
-        return self.codebooks[-1].stop
+        return max(cb.stop for cb in self.codebooks)
 
     @property
     def num_added(self) -> int:

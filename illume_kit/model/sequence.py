@@ -3,7 +3,7 @@
 ILLUME+ reads images *continuously* and writes them *discretely* (reference §3.2-3.3):
 
 - an image the model reads (``InputImage``) becomes ``E(<start_of_image>)``, then per codebook level
-  (coarse first, tokenizer order) ``E(<start_of_level{i}>)``, rows of ``projector_i(features)`` each
+  (in level order: the tokenizer's, coarse first, unless ``model.level_order`` says otherwise) ``E(<start_of_level{i}>)``, rows of ``projector_i(features)`` each
   closed by ``E(<end_of_line>)``, ``E(<end_of_level{i}>)``, then ``E(<end_of_image>)``. With
   ``model.image_input == 'discrete'`` the code ids are embedded instead of projecting features;
 - an image the model writes (``TargetImage``) is ordinary vocabulary ids:

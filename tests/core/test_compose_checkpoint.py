@@ -156,3 +156,14 @@ def test_image_position_tables_round_trip(tmp_path):
     assert loaded.image_positions == 8
     for name in ("row_embed", "col_embed"):
         assert torch.equal(getattr(loaded.projectors["pixel"], name), getattr(model.projectors["pixel"], name))
+
+
+def test_level_order_round_trips_through_a_checkpoint(tmp_path):
+    resolved = load_recipe(ROOT / "recipes/dualvitok_qwen2_tiny.yaml", ["model.level_order=[pixel, semantic]"])
+    model = compose(resolved).eval()
+    assert [cb.name for cb in model.layout.codebooks] == ["pixel", "semantic"]
+    out = save_checkpoint(model, resolved, tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(out)
+    assert loaded.layout == model.layout
+    manifest = json.loads((out / "illume_kit.json").read_text())
+    assert [c["name"] for c in manifest["vocab_layout"]["codebooks"]] == ["pixel", "semantic"]

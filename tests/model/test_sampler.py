@@ -150,16 +150,20 @@ def test_errors(model2):
         generate_images(model2, ["x", "y"], [(16, 16)])
 
 
-@pytest.mark.parametrize("image_positions,output_positions", [(0, "slot"), (8, "slot"), (8, "next")],
-                         ids=["1d", "2d", "2d-next"])
-def test_greedy_codes_are_the_argmax_of_a_full_forward_of_the_same_sequence(image_positions, output_positions):
+@pytest.mark.parametrize("image_positions,output_positions,level_order",
+                         [(0, "slot", None), (8, "slot", None), (8, "next", None), (8, "slot", ["pixel", "semantic"])],
+                         ids=["1d", "2d", "2d-next", "2d-fine-first"])
+def test_greedy_codes_are_the_argmax_of_a_full_forward_of_the_same_sequence(image_positions, output_positions,
+                                                                             level_order):
     """The sampler's cached, step-by-step inputs (embeddings, positions, image position embeddings)
     are exactly what training's ``assemble`` builds: replaying the generated image as a training target
     gives logits whose argmax over each slot's codebook is the code the sampler chose."""
     from illume_kit.model.sequence import TargetImage, assemble
     from illume_kit.model.tasks import t2i_sample
 
-    m = make_model(image_positions=image_positions, output_positions=output_positions)
+    m = make_model(image_positions=image_positions, output_positions=output_positions, level_order=level_order)
+    if level_order:
+        assert [cb.name for cb in m.layout.codebooks] == level_order
     if image_positions:
         with torch.no_grad():  # make the position embeddings matter
             for p in m.projectors.values():

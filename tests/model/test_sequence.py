@@ -285,3 +285,31 @@ def test_encode_cache_empties_when_the_tokenizer_weights_change():
     encode_images(m, [img])
     assert len(full) == 0 and full.bytes == 0  # over its bound: encoded, not kept
 
+
+def test_level_order_puts_the_named_level_first_in_ids_inputs_and_targets():
+    m = make_model(level_order=["pixel", "semantic"])
+    lay = m.layout
+    assert [cb.name for cb in lay.codebooks] == ["pixel", "semantic"]
+    assert lay.codebook("pixel").start == lay.resolution_start + len(lay.resolution_tags)
+    assert lay.total_size == lay.codebook("semantic").stop  # the last range, whichever codebook it is
+    src, tgt = image(4), image(5)
+    b = assemble(m, [edit_sample(src, "make it red", tgt)])
+    ids = b.input_ids[0].tolist()
+    codes = encode_images(m, [tgt])[0]["codes"]
+    target = image_block_ids(lay, codes, (64, 64))
+    first = target.index(lay.level_start(0)) + 1
+    assert target[first] == codes["pixel"][0, 0].item() + lay.codebook("pixel").start  # pixel codes come first
+    assert ids[-len(target) - 1:-1] == target
+    # the input image's first level holds the projected pixel features
+    enc = encode_images(m, [src])[0]
+    at = ids.index(lay.level_start(0)) + 1
+    torch.testing.assert_close(b.inputs_embeds[0, at], m.projectors["pixel"](enc["features"]["pixel"])[0, 0])
+
+
+def test_level_order_must_name_each_codebook_once():
+    from illume_kit.core.compose import ComposeError
+
+    for bad in (["pixel"], ["pixel", "pixel"], ["pixel", "semantic", "extra"], ["pixels", "semantic"]):
+        with pytest.raises(ComposeError, match=r"model.level_order .* must name each codebook of the tokenizer once: "
+                                               r"semantic, pixel"):
+            make_model(level_order=bad)
