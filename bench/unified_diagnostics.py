@@ -1,4 +1,4 @@
-"""Where a trained unified model on the shapes world falls short: six measurements, one table.
+"""Where a trained unified model on the shapes world falls short: seven measurements, one table.
 
     python bench/unified_diagnostics.py runs/dualvitok_qwen2_mllm_tiny/checkpoint [-n 160]
 
@@ -13,7 +13,11 @@
 5. cross-entropy per code of each level, teacher forced, text-to-image and editing: which level
    generation cannot predict;
 6. reconstruction prompts (the edit prompt without an instruction): the share of codes of each level
-   the model gives back, next to the share of the most common code (what drawing background scores).
+   the model gives back, next to the share of the most common code (what drawing background scores);
+7. which level carries the scene (tokenizer + detokenizer only, no LLM): edit targets decoded from
+   one level of the target and the other level of the source, read by the shapes probe against the
+   target. The level whose swap keeps the scene is the one a generator must get right first
+   (``model.level_order``).
 
 Built for the 2x2 world of ``recipes/base/shapes_2x2.yaml`` (4x4 codes per cell on an 8x8 grid
 generalise to any grid side divisible by the world's); questions and edits come from the
@@ -33,7 +37,8 @@ from rich.table import Table
 
 from illume_kit.core.checkpoint import load_checkpoint
 from illume_kit.core.recipe import load_recipe
-from illume_kit.model.sampler import edit_images
+from illume_kit.eval.probe import compare, load_probe, read_scenes
+from illume_kit.model.sampler import decode_images, edit_images
 from illume_kit.model.sequence import IGNORE, assemble, encode_images
 from illume_kit.model.tasks import edit_sample, t2i_sample, und_sample
 from illume_kit.train.stages import build_dataset
@@ -155,6 +160,25 @@ def reconstruction_copy(model, items) -> dict[str, tuple[float, float]]:
     return out
 
 
+def level_swap(model, items) -> dict[str, float]:
+    """Share of edit targets the probe reads right when decoded from mixed source / target levels."""
+    probe = load_probe()
+    src = [e["codes"] for e in encode_images(model, [it["image"] for it in items])]
+    tgt = [e["codes"] for e in encode_images(model, [it["edit"]["image"] for it in items])]
+    truth = [it["edit"]["attributes"] for it in items]
+    mixes = {"all levels of the target": tgt}
+    for keep in tgt[0]:
+        mixes[f"the target's {keep} level, the source's others"] = [
+            {k: (t if k == keep else s)[k] for k in t} for t, s in zip(tgt, src)]
+    out = {}
+    for label, codes in mixes.items():
+        with torch.no_grad():
+            images = [im.float() for im in decode_images(model, codes)]
+        reads = read_scenes(probe, images, [t["grid"] for t in truth])
+        out[label] = sum(bool(compare(r, t)["exact"]) for r, t in zip(reads, truth)) / len(items)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint")
@@ -189,6 +213,8 @@ def main() -> None:
     for level, (back, common) in reconstruction_copy(model, items[:16]).items():
         t.add_row(f"reconstruction prompt: {level} codes given back / most common code's share",
                   f"{back:.2f} / {common:.2f}")
+    for label, acc in level_swap(model, items).items():
+        t.add_row(f"edit targets decoded from {label}: probe reads the target", f"{acc:.2f}")
     Console(width=120).print(t)
 
 
