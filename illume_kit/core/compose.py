@@ -10,7 +10,7 @@ Checks between components, each a clear ``ComposeError``:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from pydantic import BaseModel
 
@@ -55,16 +55,15 @@ def check_contracts(tokenizer: Any, detokenizer: Any | None, names: Mapping[str,
                                f"{exp.code_dim}; tokenizer {tok!r} has {got}")
 
 
-def level_order(tokenizer: Any, order: Sequence[str] | None) -> list[Any]:
-    """The tokenizer's codebooks in the order ``model.level_order`` names (``None``: the tokenizer's)."""
+LEVEL_ORDERS = ("coarse_first", "fine_first")
+
+
+def level_order(tokenizer: Any, order: str = "coarse_first") -> list[Any]:
+    """The tokenizer's codebooks in sequence order: its own (``coarse_first``) or reversed (``fine_first``)."""
+    if order not in LEVEL_ORDERS:
+        raise ComposeError(f"model.level_order must be one of {', '.join(LEVEL_ORDERS)}, got {order!r}")
     cbs = list(tokenizer.codebooks)
-    if order is None:
-        return cbs
-    names = [cb.name for cb in cbs]
-    if sorted(order) != sorted(names):
-        raise ComposeError(f"model.level_order {list(order)} must name each codebook of the tokenizer once: "
-                           f"{', '.join(names)}")
-    return [cbs[names.index(n)] for n in order]
+    return cbs if order == "coarse_first" else cbs[::-1]
 
 
 def build_layout(tokenizer: Any, backbone: Any, options: ModelOptions) -> VocabLayout:

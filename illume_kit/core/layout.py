@@ -4,7 +4,7 @@ ILLUME+ appends to the text vocabulary, in this order: structure tokens (start/e
 line, start/end of each codebook level), resolution tags (``<height_H>`` then ``<width_W>``), then one
 contiguous id range per codebook (semantic, then pixel). The codebooks come in *level order*: the
 order their levels take in every image sequence, the tokenizer's (coarse first) unless the recipe's
-``model.level_order`` names another. The reference hard-codes the resulting ids
+``model.level_order`` is ``fine_first``. The reference hard-codes the resulting ids
 for Qwen2.5; here they are computed once from the tokenizer's codebooks, stored in the checkpoint
 manifest, and every other part (sequence assembly, sampler masks, decoding) asks this object.
 

@@ -39,10 +39,11 @@ class ModelOptions(_Strict):
         "image_first", description="editing prompt: the source image then the instruction (ILLUME+), or the "
         "instruction first, so the source sits a fixed number of tokens before the target and copying its "
         "unchanged cells is a fixed-offset lookup")
-    level_order: list[str] | None = Field(
-        None, description="order of the codebook levels in every image sequence, input and output, as codebook "
-        "names, e.g. [pixel, semantic]; null = the tokenizer's order, coarse first (ILLUME+). Each level's id "
-        "range follows the same order")
+    level_order: Literal["coarse_first", "fine_first"] = Field(
+        "coarse_first", description="order of the codebook levels in every image sequence, input and output: "
+        "the tokenizer's (coarse_first: tokenizers list their coarse, semantic level first, as ILLUME+ writes "
+        "images) or reversed (fine_first: e.g. DualViTok's pixel codes before its semantic codes). Each level's "
+        "id range follows the same order; one-codebook tokenizers are unaffected")
     resolution_step: int = Field(64, ge=1, description="step of the <height_H>/<width_W> resolution tags")
     max_resolution: int = Field(1024, ge=1, description="largest resolution tag")
 

@@ -159,7 +159,7 @@ def test_image_position_tables_round_trip(tmp_path):
 
 
 def test_level_order_round_trips_through_a_checkpoint(tmp_path):
-    resolved = load_recipe(ROOT / "recipes/dualvitok_qwen2_tiny.yaml", ["model.level_order=[pixel, semantic]"])
+    resolved = load_recipe(ROOT / "recipes/dualvitok_qwen2_tiny.yaml", ["model.level_order=fine_first"])
     model = compose(resolved).eval()
     assert [cb.name for cb in model.layout.codebooks] == ["pixel", "semantic"]
     out = save_checkpoint(model, resolved, tmp_path / "ckpt")

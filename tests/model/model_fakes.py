@@ -59,7 +59,7 @@ class FakeTokenizer(nn.Module):
 
 
 def make_model(names=("semantic", "pixel"), image_input="continuous", image_positions=0, output_positions="slot",
-               edit_order="image_first", level_order=None, **backbone):
+               edit_order="image_first", level_order="coarse_first", **backbone):
     torch.manual_seed(0)
     bb = Qwen2Backbone(Qwen2Backbone.Params(**{**QWEN2_PRESETS["tiny"], "new_rows_init": "normal", **backbone}))
     opts = ModelOptions(image_input=image_input, resolution_step=16, max_resolution=128, image_positions=image_positions,
