@@ -31,19 +31,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from illume_kit.core.compose import compose  # noqa: E402
 from illume_kit.core.recipe import load_recipe  # noqa: E402
-from illume_kit.model.objective import mllm_loss, trainable_parameters  # noqa: E402
+from illume_kit.model.objective import mllm_step_fn, trainable_parameters  # noqa: E402
 from illume_kit.model.sequence import EncodeCache  # noqa: E402
 from illume_kit.model.tasks import TaskMixer  # noqa: E402
 from illume_kit.train.stages import CachedDataset, build_dataset  # noqa: E402
 
 
-def steps(model, opt, mixer, data, batch_size: int, first: int, n: int) -> tuple[list[float], list[float]]:
+def steps(model, opt, step_fn, data, batch_size: int, first: int, n: int) -> tuple[list[float], list[float]]:
     """Run ``n`` optimiser steps from step ``first``; (seconds per step, losses)."""
     times, losses = [], []
     for s in range(first, first + n):
         items = [data[(s * batch_size + i) % len(data)] for i in range(batch_size)]
         t = time.perf_counter()
-        loss = mllm_loss(model, mixer.samples(items, s))["loss"]
+        loss = step_fn(model, items, s)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -68,7 +68,7 @@ def main() -> None:
     torch.manual_seed(0)
     base = compose(resolved)
     data = CachedDataset(build_dataset(resolved, "train", num_samples=args.items))
-    mixer = TaskMixer(qa_turns=6, seed=0, edit_order=base.edit_order)
+    step_fn = mllm_step_fn(TaskMixer(qa_turns=6, seed=0, edit_order=base.edit_order))
     runs = {}
     for name in ("no cache", "EncodeCache"):
         model = copy.deepcopy(base).train()
@@ -79,7 +79,7 @@ def main() -> None:
     for r in range(args.rounds + 1):
         for run in runs.values():
             n = warm if r == 0 else args.steps
-            t, losses = steps(run["model"], run["opt"], mixer, data, args.batch_size, run["step"], n)
+            t, losses = steps(run["model"], run["opt"], step_fn, data, args.batch_size, run["step"], n)
             run["step"] += n
             if r:
                 run["times"] += t

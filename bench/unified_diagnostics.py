@@ -37,7 +37,7 @@ from rich.table import Table
 
 from illume_kit.core.checkpoint import load_checkpoint
 from illume_kit.core.recipe import load_recipe
-from illume_kit.eval.probe import compare, load_probe, read_scenes
+from illume_kit.eval.probe import load_probe, read_scenes, score
 from illume_kit.model.sampler import decode_images, edit_images
 from illume_kit.model.sequence import IGNORE, assemble, encode_images
 from illume_kit.model.tasks import edit_sample, t2i_sample, und_sample
@@ -175,7 +175,7 @@ def level_swap(model, items) -> dict[str, float]:
         with torch.no_grad():
             images = [im.float() for im in decode_images(model, codes)]
         reads = read_scenes(probe, images, [t["grid"] for t in truth])
-        out[label] = sum(bool(compare(r, t)["exact"]) for r, t in zip(reads, truth)) / len(items)
+        out[label] = score(reads, truth)["accuracy"]
     return out
 
 

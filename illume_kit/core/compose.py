@@ -10,7 +10,7 @@ Checks between components, each a clear ``ComposeError``:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, get_args
 
 from pydantic import BaseModel
 
@@ -55,7 +55,7 @@ def check_contracts(tokenizer: Any, detokenizer: Any | None, names: Mapping[str,
                                f"{exp.code_dim}; tokenizer {tok!r} has {got}")
 
 
-LEVEL_ORDERS = ("coarse_first", "fine_first")
+LEVEL_ORDERS = get_args(ModelOptions.model_fields["level_order"].annotation)  # the recipe schema's choices
 
 
 def level_order(tokenizer: Any, order: str = "coarse_first") -> list[Any]:

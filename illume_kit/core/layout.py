@@ -80,7 +80,7 @@ class VocabLayout:
     # ---- lookups ------------------------------------------------------------------------
     @property
     def total_size(self) -> int:
-        return max(cb.stop for cb in self.codebooks)
+        return self.codebooks[-1].stop
 
     @property
     def num_added(self) -> int:

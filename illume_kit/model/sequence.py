@@ -175,12 +175,15 @@ class EncodeCache:
         return hit
 
     def put(self, key: bytes, entry: dict[str, dict[str, torch.Tensor]]) -> None:
-        kept = {"codes": {k: v.clone() for k, v in entry["codes"].items()},
-                "features": {k: v.clone() for k, v in entry["features"].items()} if self.keep_features else {}}
-        size = sum(t.numel() * t.element_size() for part in kept.values() for t in part.values())
-        if key not in self._store and self.bytes + size <= self.max_bytes:
-            self._store[key] = kept
-            self.bytes += size
+        parts = ("codes", "features") if self.keep_features else ("codes",)
+        size = sum(t.numel() * t.element_size() for p in parts for t in entry[p].values())
+        if key in self._store or self.bytes + size > self.max_bytes:
+            return
+        # clones: a view would keep the whole encoded batch alive
+        self._store[key] = {"codes": {k: v.clone() for k, v in entry["codes"].items()},
+                            "features": ({k: v.clone() for k, v in entry["features"].items()}
+                                         if self.keep_features else {})}
+        self.bytes += size
 
 
 @torch.no_grad()

@@ -21,10 +21,11 @@ a resumed run draws the same tasks.
 from __future__ import annotations
 
 import random
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, get_args
 
 import torch
 
+from illume_kit.core.schema import ModelOptions
 from illume_kit.model.sequence import ASSISTANT_PREFIX, USER_PREFIX, Part, Sample, Tag, TargetImage
 
 TASKS = ("und", "t2i", "edit")
@@ -33,7 +34,7 @@ T2I_CONTENT = ", the content of image is "
 T2I_UNCOND = "Generate a random image of "
 EDIT_INSTRUCTION = "\nPlease edit the image according to the instruction: "
 EDIT_UNCOND = "\nReconstruct the image according to the given image"
-EDIT_ORDERS = ("image_first", "instruction_first")  # recipe model.edit_order
+EDIT_ORDERS = get_args(ModelOptions.model_fields["edit_order"].annotation)  # the recipe schema's choices
 
 
 def _size(image: torch.Tensor) -> tuple[int, int]:
