@@ -17,13 +17,15 @@ from torch import nn
 
 
 class MLPProjector(nn.Sequential):
-    def __init__(self, in_dim: int, out_dim: int, hidden: int | None = None, max_side: int = 0) -> None:
+    def __init__(self, in_dim: int, out_dim: int, hidden: int | None = None, max_side: int = 0,
+                 position_std: float = 0.02) -> None:
         hidden = hidden or out_dim
         super().__init__(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
         self.in_dim, self.out_dim, self.max_side = in_dim, out_dim, max_side
         if max_side > 0:  # registered only when on, so a plain projector's state dict is unchanged
-            self.row_embed = nn.Parameter(torch.randn(max_side, out_dim) * 0.02)  # text-embedding scale
-            self.col_embed = nn.Parameter(torch.randn(max_side, out_dim) * 0.02)
+            # at the scale of the code embeddings they are added to (the backbone's initializer_range)
+            self.row_embed = nn.Parameter(torch.randn(max_side, out_dim) * position_std)
+            self.col_embed = nn.Parameter(torch.randn(max_side, out_dim) * position_std)
 
     def positions(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Row + column embeddings, (N,) indices -> (N, out_dim)."""

@@ -47,8 +47,9 @@ class UnifiedModel(nn.Module):
         check_edit_order(edit_order)
         self.edit_order = edit_order
         d = backbone.hidden_size
+        std = float(getattr(backbone, "initializer_range", 0.02))
         self.projectors = nn.ModuleDict(
-            {cb.name: MLPProjector(cb.feature_dim, d, projector_hidden, image_positions) for cb in tokenizer.codebooks}
+            {cb.name: MLPProjector(cb.feature_dim, d, projector_hidden, image_positions, std) for cb in tokenizer.codebooks}
         )
 
     @property

@@ -182,6 +182,17 @@ def test_image_positions_add_row_and_column_embeddings_to_every_image_token(imag
         assemble(make_model(image_input=image_input, image_positions=2), samples)
 
 
+def test_image_position_tables_start_at_the_backbones_init_scale():
+    """The row/column tables are added to code embeddings, so they are drawn at the same scale."""
+    for std in (0.02, 0.1):
+        m = make_model(image_input="discrete", image_positions=8, initializer_range=std)
+        codes = m.backbone.model.get_input_embeddings().weight[m.layout.codebooks[0].start:].detach()
+        for pj in m.projectors.values():
+            for table in (pj.row_embed, pj.col_embed):
+                assert table.std().item() == pytest.approx(std, rel=0.25)
+        assert codes.std().item() == pytest.approx(std, rel=0.1)
+
+
 def test_output_positions_next_moves_each_output_codes_position_onto_the_token_that_predicts_it():
     """``output_positions: next``: a target image's (row, col) embedding sits on the token before each
     code (level start, the previous code, end-of-line), so the query drawing a code knows its cell; input

@@ -134,6 +134,11 @@ class HFCausalLMBackbone(nn.Module):
         return int(self.model.config.hidden_size)
 
     @property
+    def initializer_range(self) -> float:
+        """Std of the config's normal init: new embedding rows and image-position tables use it too."""
+        return float(getattr(self.model.config, "initializer_range", 0.02))
+
+    @property
     def vocab_size(self) -> int:
         """Rows of the embedding / columns of the logits now (after extend_vocab: >= layout.total_size)."""
         return int(self.model.get_input_embeddings().weight.shape[0])
@@ -243,7 +248,7 @@ class HFCausalLMBackbone(nn.Module):
         head = self.model.get_output_embeddings()
         if head is not None and head.weight is not weights[0]:
             weights.append(head.weight)
-        std = float(getattr(self.model.config, "initializer_range", 0.02))
+        std = self.initializer_range
         with torch.no_grad():
             for w in weights:
                 if how == "mean":
@@ -300,7 +305,7 @@ def _rope_decoder_config(config_cls: type, p: Any, special_ids: dict) -> Pretrai
         vocab_size=p.vocab_size, hidden_size=p.hidden_size, intermediate_size=p.intermediate_size,
         num_hidden_layers=p.num_layers, num_attention_heads=p.num_heads, num_key_value_heads=p.num_kv_heads,
         max_position_embeddings=p.max_position_embeddings, rms_norm_eps=p.rms_norm_eps,
-        tie_word_embeddings=p.tie_word_embeddings, **special_ids,
+        tie_word_embeddings=p.tie_word_embeddings, initializer_range=p.initializer_range, **special_ids,
         rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta},
     )
 
@@ -342,5 +347,5 @@ class GPT2Backbone(HFCausalLMBackbone):
             vocab_size=p.vocab_size, n_embd=p.hidden_size, n_layer=p.num_layers, n_head=p.num_heads,
             n_inner=p.intermediate_size, n_positions=p.max_position_embeddings,
             resid_pdrop=p.dropout, embd_pdrop=p.dropout, attn_pdrop=p.dropout,
-            tie_word_embeddings=p.tie_word_embeddings, **special_ids,
+            tie_word_embeddings=p.tie_word_embeddings, initializer_range=p.initializer_range, **special_ids,
         )

@@ -43,6 +43,10 @@ class _CausalLMParams(ComponentParams):
         "exactly this many tokens (>= 300: 256 byte symbols + specials + merges)",
     )
     dtype: DType = Field(default="float32", description="parameter dtype")
+    initializer_range: float = Field(
+        default=0.02, gt=0, description="std of the normal init of a from-scratch model's weights (transformers' "
+        "config field of the same name; also the std of 'normal' new rows)"
+    )
     new_rows_init: RowInit = Field(
         default="default",
         description="how extend_vocab initialises the rows of the layout's added ids (embedding and LM head): "

@@ -71,6 +71,18 @@ def test_normal_init_draws_from_initializer_range(family):
     assert new[0].ne(new[1]).any()
 
 
+def test_initializer_range_sets_the_init_scale_of_weights_and_new_rows(family):
+    b = tiny(*family, new_rows_init="normal", initializer_range=0.1)
+    assert b.initializer_range == 0.1
+    b.extend_vocab(layout(512, (("semantic", 2000),)))
+    new = b.model.get_input_embeddings().weight[512:].detach()
+    assert new.std().item() == pytest.approx(0.1, rel=0.05)
+    mats = [m.weight for m in b.model.modules() if isinstance(m, torch.nn.Linear) and m.weight.numel() > 10_000]
+    # GPT-2's Conv1D layers are not nn.Linear; its token and position tables are
+    mats = mats or [b.model.transformer.wpe.weight]
+    assert all(w.std().item() == pytest.approx(0.1, rel=0.1) for w in mats)
+
+
 def test_default_init_is_transformers_mean_resizing(family):
     b = tiny(*family, new_rows_init="default")
     w0 = b.model.get_input_embeddings().weight.detach().clone()
