@@ -7,7 +7,7 @@ against the named component's own ``Params`` model.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,6 +48,9 @@ class ModelOptions(_Strict):
     max_resolution: int = Field(1024, ge=1, description="largest resolution tag")
 
 
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
 class Stage(_Strict):
     name: str = Field(description="stage name, unique in the recipe")
     target: Literal["teacher", "tokenizer", "detokenizer", "mllm"] = Field(description="what this stage trains")
@@ -55,6 +58,7 @@ class Stage(_Strict):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1)")
     grad_clip: float | None = Field(1.0, description="max grad norm (null: off)")
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "cosine"] = "cosine"

@@ -209,3 +209,14 @@ def test_config_is_strict_and_converts_from_a_stage():
         TrainerConfig(stepz=3)
     c = TrainerConfig.from_stage({"name": "s1", "target": "tokenizer", "steps": 7, "lr": 1e-3, "options": {}})
     assert c.steps == 7 and c.lr == 1e-3
+
+
+def test_recipe_stage_betas_reach_the_optimiser():
+    from illume_kit.core.schema import Stage
+
+    stage = Stage(name="s", target="mllm", steps=1, betas=(0.8, 0.95))
+    tr = Trainer(mlp(), mse_step, regression_data(), TrainerConfig.from_stage(stage), quiet=True)
+    tr.fit()
+    assert tr._groups["model"].opt.param_groups[0]["betas"] == (0.8, 0.95)
+    with pytest.raises(Exception, match="less than 1"):
+        Stage(name="s", target="mllm", betas=(0.9, 1.0))
