@@ -194,8 +194,8 @@ def _merge(layers: list[tuple[str, dict]], sets: Sequence[tuple[str, Any]], dele
     for source, data in layers:
         for sec in COMPONENT_ROLES:
             new = data.get(sec)
-            if isinstance(new, dict) and "name" in new:
-                prov = _reset_component(cfg, prov, sec, new["name"], set(new))
+            if isinstance(new, dict) and "name" in new:  # the layer's own preset/params merge in next
+                prov = _reset_component(cfg, prov, sec, new["name"], set())
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.create(data))  # dicts merge, lists replace
         except Exception as exc:

@@ -93,6 +93,16 @@ def test_cli_overrides_and_name_reset(tmp_path, reg):
     assert r.components["tokenizer"].params.width == 8
 
 
+def test_a_child_that_renames_a_component_does_not_inherit_the_old_ones_params(tmp_path, reg):
+    """The child's own params apply on the new component's defaults, not merged into the parent's."""
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "child.yaml", "extends: base.yaml\nname: child\n"
+                  "tokenizer: {name: toytok2, params: {width: 5}}\n")
+    tok = load_recipe(child, registry=reg).components["tokenizer"]
+    assert tok.spec.name == "toytok2" and tok.preset is None
+    assert (tok.params.width, tok.params.codebook_size) == (5, 16)  # not the parent's 32
+
+
 def test_three_mistakes_reported_at_once(tmp_path, reg):
     p = write(tmp_path, "bad.yaml", BASE.replace("name: toybb", "name: toybbb")
               .replace("codebook_size: 32", "codebook_sise: 32") + "train: {stages: [{name: a, target: tokenizer, steps: many}]}\n")
