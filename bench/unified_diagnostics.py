@@ -1,4 +1,4 @@
-"""Where a trained unified model on the shapes world falls short: seven measurements, one table.
+"""Where a trained unified model on the shapes world falls short: eight measurements, one table.
 
     python bench/unified_diagnostics.py runs/dualvitok_qwen2_mllm_tiny/checkpoint [-n 160]
 
@@ -18,6 +18,11 @@
    one level of the target and the other level of the source, read by the shapes probe against the
    target. The level whose swap keeps the scene is the one a generator must get right first
    (``model.level_order``).
+8. does the answer look where the question points? "what colour / shape is the shape at the <cell>?"
+   about two-object scenes: per layer, the head whose attention from the answer position splits most
+   towards the asked cell, as the asked cell's share of the attention on the two occupied cells
+   (0.50: the position word does not steer the answer's attention at all). Discrete image input only
+   (the input ids must hold the codes).
 
 Built for the 2x2 world of ``recipes/base/shapes_2x2.yaml`` (4x4 codes per cell on an 8x8 grid
 generalise to any grid side divisible by the world's); questions and edits come from the
@@ -179,6 +184,48 @@ def level_swap(model, items) -> dict[str, float]:
     return out
 
 
+def answer_routing(model, items) -> dict[int, float]:
+    """Layer -> the largest (over heads) mean share of the asked cell in the attention the answer
+    position pays to the two occupied cells of two-object scenes."""
+    from illume_kit.data.shapes import GRID_POSITIONS
+
+    hf = model.backbone.model
+    before = hf.config._attn_implementation
+    hf.config._attn_implementation = "eager"  # sdpa returns no attention weights
+    samples, cells = [], []
+    for it in items:
+        objs = it["attributes"]["objects"]
+        if len(objs) != 2:
+            continue
+        names = {p: (r, c) for r, row in enumerate(GRID_POSITIONS[it["attributes"]["grid"]]) for c, p in enumerate(row)}
+        for q, a in it["qa"]:
+            where = q.rstrip("?").split(" at the ")[-1]
+            if (q.startswith("what color") or q.startswith("what shape")) and a != "nothing" and where in names:
+                other = next(tuple(o["cell"]) for o in objs if o["position"] != where)
+                samples.append(und_sample(it["image"], q, a))
+                cells.append((names[where], other, it["attributes"]["grid"]))
+    shares: dict[int, list[torch.Tensor]] = {}
+    for lo in range(0, len(samples), 16):
+        batch = assemble(model, samples[lo:lo + 16], padding_side="right")
+        out = hf(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                 position_ids=batch.position_ids, output_attentions=True, use_cache=False)
+        for r in range(batch.labels.shape[0]):
+            at = _first_answer_index(batch, r) - 1  # the token that predicts the answer
+            asked, other, grid = cells[lo + r]
+            cell_of = torch.full_like(batch.input_ids[r], -1)
+            for cb in model.layout.codebooks:
+                idx = ((batch.input_ids[r] >= cb.start) & (batch.input_ids[r] < cb.stop)).nonzero().flatten()
+                h, w = model.tokenizer.grid(*samples[lo + r].prompt[0].shape[-2:])[cb.name]
+                rows, cols = torch.arange(len(idx)) // w, torch.arange(len(idx)) % w
+                cell_of[idx] = (rows * grid // h) * grid + cols * grid // w
+            a_id, o_id = asked[0] * grid + asked[1], other[0] * grid + other[1]
+            for layer, att in enumerate(out.attentions):
+                on_a, on_o = att[r, :, at, cell_of == a_id].sum(-1), att[r, :, at, cell_of == o_id].sum(-1)
+                shares.setdefault(layer, []).append(on_a / (on_a + on_o).clamp_min(1e-9))
+    hf.config._attn_implementation = before
+    return {layer: float(torch.stack(v).mean(0).max()) for layer, v in shares.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint")
@@ -215,6 +262,10 @@ def main() -> None:
                   f"{back:.2f} / {common:.2f}")
     for label, acc in level_swap(model, items).items():
         t.add_row(f"edit targets decoded from {label}: probe reads the target", f"{acc:.2f}")
+    if model.image_input == "discrete":
+        for layer, share in answer_routing(model, items).items():
+            t.add_row(f'"what colour / shape is at ...?", two objects: asked cell\'s share of the answer\'s '
+                      f"attention, layer {layer} (best head; 0.50 = not steered)", f"{share:.2f}")
     Console(width=120).print(t)
 
 
