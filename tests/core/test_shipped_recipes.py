@@ -34,3 +34,34 @@ def test_validate_imports_no_torch():
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+
+
+# unified-model recipe -> the tokenizer recipe whose checkpoint it loads
+CHAINS = {"dualvitok_qwen2_mllm_tiny.yaml": "tokenizers/dualvitok_tiny_2x2.yaml",
+          "vqgan_qwen2_mllm_tiny.yaml": "tokenizers/vqgan_tiny_2x2.yaml"}
+
+
+@pytest.mark.parametrize("mllm,tok", CHAINS.items())
+def test_unified_recipe_builds_the_tokenizer_its_tokenizer_recipe_trains(mllm, tok):
+    """The unified recipe loads the tokenizer recipe's checkpoint, so both must describe one network:
+    same component and the same resolved params, apart from where the weights come from."""
+    a = load_recipe(ROOT / "recipes" / mllm).components["tokenizer"]
+    b = load_recipe(ROOT / "recipes" / tok).components["tokenizer"]
+    assert (a.spec.name, a.preset) == (b.spec.name, b.preset)
+
+    def arch(params):
+        d = params.model_dump()
+        if isinstance(d.get("teacher"), dict):
+            d["teacher"].pop("pretrained", None)
+        return d
+
+    assert arch(a.params) == arch(b.params)
+    assert load_recipe(ROOT / "recipes" / mllm).recipe.tokenizer.weights == f"runs/{Path(tok).stem}/checkpoint"
+
+
+def test_the_2x2_dualvitok_writes_a_64px_image_as_4x4_codes_per_level():
+    from illume_kit.core.compose import build_component
+
+    r = load_recipe(ROOT / "recipes/tokenizers/dualvitok_tiny_2x2.yaml", ["tokenizer.params.teacher.pretrained=null"])
+    c = r.components["tokenizer"]
+    assert build_component(c.spec, c.params).grid(64, 64) == {"semantic": (4, 4), "pixel": (4, 4)}
