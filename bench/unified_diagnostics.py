@@ -43,6 +43,7 @@ from rich.table import Table
 from illume_kit.core.checkpoint import load_checkpoint
 from illume_kit.core.recipe import load_recipe
 from illume_kit.eval.probe import load_probe, read_scenes, score
+from illume_kit.eval.tasks import question_kind
 from illume_kit.model.sampler import decode_images, edit_images
 from illume_kit.model.sequence import IGNORE, assemble, encode_images
 from illume_kit.model.tasks import edit_sample, t2i_sample, und_sample
@@ -187,42 +188,43 @@ def level_swap(model, items) -> dict[str, float]:
 def answer_routing(model, items) -> dict[int, float]:
     """Layer -> the largest (over heads) mean share of the asked cell in the attention the answer
     position pays to the two occupied cells of two-object scenes."""
-    from illume_kit.data.shapes import GRID_POSITIONS
-
-    hf = model.backbone.model
-    before = hf.config._attn_implementation
-    hf.config._attn_implementation = "eager"  # sdpa returns no attention weights
     samples, cells = [], []
     for it in items:
         objs = it["attributes"]["objects"]
         if len(objs) != 2:
             continue
-        names = {p: (r, c) for r, row in enumerate(GRID_POSITIONS[it["attributes"]["grid"]]) for c, p in enumerate(row)}
         for q, a in it["qa"]:
             where = q.rstrip("?").split(" at the ")[-1]
-            if (q.startswith("what color") or q.startswith("what shape")) and a != "nothing" and where in names:
-                other = next(tuple(o["cell"]) for o in objs if o["position"] != where)
+            if question_kind(q) in ("colour", "shape") and a != "nothing":
+                asked, other = sorted(objs, key=lambda o: o["position"] != where)
+                cells.append((tuple(asked["cell"]), tuple(other["cell"]), it["attributes"]["grid"]))
                 samples.append(und_sample(it["image"], q, a))
-                cells.append((names[where], other, it["attributes"]["grid"]))
+    if not samples:
+        return {}
+    grids = model.tokenizer.grid(*samples[0].prompt[0].shape[-2:])  # one image size in the world
+    hf = model.backbone.model
+    before = hf.config._attn_implementation
+    hf.config._attn_implementation = "eager"  # sdpa returns no attention weights
     shares: dict[int, list[torch.Tensor]] = {}
-    for lo in range(0, len(samples), 16):
-        batch = assemble(model, samples[lo:lo + 16], padding_side="right")
-        out = hf(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                 position_ids=batch.position_ids, output_attentions=True, use_cache=False)
-        for r in range(batch.labels.shape[0]):
-            at = _first_answer_index(batch, r) - 1  # the token that predicts the answer
-            asked, other, grid = cells[lo + r]
-            cell_of = torch.full_like(batch.input_ids[r], -1)
-            for cb in model.layout.codebooks:
-                idx = ((batch.input_ids[r] >= cb.start) & (batch.input_ids[r] < cb.stop)).nonzero().flatten()
-                h, w = model.tokenizer.grid(*samples[lo + r].prompt[0].shape[-2:])[cb.name]
-                rows, cols = torch.arange(len(idx)) // w, torch.arange(len(idx)) % w
-                cell_of[idx] = (rows * grid // h) * grid + cols * grid // w
-            a_id, o_id = asked[0] * grid + asked[1], other[0] * grid + other[1]
-            for layer, att in enumerate(out.attentions):
-                on_a, on_o = att[r, :, at, cell_of == a_id].sum(-1), att[r, :, at, cell_of == o_id].sum(-1)
-                shares.setdefault(layer, []).append(on_a / (on_a + on_o).clamp_min(1e-9))
-    hf.config._attn_implementation = before
+    try:
+        for lo in range(0, len(samples), 16):
+            batch = assemble(model, samples[lo:lo + 16], padding_side="right")
+            out = hf(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                     position_ids=batch.position_ids, output_attentions=True, use_cache=False)
+            for r, ids in enumerate(batch.input_ids):
+                at = _first_answer_index(batch, r) - 1  # the token that predicts the answer
+                asked, other, grid = cells[lo + r]
+                cell_of = torch.full_like(ids, -1)  # world cell of each image token, -1 elsewhere
+                for cb in model.layout.codebooks:
+                    idx = ((ids >= cb.start) & (ids < cb.stop)).nonzero().flatten()
+                    h, w = grids[cb.name]
+                    k = torch.arange(len(idx))
+                    cell_of[idx] = (k // w * grid // h) * grid + k % w * grid // w
+                for layer, att in enumerate(out.attentions):
+                    on_a, on_o = (att[r, :, at, cell_of == c[0] * grid + c[1]].sum(-1) for c in (asked, other))
+                    shares.setdefault(layer, []).append(on_a / (on_a + on_o).clamp_min(1e-9))
+    finally:
+        hf.config._attn_implementation = before
     return {layer: float(torch.stack(v).mean(0).max()) for layer, v in shares.items()}
 
 

@@ -45,8 +45,8 @@ CHAINS = {"dualvitok_qwen2_mllm_tiny.yaml": "tokenizers/dualvitok_tiny_2x2.yaml"
 def test_unified_recipe_builds_the_tokenizer_its_tokenizer_recipe_trains(mllm, tok):
     """The unified recipe loads the tokenizer recipe's checkpoint, so both must describe one network:
     same component and the same resolved params, apart from where the weights come from."""
-    a = load_recipe(ROOT / "recipes" / mllm).components["tokenizer"]
-    b = load_recipe(ROOT / "recipes" / tok).components["tokenizer"]
+    unified = load_recipe(ROOT / "recipes" / mllm)
+    a, b = unified.components["tokenizer"], load_recipe(ROOT / "recipes" / tok).components["tokenizer"]
     assert (a.spec.name, a.preset) == (b.spec.name, b.preset)
 
     def arch(params):
@@ -56,7 +56,7 @@ def test_unified_recipe_builds_the_tokenizer_its_tokenizer_recipe_trains(mllm, t
         return d
 
     assert arch(a.params) == arch(b.params)
-    assert load_recipe(ROOT / "recipes" / mllm).recipe.tokenizer.weights == f"runs/{Path(tok).stem}/checkpoint"
+    assert unified.recipe.tokenizer.weights == f"runs/{Path(tok).stem}/checkpoint"
 
 
 def test_the_2x2_dualvitok_writes_a_64px_image_as_4x4_codes_per_level():
