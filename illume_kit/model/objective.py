@@ -151,6 +151,7 @@ def stage_setup(runner: Any, stage: Any):
     (question/answer pairs per understanding sample, as a multi-turn conversation; default 1),
     ``loss_average`` (``token``, the reference's, or ``sample``; see ``mllm_loss``), ``cache_codes``
     (default true: keep each image's tokenizer output for the rest of the run, ``EncodeCache``),
+    ``edit_target`` (``encoded``, the reference's, or ``copy_unchanged``: see ``TaskMixer``),
     ``retrain_text_tokenizer`` (default true for a from-scratch backbone: a byte-level BPE on the task
     texts, done once, at the start of the recipe's first mllm stage).
     """
@@ -159,7 +160,7 @@ def stage_setup(runner: Any, stage: Any):
     model = runner.model
     opts = dict(stage.options)
     valid = ("tasks", "cfg_dropout", "qa_turns", "retrain_text_tokenizer", "image_size", "text_corpus_items",
-             "cache_data", "loss_average", "cache_codes")
+             "cache_data", "loss_average", "cache_codes", "edit_target")
     unknown = set(opts) - set(valid)
     if unknown:
         raise ValueError(f"stage {stage.name!r}: unknown options {sorted(unknown)} (valid: {', '.join(valid)})")
@@ -179,6 +180,7 @@ def stage_setup(runner: Any, stage: Any):
     model.encode_cache = (EncodeCache(keep_features=model.image_input != "discrete")
                           if opts.get("cache_codes", True) else None)
     mixer = TaskMixer(opts.get("tasks"), float(opts.get("cfg_dropout", 0.1)), seed=runner.recipe.run.seed,
-                      qa_turns=int(opts.get("qa_turns", 1)), edit_order=getattr(model, "edit_order", "image_first"))
+                      qa_turns=int(opts.get("qa_turns", 1)), edit_order=getattr(model, "edit_order", "image_first"),
+                      edit_target=str(opts.get("edit_target", "encoded")))
     # groups are applied here through requires_grad; the trainer then takes whatever requires grad
     return model, mllm_step_fn(mixer, average), data, {"collate_fn": _keep_items, "config": {"trainable": []}}

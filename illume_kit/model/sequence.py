@@ -70,12 +70,15 @@ class TargetImage:
     """An image the model writes: tags + discrete block; every token is a label.
 
     Give the pixel ``image`` (encoded with the tokenizer at assembly) or its ``codes`` (codebook name ->
-    LongTensor (h, w)) together with ``size`` (H, W) for the tags.
+    LongTensor (h, w)) together with ``size`` (H, W) for the tags. With ``copy_from`` (an image of the
+    same size, an edit's source), every token whose pixels are the same in both images takes the
+    source's code (``copy_unchanged``).
     """
 
     image: torch.Tensor | None = None
     codes: Mapping[str, torch.Tensor] | None = None
     size: tuple[int, int] | None = None
+    copy_from: torch.Tensor | None = None  # an edit's source: see ``copy_unchanged``
 
     def __post_init__(self) -> None:
         if self.image is None and self.codes is None:
@@ -297,6 +300,8 @@ def _add_part(b: _Builder, part: Part, loss: bool, model: Any, encoded: dict[int
         _input_block(b, layout, encoded[id(img)], model.image_input == "discrete", feats, pad)
     elif isinstance(part, TargetImage):
         codes = part.codes if part.codes is not None else encoded[id(part.image)]["codes"]
+        if part.copy_from is not None and part.image is not None and part.copy_from is not part.image:
+            codes = copy_unchanged(codes, encoded[id(part.copy_from)]["codes"], part.image, part.copy_from)
         start = len(b.ids) + (2 if part.size is not None else 0) + 1  # tags, start of image
         if getattr(model, "output_positions", "slot") == "next":
             start -= 1  # each code's position rides on the token that predicts it
@@ -307,6 +312,28 @@ def _add_part(b: _Builder, part: Part, loss: bool, model: Any, encoded: dict[int
             start += 1 + h * (w + 1) + 1  # level start, rows, level end
     else:
         raise TypeError(f"unknown sample part {type(part).__name__}: use str, Tag, Ids, InputImage, TargetImage")
+
+
+def copy_unchanged(codes: Mapping[str, torch.Tensor], source_codes: Mapping[str, torch.Tensor],
+                   image: torch.Tensor, source: torch.Tensor) -> dict[str, torch.Tensor]:
+    """An edit target's codes with every token whose pixels did not change taken from the source.
+
+    A tokenizer's code for a patch also depends on its surroundings (a conv encoder's receptive field,
+    a ViT's global attention), so re-encoding an edited image changes codes well outside the edit:
+    in the 2x2 shapes world, a third of the pixel codes of untouched empty cells. A model trained on
+    such targets has no copy to learn. Here a token of level (h, w) is "unchanged" when the
+    (H/h, W/w) pixel patch under it is identical in both images; those tokens copy the source's
+    code, the rest keep the target's.
+    """
+    if image.shape != source.shape:
+        raise ValueError(f"copy_unchanged: target {tuple(image.shape)} and source {tuple(source.shape)} differ in size")
+    changed = (image.detach() != source.detach()).any(0, keepdim=True).float()[None]  # (1, 1, H, W)
+    out = {}
+    for name, grid in codes.items():
+        h, w = grid.shape
+        moved = torch.nn.functional.adaptive_max_pool2d(changed, (h, w))[0, 0] > 0
+        out[name] = torch.where(moved.to(grid.device), grid, source_codes[name].to(grid.device))
+    return out
 
 
 def _images_to_encode(samples: Sequence[Sample]) -> list[torch.Tensor]:
@@ -320,6 +347,9 @@ def _images_to_encode(samples: Sequence[Sample]) -> list[torch.Tensor]:
                 img = part.image
             elif isinstance(part, TargetImage) and part.codes is None:
                 img = part.image
+                if part.copy_from is not None and id(part.copy_from) not in seen:
+                    seen.add(id(part.copy_from))
+                    out.append(part.copy_from)
             if img is not None and id(img) not in seen:
                 seen.add(id(img))
                 out.append(img)

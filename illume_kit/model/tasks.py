@@ -34,6 +34,7 @@ T2I_CONTENT = ", the content of image is "
 T2I_UNCOND = "Generate a random image of "
 EDIT_INSTRUCTION = "\nPlease edit the image according to the instruction: "
 EDIT_UNCOND = "\nReconstruct the image according to the given image"
+EDIT_TARGETS = ("encoded", "copy_unchanged")  # stage option edit_target
 EDIT_ORDERS = get_args(ModelOptions.model_fields["edit_order"].annotation)  # the recipe schema's choices
 
 
@@ -84,8 +85,11 @@ def t2i_sample(image: torch.Tensor, caption: str | None) -> Sample:
 
 
 def edit_sample(source: torch.Tensor, instruction: str | None, target: torch.Tensor,
-                order: str = "image_first") -> Sample:
-    return Sample(edit_prompt(source, instruction, order=order), [TargetImage(target)], task="edit")
+                order: str = "image_first", copy_unchanged: bool = False) -> Sample:
+    """``copy_unchanged``: the target's tokens over unchanged pixels take the source's codes
+    (``illume_kit.model.sequence.copy_unchanged``), so the untouched part of an edit is a copy."""
+    out = TargetImage(target, copy_from=source if copy_unchanged else None)
+    return Sample(edit_prompt(source, instruction, order=order), [out], task="edit")
 
 
 def uncollate(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -104,12 +108,16 @@ class TaskMixer:
     that many of the item's question/answer pairs, in random order), as LLaVA-style instruction data
     is: a one-word answer is otherwise ~1% of a batch's labelled tokens next to image targets.
 
+    ``edit_target``: ``encoded`` (ILLUME+) trains an edit on the tokenizer's codes of the edited
+    image; ``copy_unchanged`` replaces those of its unchanged pixels by the source's
+    (``edit_sample``), so that what the edit leaves alone is an exact copy.
+
     A task an item cannot serve (no ``qa``, ``caption`` or ``edit``) is not drawn for it.
     """
 
     def __init__(self, weights: Mapping[str, float] | None = None, cfg_dropout: float = 0.1,
                  edit_uncond_target: str = "source", seed: int = 0, qa_turns: int = 1,
-                 edit_order: str = "image_first") -> None:
+                 edit_order: str = "image_first", edit_target: str = "encoded") -> None:
         weights = dict(weights) if weights is not None else {t: 1.0 for t in TASKS}
         unknown = set(weights) - set(TASKS)
         if unknown:
@@ -126,6 +134,9 @@ class TaskMixer:
         self.qa_turns = qa_turns
         check_edit_order(edit_order)  # now, not mid-run
         self.edit_order = edit_order
+        if edit_target not in EDIT_TARGETS:
+            raise ValueError(f"edit_target must be one of {', '.join(EDIT_TARGETS)}, got {edit_target!r}")
+        self.edit_target = edit_target
 
     def _tasks_for(self, item: Mapping[str, Any]) -> list[str]:
         ok = {"und": bool(item.get("qa")), "t2i": bool(item.get("caption")), "edit": item.get("edit") is not None}
@@ -155,7 +166,8 @@ class TaskMixer:
             if drop:
                 return edit_sample(image, None, image if self.edit_uncond_target == "source" else edit["image"],
                                    self.edit_order)
-            return edit_sample(image, edit["instruction"], edit["image"], self.edit_order)
+            return edit_sample(image, edit["instruction"], edit["image"], self.edit_order,
+                               copy_unchanged=self.edit_target == "copy_unchanged")
         raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
 
     def samples(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], step: int = 0) -> list[Sample]:

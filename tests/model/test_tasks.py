@@ -131,3 +131,67 @@ def test_instruction_first_editing_keeps_the_source_a_fixed_distance_before_the_
     assert isinstance(parts[0], str) and parts[0].endswith("make it red\n") and parts[2] is src
     with pytest.raises(ValueError, match="instruction_first"):
         TaskMixer(edit_order="last")
+
+
+def test_copy_unchanged_takes_the_source_codes_wherever_the_pixels_did_not_change():
+    from illume_kit.model.sequence import copy_unchanged
+
+    src = image(0, 64, 64)
+    tgt = src.clone()
+    tgt[:, 36:44, 5:12] = 1.0  # inside pixel token (2, 0) (stride 16) and semantic token (1, 0) (stride 32)
+    codes_src = {"pixel": torch.arange(16).view(4, 4), "semantic": torch.tensor([[0, 1], [2, 3]])}
+    codes_tgt = {"pixel": 100 + torch.arange(16).view(4, 4), "semantic": torch.tensor([[10, 11], [12, 13]])}
+    out = copy_unchanged(codes_tgt, codes_src, tgt, src)
+    want_pixel = codes_src["pixel"].clone()
+    want_pixel[2, 0] = 108
+    assert torch.equal(out["pixel"], want_pixel)
+    assert torch.equal(out["semantic"], torch.tensor([[0, 1], [12, 3]]))
+    assert torch.equal(copy_unchanged(codes_tgt, codes_src, src, src)["pixel"], codes_src["pixel"])
+    with pytest.raises(ValueError, match="differ in size"):
+        copy_unchanged(codes_tgt, codes_src, tgt[:, :32], src)
+
+
+def test_edit_target_copy_unchanged_makes_the_untouched_part_of_an_edit_a_copy(monkeypatch):
+    """A tokenizer whose codes depend on the whole image (as a ViT's or a wide conv's do) re-encodes an
+    edited image with new codes everywhere; ``edit_target: copy_unchanged`` trains on the source's codes
+    outside the edit, ``encoded`` (ILLUME+) on the re-encoded ones."""
+    from model_fakes import make_model
+
+    from illume_kit.core.protocols import TokenizerOutput
+    from illume_kit.model.image_tokens import extract_images
+    from illume_kit.model.sequence import IGNORE, assemble
+
+    m = make_model(image_input="discrete")
+    local = m.tokenizer.encode
+
+    def context_dependent(images):
+        out = local(images)
+        shift = (images.mean((1, 2, 3)) * 1000).long()[:, None, None]
+        return TokenizerOutput(codes={n: (c + shift) % m.tokenizer.book[n].shape[1] for n, c in out.codes.items()},
+                               features=out.features)
+
+    monkeypatch.setattr(m.tokenizer, "encode", context_dependent)
+    src = image(0, 64, 64)
+    tgt = src.clone()
+    tgt[:, 0:16, 0:16] = 1.0  # only the top-left pixel token (and semantic token) changes
+    it = {"image": src, "edit": {"instruction": "make it white", "image": tgt}}
+    codes_src = context_dependent(src[None]).codes
+    codes_tgt = context_dependent(tgt[None]).codes
+    assert not torch.equal(codes_src["pixel"][0, 1:], codes_tgt["pixel"][0, 1:])  # the context moved them
+    written = {}
+    for target in ("encoded", "copy_unchanged"):
+        s = TaskMixer({"edit": 1.0}, cfg_dropout=0.0, edit_target=target).sample(it, random.Random(0))
+        b = assemble(m, [s])
+        labels = b.labels[0][b.labels[0] != IGNORE].tolist()
+        (parsed,) = extract_images(m.layout, labels)
+        written[target] = parsed.codes
+    assert torch.equal(written["encoded"]["pixel"], codes_tgt["pixel"][0])
+    copied = written["copy_unchanged"]["pixel"]
+    assert copied[0, 0] == codes_tgt["pixel"][0, 0, 0]
+    keep = torch.ones(4, 4, dtype=torch.bool)
+    keep[0, 0] = False
+    assert torch.equal(copied[keep], codes_src["pixel"][0][keep])
+    assert written["copy_unchanged"]["semantic"][0, 0] == codes_tgt["semantic"][0, 0, 0]
+    assert torch.equal(written["copy_unchanged"]["semantic"][1:], codes_src["semantic"][0, 1:])
+    with pytest.raises(ValueError, match="copy_unchanged"):
+        TaskMixer(edit_target="spliced")
