@@ -1,4 +1,4 @@
-"""Where a trained unified model on the shapes world falls short: eight measurements, one table.
+"""Where a trained unified model on the shapes world falls short: nine measurements, one table.
 
     python bench/unified_diagnostics.py runs/dualvitok_qwen2_mllm_tiny/checkpoint [-n 160]
 
@@ -24,6 +24,11 @@
    (0.50: the position word does not steer the answer's attention at all). Discrete image input only
    (the input ids must hold the codes).
 
+9. do edits copy what they leave alone? For held-out edits sampled as ``illume-kit eval`` does (cfg
+   1.5), per level: the share of the tokens over unchanged pixels that the model gives back as the
+   source's code, next to the share of those the tokenizer itself re-encodes unchanged (what an
+   ``edit_target: encoded`` model is trained to write there).
+
 Built for the 2x2 world of ``recipes/base/shapes_2x2.yaml`` (4x4 codes per cell on an 8x8 grid
 generalise to any grid side divisible by the world's); questions and edits come from the
 checkpoint's own recipe, held-out (``val``) split.
@@ -45,7 +50,7 @@ from illume_kit.core.recipe import load_recipe
 from illume_kit.eval.probe import load_probe, read_scenes, score
 from illume_kit.eval.tasks import question_kind
 from illume_kit.model.sampler import decode_images, edit_images
-from illume_kit.model.sequence import IGNORE, assemble, encode_images
+from illume_kit.model.sequence import IGNORE, assemble, encode_images, unchanged_tokens
 from illume_kit.model.tasks import edit_sample, t2i_sample, und_sample
 from illume_kit.train.stages import build_dataset
 
@@ -166,6 +171,26 @@ def reconstruction_copy(model, items) -> dict[str, tuple[float, float]]:
     return out
 
 
+def edit_copy(model, items, cfg: float = 1.5) -> dict[str, tuple[float, float]]:
+    """Per level, over the tokens whose pixels an edit leaves alone: the share the sampled edit gives
+    back as the source's code, and the share the re-encoded target keeps."""
+    sources = [it["image"] for it in items]
+    with torch.no_grad():
+        got = edit_images(model, sources, [it["edit"]["instruction"] for it in items], cfg=cfg, seed=0)
+    src = encode_images(model, sources, need_features=False)
+    tgt = encode_images(model, [it["edit"]["image"] for it in items], need_features=False)
+    out = {}
+    for level in src[0]["codes"]:
+        copied, kept, n = 0, 0, 0
+        for it, g, a, b in zip(items, got, src, tgt):
+            keep = unchanged_tokens(it["edit"]["image"], it["image"], tuple(a["codes"][level].shape))
+            copied += int((g[level].cpu() == a["codes"][level].cpu())[keep].sum())
+            kept += int((b["codes"][level] == a["codes"][level])[keep].sum())
+            n += int(keep.sum())
+        out[level] = (copied / max(n, 1), kept / max(n, 1))
+    return out
+
+
 def level_swap(model, items) -> dict[str, float]:
     """Share of edit targets the probe reads right when decoded from mixed source / target levels."""
     probe = load_probe()
@@ -264,6 +289,9 @@ def main() -> None:
                   f"{back:.2f} / {common:.2f}")
     for label, acc in level_swap(model, items).items():
         t.add_row(f"edit targets decoded from {label}: probe reads the target", f"{acc:.2f}")
+    for level, (copied, kept) in edit_copy(model, items[:64]).items():
+        t.add_row(f"edits, {level} tokens over unchanged pixels: sampled as the source's code / re-encoded "
+                  f"target keeps it", f"{copied:.2f} / {kept:.2f}")
     if model.image_input == "discrete":
         for layer, share in answer_routing(model, items).items():
             t.add_row(f'"what colour / shape is at ...?", two objects: asked cell\'s share of the answer\'s '

@@ -325,15 +325,21 @@ def copy_unchanged(codes: Mapping[str, torch.Tensor], source_codes: Mapping[str,
     (H/h, W/w) pixel patch under it is identical in both images; those tokens copy the source's
     code, the rest keep the target's.
     """
+    out = {}
+    for name, grid in codes.items():
+        keep = unchanged_tokens(image, source, tuple(grid.shape)).to(grid.device)
+        out[name] = torch.where(keep, source_codes[name].to(grid.device), grid)
+    return out
+
+
+def unchanged_tokens(image: torch.Tensor, source: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(h, w) bool: the tokens of a level with grid ``grid`` whose pixel patch is the same in both
+    (3, H, W) images (``copy_unchanged``; a patch that does not divide evenly is judged on the
+    windows ``adaptive_max_pool2d`` gives it)."""
     if image.shape != source.shape:
         raise ValueError(f"copy_unchanged: target {tuple(image.shape)} and source {tuple(source.shape)} differ in size")
     changed = (image.detach() != source.detach()).any(0, keepdim=True).float()[None]  # (1, 1, H, W)
-    out = {}
-    for name, grid in codes.items():
-        h, w = grid.shape
-        moved = torch.nn.functional.adaptive_max_pool2d(changed, (h, w))[0, 0] > 0
-        out[name] = torch.where(moved.to(grid.device), grid, source_codes[name].to(grid.device))
-    return out
+    return torch.nn.functional.adaptive_max_pool2d(changed, grid)[0, 0] == 0
 
 
 def _images_to_encode(samples: Sequence[Sample]) -> list[torch.Tensor]:
