@@ -179,16 +179,15 @@ def edit_copy(model, items, cfg: float = 1.5) -> dict[str, tuple[float, float]]:
         got = edit_images(model, sources, [it["edit"]["instruction"] for it in items], cfg=cfg, seed=0)
     src = encode_images(model, sources, need_features=False)
     tgt = encode_images(model, [it["edit"]["image"] for it in items], need_features=False)
-    out = {}
-    for level in src[0]["codes"]:
-        copied, kept, n = 0, 0, 0
-        for it, g, a, b in zip(items, got, src, tgt):
-            keep = unchanged_tokens(it["edit"]["image"], it["image"], tuple(a["codes"][level].shape))
-            copied += int((g[level].cpu() == a["codes"][level].cpu())[keep].sum())
-            kept += int((b["codes"][level] == a["codes"][level])[keep].sum())
-            n += int(keep.sum())
-        out[level] = (copied / max(n, 1), kept / max(n, 1))
-    return out
+    tally = {level: [0, 0, 0] for level in src[0]["codes"]}  # copied, kept by re-encoding, tokens
+    for it, g, a, b in zip(items, got, src, tgt):
+        keeps = unchanged_tokens(it["edit"]["image"], it["image"], {k: tuple(v.shape) for k, v in a["codes"].items()})
+        for level, keep in keeps.items():
+            t = tally[level]
+            t[0] += int((g[level].cpu() == a["codes"][level].cpu())[keep].sum())
+            t[1] += int((b["codes"][level] == a["codes"][level])[keep].sum())
+            t[2] += int(keep.sum())
+    return {level: (c / max(n, 1), k / max(n, 1)) for level, (c, k, n) in tally.items()}
 
 
 def level_swap(model, items) -> dict[str, float]:

@@ -325,21 +325,20 @@ def copy_unchanged(codes: Mapping[str, torch.Tensor], source_codes: Mapping[str,
     (H/h, W/w) pixel patch under it is identical in both images; those tokens copy the source's
     code, the rest keep the target's.
     """
-    out = {}
-    for name, grid in codes.items():
-        keep = unchanged_tokens(image, source, tuple(grid.shape)).to(grid.device)
-        out[name] = torch.where(keep, source_codes[name].to(grid.device), grid)
-    return out
+    keep = unchanged_tokens(image, source, {name: tuple(grid.shape) for name, grid in codes.items()})
+    return {name: torch.where(keep[name].to(grid.device), source_codes[name].to(grid.device), grid)
+            for name, grid in codes.items()}
 
 
-def unchanged_tokens(image: torch.Tensor, source: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(h, w) bool: the tokens of a level with grid ``grid`` whose pixel patch is the same in both
-    (3, H, W) images (``copy_unchanged``; a patch that does not divide evenly is judged on the
-    windows ``adaptive_max_pool2d`` gives it)."""
+def unchanged_tokens(image: torch.Tensor, source: torch.Tensor,
+                     grids: Mapping[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """Level name -> (h, w) bool: the tokens of each level (grid ``grids[name]``) whose pixel patch is
+    the same in both (3, H, W) images (``copy_unchanged``; a patch that does not divide evenly is
+    judged on the windows ``adaptive_max_pool2d`` gives it). The images are compared once."""
     if image.shape != source.shape:
         raise ValueError(f"copy_unchanged: target {tuple(image.shape)} and source {tuple(source.shape)} differ in size")
     changed = (image.detach() != source.detach()).any(0, keepdim=True).float()[None]  # (1, 1, H, W)
-    return torch.nn.functional.adaptive_max_pool2d(changed, grid)[0, 0] == 0
+    return {name: torch.nn.functional.adaptive_max_pool2d(changed, grid)[0, 0] == 0 for name, grid in grids.items()}
 
 
 def _images_to_encode(samples: Sequence[Sample]) -> list[torch.Tensor]:
