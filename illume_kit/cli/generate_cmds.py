@@ -59,6 +59,27 @@ def recipe_image_size(checkpoint: str | Path) -> tuple[int, int]:
     return side, side
 
 
+# what a verb samples with when neither the command line nor the recipe's eval.options says
+SAMPLING_DEFAULTS = {"generate": {"cfg": 2.0, "temperature": 1.0, "top_k": None, "top_p": 1.0},
+                     "edit": {"cfg": 1.5, "temperature": 1.0, "top_k": None, "top_p": 1.0}}
+
+
+def recipe_sampling(checkpoint: str | Path, verb: str) -> dict:
+    """The sampling the checkpoint's recipe evaluates ``verb`` with: ``eval.options`` ``cfg`` (for
+    ``edit``: ``edit_cfg``), ``temperature``, ``top_k``, ``top_p``, over :data:`SAMPLING_DEFAULTS`."""
+    from illume_kit.core.checkpoint import load_recipe_yaml
+
+    out = dict(SAMPLING_DEFAULTS[verb])
+    try:
+        opts = (load_recipe_yaml(checkpoint).get("eval") or {}).get("options") or {}
+    except (OSError, ValueError, AttributeError):
+        return out
+    keys = {"cfg": "edit_cfg" if verb == "edit" else "cfg", "temperature": "temperature", "top_k": "top_k",
+            "top_p": "top_p"}
+    out.update({k: opts[src] for k, src in keys.items() if opts.get(src) is not None})
+    return out
+
+
 def check_size(model, size: tuple[int, int]) -> None:
     """ValueError unless the tokenizer grids ``size`` and the vocab has its resolution tags."""
     h, w = size
@@ -119,8 +140,13 @@ def save_images(images, path: Path) -> Path:
     return save_rows([(im,) for im in images], path, per_row=math.ceil(math.sqrt(len(images))))
 
 
-def _sampling(args) -> dict:
-    return {"temperature": args.temperature, "top_k": args.top_k or None, "top_p": args.top_p}
+def _sampling(args, verb: str) -> dict:
+    """cfg, temperature, top_k, top_p: from the command line, else from the checkpoint's recipe."""
+    given = {"cfg": args.cfg, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    out = recipe_sampling(args.checkpoint, verb)
+    out.update({k: v for k, v in given.items() if v is not None})
+    out["top_k"] = out["top_k"] or None
+    return out
 
 
 # ---------------------------------------------------------------- verbs
@@ -148,10 +174,11 @@ def cmd_generate(args) -> int:
     from illume_kit.cli.output import console
     from illume_kit.model.sampler import decode_images, generate_images
 
+    sampling = _sampling(args, "generate")
     images = []
     for b, lo in enumerate(range(0, args.num, args.batch_size)):
         k = min(args.batch_size, args.num - lo)
-        codes = generate_images(model, [args.caption] * k, size, cfg=args.cfg, seed=args.seed + b, **_sampling(args))
+        codes = generate_images(model, [args.caption] * k, size, seed=args.seed + b, **sampling)
         images += [im.float().cpu() for im in decode_images(model, codes)]
     save_images(images, out)
     console.print(f"[green]wrote[/] {out} ({len(images)} image{'s' if len(images) > 1 else ''} of {size[0]}x{size[1]})")
@@ -168,8 +195,7 @@ def cmd_edit(args) -> int:
     from illume_kit.cli.output import console
     from illume_kit.model.sampler import decode_images, edit_images
 
-    codes = edit_images(model, [image], [args.instruction], cfg=args.cfg, seed=args.seed,
-                        **_sampling(args))
+    codes = edit_images(model, [image], [args.instruction], seed=args.seed, **_sampling(args, "edit"))
     save_images([im.float().cpu() for im in decode_images(model, codes)], out)
     console.print(f"[green]wrote[/] {out}")
     return 0
@@ -182,11 +208,15 @@ def _common(p, size_help: str) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
 
-def _sampling_args(p, cfg: float) -> None:
-    p.add_argument("--cfg", type=float, default=cfg, help=f"classifier-free guidance scale (default {cfg}; 1 = off)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=1.0)
+def _sampling_args(p, verb: str) -> None:
+    d = SAMPLING_DEFAULTS[verb]
+    key = "edit_cfg" if verb == "edit" else "cfg"
+    p.add_argument("--cfg", type=float, help=f"classifier-free guidance scale, 1 = off (default: the recipe's "
+                                              f"eval.options.{key}, else {d['cfg']})")
+    p.add_argument("--temperature", type=float,
+                   help="0 = greedy (default: the recipe's eval.options.temperature, else 1)")
+    p.add_argument("--top-k", type=int, help="default: the recipe's eval.options.top_k, else off")
+    p.add_argument("--top-p", type=float, help="default: the recipe's eval.options.top_p, else 1")
 
 
 def register(sub) -> None:
@@ -203,7 +233,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output image (png/jpg); with --num > 1 a grid")
     p.add_argument("--num", type=int, default=1, help="images to draw (written as one grid)")
     p.add_argument("--batch-size", type=int, default=8)
-    _sampling_args(p, 2.0)
+    _sampling_args(p, "generate")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("edit", help="edit an image according to an instruction")
@@ -211,5 +241,5 @@ def register(sub) -> None:
     p.add_argument("image", help="a png/jpg image")
     p.add_argument("instruction")
     p.add_argument("-o", "--output", required=True, help="output image (png/jpg)")
-    _sampling_args(p, 1.5)
+    _sampling_args(p, "edit")
     p.set_defaults(func=cmd_edit)

@@ -83,3 +83,27 @@ def test_parse_size():
 def test_module_imports_no_torch():
     code = "import sys, illume_kit.cli.generate_cmds; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_sampling_defaults_come_from_the_checkpoint_recipe(tmp_path, monkeypatch):
+    """`generate` / `edit` sample as the recipe's eval does unless the command line says otherwise."""
+    import argparse
+
+    import yaml
+
+    from illume_kit.cli import generate_cmds as g
+
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(
+        {"eval": {"options": {"cfg": 3.0, "edit_cfg": 1.25, "temperature": 0.5, "top_k": 7}}}))
+    assert g.recipe_sampling(tmp_path, "generate") == {"cfg": 3.0, "temperature": 0.5, "top_k": 7, "top_p": 1.0}
+    assert g.recipe_sampling(tmp_path, "edit") == {"cfg": 1.25, "temperature": 0.5, "top_k": 7, "top_p": 1.0}
+    assert g.recipe_sampling(tmp_path / "missing", "edit") == g.SAMPLING_DEFAULTS["edit"]
+
+    monkeypatch.setattr(g, "recipe_sampling", lambda ck, verb: {**g.SAMPLING_DEFAULTS[verb], "temperature": 0.5})
+    for verb in ("generate", "edit"):
+        p = argparse.ArgumentParser()
+        g._sampling_args(p, verb)
+        args = p.parse_args(["--cfg", "4", "--top-k", "0"])
+        args.checkpoint = str(tmp_path)
+        # the command line wins where given (top-k 0 = off), the recipe elsewhere
+        assert g._sampling(args, verb) == {"cfg": 4.0, "temperature": 0.5, "top_k": None, "top_p": 1.0}
