@@ -15,6 +15,8 @@ import math
 import re
 from pathlib import Path
 
+from illume_kit.eval.sampling import GUIDANCE, task_sampling
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DEFAULT_SIZE = 64
 
@@ -60,24 +62,20 @@ def recipe_image_size(checkpoint: str | Path) -> tuple[int, int]:
 
 
 # what a verb samples with when neither the command line nor the recipe's eval.options says
-SAMPLING_DEFAULTS = {"generate": {"cfg": 2.0, "temperature": 1.0, "top_k": None, "top_p": 1.0},
-                     "edit": {"cfg": 1.5, "temperature": 1.0, "top_k": None, "top_p": 1.0}}
+SAMPLING_DEFAULTS = {verb: {"cfg": scale, "temperature": 1.0, "top_k": None, "top_p": 1.0}
+                     for verb, (_, scale) in GUIDANCE.items()}
 
 
 def recipe_sampling(checkpoint: str | Path, verb: str) -> dict:
-    """The sampling the checkpoint's recipe evaluates ``verb`` with: ``eval.options`` ``cfg`` (for
-    ``edit``: ``edit_cfg``), ``temperature``, ``top_k``, ``top_p``, over :data:`SAMPLING_DEFAULTS`."""
+    """The sampling the checkpoint's recipe evaluates ``verb`` with (``eval.options``, read by
+    :func:`illume_kit.eval.sampling.task_sampling`), over :data:`SAMPLING_DEFAULTS`."""
     from illume_kit.core.checkpoint import load_recipe_yaml
 
-    out = dict(SAMPLING_DEFAULTS[verb])
     try:
         opts = (load_recipe_yaml(checkpoint).get("eval") or {}).get("options") or {}
     except (OSError, ValueError, AttributeError):
-        return out
-    keys = {"cfg": "edit_cfg" if verb == "edit" else "cfg", "temperature": "temperature", "top_k": "top_k",
-            "top_p": "top_p"}
-    out.update({k: opts[src] for k, src in keys.items() if opts.get(src) is not None})
-    return out
+        opts = {}
+    return {**SAMPLING_DEFAULTS[verb], **task_sampling(opts, verb)}
 
 
 def check_size(model, size: tuple[int, int]) -> None:
@@ -209,10 +207,9 @@ def _common(p, size_help: str) -> None:
 
 
 def _sampling_args(p, verb: str) -> None:
-    d = SAMPLING_DEFAULTS[verb]
-    key = "edit_cfg" if verb == "edit" else "cfg"
+    key, scale = GUIDANCE[verb]
     p.add_argument("--cfg", type=float, help=f"classifier-free guidance scale, 1 = off (default: the recipe's "
-                                              f"eval.options.{key}, else {d['cfg']})")
+                                              f"eval.options.{key}, else {scale})")
     p.add_argument("--temperature", type=float,
                    help="0 = greedy (default: the recipe's eval.options.temperature, else 1)")
     p.add_argument("--top-k", type=int, help="default: the recipe's eval.options.top_k, else off")

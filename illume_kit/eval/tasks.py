@@ -205,6 +205,7 @@ def evaluate_tasks(model, resolved, wanted: Sequence[str], n: int, out_dir: str 
     ``probe/...``; other names are ignored) on the first ``n`` items of the recipe's dataset split
     (or of ``dataset``). ``probe/accuracy`` comes with every probed family."""
     from illume_kit.eval.probe import load_probe, read_scenes, score
+    from illume_kit.eval.sampling import task_sampling
 
     families = {m.split("/", 1)[0] for m in wanted} & set(FAMILIES)
     if not families:
@@ -213,7 +214,8 @@ def evaluate_tasks(model, resolved, wanted: Sequence[str], n: int, out_dir: str 
     opts = dict(recipe.eval.options)
     seed = int(recipe.run.seed)
     bs = int(opts.get("batch_size", 8))
-    sampling = {k: opts[k] for k in ("temperature", "top_k", "top_p") if k in opts}
+    sampling = task_sampling(opts, "generate")
+    gen_cfg, edit_cfg = sampling.pop("cfg"), task_sampling(opts, "edit")["cfg"]
     decode = dict(opts.get("decode") or {})
     if dataset is None:
         from illume_kit.train.stages import build_dataset
@@ -252,10 +254,9 @@ def evaluate_tasks(model, resolved, wanted: Sequence[str], n: int, out_dir: str 
                     metrics["probe/reconstruction"] = rec["accuracy"]
                     metrics["probe/reconstruction_attributes"] = rec["attributes"]
             if "gen" in probed:
-                cfg = float(opts.get("cfg", 2.0))
-                m, images, reads = generation(model, items, probe, cfg, seed, bs, sampling, decode, prog)
+                m, images, reads = generation(model, items, probe, gen_cfg, seed, bs, sampling, decode, prog)
                 metrics.update(m)
-                if opts.get("nocfg", True) and cfg != 1.0:
+                if opts.get("nocfg", True) and gen_cfg != 1.0:
                     m1, _, _ = generation(model, items, probe, 1.0, seed, bs, sampling, decode, prog, prefix="nocfg")
                     metrics["gen/accuracy_nocfg"] = m1["nocfg/accuracy"]
                     metrics["gen/attributes_nocfg"] = m1["nocfg/attributes"]
@@ -264,8 +265,7 @@ def evaluate_tasks(model, resolved, wanted: Sequence[str], n: int, out_dir: str 
                     save_rows([(it["image"], im) for it, im in zip(items[:16], images)], out / "generations.png",
                               [f"{i} {_mark(r, it['attributes'])}" for i, (it, r) in enumerate(zip(items[:16], reads))])
             if "edit" in probed and _shapes_items(items, "edit"):
-                cfg = float(opts.get("edit_cfg", 1.5))
-                m, images, reads = editing(model, items, probe, cfg, seed, bs, sampling, decode, prog)
+                m, images, reads = editing(model, items, probe, edit_cfg, seed, bs, sampling, decode, prog)
                 metrics.update(m)
                 samples["edit"] = [{"instruction": it["edit"]["instruction"], "read": r["objects"]}
                                    for it, r in zip(items[:16], reads)]
