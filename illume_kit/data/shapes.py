@@ -106,6 +106,19 @@ def caption_of(scene: dict) -> str:
     return " and ".join(describe(o) for o in scene["objects"])
 
 
+def regions_of(scene: dict) -> list[dict[str, Any]]:
+    """One region per grid cell: its box (x0, y0, x1, y1) as fractions of the image side and what it
+    holds ('a small red circle', or 'nothing'). Dense text for local image-text objectives."""
+    g, held = scene["grid"], {tuple(o["cell"]): o for o in scene["objects"]}
+    out = []
+    for r in range(g):
+        for c in range(g):
+            o = held.get((r, c))
+            text = f"a {o['size']} {o['color']} {o['shape']}" if o else "nothing"
+            out.append({"box": (c / g, r / g, (c + 1) / g, (r + 1) / g), "text": text})
+    return out
+
+
 def caption_split(caption: str) -> str:
     bucket = zlib.crc32(caption.encode()) % 10
     return next(s for s, r in SPLIT_BUCKETS.items() if bucket in r)
@@ -223,7 +236,8 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 class ShapesDataset(Dataset):
-    """Items: ``image`` (3,H,W) in [0,1], ``caption``, ``qa`` [(q, a)], ``attributes`` (the scene) and,
+    """Items: ``image`` (3,H,W) in [0,1], ``caption``, ``qa`` [(q, a)], ``attributes`` (the scene),
+    ``regions`` (each cell's box and text, see ``regions_of``) and,
     with ``edits``, ``edit`` = {instruction, image, attributes} (the target scene after the edit)."""
 
     Params = ShapesParams
@@ -261,6 +275,7 @@ class ShapesDataset(Dataset):
             "caption": caption_of(scene),
             "qa": questions_of(scene, self._rng(index, "qa")),
             "attributes": scene,
+            "regions": regions_of(scene),
         }
         if p.edits:
             text, target = sample_edit(scene, self._rng(index, "edit"), p.min_objects, p.max_objects)

@@ -229,7 +229,7 @@ class StageRunner:
         self._teacher_obj = teacher
 
         def step(m, batch, s):
-            return m.loss(batch["image"], batch["caption"])
+            return m.loss(batch["image"], batch["caption"], batch.get("regions"))
 
         return teacher, step, self._images(stage), {"collate_fn": collate}
 

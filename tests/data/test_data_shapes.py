@@ -146,3 +146,22 @@ def test_zero_jitter_centres_every_shape_and_keeps_the_scenes():
     assert not torch.equal(jittered[0]["image"], centred[0]["image"])
     with pytest.raises(ValidationError, match="jitter"):
         ShapesParams(jitter=1.5)
+
+
+@pytest.mark.parametrize("grid", [2, 3])
+def test_regions_name_what_each_cell_holds(grid):
+    d = ds(grid=grid, image_size=48, jitter=0.0, edits=False)
+    for i in range(10):
+        item = d[i]
+        regions, held = item["regions"], {tuple(o["cell"]): o for o in item["attributes"]["objects"]}
+        assert len(regions) == grid * grid
+        for k, r in enumerate(regions):
+            cell = divmod(k, grid)
+            x0, y0, x1, y1 = r["box"]
+            assert (x0, y0) == (cell[1] / grid, cell[0] / grid)
+            assert (x1, y1) == pytest.approx(((cell[1] + 1) / grid, (cell[0] + 1) / grid))
+            o = held.get(cell)
+            assert r["text"] == (f"a {o['size']} {o['color']} {o['shape']}" if o else "nothing")
+            # the box is where the pixels are: an empty cell is background, a held one is not
+            px = item["image"][:, round(y0 * 48):round(y1 * 48), round(x0 * 48):round(x1 * 48)]
+            assert (px.amax() - px.amin() > 0.2) == (o is not None)

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import open_clip
 import torch
@@ -116,8 +116,49 @@ class SemanticTeacher(nn.Module):
 
     # ------------------------------------------------------------------ training
 
-    def loss(self, images: torch.Tensor, captions: Sequence[str]) -> dict[str, torch.Tensor]:
-        """SigLIP sigmoid loss over the batch, plus detached image->text retrieval accuracy."""
+    def embed_regions(self, images: torch.Tensor, regions: Sequence[Sequence[Mapping]]) -> tuple[torch.Tensor, list[str]]:
+        """Normalised embeddings of boxes (B images, each a list of {box: (x0, y0, x1, y1) in [0, 1], text}):
+        the mean of the patch features whose centres fall in the box, through the image projection (as
+        ``vision_pool: avg`` pools the whole image). Boxes holding no patch centre are skipped."""
+        if len(regions) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(regions)} region lists")
+        feats = self.encode_image(images)  # (B, h, w, C)
+        b, h, w, _ = feats.shape
+        ys = (torch.arange(h, device=feats.device) + 0.5) / h
+        xs = (torch.arange(w, device=feats.device) + 0.5) / w
+        pooled, texts = [], []
+        for i, boxes in enumerate(regions):
+            for r in boxes:
+                x0, y0, x1, y1 = r["box"]
+                mask = ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+                if mask.any():
+                    pooled.append(feats[i][mask].mean(0))
+                    texts.append(r["text"])
+        if not pooled:
+            raise ValueError("no region box holds a patch centre: boxes are (x0, y0, x1, y1) fractions of the image")
+        proj = self.clip.visual.proj
+        emb = torch.stack(pooled)
+        emb = emb @ proj if proj is not None else emb
+        return F.normalize(emb, dim=-1), texts
+
+    def region_loss(self, images: torch.Tensor, regions: Sequence[Sequence[Mapping]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sigmoid loss of every region against every distinct region text of the batch (a pair is
+        positive when the texts are equal, so repeated texts like 'nothing' are no false negatives);
+        returns (loss, detached accuracy of each region's best-scoring text)."""
+        emb, texts = self.embed_regions(images, regions)
+        vocab = sorted(set(texts))
+        txt = self.embed_text(vocab)
+        target = torch.tensor([vocab.index(t) for t in texts], device=emb.device)
+        labels = 2.0 * F.one_hot(target, len(vocab)).to(emb.dtype) - 1.0
+        logits = self.clip.logit_scale.exp() * emb @ txt.T + self.clip.logit_bias
+        loss = -F.logsigmoid(labels * logits).sum() / emb.shape[0]
+        return loss, (logits.argmax(-1) == target).float().mean().detach()
+
+    def loss(
+        self, images: torch.Tensor, captions: Sequence[str], regions: Sequence[Sequence[Mapping]] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """SigLIP sigmoid loss over the batch, plus detached image->text retrieval accuracy; with
+        ``regions`` and ``region_weight > 0``, plus that weight times ``region_loss``."""
         if len(captions) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(captions)} captions")
         img, txt = self.embed_image(images), self.embed_text(captions)
@@ -125,7 +166,12 @@ class SemanticTeacher(nn.Module):
         loss = self.siglip(img, txt, scale, bias)
         with torch.no_grad():
             hit = (img @ txt.T).argmax(-1) == torch.arange(len(captions), device=img.device)
-        return {"loss": loss, "retrieval_accuracy": hit.float().mean(), "logit_scale": scale.detach()}
+        out = {"loss": loss, "retrieval_accuracy": hit.float().mean(), "logit_scale": scale.detach()}
+        if regions is not None and self.params.region_weight > 0:
+            region, acc = self.region_loss(images, regions)
+            out.update(loss=loss + self.params.region_weight * region, image_loss=loss.detach(),
+                       region_loss=region.detach(), region_accuracy=acc)
+        return out
 
     def freeze(self) -> "SemanticTeacher":
         """Eval mode, no gradients: how tokenizers use a trained teacher."""

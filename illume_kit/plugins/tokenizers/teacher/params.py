@@ -41,6 +41,12 @@ class TeacherParams(ComponentParams):
     embed_dim: int = Field(64, ge=8, description="shared image-text embedding width")
     init_logit_scale: float = Field(math.log(10.0), description="log temperature at init (SigLIP: log 10)")
     init_logit_bias: float = Field(-10.0, description="logit bias at init (SigLIP: -10)")
+    region_weight: float = Field(
+        0.0, ge=0.0, description="weight of a region-text sigmoid loss on items with `regions` (boxes with their own "
+        "text): each box's mean patch feature, projected, against every region text of the batch. The image loss "
+        "alone lets every patch hold the whole scene; this one makes a patch hold what is under it (the reason "
+        "SigLIP 2 adds local objectives). 0 = the plain SigLIP loss"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "TeacherParams":
