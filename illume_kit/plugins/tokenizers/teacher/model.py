@@ -116,36 +116,45 @@ class SemanticTeacher(nn.Module):
 
     # ------------------------------------------------------------------ training
 
-    def embed_regions(self, images: torch.Tensor, regions: Sequence[Sequence[Mapping]]) -> tuple[torch.Tensor, list[str]]:
+    def _project(self, pooled: torch.Tensor) -> torch.Tensor:
+        proj = self.clip.visual.proj
+        return F.normalize(pooled @ proj if proj is not None else pooled, dim=-1)
+
+    def embed_regions(
+        self, images: torch.Tensor, regions: Sequence[Sequence[Mapping]], features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[str]]:
         """Normalised embeddings of boxes (B images, each a list of {box: (x0, y0, x1, y1) in [0, 1], text}):
         the mean of the patch features whose centres fall in the box, through the image projection (as
-        ``vision_pool: avg`` pools the whole image). Boxes holding no patch centre are skipped."""
+        ``vision_pool: avg`` pools the whole image). Boxes holding no patch centre are skipped.
+        ``features``: this batch's ``encode_image`` output, when the caller already has it."""
         if len(regions) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(regions)} region lists")
-        feats = self.encode_image(images)  # (B, h, w, C)
-        b, h, w, _ = feats.shape
-        ys = (torch.arange(h, device=feats.device) + 0.5) / h
-        xs = (torch.arange(w, device=feats.device) + 0.5) / w
-        pooled, texts = [], []
-        for i, boxes in enumerate(regions):
-            for r in boxes:
-                x0, y0, x1, y1 = r["box"]
-                mask = ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
-                if mask.any():
-                    pooled.append(feats[i][mask].mean(0))
-                    texts.append(r["text"])
-        if not pooled:
+        feats = self.encode_image(images) if features is None else features  # (B, h, w, C)
+        h, w = feats.shape[1:3]
+        flat = [(i, r) for i, boxes in enumerate(regions) for r in boxes]
+        box = torch.tensor([r["box"] for _, r in flat], dtype=feats.dtype, device=feats.device).reshape(-1, 4)
+        ys = (torch.arange(h, device=feats.device, dtype=feats.dtype) + 0.5) / h
+        xs = (torch.arange(w, device=feats.device, dtype=feats.dtype) + 0.5) / w
+        rows = (ys[None] >= box[:, 1:2]) & (ys[None] < box[:, 3:4])  # (R, h)
+        cols = (xs[None] >= box[:, 0:1]) & (xs[None] < box[:, 2:3])  # (R, w)
+        inside = (rows[:, :, None] & cols[:, None, :]).to(feats.dtype)  # (R, h, w)
+        count = inside.sum((1, 2))
+        keep = count > 0
+        if not keep.any():
             raise ValueError("no region box holds a patch centre: boxes are (x0, y0, x1, y1) fractions of the image")
-        proj = self.clip.visual.proj
-        emb = torch.stack(pooled)
-        emb = emb @ proj if proj is not None else emb
-        return F.normalize(emb, dim=-1), texts
+        image = torch.tensor([i for i, _ in flat], device=feats.device)[keep]
+        weights = inside[keep] / count[keep, None, None]
+        pooled = torch.einsum("rhw,rhwc->rc", weights, feats[image])
+        texts = [r["text"] for (_, r), k in zip(flat, keep.tolist()) if k]
+        return self._project(pooled), texts
 
-    def region_loss(self, images: torch.Tensor, regions: Sequence[Sequence[Mapping]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def region_loss(
+        self, images: torch.Tensor, regions: Sequence[Sequence[Mapping]], features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sigmoid loss of every region against every distinct region text of the batch (a pair is
         positive when the texts are equal, so repeated texts like 'nothing' are no false negatives);
         returns (loss, detached accuracy of each region's best-scoring text)."""
-        emb, texts = self.embed_regions(images, regions)
+        emb, texts = self.embed_regions(images, regions, features)
         vocab = sorted(set(texts))
         txt = self.embed_text(vocab)
         target = torch.tensor([vocab.index(t) for t in texts], device=emb.device)
@@ -158,17 +167,26 @@ class SemanticTeacher(nn.Module):
         self, images: torch.Tensor, captions: Sequence[str], regions: Sequence[Sequence[Mapping]] | None = None
     ) -> dict[str, torch.Tensor]:
         """SigLIP sigmoid loss over the batch, plus detached image->text retrieval accuracy; with
-        ``regions`` and ``region_weight > 0``, plus that weight times ``region_loss``."""
+        ``regions`` and ``region_weight > 0``, plus that weight times ``region_loss`` (the image and
+        its regions then pool one forward pass of the ViT)."""
         if len(captions) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(captions)} captions")
-        img, txt = self.embed_image(images), self.embed_text(captions)
+        local = regions is not None and self.params.region_weight > 0
+        if local:
+            if self.params.vision_pool != "avg":
+                raise ValueError("region_weight needs vision_pool: avg (regions pool patches as the image does)")
+            feats = self.encode_image(images)
+            img = self._project(feats.mean((1, 2)))
+        else:
+            img = self.embed_image(images)
+        txt = self.embed_text(captions)
         scale, bias = self.clip.logit_scale.exp(), self.clip.logit_bias
         loss = self.siglip(img, txt, scale, bias)
         with torch.no_grad():
             hit = (img @ txt.T).argmax(-1) == torch.arange(len(captions), device=img.device)
         out = {"loss": loss, "retrieval_accuracy": hit.float().mean(), "logit_scale": scale.detach()}
-        if regions is not None and self.params.region_weight > 0:
-            region, acc = self.region_loss(images, regions)
+        if local:
+            region, acc = self.region_loss(images, regions, feats)
             out.update(loss=loss + self.params.region_weight * region, image_loss=loss.detach(),
                        region_loss=region.detach(), region_accuracy=acc)
         return out

@@ -44,8 +44,8 @@ class TeacherParams(ComponentParams):
     region_weight: float = Field(
         0.0, ge=0.0, description="weight of a region-text sigmoid loss on items with `regions` (boxes with their own "
         "text): each box's mean patch feature, projected, against every region text of the batch. The image loss "
-        "alone lets every patch hold the whole scene; this one makes a patch hold what is under it (the reason "
-        "SigLIP 2 adds local objectives). 0 = the plain SigLIP loss"
+        "alone lets every patch hold the whole scene; this one makes a patch hold what is under it (SigLIP 2 "
+        "adds local objectives for dense features too). 0 = the plain SigLIP loss"
     )
 
     @model_validator(mode="after")
