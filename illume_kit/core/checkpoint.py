@@ -45,6 +45,13 @@ def _version_tuple(v: str) -> tuple:
     return tuple(out)
 
 
+def _portable_params(module, params: dict) -> dict:
+    """The params a manifest records: a component with a ``checkpoint_params`` hook rewrites what
+    its weights make redundant (e.g. a teacher's source folder, whose weights it holds)."""
+    hook = getattr(module, "checkpoint_params", None)
+    return hook(params) if hook is not None else params
+
+
 def _save_module(module, folder: Path) -> None:
     from safetensors.torch import save_model
 
@@ -92,7 +99,8 @@ def save_component(module, section: str, spec, params, folder: str | Path, prese
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "components": {section: {"name": spec.name, "role": spec.role, "dist": spec.dist,
                                  "dist_version": spec.dist_version, "preset": preset,
-                                 "params": params.model_dump(mode="json"), "subfolder": section,
+                                 "params": _portable_params(module, params.model_dump(mode="json")),
+                                 "subfolder": section,
                                  "class": spec.target_str()}},
         **(extra or {}),
     }
@@ -112,7 +120,8 @@ def save_checkpoint(model, resolved, folder: str | Path, extra: dict | None = No
         if rc is None:
             continue
         comps[sec] = {"name": rc.spec.name, "role": rc.spec.role, "dist": rc.spec.dist,
-                      "dist_version": rc.spec.dist_version, "preset": rc.preset, "params": rc.params_dict,
+                      "dist_version": rc.spec.dist_version, "preset": rc.preset,
+                      "params": _portable_params(getattr(model, sec), rc.params_dict),
                       "subfolder": sec, "class": rc.spec.target_str()}
     manifest = {
         "format": FORMAT,

@@ -78,6 +78,10 @@ class DualViTok(nn.Module):
         self._last_reconstruction: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ contract
+    def checkpoint_params(self, params: dict) -> dict:
+        """What a checkpoint's manifest records: the teacher written out, its weights being ours."""
+        return {**params, "teacher": self.teacher.self_contained(self.semantic_encoder.model)}
+
     @property
     def codebooks(self) -> tuple[CodebookSpec, ...]:
         p = self.params

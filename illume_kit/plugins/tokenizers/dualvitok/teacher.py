@@ -13,6 +13,7 @@ the grid follows the image).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +129,26 @@ class Teacher:
             self.stride, self.width = model.patch_size, model.feature_dim
         model.requires_grad_(False)
         return model.eval()
+
+    def self_contained(self, model: nn.Module) -> dict[str, Any]:
+        """These params with ``model``'s architecture written out and no ``pretrained`` path.
+
+        A checkpoint holds the teacher's weights (``semantic_encoder.model.*``), so it needs only the
+        architecture to rebuild the teacher; the folder it was first loaded from (often a relative
+        ``runs/.../teacher``) need not exist where the checkpoint is loaded.
+        """
+        d = self.params.model_dump(mode="json")
+        if not d["pretrained"]:
+            return d
+        if self.kind == "siglip":
+            d["siglip"] = model.params.model_dump(mode="json")
+        else:
+            c = model.config
+            d.update(depth=c.depth, embed_dim=c.embed_dim, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio,
+                     hidden_size=c.hidden_size, patch_size=c.patch_size, spatial_merge_size=c.spatial_merge_size,
+                     temporal_patch_size=c.temporal_patch_size)
+        d["pretrained"] = None
+        return d
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         if self.kind == "siglip":

@@ -34,6 +34,10 @@ class SigLIPTokenizer(nn.Module):
         self.semantic_decoder = SemanticDecoder(p.code_dim, p.width, p.heads, p.mlp_ratio, p.decoder_blocks,
                                                 self.teacher.width)
 
+    def checkpoint_params(self, params: dict) -> dict:
+        """What a checkpoint's manifest records: the teacher written out, its weights being ours."""
+        return {**params, "teacher": self.teacher.self_contained(self.semantic_encoder.model)}
+
     @property
     def codebooks(self) -> tuple[CodebookSpec, ...]:
         return (CodebookSpec("semantic", self.semantic_quantizer.codebook_size, self.params.code_dim,
