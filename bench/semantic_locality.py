@@ -11,11 +11,16 @@ For every codebook level of each checkpoint's tokenizer (a tokenizer run or a un
 2. what survives quantisation: per cell, a multinomial logistic probe (trained on 80% of the
    scenes' cells, scored on the rest) for the cell's shape (or "nothing"), colour and size, on the
    pre-quantisation features and on the quantised code maps (``codes_to_maps``), with every patch
-   of the cell concatenated.
+   of the cell concatenated;
+3. how predictable the codes are: the entropy in bits of a patch's code given what its cell holds
+   (shape, colour, size or nothing) and where the patch sits in the cell. 0 when the codes are a
+   function of the cell's content; a language model writing the codes has to guess the rest.
 
 Session 12 found with it why the SigLIP-only arm could not draw colours: the tiny teacher's patches
 each held the whole scene, and its codes kept colour for 0.82 of cells; with the teacher's
-region-text loss (``region_weight``) both columns reach 1.00. Built for the grid worlds of the
+region-text loss (``region_weight``) both columns reach 1.00. Session 13 found with the third why
+one of two tokenizer trainings with dead-code restarts every 20 steps drew badly through its LLM:
+its empty cells took 21 codes chosen by the other cells (2.6 bits), against 0.1 in the other. Built for the grid worlds of the
 ``shapes`` data set (the checkpoint's own recipe, held-out ``val`` split); the feature grid side must
 be a multiple of the world's grid side.
 """
@@ -67,6 +72,21 @@ def cell_blocks(maps: torch.Tensor, grid: int) -> torch.Tensor:
     return x.reshape(b, grid * grid, -1)
 
 
+def code_entropy(codes: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean entropy in bits of a patch's code given its cell's labels and its place in the cell.
+
+    codes (cells, patches per cell) code indices; labels (cells, k) what each cell holds. Each
+    (labels, place) group contributes its entropy weighted by its share of the patches.
+    """
+    groups = torch.cat([labels.repeat_interleave(codes.shape[1], 0),
+                        torch.arange(codes.shape[1]).repeat(codes.shape[0])[:, None]], 1)
+    _, group = groups.unique(dim=0, return_inverse=True)
+    pairs, counts = torch.stack([group, codes.reshape(-1)], 1).unique(dim=0, return_counts=True)
+    totals = torch.zeros(int(group.max()) + 1).index_add_(0, pairs[:, 0], counts.float())
+    p = counts / totals[pairs[:, 0]]
+    return float(-(counts * p.log2()).sum() / codes.numel())
+
+
 def cell_labels(scene: dict) -> torch.Tensor:
     """(cells, 3) indices into ATTRIBUTES' vocabularies; -1 where a cell has no colour / size."""
     g = scene["grid"]
@@ -103,6 +123,7 @@ def measure(checkpoint: Path, n: int) -> list[tuple[str, dict[str, float]]]:
     dims = {cb.name: cb.feature_dim for cb in tok.codebooks}
     feats: dict[str, list] = {k: [] for k in dims}
     quant: dict[str, list] = {k: [] for k in dims}
+    codes: dict[str, list] = {k: [] for k in dims}
     for s in range(0, len(scenes), 50):
         images = torch.stack([to_tensor(render(sc, p.image_size, p.supersample, p.jitter)) for sc in scenes[s:s + 50]])
         out = tok.encode(images)
@@ -110,6 +131,7 @@ def measure(checkpoint: Path, n: int) -> list[tuple[str, dict[str, float]]]:
         for k in dims:
             feats[k].append(cell_blocks(_as_bchw(out.features[k], dims[k]).float(), p.grid))
             quant[k].append(cell_blocks(maps[k].float(), p.grid))
+            codes[k].append(cell_blocks(out.codes[k][:, None], p.grid))
     labels = torch.stack([cell_labels(sc) for sc in scenes]).reshape(-1, 3)
     rows = []
     rng = random.Random(0)
@@ -132,6 +154,7 @@ def measure(checkpoint: Path, n: int) -> list[tuple[str, dict[str, float]]]:
             for j, (attr, _) in enumerate(ATTRIBUTES):
                 keep = labels[:, j] >= 0
                 row[f"{name}: {attr}"] = probe_accuracy(x[keep], labels[keep, j])
+        row["codes: bits given the cell"] = code_entropy(torch.cat(codes[k]).reshape(len(labels), -1), labels)
         run = checkpoint.parent.name if checkpoint.name == "checkpoint" else checkpoint.name
         rows.append((f"{run} [{k}]", row))
     return rows

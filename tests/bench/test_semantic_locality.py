@@ -39,3 +39,12 @@ def test_cell_labels_name_shape_colour_size_or_nothing():
     assert labels[2].tolist() == [shapes.index("star"), colours.index("blue"), sizes.index("large")]
     assert [shapes[i] for i in labels[[0, 1, 3], 0]] == ["nothing"] * 3
     assert (labels[[0, 1, 3], 1:] == -1).all()
+
+
+def test_code_entropy_is_zero_for_codes_the_cell_decides_and_counts_the_rest():
+    labels = torch.tensor([[0, 1, 0], [2, 3, 1]]).repeat(50, 1)  # two kinds of cell, 100 cells
+    decided = torch.stack([labels[:, 0] * 10 + j for j in range(4)], 1)  # 4 patches, code = f(cell, place)
+    assert loc.code_entropy(decided, labels) == 0.0
+    coin = decided.clone()
+    coin[::4, 0] += 1  # patch 0 of every other kind-0 cell: one of two codes, half the time each
+    assert loc.code_entropy(coin, labels) == pytest.approx(1 / 4 / 2)  # 1 bit on 1 of 8 (kind, place) groups
