@@ -20,9 +20,9 @@ Session 12 found with it why the SigLIP-only arm could not draw colours: the tin
 each held the whole scene, and its codes kept colour for 0.82 of cells; with the teacher's
 region-text loss (``region_weight``) both columns reach 1.00. Session 13 found with the third why
 one of two tokenizer trainings with dead-code restarts every 20 steps drew badly through its LLM:
-its empty cells took 21 codes chosen by the other cells (2.6 bits), against 0.1 in the other. Built for the grid worlds of the
-``shapes`` data set (the checkpoint's own recipe, held-out ``val`` split); the feature grid side must
-be a multiple of the world's grid side.
+its empty cells took 21 codes chosen by the other cells (2.6 bits), against 0.1 in the other.
+Built for the grid worlds of the ``shapes`` data set (the checkpoint's own recipe, held-out ``val``
+split); the feature grid side must be a multiple of the world's grid side.
 """
 
 from __future__ import annotations
