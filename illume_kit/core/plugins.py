@@ -1,4 +1,4 @@
-"""The plugin manager: built-ins from registry.yaml plus third-party entry points, each isolated.
+"""The plugin manager: every ``illume_kit`` entry point, illume-kit's own included, each isolated.
 
 pluggy's own ``load_setuptools_entrypoints`` stops at the first plugin that fails to import; here
 every entry point is loaded and every hook implementation called inside its own ``try``, so a broken
@@ -6,25 +6,28 @@ plugin is listed as failed with a one-line reason and the CLI keeps working
 (``ILLUME_KIT_STRICT_PLUGINS=1`` or ``--strict`` turns failures into errors).
 
 Environment switches: ``ILLUME_KIT_DISABLE_PLUGINS=a,b`` skips entry points by name or distribution;
-``ILLUME_KIT_LOAD_PLUGINS=a,b`` loads only those (empty string: none).
+``ILLUME_KIT_LOAD_PLUGINS=a,b`` loads only those (empty string: none). Both select third-party
+plugins: the built-in plugin (``illume_kit.plugins.builtin``, entry point ``builtin`` of illume-kit)
+is always loaded, since recipes and checkpoints name its components.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from importlib import metadata, resources
-from pathlib import Path
+from importlib import import_module, metadata
 from typing import Any, Iterator
 
 import pluggy
 
 import illume_kit
-from illume_kit import hookimpl
-from illume_kit.core import hookspecs, yamlio
-from illume_kit.core.registry import ComponentSpec, DuplicateComponent, RecipeSource, Registry, RegistryError
+from illume_kit.core import hookspecs
+from illume_kit.core.registry import ComponentSpec, DuplicateComponent, Registry, RegistryError
 
 GROUP = "illume_kit"
+BUILTIN = "builtin"
+BUILTIN_DIST = "illume-kit"
+BUILTIN_MODULE = "illume_kit.plugins.builtin"
 
 
 class PluginError(RegistryError):
@@ -39,55 +42,6 @@ class PluginInfo:
     status: str = "ok"  # ok | failed | disabled
     reason: str = ""
     components: list[str] = field(default_factory=list)
-
-
-class BuiltinPlugin:
-    """illume-kit's own components, read from the packaged registry.yaml."""
-
-    def __init__(self) -> None:
-        text = resources.files("illume_kit").joinpath("registry.yaml").read_text()
-        self._data: dict[str, dict[str, dict[str, Any]]] = yamlio.safe_load(text) or {}
-
-    def _specs(self, role: str) -> list[ComponentSpec]:
-        out = []
-        for name, rec in (self._data.get(role) or {}).items():
-            out.append(ComponentSpec(role=role, name=name, target=rec["target"], summary=rec.get("summary", ""),
-                                     params=rec.get("params"), presets=rec.get("presets") or {},
-                                     aliases=tuple(rec.get("aliases", ()))))
-        return out
-
-    @hookimpl
-    def illume_kit_tokenizers(self):
-        return self._specs("tokenizer")
-
-    @hookimpl
-    def illume_kit_backbones(self):
-        return self._specs("backbone")
-
-    @hookimpl
-    def illume_kit_detokenizers(self):
-        return self._specs("detokenizer")
-
-    @hookimpl
-    def illume_kit_quantizers(self):
-        return self._specs("quantizer")
-
-    @hookimpl
-    def illume_kit_teachers(self):
-        return self._specs("teacher")
-
-    @hookimpl
-    def illume_kit_datasets(self):
-        return self._specs("dataset")
-
-    @hookimpl
-    def illume_kit_metrics(self):
-        return self._specs("metric")
-
-    @hookimpl
-    def illume_kit_recipes(self):
-        root = Path(__file__).resolve().parents[2] / "recipes"
-        return [RecipeSource(str(root))] if root.is_dir() else []
 
 
 def _one_line(exc: BaseException) -> str:
@@ -107,9 +61,10 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self._meta: dict[int, PluginInfo] = {}
-        self.register(BuiltinPlugin(), PluginInfo("builtin", "illume-kit", illume_kit.__version__))
         if entry_points:
             self._load_entry_points()
+        if not self.pm.has_plugin(BUILTIN):  # metadata without the entry point, or entry points off
+            self.register(import_module(BUILTIN_MODULE), PluginInfo(BUILTIN, BUILTIN_DIST, illume_kit.__version__))
 
     # -- registration ------------------------------------------------------------------
     def register(self, plugin: Any, info: PluginInfo) -> None:
@@ -136,7 +91,9 @@ class PluginManager:
             dist = ep.dist.name if ep.dist else "?"
             version = ep.dist.version if ep.dist else "?"
             info = PluginInfo(ep.name, dist, version)
-            if ep.name in disabled or dist in disabled or (only is not None and ep.name not in only and dist not in only):
+            builtin = ep.name == BUILTIN and dist == BUILTIN_DIST
+            chosen = ep.name not in disabled and dist not in disabled and (only is None or ep.name in only or dist in only)
+            if not (builtin or chosen):
                 info.status, info.reason = "disabled", "disabled by environment"
                 self.infos[ep.name] = info
                 continue
@@ -156,22 +113,21 @@ class PluginManager:
 
     def build_registry(self) -> Registry:
         reg = Registry()
-        for hook, role in hookspecs.HOOK_ROLES.items():
-            for info, fn in self._impls(hook):
-                if info.status != "ok":
-                    continue
-                try:
-                    specs = list(fn() or ())
-                    for spec in specs:
-                        if not isinstance(spec, ComponentSpec) or spec.role != role:
-                            raise PluginError(f"{hook} must return ComponentSpec records of role {role!r}, got {spec!r}")
-                except Exception as exc:
-                    self._fail(info, exc)
-                    continue
+        for info, fn in self._impls("illume_kit_components"):
+            if info.status != "ok":
+                continue
+            try:
+                specs = list(fn() or ())
                 for spec in specs:
-                    spec = replace(spec, dist=info.dist, dist_version=info.version, plugin=info.name)
-                    reg.add(spec)  # DuplicateComponent names both distributions
-                    info.components.append(f"{role}:{spec.name}")
+                    if not isinstance(spec, ComponentSpec):
+                        raise PluginError(f"illume_kit_components must return ComponentSpec records, got {spec!r}")
+            except Exception as exc:
+                self._fail(info, exc)
+                continue
+            for spec in specs:
+                spec = replace(spec, dist=info.dist, dist_version=info.version, plugin=info.name)
+                reg.add(spec)  # DuplicateComponent names both distributions
+                info.components.append(f"{spec.role}:{spec.name}")
         for info, fn in self._impls("illume_kit_recipes"):
             if info.status == "ok":
                 try:

@@ -66,6 +66,9 @@ class ComponentSpec:
     ``params`` points at the component's pydantic ``Params`` model; it should live in a torch-free
     module so that validating a recipe never imports torch. When omitted, ``target.Params`` is used.
     ``presets`` maps a preset name to a params dict; a recipe's ``params`` are applied on top.
+    ``provides`` names the capabilities the component offers to others (a tokenizer's
+    ``pixel_decoder``, ``code_maps``); ``requires`` the ones it needs from the components it is
+    composed with. ``illume-kit validate`` checks them without importing the component.
     """
 
     role: str
@@ -76,6 +79,7 @@ class ComponentSpec:
     presets: Any = field(default_factory=dict)  # mapping, or a lazy "module:attr" to one
     aliases: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
     api: int = 1
     # provenance, filled by the plugin manager
     dist: str = "illume-kit"

@@ -35,10 +35,10 @@ def good_module():
     m = types.SimpleNamespace()
 
     @hookimpl
-    def illume_kit_tokenizers():
+    def illume_kit_components():
         return [ComponentSpec("tokenizer", "goodtok", target="x:y", summary="ok")]
 
-    m.illume_kit_tokenizers = illume_kit_tokenizers
+    m.illume_kit_components = illume_kit_components
     return m
 
 
@@ -75,10 +75,10 @@ def test_hook_that_raises_is_isolated(fake_eps):
     m = types.SimpleNamespace()
 
     @hookimpl
-    def illume_kit_backbones():
+    def illume_kit_components():
         raise RuntimeError("bad config")
 
-    m.illume_kit_backbones = illume_kit_backbones
+    m.illume_kit_components = illume_kit_components
     fake_eps.append(FakeEP("raiser", "illume-kit-raiser", lambda: m))
     pm = PluginManager()
     reg = pm.build_registry()
@@ -103,6 +103,39 @@ def test_disable_and_allow_list(fake_eps, monkeypatch):
     assert not reg.has("tokenizer", "goodtok") and reg.has("tokenizer", "dualvitok")
 
 
+def _builtin_ep():
+    from illume_kit.plugins import builtin
+
+    ep = FakeEP("builtin", "illume-kit", lambda: builtin)
+    ep.dist.version = "0.1.0"
+    return ep
+
+
+def test_builtins_come_through_their_entry_point(fake_eps):
+    fake_eps += [_builtin_ep(), FakeEP("good", "illume-kit-good", good_module)]
+    pm = PluginManager()
+    reg = pm.build_registry()
+    assert pm.infos["builtin"].dist == "illume-kit" and "tokenizer:dualvitok" in pm.infos["builtin"].components
+    assert reg.get("detokenizer", "vq").plugin == "builtin" and reg.has("tokenizer", "goodtok")
+
+
+@pytest.mark.parametrize("env", [("ILLUME_KIT_DISABLE_PLUGINS", "builtin,illume-kit,good"),
+                                 ("ILLUME_KIT_LOAD_PLUGINS", "")])
+def test_builtins_are_never_disabled(fake_eps, monkeypatch, env):
+    fake_eps += [_builtin_ep(), FakeEP("good", "illume-kit-good", good_module)]
+    monkeypatch.setenv(*env)
+    pm = PluginManager()
+    reg = pm.build_registry()
+    assert pm.infos["good"].status == "disabled" and not reg.has("tokenizer", "goodtok")
+    assert pm.infos["builtin"].status == "ok" and reg.has("tokenizer", "dualvitok") and reg.has("dataset", "shapes")
+
+
+def test_builtins_without_entry_point_metadata(fake_eps):
+    pm = PluginManager()  # no entry points at all, as in a checkout on PYTHONPATH
+    assert pm.build_registry().has("backbone", "qwen2") and pm.infos["builtin"].status == "ok"
+    assert PluginManager(entry_points=False).build_registry().has("detokenizer", "diffusion")
+
+
 def test_in_test_registration_and_did_you_mean():
     with registered(good_module(), name="inline") as reg:
         assert reg.has("tokenizer", "goodtok")
@@ -115,11 +148,12 @@ def test_bad_hook_return_type_fails_that_plugin(fake_eps):
     m = types.SimpleNamespace()
 
     @hookimpl
-    def illume_kit_tokenizers():
-        return [ComponentSpec("backbone", "wrongrole", target="x:y")]
+    def illume_kit_components():
+        return [{"role": "tokenizer", "name": "wrongtype", "target": "x:y"}]
 
-    m.illume_kit_tokenizers = illume_kit_tokenizers
+    m.illume_kit_components = illume_kit_components
     fake_eps.append(FakeEP("wrong", "illume-kit-wrong", lambda: m))
     pm = PluginManager()
-    pm.build_registry()
-    assert pm.infos["wrong"].status == "failed" and "role 'tokenizer'" in pm.infos["wrong"].reason
+    reg = pm.build_registry()
+    assert pm.infos["wrong"].status == "failed" and "must return ComponentSpec records" in pm.infos["wrong"].reason
+    assert not reg.has("tokenizer", "wrongtype") and reg.has("tokenizer", "dualvitok")

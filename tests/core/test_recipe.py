@@ -29,18 +29,12 @@ class ToyBackboneParams(ComponentParams):
 
 class ToyPlugin:
     @hookimpl
-    def illume_kit_tokenizers(self):
+    def illume_kit_components(self):
         return [ComponentSpec("tokenizer", "toytok", target="x:y", params=ToyTokParams,
                               presets={"tiny": {"width": 4}, "big": {"width": 64}}),
-                ComponentSpec("tokenizer", "toytok2", target="x:y", params=ToyTokParams)]
-
-    @hookimpl
-    def illume_kit_quantizers(self):
-        return [ComponentSpec("quantizer", "toy-q", target="x:y", params=ToyQParams)]
-
-    @hookimpl
-    def illume_kit_backbones(self):
-        return [ComponentSpec("backbone", "toybb", target="x:y", params=ToyBackboneParams)]
+                ComponentSpec("tokenizer", "toytok2", target="x:y", params=ToyTokParams),
+                ComponentSpec("quantizer", "toy-q", target="x:y", params=ToyQParams),
+                ComponentSpec("backbone", "toybb", target="x:y", params=ToyBackboneParams)]
 
 
 @pytest.fixture()

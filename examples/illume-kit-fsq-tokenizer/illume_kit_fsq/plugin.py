@@ -5,7 +5,7 @@ from illume_kit.core.registry import ComponentSpec
 
 
 @hookimpl
-def illume_kit_tokenizers():
+def illume_kit_components():
     return [
         ComponentSpec(
             role="tokenizer",
@@ -14,5 +14,6 @@ def illume_kit_tokenizers():
             params="illume_kit_fsq.params:FSQTokenizerParams",
             presets="illume_kit_fsq.params:PRESETS",
             summary="Small conv autoencoder with FSQ (example third-party plugin)",
+            provides=("pixel_decoder", "code_maps"),
         )
     ]
