@@ -382,6 +382,25 @@ def validate_components(data: Mapping[str, Any], registry: Registry, prov: Mappi
     return out
 
 
+def check_compatibility(comps: Mapping[str, ResolvedComponent], registry: Registry, prov: Mapping[str, str],
+                        problems: list[Problem]) -> None:
+    """Each composed component's ``requires`` against what the others ``provide`` (registry records only)."""
+    for section, rc in comps.items():
+        others = {s: o.spec for s, o in comps.items() if s != section}
+        offered = {cap for spec in others.values() for cap in spec.provides}
+        missing = [cap for cap in rc.spec.requires if cap not in offered]
+        if not missing:
+            continue
+        partner = others.get("tokenizer")
+        what = (f"tokenizer {partner.name!r}, which provides {', '.join(partner.provides) or 'nothing'}"
+                if partner is not None else "the other components")
+        fits = [s.name for s in registry.specs(rc.spec.role) if set(s.requires) <= offered]
+        hint = (f"; registered {rc.spec.role}s that work with it: {', '.join(fits)}" if fits
+                else f"; no registered {rc.spec.role} works with it")
+        problems.append(Problem(f"{section}.name", f"{rc.spec.role} {rc.spec.name!r} requires {', '.join(missing)}, "
+                                                   f"not provided by {what}{hint}", source_of(f"{section}.name", prov)))
+
+
 # ---------------------------------------------------------------------------------------------
 def default_search_paths(registry: Registry | None) -> list[Path]:
     return [Path(s.path) for s in (registry.recipe_sources if registry else [])]
@@ -418,6 +437,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), registry: Regis
     except ValidationError as exc:
         problems.extend(pydantic_problems(exc, Recipe, "", prov))
     comps = validate_components(data, registry, prov, problems) if components and registry is not None else {}
+    if comps and all(sec in comps for sec in COMPONENT_ROLES if data.get(sec) is not None):
+        check_compatibility(comps, registry, prov, problems)  # only between components that resolved
     if problems:
         raise RecipeError(origin, problems)
     return ResolvedRecipe(recipe, data, comps, origin=origin)

@@ -40,6 +40,16 @@ def test_validate_imports_no_torch_and_reports_all_mistakes(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_validate_checks_component_compatibility_without_torch():
+    r = run("validate", "recipes/dualvitok_qwen2_tiny.yaml", "tokenizer=siglip", "detokenizer=vq", check_torch=True)
+    assert r.returncode == 2, r.stderr
+    err = " ".join(r.stderr.split())
+    assert "detokenizer.name: detokenizer 'vq' requires pixel_decoder" in err and "tokenizer 'siglip'" in err
+    assert "registered detokenizers that work with it: diffusion" in err and "Traceback" not in err
+    r = run("validate", "recipes/dualvitok_qwen2_tiny.yaml", "tokenizer=siglip", "detokenizer=diffusion", check_torch=True)
+    assert r.returncode == 0, r.stderr
+
+
 def test_show_lists_params_and_presets():
     r = run("show", "tokenizer", "fsq-conv")
     assert r.returncode == 0, r.stderr
