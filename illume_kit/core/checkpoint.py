@@ -25,6 +25,7 @@ import illume_kit
 from illume_kit.core import yamlio
 from illume_kit.core.atomic import atomic_dir
 from illume_kit.core.layout import VocabLayout
+from illume_kit.core.protocols import CheckpointParams, LoadsExtra, SavesExtra
 from illume_kit.core.registry import Registry, RegistryError, UnknownComponent
 from illume_kit.core.schema import ModelOptions
 
@@ -48,8 +49,7 @@ def _version_tuple(v: str) -> tuple:
 def _portable_params(module, params: dict) -> dict:
     """The params a manifest records: a component with a ``checkpoint_params`` hook rewrites what
     its weights make redundant (e.g. a teacher's source folder, whose weights it holds)."""
-    hook = getattr(module, "checkpoint_params", None)
-    return hook(params) if hook is not None else params
+    return module.checkpoint_params(params) if isinstance(module, CheckpointParams) else params
 
 
 def _save_module(module, folder: Path) -> None:
@@ -57,7 +57,7 @@ def _save_module(module, folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     save_model(module, str(folder / "model.safetensors"))
-    if hasattr(module, "save_extra"):
+    if isinstance(module, SavesExtra):
         module.save_extra(folder)
 
 
@@ -214,7 +214,7 @@ def load_checkpoint(folder: str | Path, registry: Registry | None = None, weight
     parts = {}
     for sec, (spec, params) in resolved.items():
         part = build_component(spec, params)
-        if hasattr(part, "load_extra") and (folder / sec).is_dir():
+        if isinstance(part, LoadsExtra) and (folder / sec).is_dir():
             part.load_extra(folder / sec)
         parts[sec] = part
     options = ModelOptions.model_validate(manifest.get("model", {}))

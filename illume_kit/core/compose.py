@@ -15,6 +15,7 @@ from typing import Any, Mapping, get_args
 from pydantic import BaseModel
 
 from illume_kit.core.layout import VocabLayout
+from illume_kit.core.protocols import Attaches, ExpectsCodebooks, TextVocab
 from illume_kit.core.recipe import ResolvedRecipe
 from illume_kit.core.registry import ComponentSpec, RegistryError
 from illume_kit.core.schema import ModelOptions
@@ -37,7 +38,7 @@ def check_contracts(tokenizer: Any, detokenizer: Any | None, names: Mapping[str,
     if detokenizer is None:
         return
     tok, det = names.get("tokenizer", "tokenizer"), names.get("detokenizer", "detokenizer")
-    if hasattr(detokenizer, "attach"):
+    if isinstance(detokenizer, Attaches):
         try:
             detokenizer.attach(tokenizer)
         except ValueError as exc:
@@ -47,7 +48,7 @@ def check_contracts(tokenizer: Any, detokenizer: Any | None, names: Mapping[str,
         if name not in cbs:
             raise ComposeError(f"detokenizer {det!r} consumes codebook {name!r}, which tokenizer {tok!r} does not have "
                                f"(it has: {', '.join(cbs)})")
-    for exp in getattr(detokenizer, "expected_codebooks", ()) or ():
+    for exp in (detokenizer.expected_codebooks if isinstance(detokenizer, ExpectsCodebooks) else ()):
         have = cbs.get(exp.name)
         if have is None or (have.size, have.code_dim) != (exp.size, exp.code_dim):
             got = f"size {have.size}, dim {have.code_dim}" if have else "missing"
@@ -67,7 +68,7 @@ def level_order(tokenizer: Any, order: str = "coarse_first") -> list[Any]:
 
 
 def build_layout(tokenizer: Any, backbone: Any, options: ModelOptions) -> VocabLayout:
-    text = int(getattr(backbone, "text_vocab_size", None) or backbone.vocab_size)
+    text = int(backbone.text_vocab_size if isinstance(backbone, TextVocab) else backbone.vocab_size)
     return VocabLayout.build(text, [(cb.name, cb.size) for cb in level_order(tokenizer, options.level_order)],
                              options.resolution_step, options.max_resolution)
 

@@ -4,7 +4,12 @@ ILLUME+ splits an "any-to-any" model into a visual tokenizer (image -> per-codeb
 continuous features), a language backbone (a causal LM whose vocabulary is extended with image
 tokens) and a detokenizer (codes -> pixels). illume-kit makes each a plugin; this module is all
 a plugin author has to satisfy. They are `typing.Protocol`s, so nothing needs to inherit from us:
-behaviour is checked by the conformance suite in `illume_kit.testing`, not by isinstance.
+behaviour is checked by the conformance suite in `illume_kit.testing`.
+
+The required protocols (``VisualTokenizer``, ``LanguageBackbone``, ``Detokenizer``, ``Quantizer``,
+``Metric``) come first. Below them, each optional capability is a small runtime-checkable protocol:
+illume-kit uses a capability only where ``isinstance(component, Capability)`` holds, so these
+classes are the one place that names each optional method. ``docs/plugins.md`` lists them all.
 
 Every component class has a nested pydantic ``Params`` model (``extra="forbid"``) and is built
 from one validated instance: ``Component(Component.Params(**params))``.
@@ -15,9 +20,11 @@ This module imports no torch at runtime: listing and validating recipes must sta
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal, Mapping, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     import torch
     from pydantic import BaseModel
 
@@ -136,9 +143,6 @@ class Detokenizer(Protocol):
     @property
     def output_scale(self) -> int: ...
 
-    def attach(self, tokenizer: VisualTokenizer) -> None:
-        """Called once by compose before weights load: size conditioning from the tokenizer."""
-
     def decode(self, codes: Mapping[str, "torch.Tensor"], **sampling: Any) -> "torch.Tensor":
         """Codes -> images in [0, 1] at ``output_scale`` x the codes' pixel resolution."""
 
@@ -154,3 +158,152 @@ class Quantizer(Protocol):
         """z: (B, N, dim) channel-last."""
 
     def indices_to_codes(self, indices: "torch.Tensor") -> "torch.Tensor": ...
+
+
+@dataclass
+class EvalContext:
+    """What ``illume-kit eval`` hands every metric: the loaded model and its recipe, the held-out data,
+    and a ``cache`` that metrics computed in one pass share (the reconstruction pass fills it once).
+
+    ``names``: the ``eval.metrics`` entries of this metric's family (``rec/psnr`` -> family ``rec``).
+    ``options``: the recipe's ``eval.options``; ``decode``: detokenizer sampling options.
+    """
+
+    model: Any
+    resolved: Any
+    dataset: Any
+    num_samples: int
+    split: str = "val"
+    names: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+    decode: Mapping[str, Any] = field(default_factory=dict)
+    out_dir: "Path | None" = None
+    quiet: bool = True
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Metric(Protocol):
+    """An evaluation metric family (role ``metric``), registered under the family name that prefixes
+    its results: a metric registered as ``sharpness`` returns ``{"sharpness/laplacian": 0.31, ...}``.
+
+    ``goal`` says which way is better for every number it returns (``"max"`` or ``"min"``).
+    """
+
+    Params: ClassVar[type["BaseModel"]]
+    goal: Literal["max", "min"]
+
+    def compute(self, ctx: EvalContext) -> Mapping[str, float]:
+        """Metric name -> value, each name ``<family>/<quantity>``."""
+
+
+# ---- optional capabilities ------------------------------------------------------------------
+@runtime_checkable
+class CodeMaps(Protocol):
+    """Tokenizer: codes -> quantised maps, what a diffusion detokenizer conditions on
+    (registry ``provides: [code_maps]``)."""
+
+    def codes_to_maps(self, codes: Mapping[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+        """{codebook: (B, h, w) codes} -> {codebook: (B, code_dim, h, w)}, equal to ``encode().quantized``."""
+
+
+@runtime_checkable
+class SemanticScore(Protocol):
+    """Tokenizer with a semantic teacher: how well its codes keep the teacher's features (``sem/cosine``)."""
+
+    def semantic_cosine(self, images: "torch.Tensor") -> "torch.Tensor":
+        """images (B, 3, H, W) in [0, 1] -> (B,) cosine in [-1, 1] per image."""
+
+
+@runtime_checkable
+class Adversarial(Protocol):
+    """Tokenizer trained with a discriminator; the trainer steps it with its own optimizer.
+
+    ``discriminator`` may be ``None`` (adversarial loss switched off by params); when it is a module,
+    ``params.disc_start`` (if present) is the first step of the adversarial loss.
+    """
+
+    discriminator: Any
+
+    def discriminator_loss(self, images: "torch.Tensor", step: int = 0) -> dict[str, "torch.Tensor"]:
+        """Discriminator losses; must contain a scalar ``loss``."""
+
+
+@runtime_checkable
+class CheckpointParams(Protocol):
+    """Rewrite the params a checkpoint manifest records (drop what the saved weights make redundant)."""
+
+    def checkpoint_params(self, params: dict[str, Any]) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class SavesExtra(Protocol):
+    """Write files beside the component's ``model.safetensors`` in a checkpoint."""
+
+    def save_extra(self, folder: "str | Path") -> None: ...
+
+
+@runtime_checkable
+class LoadsExtra(Protocol):
+    """Read what ``save_extra`` wrote; called after construction, before weights and ``extend_vocab``."""
+
+    def load_extra(self, folder: "str | Path") -> None: ...
+
+
+@runtime_checkable
+class TextVocab(Protocol):
+    """Backbone whose text vocabulary is smaller than its current embedding table; the vocab layout
+    starts its image and structure tokens at ``text_vocab_size`` (default: ``vocab_size``)."""
+
+    @property
+    def text_vocab_size(self) -> int: ...
+
+
+@runtime_checkable
+class RetrainsTextTokenizer(Protocol):
+    """Backbone trained from scratch that can fit its text tokenizer to the task texts (same size)."""
+
+    def retrain_text_tokenizer(self, texts: Iterable[str]) -> None: ...
+
+
+@runtime_checkable
+class IncrementalCache(Protocol):
+    """Backbone that supplies an empty KV cache object for the first sampling step."""
+
+    def new_cache(self) -> Any: ...
+
+
+@runtime_checkable
+class Attaches(Protocol):
+    """Detokenizer that sizes itself from the tokenizer; compose calls it once, before weights load,
+    and reports a ``ValueError`` it raises as an incompatibility."""
+
+    def attach(self, tokenizer: VisualTokenizer) -> None: ...
+
+
+@runtime_checkable
+class ExpectsCodebooks(Protocol):
+    """Detokenizer trained for specific codebooks; compose checks size and dim against the tokenizer."""
+
+    @property
+    def expected_codebooks(self) -> tuple[CodebookSpec, ...]: ...
+
+
+@runtime_checkable
+class ReportsSizes(Protocol):
+    """Dataset that knows each item's (H, W) without decoding it (size-bucketed batching)."""
+
+    def size_of(self, index: int) -> tuple[int, int]: ...
+
+
+CAPABILITIES: dict[str, tuple[type, ...]] = {
+    "tokenizer": (CodeMaps, SemanticScore, Adversarial, CheckpointParams, SavesExtra, LoadsExtra),
+    "backbone": (TextVocab, RetrainsTextTokenizer, IncrementalCache, CheckpointParams, SavesExtra, LoadsExtra),
+    "detokenizer": (Attaches, ExpectsCodebooks, CheckpointParams, SavesExtra, LoadsExtra),
+    "dataset": (ReportsSizes,),
+}
+
+
+def capabilities(component: Any, role: str) -> list[str]:
+    """Names of the optional capabilities of ``role`` that ``component`` implements."""
+    return [c.__name__ for c in CAPABILITIES.get(role, ()) if isinstance(component, c)]

@@ -17,12 +17,13 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from illume_kit.core.protocols import ReportsSizes
+
 
 def dataset_sizes(dataset: Dataset) -> list[tuple[int, int]]:
     """(H, W) per item: ``dataset.size_of(i)`` when provided, else by loading each item."""
-    size_of = getattr(dataset, "size_of", None)
-    if size_of is not None:
-        return [tuple(size_of(i)) for i in range(len(dataset))]
+    if isinstance(dataset, ReportsSizes):
+        return [tuple(dataset.size_of(i)) for i in range(len(dataset))]
     return [tuple(dataset[i]["image"].shape[-2:]) for i in range(len(dataset))]
 
 

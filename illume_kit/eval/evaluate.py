@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from illume_kit.core.protocols import SemanticScore
 from illume_kit.eval.metrics import CodebookStats, reconstruction_metrics
 
 
@@ -38,7 +39,7 @@ def reconstruction(model, dataset, num_samples: int, batch_size: int = 16, quiet
     stats = {cb.name: CodebookStats(cb.size, cb.name) for cb in tok.codebooks}
     sums: dict[str, float] = {}
     count = 0
-    sem = getattr(tok, "semantic_cosine", None)
+    sem = tok.semantic_cosine if isinstance(tok, SemanticScore) else None
     shown = None
     n = min(num_samples, len(dataset))
     t_decode = 0.0

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from illume_kit.core.protocols import RetrainsTextTokenizer
 from illume_kit.model.sequence import IGNORE, Batch, EncodeCache, Sample, assemble
 
 GROUPS = ("projectors", "new_embeddings", "backbone", "all")
@@ -172,6 +173,7 @@ def stage_setup(runner: Any, stage: Any):
     first_mllm = next(s for s in runner.recipe.train.stages if s.target == "mllm").name == stage.name
     started = (runner.out / "stages" / stage.name / "checkpoints" / "latest").exists()
     if (opts.get("retrain_text_tokenizer", True) and first_mllm and not started
+            and isinstance(model.backbone, RetrainsTextTokenizer)
             and not getattr(model.backbone.params, "pretrained", None)):
         n = min(len(data), int(opts.get("text_corpus_items", 400)))
         model.backbone.retrain_text_tokenizer(sorted(task_texts(data[i] for i in range(n))))

@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from illume_kit.core.protocols import IncrementalCache
 from illume_kit.model.image_tokens import parse_image_ids
 from illume_kit.model.sequence import Ids, Part, Sample, assemble
 from illume_kit.model.tasks import edit_prompt, t2i_prompt, und_prompt
@@ -270,7 +271,7 @@ class StructuredSampler:
         next_pos, cur = batch.attention_mask.sum(1), T0
         gen = torch.Generator(device=dev).manual_seed(self.seed)
         table = torch.tensor([[s.temperature, s.top_k or 0, s.top_p] for s in self.sampling], device=dev)
-        cache = backbone.new_cache() if hasattr(backbone, "new_cache") else None
+        cache = backbone.new_cache() if isinstance(backbone, IncrementalCache) else None
         out = backbone(batch.inputs_embeds, attention_mask=batch.attention_mask, past_key_values=cache,
                        position_ids=batch.position_ids, use_cache=True)
         logits, cache = out.logits[:, -1], out.past_key_values

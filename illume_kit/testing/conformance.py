@@ -2,7 +2,10 @@
 
 Behaviour the protocols cannot express is checked here: codes lie in range on the declared grid,
 eval mode is deterministic, losses are scalars, ``Params`` serialise to JSON Schema, and a
-safetensors save/load round trip reproduces outputs exactly. Use it from pytest::
+safetensors save/load round trip reproduces outputs exactly. Every optional capability of
+``illume_kit.core.protocols`` that a component implements is exercised too (``*_capabilities``), and
+``check_declared`` compares a registry record's ``provides`` with what the component does. Use it
+from pytest::
 
     from illume_kit.testing import conformance
 
@@ -23,6 +26,9 @@ from typing import Callable
 import torch
 
 from illume_kit.core.layout import VocabLayout
+from illume_kit.core.protocols import (Adversarial, Attaches, CheckpointParams, CodebookSpec, CodeMaps, ExpectsCodebooks,
+                                      IncrementalCache, LoadsExtra, Metric, RetrainsTextTokenizer, SavesExtra,
+                                      SemanticScore, TextVocab)
 
 
 def _images(n: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -109,9 +115,63 @@ def tokenizer_schema(factory, size: int = 64) -> None:
     check_params_schema(factory())
 
 
+def _persistence(factory, module) -> None:
+    """``checkpoint_params`` gives params that still validate; ``save_extra`` / ``load_extra`` run."""
+    params = getattr(module, "params", None)
+    if isinstance(module, CheckpointParams) and params is not None:
+        out = module.checkpoint_params(params.model_dump(mode="json"))
+        assert isinstance(out, dict), "checkpoint_params must return a dict"
+        type(module).Params.model_validate(out)
+    if isinstance(module, SavesExtra):
+        with tempfile.TemporaryDirectory() as d:
+            module.save_extra(Path(d))
+            if isinstance(module, LoadsExtra):
+                fresh = factory()
+                (fresh[1] if isinstance(fresh, tuple) else fresh).load_extra(Path(d))
+
+
+def tokenizer_capabilities(factory, size: int = 64) -> None:
+    """The optional capabilities the tokenizer implements: shapes and types of what they return."""
+    tok = factory().eval()
+    x = _images(size=size)
+    grid = tok.grid(size, size)
+    with torch.no_grad():
+        out = tok.encode(x)
+        if isinstance(tok, CodeMaps):
+            maps = tok.codes_to_maps(out.codes)
+            assert set(maps) == set(out.codes), "codes_to_maps must return one map per codebook it was given"
+            for cb in tok.codebooks:
+                m = maps[cb.name]
+                assert tuple(m.shape) == (2, cb.code_dim, *grid[cb.name]), f"{cb.name}: map {tuple(m.shape)}"
+                if cb.name in out.quantized:
+                    assert torch.allclose(m, out.quantized[cb.name], atol=1e-5), \
+                        f"{cb.name}: codes_to_maps differs from encode().quantized"
+        if isinstance(tok, SemanticScore):
+            cos = tok.semantic_cosine(x)
+            assert tuple(cos.shape) == (2,), f"semantic_cosine must give (B,), got {tuple(cos.shape)}"
+            assert float(cos.abs().max()) <= 1 + 1e-4, "semantic_cosine must lie in [-1, 1]"
+    if isinstance(tok, Adversarial) and tok.discriminator is not None:
+        assert isinstance(tok.discriminator, torch.nn.Module), "discriminator must be an nn.Module or None"
+        losses = tok.train().discriminator_loss(x, step=10**9)
+        assert "loss" in losses and all(torch.is_tensor(v) and v.ndim == 0 for v in losses.values()), \
+            "discriminator_loss must return scalar tensors, with 'loss'"
+    _persistence(factory, tok)
+
+
+def check_declared(provides, component) -> None:
+    """A registry record's ``provides`` matches the component: ``pixel_decoder`` if and only if
+    ``has_pixel_decoder``, ``code_maps`` if and only if it implements ``CodeMaps``."""
+    declared = set(provides)
+    has = {"pixel_decoder": bool(getattr(component, "has_pixel_decoder", False)),
+           "code_maps": isinstance(component, CodeMaps)}
+    for cap, present in has.items():
+        assert (cap in declared) == present, (f"the registry record {'declares' if cap in declared else 'omits'} "
+                                              f"provides: {cap}, but the component {'has' if present else 'lacks'} it")
+
+
 # ---- backbones --------------------------------------------------------------------------
 def _layout(bb) -> VocabLayout:
-    text = getattr(bb, "text_vocab_size", None) or bb.vocab_size
+    text = bb.text_vocab_size if isinstance(bb, TextVocab) else bb.vocab_size
     return VocabLayout.build(text, [("semantic", 16), ("pixel", 32)], resolution_step=16, max_resolution=64)
 
 
@@ -147,10 +207,24 @@ def backbone_schema(factory) -> None:
     check_params_schema(factory())
 
 
+def backbone_capabilities(factory) -> None:
+    import inspect
+
+    bb = factory().eval()
+    if isinstance(bb, TextVocab):
+        assert isinstance(bb.text_vocab_size, int) and 1 <= bb.text_vocab_size <= bb.vocab_size
+    if isinstance(bb, IncrementalCache):
+        assert bb.new_cache() is not None, "new_cache() must return a cache object"
+    if isinstance(bb, RetrainsTextTokenizer):
+        inspect.signature(bb.retrain_text_tokenizer).bind(["a text"])
+    _persistence(factory, bb)
+
+
 # ---- detokenizers -----------------------------------------------------------------------
 def detokenizer_decode(factory, size: int = 64) -> None:
     tok, det = factory()
-    det.attach(tok)
+    if isinstance(det, Attaches):
+        det.attach(tok)
     tok.eval(), det.eval()
     with torch.no_grad():
         codes = tok.encode(_images(size=size)).codes
@@ -174,6 +248,17 @@ def detokenizer_schema(factory, size: int = 64) -> None:
     check_params_schema(factory()[1])
 
 
+def detokenizer_capabilities(factory, size: int = 64) -> None:
+    tok, det = factory()
+    if isinstance(det, Attaches):
+        det.attach(tok)
+    if isinstance(det, ExpectsCodebooks):
+        exp = tuple(det.expected_codebooks)
+        assert all(isinstance(cb, CodebookSpec) for cb in exp), "expected_codebooks must be CodebookSpec records"
+        assert {cb.name for cb in exp} <= {cb.name for cb in tok.codebooks}
+    _persistence(factory, det)
+
+
 # ---- quantizers -------------------------------------------------------------------------
 def quantizer_contract(factory) -> None:
     q = factory().eval()
@@ -192,12 +277,30 @@ def quantizer_schema(factory) -> None:
     check_params_schema(factory())
 
 
+# ---- metrics ----------------------------------------------------------------------------
+def metric_contract(factory) -> None:
+    """A metric: a ``Metric``, with a ``goal`` and forbidding ``Params``. (What ``compute`` returns
+    is checked by ``check_metric_result`` on a real evaluation context.)"""
+    m = factory()
+    assert isinstance(m, Metric), "a metric needs Params, goal and compute(ctx)"
+    assert m.goal in ("max", "min"), f"goal must be 'max' or 'min', got {m.goal!r}"
+    check_params_schema(m)
+
+
+def check_metric_result(result, family: str) -> None:
+    assert isinstance(result, dict) and result, "compute must return a non-empty dict"
+    for k, v in result.items():
+        assert isinstance(k, str) and k.split("/")[0] == family, f"metric name {k!r} must start with {family}/"
+        assert isinstance(v, float), f"{k}: value must be a float, got {type(v).__name__}"
+
+
 CHECKS: dict[str, list[Callable]] = {
     "tokenizer": [tokenizer_schema, tokenizer_codes_in_range, tokenizer_deterministic, tokenizer_loss_scalar,
-                  tokenizer_decode_shape, tokenizer_round_trip],
-    "backbone": [backbone_schema, backbone_forward, backbone_round_trip],
-    "detokenizer": [detokenizer_schema, detokenizer_decode],
+                  tokenizer_decode_shape, tokenizer_round_trip, tokenizer_capabilities],
+    "backbone": [backbone_schema, backbone_forward, backbone_round_trip, backbone_capabilities],
+    "detokenizer": [detokenizer_schema, detokenizer_decode, detokenizer_capabilities],
     "quantizer": [quantizer_schema, quantizer_contract],
+    "metric": [metric_contract],
 }
 
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from illume_kit.core.compose import build_component, compose
 from illume_kit.core.recipe import ResolvedRecipe
+from illume_kit.core.protocols import Adversarial
 from illume_kit.core.schema import Stage
 from illume_kit.core import yamlio
 from illume_kit.core.atomic import atomic_write_text
@@ -235,7 +236,7 @@ class StageRunner:
 
     def _tokenizer(self, stage: Stage):
         tok = self.model.tokenizer
-        disc = getattr(tok, "discriminator", None)
+        disc = tok.discriminator if isinstance(tok, Adversarial) else None
 
         def step(m, batch, s):
             return m.loss(batch["image"], s)

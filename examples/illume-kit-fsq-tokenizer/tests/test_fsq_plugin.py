@@ -32,3 +32,10 @@ def test_non_square_sizes_round_trip():
     assert out.codes["pixel"].shape == (2, 2, 3)
     assert tok.decode(out.codes).shape == (2, 3, 32, 48)
     assert torch.allclose(tok.codes_to_maps(out.codes)["pixel"], out.quantized["pixel"])
+
+
+def test_registry_record_declares_what_the_tokenizer_provides():
+    from illume_kit.core.plugins import PluginManager
+
+    spec = PluginManager().build_registry().get("tokenizer", "fsq-conv")
+    conformance.check_declared(spec.provides, make())

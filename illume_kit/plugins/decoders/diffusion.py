@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from illume_kit.core.protocols import CodeMaps
 from illume_kit.plugins.decoders.params import DiffusionDetokenizerParams
 from illume_kit.plugins.decoders.schedules import TrainingProcess, make_scheduler
 from illume_kit.plugins.decoders.spaces import PixelSpace, VAESpace
@@ -65,7 +66,7 @@ class DiffusionDetokenizer(nn.Module):
 
     def attach(self, tokenizer: Any) -> None:
         """Pick the consumed codebooks, size the UNet input from their code dims, load ``pretrained``."""
-        if not callable(getattr(tokenizer, "codes_to_maps", None)):
+        if not isinstance(tokenizer, CodeMaps):
             raise ValueError(
                 f"the diffusion detokenizer conditions on quantised code maps, but {type(tokenizer).__name__} "
                 "has no codes_to_maps(codes) -> {name: (B, code_dim, h, w)}"

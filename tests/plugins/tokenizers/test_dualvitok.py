@@ -212,3 +212,9 @@ def test_usage_counters_reach_the_model():
 @conformance.parametrize("tokenizer")
 def test_conformance(check):
     check(lambda: tiny())
+
+
+def test_registry_record_declares_what_the_tokenizer_provides():
+    from illume_kit.core.plugins import get_registry
+
+    conformance.check_declared(get_registry().get("tokenizer", "dualvitok").provides, tiny())

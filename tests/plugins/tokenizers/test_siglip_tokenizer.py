@@ -51,3 +51,9 @@ def test_compose_refuses_vq_detokenizer(tmp_path):
                  "detokenizer: {name: vq}\n")
     with pytest.raises(ComposeError, match="semantic-only.*'diffusion'"):
         compose(load_recipe(p))
+
+
+def test_registry_record_declares_what_the_tokenizer_provides():
+    from illume_kit.core.plugins import get_registry
+
+    conformance.check_declared(get_registry().get("tokenizer", "siglip").provides, make())
