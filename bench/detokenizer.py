@@ -19,10 +19,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from illume_kit.core.protocols import CodeMaps
 from illume_kit.plugins.decoders.diffusion import DiffusionDetokenizer
-from illume_kit.plugins.decoders.fake import FakeTokenizer
 from illume_kit.plugins.decoders.params import DIFFUSION_PRESETS
 from illume_kit.plugins.decoders.vq import VQDetokenizer
+from illume_kit.testing.fakes import FakeTokenizer
 
 
 def real_vqgan(preset: str):
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
 
     vq_tok = real_vqgan(args.tokenizer_preset) or FakeTokenizer(semantic=(16, 4, 32), pixel=(512, 8, 16))
     vq_tok = vq_tok.to(dev).eval()
-    diff_tok = vq_tok if callable(getattr(vq_tok, "codes_to_maps", None)) else FakeTokenizer(pixel=(512, 8, 16))
+    diff_tok = vq_tok if isinstance(vq_tok, CodeMaps) else FakeTokenizer(pixel=(512, 8, 16))
     diff_tok = diff_tok.to(dev).eval()
 
     rows = []

@@ -163,11 +163,12 @@ def test_edit_target_copy_unchanged_makes_the_untouched_part_of_an_edit_a_copy(m
 
     m = make_model(image_input="discrete")
     local = m.tokenizer.encode
+    sizes = {cb.name: cb.size for cb in m.tokenizer.codebooks}
 
     def context_dependent(images):
         out = local(images)
         shift = (images.mean((1, 2, 3)) * 1000).long()[:, None, None]
-        return TokenizerOutput(codes={n: (c + shift) % m.tokenizer.book[n].shape[1] for n, c in out.codes.items()},
+        return TokenizerOutput(codes={n: (c + shift) % sizes[n] for n, c in out.codes.items()},
                                features=out.features)
 
     monkeypatch.setattr(m.tokenizer, "encode", context_dependent)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from illume_kit.plugins.decoders.diffusion import DiffusionDetokenizer
-from illume_kit.plugins.decoders.fake import FakeTokenizer
 from illume_kit.plugins.decoders.params import DIFFUSION_PRESETS
+from illume_kit.testing.fakes import FakeTokenizer
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,14 @@
 import pytest
 import torch
 
-from illume_kit.plugins.decoders.fake import FakeTokenizer
 from illume_kit.plugins.decoders.vq import VQDetokenizer
+from illume_kit.testing import conformance
+from illume_kit.testing.fakes import FakeTokenizer
+
+
+@conformance.parametrize("detokenizer")
+def test_conformance(check):
+    check(lambda: (FakeTokenizer(), VQDetokenizer()))
 
 
 def test_decodes_with_the_tokenizers_decoder_and_owns_no_weights():
