@@ -22,7 +22,7 @@ def cmd_eval(args) -> int:
 
     from illume_kit.cli.output import console
     from illume_kit.eval.evaluate import evaluate
-    from illume_kit.eval.specs import metric_spec
+    from illume_kit.eval.specs import MetricSpec, metric_spec
 
     result = evaluate(args.checkpoint, _kv(args.data), args.num_samples, args.split, args.output, quiet=args.quiet,
                       decode_options=_kv(args.decode))
@@ -33,8 +33,9 @@ def cmd_eval(args) -> int:
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_column("goal")
+    goals = result.get("goals", {})
     for k, v in result["metrics"].items():
-        spec = metric_spec(k)
+        spec = MetricSpec(k, goals[k]) if k in goals else metric_spec(k)
         t.add_row(k, format(v, spec.fmt) if isinstance(v, float) else str(v), "higher" if spec.goal == "max" else "lower")
     console.print(t)
     return 0

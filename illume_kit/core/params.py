@@ -32,3 +32,7 @@ class QuantizerRef(ComponentRef):
     """A quantizer from the ``quantizer`` registry (vq, simvq, fsq, lfq, residual-vq, ...)."""
 
     role: Any = Field(default="quantizer", exclude=True)
+
+
+class NoParams(ComponentParams):
+    """Params of a component with nothing to set (the built-in metric families)."""

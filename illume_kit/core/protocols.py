@@ -165,7 +165,8 @@ class EvalContext:
     """What ``illume-kit eval`` hands every metric: the loaded model and its recipe, the held-out data,
     and a ``cache`` that metrics computed in one pass share (the reconstruction pass fills it once).
 
-    ``names``: the ``eval.metrics`` entries of this metric's family (``rec/psnr`` -> family ``rec``).
+    ``metrics``: every ``eval.metrics`` entry; ``names``: those of the family being computed
+    (``rec/psnr`` is of family ``rec``).
     ``options``: the recipe's ``eval.options``; ``decode``: detokenizer sampling options.
     """
 
@@ -174,6 +175,7 @@ class EvalContext:
     dataset: Any
     num_samples: int
     split: str = "val"
+    metrics: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     decode: Mapping[str, Any] = field(default_factory=dict)

@@ -401,6 +401,26 @@ def check_compatibility(comps: Mapping[str, ResolvedComponent], registry: Regist
                                                    f"not provided by {what}{hint}", source_of(f"{section}.name", prov)))
 
 
+def check_metric_names(data: Mapping[str, Any], registry: Registry, prov: Mapping[str, str],
+                       problems: list[Problem]) -> None:
+    """Each ``eval.metrics`` entry ``family/quantity`` names a registered metric family."""
+    names = (data.get("eval") or {}).get("metrics") if isinstance(data.get("eval"), Mapping) else None
+    if not isinstance(names, list):
+        return  # a wrong type is reported by the schema
+    families = registry.names("metric")
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            continue
+        family, sep, rest = name.partition("/")
+        if registry.has("metric", family):
+            continue
+        close = difflib.get_close_matches(family, families, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(c + sep + rest for c in close)}?" if close else ""
+        problems.append(Problem(f"eval.metrics.{i}", f"unknown metric family {family!r} in {name!r}.{hint} "
+                                                     f"(registered: {', '.join(families) or 'none'}; "
+                                                     "illume-kit list metrics)", source_of("eval.metrics", prov)))
+
+
 # ---------------------------------------------------------------------------------------------
 def default_search_paths(registry: Registry | None) -> list[Path]:
     return [Path(s.path) for s in (registry.recipe_sources if registry else [])]
@@ -439,6 +459,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), registry: Regis
     comps = validate_components(data, registry, prov, problems) if components and registry is not None else {}
     if comps and all(sec in comps for sec in COMPONENT_ROLES if data.get(sec) is not None):
         check_compatibility(comps, registry, prov, problems)  # only between components that resolved
+    if components and registry is not None:
+        check_metric_names(data, registry, prov, problems)
     if problems:
         raise RecipeError(origin, problems)
     return ResolvedRecipe(recipe, data, comps, origin=origin)

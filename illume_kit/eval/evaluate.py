@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from illume_kit.core.protocols import SemanticScore
+from illume_kit.core.protocols import EvalContext, SemanticScore
 from illume_kit.eval.metrics import CodebookStats, reconstruction_metrics
 
 
@@ -80,6 +80,43 @@ def reconstruction(model, dataset, num_samples: int, batch_size: int = 16, quiet
     return metrics
 
 
+def compute_metrics(ctx: EvalContext, registry=None, tasks: bool = True) -> tuple[dict[str, float], dict[str, str]]:
+    """The reconstruction pass (always), then each metric family ``eval.metrics`` names, built from the
+    registry; returns (metrics, goals of the names illume-kit's own metric table does not know)."""
+    from illume_kit.core.plugins import get_registry
+    from illume_kit.eval.families import RECONSTRUCTION, TASKS, family_of
+    from illume_kit.eval.specs import metric_spec
+
+    registry = registry or get_registry()
+    _family(registry, "rec", ctx).compute(ctx)
+    named: dict[str, float] = {}
+    goals: dict[str, str] = {}
+    for fam in dict.fromkeys(family_of(m) for m in ctx.metrics):
+        if fam in RECONSTRUCTION or (fam in TASKS and not tasks):
+            continue  # the pass reports all its families whether named or not
+        metric = _family(registry, fam, ctx)
+        ctx.names = tuple(m for m in ctx.metrics if family_of(m) == fam)
+        for k, v in metric.compute(ctx).items():
+            named[k] = float(v)
+            try:
+                metric_spec(k)
+            except KeyError:
+                goals[k] = metric.goal
+    in_task_order = {k: named[k] for k in ctx.cache.get("tasks", {}) if k in named}
+    metrics = {**ctx.cache["reconstruction"], **in_task_order, **named}
+    return metrics, goals
+
+
+def _family(registry, name: str, ctx: EvalContext):
+    from illume_kit.core.protocols import Metric
+
+    spec = registry.get("metric", name)
+    metric = spec.load()(spec.load_params()())
+    if not isinstance(metric, Metric):
+        raise TypeError(f"metric {name!r} from {spec.dist} is not a Metric (needs Params, goal and compute(ctx))")
+    return metric
+
+
 def evaluate(checkpoint: str | Path, data_overrides: dict[str, Any] | None = None, num_samples: int | None = None,
              split: str = "val", output: str | Path | None = None, quiet: bool = False,
              decode_options: dict | None = None, tasks: bool = True) -> dict[str, Any]:
@@ -98,15 +135,12 @@ def evaluate(checkpoint: str | Path, data_overrides: dict[str, Any] | None = Non
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.run.seed)
     decode_options = decode_options or dict(recipe.eval.options.get("decode", {}))
-    metrics = reconstruction(model, dataset, n, quiet=quiet, decode_options=decode_options,
-                             grid_path=out_dir / "reconstructions.png")
-    wanted = [m for m in recipe.eval.metrics if m.split("/")[0] in ("und", "gen", "edit", "probe")]
-    if tasks and wanted:
-        from illume_kit.eval import tasks as task_eval
-
-        metrics.update(task_eval.evaluate_tasks(model, resolved, wanted, n, out_dir=out_dir, quiet=quiet,
-                                                dataset=dataset, split=split))
+    ctx = EvalContext(model, resolved, dataset, n, split, metrics=tuple(recipe.eval.metrics),
+                      options=dict(recipe.eval.options), decode=decode_options, out_dir=out_dir, quiet=quiet)
+    metrics, goals = compute_metrics(ctx, tasks=tasks)
     result = {"checkpoint": str(checkpoint), "recipe": recipe.name, "split": split, "num_samples": n,
               "metrics": metrics}
+    if goals:
+        result["goals"] = goals
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
