@@ -1,4 +1,5 @@
-"""Helpers for testing illume-kit and its plugins: in-test plugin registration and a conformance suite."""
+"""Helpers for testing illume-kit and its plugins: in-test plugin registration (``registered``), a
+conformance suite (``conformance``) and stand-in components (``fakes``)."""
 
 from __future__ import annotations
 

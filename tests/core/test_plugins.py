@@ -157,3 +157,9 @@ def test_bad_hook_return_type_fails_that_plugin(fake_eps):
     reg = pm.build_registry()
     assert pm.infos["wrong"].status == "failed" and "must return ComponentSpec records" in pm.infos["wrong"].reason
     assert not reg.has("tokenizer", "wrongtype") and reg.has("tokenizer", "dualvitok")
+
+
+def test_no_test_fake_is_a_registered_component():
+    reg = PluginManager(entry_points=False).build_registry()
+    targets = [s.target_str() for s in reg.specs()]
+    assert len(targets) >= 20 and not [t for t in targets if "testing" in t or "fake" in t.lower()]
