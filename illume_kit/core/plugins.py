@@ -92,7 +92,8 @@ class PluginManager:
             version = ep.dist.version if ep.dist else "?"
             info = PluginInfo(ep.name, dist, version)
             builtin = ep.name == BUILTIN and dist == BUILTIN_DIST
-            chosen = ep.name not in disabled and dist not in disabled and (only is None or ep.name in only or dist in only)
+            chosen = (ep.name not in disabled and dist not in disabled
+                      and (only is None or ep.name in only or dist in only))
             if not (builtin or chosen):
                 info.status, info.reason = "disabled", "disabled by environment"
                 self.infos[ep.name] = info

@@ -26,9 +26,21 @@ from typing import Callable
 import torch
 
 from illume_kit.core.layout import VocabLayout
-from illume_kit.core.protocols import (Adversarial, Attaches, CheckpointParams, CodebookSpec, CodeMaps, ExpectsCodebooks,
-                                      IncrementalCache, LoadsExtra, Metric, RetrainsTextTokenizer, SavesExtra,
-                                      SemanticScore, TextVocab)
+from illume_kit.core.protocols import (
+    Adversarial,
+    Attaches,
+    CheckpointParams,
+    CodebookSpec,
+    CodeMaps,
+    ExpectsCodebooks,
+    IncrementalCache,
+    LoadsExtra,
+    Metric,
+    RetrainsTextTokenizer,
+    SavesExtra,
+    SemanticScore,
+    TextVocab,
+)
 
 
 def _images(n: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:

@@ -46,7 +46,8 @@ def test_validate_checks_component_compatibility_without_torch():
     err = " ".join(r.stderr.split())
     assert "detokenizer.name: detokenizer 'vq' requires pixel_decoder" in err and "tokenizer 'siglip'" in err
     assert "registered detokenizers that work with it: diffusion" in err and "Traceback" not in err
-    r = run("validate", "recipes/dualvitok_qwen2_tiny.yaml", "tokenizer=siglip", "detokenizer=diffusion", check_torch=True)
+    r = run("validate", "recipes/dualvitok_qwen2_tiny.yaml", "tokenizer=siglip", "detokenizer=diffusion",
+            check_torch=True)
     assert r.returncode == 0, r.stderr
 
 

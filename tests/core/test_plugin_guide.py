@@ -69,9 +69,11 @@ def test_passes_the_conformance_suite_as_the_guide_runs_it(plugin):
     assert "tokenizer_capabilities" in ran and ran.count("detokenizer_decode") == 2
 
 
-@pytest.mark.parametrize("detokenizer", [["detokenizer=vq"],
-                                         ["detokenizer=diffusion", "detokenizer.preset=tiny",
-                                          "detokenizer.params.output_scale=1", "detokenizer.params.num_inference_steps=2"]])
+DIFFUSION = ["detokenizer=diffusion", "detokenizer.preset=tiny", "detokenizer.params.output_scale=1",
+             "detokenizer.params.num_inference_steps=2"]
+
+
+@pytest.mark.parametrize("detokenizer", [["detokenizer=vq"], DIFFUSION], ids=["vq", "diffusion"])
 def test_composes_with_both_detokenizers(plugin, detokenizer):
     from illume_kit.core.compose import compose
     from illume_kit.core.recipe import load_recipe

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from illume_kit.core.compose import ComposeError, compose
+from illume_kit.core.compose import ComposeError
 from illume_kit.core.recipe import load_recipe
 from illume_kit.plugins.tokenizers.siglip.model import SigLIPTokenizer
 from illume_kit.plugins.tokenizers.siglip.params import PRESETS, SigLIPTokenizerParams
@@ -45,12 +45,18 @@ def test_feature_reconstruction_learns():
     assert float(tok.semantic_cosine(x).mean()) > 1 - first + 0.1
 
 
-def test_compose_refuses_vq_detokenizer(tmp_path):
+def test_validate_and_compose_refuse_vq_detokenizer(tmp_path):
+    from illume_kit.core.compose import check_contracts
+    from illume_kit.core.recipe import RecipeError
+    from illume_kit.plugins.decoders.vq import VQDetokenizer
+
     p = tmp_path / "r.yaml"
     p.write_text("illume_kit: 1\nname: s\ntokenizer: {name: siglip, preset: tiny}\nbackbone: {name: qwen2, preset: tiny}\n"
                  "detokenizer: {name: vq}\n")
+    with pytest.raises(RecipeError, match="'vq' requires pixel_decoder.*work with it: diffusion"):
+        load_recipe(p)
     with pytest.raises(ComposeError, match="semantic-only.*'diffusion'"):
-        compose(load_recipe(p))
+        check_contracts(make(), VQDetokenizer(), {"tokenizer": "siglip", "detokenizer": "vq"})
 
 
 def test_registry_record_declares_what_the_tokenizer_provides():
