@@ -51,7 +51,7 @@ def _check_image(path: str) -> Path:
 
 def recipe_image_size(checkpoint: str | Path) -> tuple[int, int]:
     """The image size the checkpoint's recipe trained on (``data.params.image_size``), else 64."""
-    from illume_kit.core.checkpoint import load_recipe_yaml
+    from illume_kit.core.manifest import load_recipe_yaml
 
     try:
         data = load_recipe_yaml(checkpoint).get("data") or {}
@@ -69,7 +69,7 @@ SAMPLING_DEFAULTS = {verb: {"cfg": scale, "temperature": 1.0, "top_k": None, "to
 def recipe_sampling(checkpoint: str | Path, verb: str) -> dict:
     """The sampling the checkpoint's recipe evaluates ``verb`` with (``eval.options``, read by
     :func:`illume_kit.eval.sampling.task_sampling`), over :data:`SAMPLING_DEFAULTS`."""
-    from illume_kit.core.checkpoint import load_recipe_yaml
+    from illume_kit.core.manifest import load_recipe_yaml
 
     try:
         opts = (load_recipe_yaml(checkpoint).get("eval") or {}).get("options") or {}
@@ -116,7 +116,7 @@ def load_image(path: str | Path, size: tuple[int, int]):
 def _load_model(args):
     import torch
 
-    from illume_kit.core.checkpoint import load_checkpoint
+    from illume_kit.model.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(args.checkpoint)
     device = args.device

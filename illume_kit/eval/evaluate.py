@@ -82,9 +82,9 @@ def reconstruction(model, dataset, num_samples: int, batch_size: int = 16, quiet
 def evaluate(checkpoint: str | Path, data_overrides: dict[str, Any] | None = None, num_samples: int | None = None,
              split: str = "val", output: str | Path | None = None, quiet: bool = False,
              decode_options: dict | None = None, tasks: bool = True) -> dict[str, Any]:
-    from illume_kit.core.checkpoint import load_checkpoint
+    from illume_kit.model.checkpoint import load_checkpoint
     from illume_kit.core.recipe import load_recipe
-    from illume_kit.train.stages import build_dataset
+    from illume_kit.data.build import build_dataset
 
     checkpoint = Path(checkpoint)
     model, manifest = load_checkpoint(checkpoint)

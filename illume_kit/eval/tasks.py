@@ -218,7 +218,7 @@ def evaluate_tasks(model, resolved, wanted: Sequence[str], n: int, out_dir: str 
     gen_cfg, edit_cfg = sampling.pop("cfg"), task_sampling(opts, "edit")["cfg"]
     decode = dict(opts.get("decode") or {})
     if dataset is None:
-        from illume_kit.train.stages import build_dataset
+        from illume_kit.data.build import build_dataset
 
         dataset = build_dataset(resolved, split)
     items = [dataset[i] for i in range(min(n, len(dataset)))]
