@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # a plain path entry in a .pth instead of setuptools' import-hook finder: ~30 ms less start-up per process
 EDITABLE := --config-settings editable_mode=compat
 
-.PHONY: install demo test test-slow data clean
+.PHONY: install demo test test-slow lint-imports data clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt examples/illume-kit-fsq-tokenizer/pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,6 +30,10 @@ data:
 
 demo: install
 	$(VENV)/bin/illume-kit compose $(DEMO_RECIPE)
+
+# the import contracts in pyproject.toml ([tool.importlinter]): layers point one way, core stays torch-free
+lint-imports: install
+	$(VENV)/bin/lint-imports --no-cache
 
 test: install data
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
