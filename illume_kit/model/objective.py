@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from illume_kit.model.sequence import IGNORE, Batch, EncodeCache, Sample, assemble
+from illume_kit.model.sequence import IGNORE, Batch, Sample, assemble
 
 GROUPS = ("projectors", "new_embeddings", "backbone", "all")
 GEN_TASKS = ("t2i", "edit")

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from illume_kit.core.params import ComponentParams, QuantizerRef
+from illume_kit.core.params import QuantizerRef
 from illume_kit.plugins.tokenizers.common.params import TeacherParams
 from illume_kit.plugins.tokenizers.gan_params import PatchGANParams
 
