@@ -94,13 +94,16 @@ def test_tiny_model_learns_a_repeated_sample_and_reproduces_it():
     assert answer(m, [q], ["what shape is at the center?"]) == ["star"]
 
 
-def test_stage_options_are_checked_before_training():
+def test_plain_dict_options_are_checked_before_training():
+    """A recipe's stage options are typed when it is loaded; a caller's plain dict is checked the same way."""
     from types import SimpleNamespace
+
+    from pydantic import ValidationError
 
     from illume_kit.model.objective import stage_setup
 
     runner = SimpleNamespace(model=None)
-    with pytest.raises(ValueError, match=r"options.loss_average must be one of token, sample, got 'tokens'"):
+    with pytest.raises(ValidationError, match=r"loss_average\n  Input should be 'token' or 'sample'"):
         stage_setup(runner, SimpleNamespace(name="mllm", options={"loss_average": "tokens"}))
-    with pytest.raises(ValueError, match=r"unknown options \['qa_turn'\]"):
+    with pytest.raises(ValidationError, match=r"qa_turn\n  Extra inputs are not permitted"):
         stage_setup(runner, SimpleNamespace(name="mllm", options={"qa_turn": 6}))
