@@ -6,7 +6,8 @@ Steps (each collects problems instead of stopping at the first):
 2. apply ``key=value`` overrides (``~key`` deletes; ``tokenizer=vqgan`` is ``tokenizer.name=vqgan``);
    setting a component's ``name`` resets the ``preset`` and ``params`` set by earlier layers;
 3. resolve ``${...}`` interpolations and ``???`` required values, key by key;
-4. validate the recipe's structure (``schema.Recipe``, unknown keys rejected at every depth);
+4. validate the recipe's structure (``schema.Recipe``, unknown keys rejected at every depth), each
+   stage's ``options`` by the model of its ``target`` and ``eval.options`` (``core.options``);
 5. validate each component: its name in the registry, its preset, its params against its own
    ``Params`` model, recursing into nested component references (quantizers).
 

@@ -96,10 +96,8 @@ class MllmStage(Stage):
     options: MllmOptions = Field(default_factory=MllmOptions, description="mllm stage options")
 
 
-# a stage's options are validated by the model of its target
+# a recipe's stage is the subclass its target names, so its options are validated by that kind's model
 AnyStage = Annotated[Union[TeacherStage, TokenizerStage, DetokenizerStage, MllmStage], Field(discriminator="target")]
-STAGE_KINDS: dict[str, type[Stage]] = {"teacher": TeacherStage, "tokenizer": TokenizerStage,
-                                       "detokenizer": DetokenizerStage, "mllm": MllmStage}
 
 
 class TrainConfig(_Strict):
