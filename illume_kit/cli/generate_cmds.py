@@ -15,6 +15,7 @@ import math
 import re
 from pathlib import Path
 
+from illume_kit.core.options import EvalOptions
 from illume_kit.eval.sampling import GUIDANCE, task_sampling
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -62,8 +63,7 @@ def recipe_image_size(checkpoint: str | Path) -> tuple[int, int]:
 
 
 # what a verb samples with when neither the command line nor the recipe's eval.options says
-SAMPLING_DEFAULTS = {verb: {"cfg": scale, "temperature": 1.0, "top_k": None, "top_p": 1.0}
-                     for verb, (_, scale) in GUIDANCE.items()}
+SAMPLING_DEFAULTS = {verb: task_sampling({}, verb) for verb in GUIDANCE}
 
 
 def recipe_sampling(checkpoint: str | Path, verb: str) -> dict:
@@ -73,9 +73,10 @@ def recipe_sampling(checkpoint: str | Path, verb: str) -> dict:
 
     try:
         opts = (load_recipe_yaml(checkpoint).get("eval") or {}).get("options") or {}
+        # only the keys eval reads: a stored recipe may predate the typed options
+        return task_sampling({k: v for k, v in opts.items() if k in EvalOptions.model_fields}, verb)
     except (OSError, ValueError, AttributeError):
-        opts = {}
-    return {**SAMPLING_DEFAULTS[verb], **task_sampling(opts, verb)}
+        return dict(SAMPLING_DEFAULTS[verb])
 
 
 def check_size(model, size: tuple[int, int]) -> None:

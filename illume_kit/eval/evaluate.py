@@ -96,7 +96,7 @@ def evaluate(checkpoint: str | Path, data_overrides: dict[str, Any] | None = Non
     out_dir = Path(output) if output else checkpoint.parent / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.run.seed)
-    decode_options = decode_options or dict(recipe.eval.options.get("decode", {}))
+    decode_options = decode_options or dict(recipe.eval.options.decode)
     metrics = reconstruction(model, dataset, n, quiet=quiet, decode_options=decode_options,
                              grid_path=out_dir / "reconstructions.png")
     wanted = [m for m in recipe.eval.metrics if m.split("/")[0] in ("und", "gen", "edit", "probe")]

@@ -24,19 +24,20 @@ Stages pick what trains with ``trainable_parameters(model, groups)``:
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from illume_kit.core.options import LossAverage
 from illume_kit.model.sequence import IGNORE, Batch, Sample, assemble
 
 GROUPS = ("projectors", "new_embeddings", "backbone", "all")
 GEN_TASKS = ("t2i", "edit")
 
 
-AVERAGES = ("token", "sample")
+AVERAGES = get_args(LossAverage)
 
 
 def mllm_loss(model: Any, batch: Sequence[Sample] | Batch, average: str = "token") -> dict[str, torch.Tensor]:

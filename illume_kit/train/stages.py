@@ -241,9 +241,9 @@ class StageRunner:
 
     def images(self, stage: Stage, **over):
         """The recipe's training split; ``options.image_size`` trains at another size."""
-        size = stage.options.get("image_size")
+        size = stage.options.image_size
         data = build_dataset(self.resolved, "train", **({"image_size": size} if size else {}), **over)
-        return CachedDataset(data) if stage.options.get("cache_data", True) else data
+        return CachedDataset(data) if stage.options.cache_data else data
 
     def _teacher(self, stage: Stage):
         rc = self.resolved.components.get("teacher")

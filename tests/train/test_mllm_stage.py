@@ -4,15 +4,18 @@ import pytest
 import torch
 
 
-def test_stage_options_are_checked_before_training():
+def test_plain_dict_options_are_checked_before_training():
+    """A recipe's stage options are typed when it is loaded; a caller's plain dict is checked the same way."""
     from types import SimpleNamespace
+
+    from pydantic import ValidationError
 
     from illume_kit.train.mllm_stage import stage_setup
 
     runner = SimpleNamespace(model=None)
-    with pytest.raises(ValueError, match=r"options.loss_average must be one of token, sample, got 'tokens'"):
+    with pytest.raises(ValidationError, match=r"loss_average\n  Input should be 'token' or 'sample'"):
         stage_setup(runner, SimpleNamespace(name="mllm", options={"loss_average": "tokens"}))
-    with pytest.raises(ValueError, match=r"unknown options \['qa_turn'\]"):
+    with pytest.raises(ValidationError, match=r"qa_turn\n  Extra inputs are not permitted"):
         stage_setup(runner, SimpleNamespace(name="mllm", options={"qa_turn": 6}))
 
 
