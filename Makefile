@@ -1,5 +1,6 @@
 # Two commands do everything on a machine that has only Python 3.11:
-#   make demo   -> create .venv, install, compose the tiny default recipe
+#   make demo   -> create .venv, install, compose the tiny default recipe, then answer, draw and edit
+#                  with the shipped tiny checkpoint (writes runs/demo/demo.png)
 #   make test   -> create .venv, install (with the example plugin), run the tests
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,6 +8,7 @@ PIP := $(PY) -m pip
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 DEMO_RECIPE ?= recipes/dualvitok_qwen2_tiny.yaml
+DEMO_CHECKPOINT ?= checkpoints/dualvitok_qwen2_mllm_tiny
 PYTEST_ARGS ?=
 # a plain path entry in a .pth instead of setuptools' import-hook finder: ~30 ms less start-up per process
 EDITABLE := --config-settings editable_mode=compat
@@ -30,6 +32,7 @@ data:
 
 demo: install
 	$(VENV)/bin/illume-kit compose $(DEMO_RECIPE)
+	$(PY) examples/demo.py $(DEMO_CHECKPOINT) --image checkpoints/scene.png -o runs/demo/demo.png
 
 # the import contracts in pyproject.toml ([tool.importlinter]): layers point one way, core stays torch-free
 lint-imports: install
