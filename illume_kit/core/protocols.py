@@ -167,7 +167,7 @@ class EvalContext:
 
     ``metrics``: every ``eval.metrics`` entry; ``names``: those of the family being computed
     (``rec/psnr`` is of family ``rec``).
-    ``options``: the recipe's ``eval.options``; ``decode``: detokenizer sampling options.
+    ``options``: the recipe's typed ``eval.options``; ``decode``: detokenizer sampling options.
     """
 
     model: Any
@@ -177,7 +177,7 @@ class EvalContext:
     split: str = "val"
     metrics: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Any = None
     decode: Mapping[str, Any] = field(default_factory=dict)
     out_dir: "Path | None" = None
     quiet: bool = True

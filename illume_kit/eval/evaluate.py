@@ -120,9 +120,9 @@ def _family(registry, name: str, ctx: EvalContext):
 def evaluate(checkpoint: str | Path, data_overrides: dict[str, Any] | None = None, num_samples: int | None = None,
              split: str = "val", output: str | Path | None = None, quiet: bool = False,
              decode_options: dict | None = None, tasks: bool = True) -> dict[str, Any]:
-    from illume_kit.core.checkpoint import load_checkpoint
+    from illume_kit.model.checkpoint import load_checkpoint
     from illume_kit.core.recipe import load_recipe
-    from illume_kit.train.stages import build_dataset
+    from illume_kit.data.build import build_dataset
 
     checkpoint = Path(checkpoint)
     model, manifest = load_checkpoint(checkpoint)
@@ -134,9 +134,9 @@ def evaluate(checkpoint: str | Path, data_overrides: dict[str, Any] | None = Non
     out_dir = Path(output) if output else checkpoint.parent / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.run.seed)
-    decode_options = decode_options or dict(recipe.eval.options.get("decode", {}))
+    decode_options = decode_options or dict(recipe.eval.options.decode)
     ctx = EvalContext(model, resolved, dataset, n, split, metrics=tuple(recipe.eval.metrics),
-                      options=dict(recipe.eval.options), decode=decode_options, out_dir=out_dir, quiet=quiet)
+                      options=recipe.eval.options, decode=decode_options, out_dir=out_dir, quiet=quiet)
     metrics, goals = compute_metrics(ctx, tasks=tasks)
     result = {"checkpoint": str(checkpoint), "recipe": recipe.name, "split": split, "num_samples": n,
               "metrics": metrics}

@@ -75,7 +75,7 @@ DIFFUSION = ["detokenizer=diffusion", "detokenizer.preset=tiny", "detokenizer.pa
 
 @pytest.mark.parametrize("detokenizer", [["detokenizer=vq"], DIFFUSION], ids=["vq", "diffusion"])
 def test_composes_with_both_detokenizers(plugin, detokenizer):
-    from illume_kit.core.compose import compose
+    from illume_kit.model.compose import compose
     from illume_kit.core.recipe import load_recipe
 
     root, _ = plugin
@@ -91,8 +91,8 @@ def test_composes_with_both_detokenizers(plugin, detokenizer):
 
 def test_trained_with_illume_kit_train(plugin, tmp_path):
     from illume_kit.cli.main import main
-    from illume_kit.core.checkpoint import load_checkpoint
-    from illume_kit.core.compose import compose
+    from illume_kit.model.checkpoint import load_checkpoint
+    from illume_kit.model.compose import compose
     from illume_kit.core.recipe import load_recipe
 
     root, _ = plugin

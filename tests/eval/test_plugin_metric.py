@@ -68,9 +68,9 @@ def test_unknown_metric_family_is_reported_with_did_you_mean():
 
 def test_computed_by_illume_kit_eval(plugin, tmp_path, capsys, monkeypatch):
     from illume_kit.cli.main import main
-    from illume_kit.core.checkpoint import save_checkpoint
-    from illume_kit.core.compose import compose
-    from illume_kit.train.stages import build_dataset
+    from illume_kit.model.checkpoint import save_checkpoint
+    from illume_kit.model.compose import compose
+    from illume_kit.data.build import build_dataset
 
     monkeypatch.setenv("COLUMNS", "200")
     resolved = load_recipe(RECIPE, OVERRIDES)

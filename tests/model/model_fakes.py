@@ -2,8 +2,8 @@
 
 import torch
 
-from illume_kit.core.compose import assemble as compose_assemble
 from illume_kit.core.schema import ModelOptions
+from illume_kit.model.compose import assemble as compose_assemble
 from illume_kit.plugins.backbones.hf import Qwen2Backbone
 from illume_kit.plugins.backbones.params import QWEN2_PRESETS
 from illume_kit.plugins.decoders.vq import VQDetokenizer

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from illume_kit.core.compose import ComposeError
+from illume_kit.model.compose import ComposeError
 from illume_kit.core.recipe import load_recipe
 from illume_kit.plugins.tokenizers.siglip.model import SigLIPTokenizer
 from illume_kit.plugins.tokenizers.siglip.params import PRESETS, SigLIPTokenizerParams
@@ -46,7 +46,7 @@ def test_feature_reconstruction_learns():
 
 
 def test_validate_and_compose_refuse_vq_detokenizer(tmp_path):
-    from illume_kit.core.compose import check_contracts
+    from illume_kit.model.compose import check_contracts
     from illume_kit.core.recipe import RecipeError
     from illume_kit.plugins.decoders.vq import VQDetokenizer
 
