@@ -69,6 +69,12 @@ class PluginManager:
     # -- registration ------------------------------------------------------------------
     def register(self, plugin: Any, info: PluginInfo) -> None:
         self.pm.register(plugin, name=info.name)
+        unknown = sorted(hc.name for hc in self.pm.get_hookcallers(plugin) or () if hc.spec is None)
+        if unknown:  # pluggy would call nothing: say so instead of registering an empty plugin
+            self.pm.unregister(plugin)
+            hooks = ", ".join(n for n in dir(hookspecs) if n.startswith("illume_kit_"))
+            raise PluginError(f"plugin {info.name!r} implements {', '.join(unknown)}, which illume-kit does not "
+                              f"define (hooks: {hooks}; every record names its role)")
         self.infos[info.name] = info
         self._meta[id(plugin)] = info
 

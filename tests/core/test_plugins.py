@@ -163,3 +163,18 @@ def test_no_test_fake_is_a_registered_component():
     reg = PluginManager(entry_points=False).build_registry()
     targets = [s.target_str() for s in reg.specs()]
     assert len(targets) >= 20 and not [t for t in targets if "testing" in t or "fake" in t.lower()]
+
+
+def test_a_plugin_with_an_undefined_hook_fails_with_the_hooks_named(fake_eps):
+    m = types.SimpleNamespace()
+
+    @hookimpl
+    def illume_kit_tokenizers():
+        return [ComponentSpec("tokenizer", "oldtok", target="x:y")]
+
+    m.illume_kit_tokenizers = illume_kit_tokenizers
+    fake_eps.append(FakeEP("old", "illume-kit-old", lambda: m))
+    pm = PluginManager()
+    assert pm.infos["old"].status == "failed" and not pm.build_registry().has("tokenizer", "oldtok")
+    assert "implements illume_kit_tokenizers" in pm.infos["old"].reason
+    assert "illume_kit_components, illume_kit_recipes" in pm.infos["old"].reason
