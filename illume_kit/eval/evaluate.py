@@ -88,13 +88,13 @@ def compute_metrics(ctx: EvalContext, registry=None, tasks: bool = True) -> tupl
     from illume_kit.eval.specs import metric_spec
 
     registry = registry or get_registry()
-    _family(registry, "rec", ctx).compute(ctx)
+    _family(registry, "rec").compute(ctx)
     named: dict[str, float] = {}
     goals: dict[str, str] = {}
     for fam in dict.fromkeys(family_of(m) for m in ctx.metrics):
         if fam in RECONSTRUCTION or (fam in TASKS and not tasks):
             continue  # the pass reports all its families whether named or not
-        metric = _family(registry, fam, ctx)
+        metric = _family(registry, fam)
         ctx.names = tuple(m for m in ctx.metrics if family_of(m) == fam)
         for k, v in metric.compute(ctx).items():
             named[k] = float(v)
@@ -107,7 +107,7 @@ def compute_metrics(ctx: EvalContext, registry=None, tasks: bool = True) -> tupl
     return metrics, goals
 
 
-def _family(registry, name: str, ctx: EvalContext):
+def _family(registry, name: str):
     from illume_kit.core.protocols import Metric
 
     spec = registry.get("metric", name)
