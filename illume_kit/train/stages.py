@@ -161,7 +161,9 @@ class StageRunner:
     def save_model(self) -> Path:
         from illume_kit.core.checkpoint import save_checkpoint
 
-        return save_checkpoint(self.model, self.resolved, self.out / CHECKPOINT)
+        # the thread count changes float sums, so it is part of what reproduces a run
+        return save_checkpoint(self.model, self.resolved, self.out / CHECKPOINT,
+                               extra={"torch_threads": torch.get_num_threads()})
 
     # -- stages -----------------------------------------------------------------------------
     def run(self, only: list[str] | None = None, resume: bool = True, until: int | None = None) -> dict[str, dict]:
