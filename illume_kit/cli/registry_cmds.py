@@ -89,6 +89,14 @@ def cmd_show(args) -> int:
     for row in info["fields"]:
         t.add_row(*row)
     console.print(t)
+    vocab = info["schema"].get("x-vocabulary")
+    if vocab:  # the words a dataset's texts use: what a model trained on it can be asked
+        v = Table(title="vocabulary (captions, questions and edit instructions use only these)")
+        v.add_column("kind")
+        v.add_column("words and patterns", overflow="fold")
+        for kind, words in vocab:
+            v.add_row(kind, "\n".join(words) if any("{" in w or "?" in w for w in words) else ", ".join(words))
+        console.print(v)
     if presets:
         p = Table(title="presets")
         p.add_column("preset")
