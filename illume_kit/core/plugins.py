@@ -86,7 +86,7 @@ class BuiltinPlugin:
 
     @hookimpl
     def illume_kit_recipes(self):
-        root = Path(__file__).resolve().parents[2] / "recipes"
+        root = Path(__file__).resolve().parents[1] / "recipes"
         return [RecipeSource(str(root))] if root.is_dir() else []
 
 
