@@ -38,6 +38,7 @@ def cmd_eval(args) -> int:
         spec = MetricSpec(k, goals[k]) if k in goals else metric_spec(k)
         t.add_row(k, format(v, spec.fmt) if isinstance(v, float) else str(v), "higher" if spec.goal == "max" else "lower")
     console.print(t)
+    console.print(f"wrote {', '.join(result['files'])} to {result['output_dir']}")
     return 0
 
 

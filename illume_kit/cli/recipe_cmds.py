@@ -33,8 +33,20 @@ def _image_size(resolved) -> tuple[int, int] | None:
     return None
 
 
-def describe(model, resolved, manifest: dict | None = None) -> dict:
-    """Everything `compose` prints, as data (also the --json output)."""
+def _trained_size(folder) -> tuple[int, int] | None:
+    """The image size a checkpoint's recipe serves its stages (what it was trained at)."""
+    from illume_kit.core.recipe import RecipeError, load_recipe
+
+    try:
+        return _image_size(load_recipe(Path(folder) / "recipe.yaml"))
+    except RecipeError:  # a checkpoint whose recipe this install cannot resolve still inspects
+        return None
+
+
+def describe(model, resolved, manifest: dict | None = None, own: tuple[int, int] | None = None,
+             own_label: str = "recipe") -> dict:
+    """Everything `compose` prints, as data (also the --json output). ``own``: the image size to
+    budget first (default: the recipe's data size), shown as ``own_label``."""
     from illume_kit.model.unified import count_params
 
     comps = {}
@@ -55,17 +67,18 @@ def describe(model, resolved, manifest: dict | None = None) -> dict:
     total, trainable = count_params(model.projectors)
     comps["projectors"] = {"name": "mlp", "parameters": total, "trainable": trainable,
                            "per_codebook": {k: f"{v.in_dim}->{v.out_dim}" for k, v in model.projectors.items()}}
-    sizes = [(256, 256), (512, 512)]
-    own = _image_size(resolved) if resolved is not None else None
-    if own and own not in sizes:
-        sizes.append(own)
+    if own is None and resolved is not None:
+        own = _image_size(resolved)
+    sizes = [s for s in (own, (256, 256), (512, 512)) if s is not None]
+    sizes = list(dict.fromkeys(sizes))
     budget = []
     for h, w in sizes:
         try:
             grid = model.tokenizer.grid(h, w)
             budget.append({"size": f"{h}x{w}", "grid": {k: list(v) for k, v in grid.items()},
                            "codes": sum(a * b for a, b in grid.values()),
-                           "tokens": model.layout.image_length(grid), "own": (h, w) == own})
+                           "tokens": model.layout.image_length(grid), "own": (h, w) == own,
+                           **({"label": own_label} if (h, w) == own else {})})
         except ValueError as exc:
             budget.append({"size": f"{h}x{w}", "error": str(exc)})
     return {
@@ -111,7 +124,7 @@ def print_tree(info: dict) -> None:
             tb.add(f"{b['size']}: {b['error']}")
         else:
             grids = " + ".join(f"{k} {g[0]}×{g[1]}" for k, g in b["grid"].items())
-            tb.add(f"{b['size']}{' (recipe)' if b['own'] else ''}: {grids} = {b['codes']} codes, "
+            tb.add(f"{b['size']}{' (' + b['label'] + ')' if b['own'] else ''}: {grids} = {b['codes']} codes, "
                    f"{b['tokens']} tokens with structure")
     console.print(root)
 
@@ -147,7 +160,7 @@ def cmd_inspect(args) -> int:
         print(json.dumps(manifest, indent=2))
         return 0
     model, manifest = load_checkpoint(args.checkpoint)
-    info = describe(model, None, manifest)
+    info = describe(model, None, manifest, own=_trained_size(args.checkpoint), own_label="trained size")
     info["format"] = manifest["format"]
     info["written_by"] = manifest.get("illume_kit_version")
     if args.json:

@@ -89,6 +89,14 @@ def cmd_show(args) -> int:
     for row in info["fields"]:
         t.add_row(*row)
     console.print(t)
+    vocab = info["schema"].get("x-vocabulary")
+    if vocab:  # the words a dataset's texts use: what a model trained on it can be asked
+        v = Table(title="vocabulary (captions, questions and edit instructions use only these)")
+        v.add_column("kind")
+        v.add_column("words and patterns", overflow="fold")
+        for kind, words in vocab:
+            v.add_row(kind, "\n".join(words) if any("{" in w or "?" in w for w in words) else ", ".join(words))
+        console.print(v)
     if presets:
         p = Table(title="presets")
         p.add_column("preset")
@@ -100,15 +108,9 @@ def cmd_show(args) -> int:
 
 
 def shipped_recipes() -> list[tuple[str, Path]]:
-    out = []
-    for src in _registry().recipe_sources:
-        root = Path(src.path)
-        for p in sorted(root.rglob("*.yaml")):
-            rel = p.relative_to(root).as_posix()
-            if rel.startswith("base/"):
-                continue
-            out.append((f"{src.prefix}{rel}", p))
-    return out
+    from illume_kit.core.recipe import shipped_recipes as shipped
+
+    return shipped(_registry())
 
 
 def cmd_recipes(args) -> int:
@@ -117,7 +119,7 @@ def cmd_recipes(args) -> int:
     from illume_kit.cli.output import console
     from illume_kit.core import yamlio
 
-    t = Table(title="shipped recipes")
+    t = Table(title="shipped recipes (use a name wherever a recipe file goes: illume-kit compose NAME)")
     for col in ("recipe", "description"):
         t.add_column(col, overflow="fold")
     for name, path in shipped_recipes():
@@ -125,7 +127,7 @@ def cmd_recipes(args) -> int:
             desc = (yamlio.safe_load(path.read_text()) or {}).get("description", "")
         except Exception:
             desc = "[red]unreadable[/]"
-        t.add_row(f"recipes/{name}", str(desc))
+        t.add_row(name, str(desc))
     console.print(t)
     return 0
 

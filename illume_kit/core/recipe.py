@@ -519,6 +519,43 @@ def default_search_paths(registry: Registry | None) -> list[Path]:
     return [Path(s.path) for s in (registry.recipe_sources if registry else [])]
 
 
+def shipped_recipes(registry: Registry | None) -> list[tuple[str, Path]]:
+    """(name, file) of every shipped recipe, ``base/`` layers aside; a name is the file's path in its
+    source folder without ``.yaml``, behind the source's prefix (``tokenizers/dualvitok_tiny``)."""
+    out = []
+    for src in registry.recipe_sources if registry else []:
+        root = Path(src.path)
+        for p in sorted(root.rglob("*.yaml")):
+            rel = p.relative_to(root).with_suffix("").as_posix()
+            if not rel.startswith("base/"):
+                out.append((f"{src.prefix}{rel}", p))
+    return out
+
+
+def find_shipped(ref: str | Path, registry: Registry | None) -> Path | None:
+    """The shipped recipe a name refers to: ``dualvitok_qwen2_tiny``, ``tokenizers/dualvitok_tiny.yaml``
+    or a checkout's ``recipes/...`` path (so the same command works after a plain install)."""
+    text = Path(ref).as_posix()
+    names = [text] + ([text[len("recipes/"):]] if text.startswith("recipes/") else [])
+    for src in registry.recipe_sources if registry else []:
+        for name in names:
+            rels = [name] + ([name[len(src.prefix):]] if src.prefix and name.startswith(src.prefix) else [])
+            for rel in rels:
+                for cand in (rel, rel + ".yaml"):
+                    p = Path(src.path) / cand
+                    if p.is_file():
+                        return p
+    return None
+
+
+def _missing_recipe(path: Path, registry: Registry | None) -> Problem:
+    names = [n for n, _ in shipped_recipes(registry)]
+    close = difflib.get_close_matches(path.with_suffix("").as_posix().removeprefix("recipes/"), names, n=3)
+    hint = (f"Did you mean {', '.join(close)}?" if close else
+            "Give a recipe file, or a shipped recipe's name (`illume-kit recipes` lists them).")
+    return Problem("", f"recipe file {str(path)!r} does not exist", hint=hint)
+
+
 def load_recipe(path: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None,
                 components: bool = True) -> ResolvedRecipe:
     """Load, override, resolve and validate a recipe; raise ``RecipeError`` with every problem."""
@@ -530,8 +567,10 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), registry: Regis
     path = Path(path)
     search = default_search_paths(registry)
     if not path.is_file():
-        shipped = [s / path for s in search if (s / path).is_file()]
-        path = shipped[0] if shipped else path
+        shipped = find_shipped(path, registry)
+        if shipped is None:
+            raise RecipeError(str(path), [_missing_recipe(path, registry)])
+        path = shipped
     layers = _load_layers(path, problems, search)
     sets, deletes = parse_overrides(overrides, problems)
     origin = str(path)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 ROLES = ("tokenizer", "backbone", "detokenizer", "quantizer", "teacher", "dataset", "metric")
-ROLE_ALIASES = {r + "s": r for r in ROLES} | {"recipe": "recipe", "recipes": "recipe"}
+ROLE_ALIASES = {r + "s": r for r in ROLES} | {"recipe": "recipe", "recipes": "recipe", "data": "dataset"}
 
 
 class RegistryError(Exception):

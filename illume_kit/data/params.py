@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from illume_kit.core.params import ComponentParams
+from illume_kit.data.shapes_vocab import vocabulary
 
 Split = Literal["train", "val", "test"]
 
@@ -27,6 +28,10 @@ class DatasetParams(ComponentParams):
 
 
 class ShapesParams(DatasetParams):
+    # the world's words in the schema, so `illume-kit show dataset shapes` lists them without torch
+    # ([kind, words] pairs: JSON-schema generation sorts mapping keys, and the order reads better)
+    model_config = ConfigDict(json_schema_extra={"x-vocabulary": [[k, v] for k, v in vocabulary().items()]})
+
     num_samples: int = Field(10_000, ge=1, description="items per split (procedural: any number works)")
     grid: Literal[2, 3] = Field(3, description="named position grid: 2 (2x2) or 3 (3x3 cells)")
     min_objects: int = Field(1, ge=1, description="fewest shapes in a scene")

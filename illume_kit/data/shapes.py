@@ -8,8 +8,8 @@ small, regular vocabulary that a tiny LLM learns in minutes.
 
 Determinism and disjoint splits: item ``i`` of a split is drawn from ``Random(f"{seed}/{split}/{i}")``
 and re-drawn until the crc32 of its caption falls in that split's bucket (10% test, 10% val,
-80% train), so no caption is shared across splits. The vocabulary below is public: evaluation
-probes size their heads from it.
+80% train), so no caption is shared across splits. The vocabulary (``shapes_vocab``, listed by
+``illume-kit show dataset shapes``) is public: evaluation probes size their heads from it.
 """
 
 from __future__ import annotations
@@ -24,36 +24,14 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 from illume_kit.data.params import ShapesParams
+from illume_kit.data.shapes_vocab import (  # noqa: F401  (the world's words, re-exported)
+    BACKGROUNDS, CAPTION_JOIN, COLOR_NAMES, COLORS, EDITS, GRID_POSITIONS, NUMBER_WORDS, OBJECT, QUESTIONS, SHAPES,
+    SIZES,
+)
 
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star")
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "orange": (245, 140, 30),
-    "yellow": (240, 215, 40),
-    "green": (40, 170, 70),
-    "blue": (50, 90, 230),
-    "purple": (150, 70, 200),
-}
-COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
-SIZES: tuple[str, ...] = ("small", "large")
 SIZE_FRACTION = {"small": 0.5, "large": 0.85}  # object side as a fraction of the cell side
-BACKGROUNDS: dict[str, tuple[int, int, int]] = {
-    "black": (12, 12, 12),
-    "dark gray": (64, 64, 64),
-    "gray": (128, 128, 128),
-    "light gray": (200, 200, 200),
-}
-GRID_POSITIONS: dict[int, tuple[tuple[str, ...], ...]] = {
-    2: (("top left", "top right"), ("bottom left", "bottom right")),
-    3: (
-        ("top left", "top center", "top right"),
-        ("middle left", "center", "middle right"),
-        ("bottom left", "bottom center", "bottom right"),
-    ),
-}
 POSITIONS: tuple[str, ...] = tuple(p for row in GRID_POSITIONS[3] for p in row)  # 3x3 superset
 MAX_OBJECTS = 4  # hard upper bound of ShapesParams.max_objects
-NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four")
 EDIT_KINDS: tuple[str, ...] = ("color", "move", "add", "remove")
 SPLIT_BUCKETS = {"test": range(0, 1), "val": range(1, 2), "train": range(2, 10)}  # crc32(caption) % 10
 
@@ -98,12 +76,12 @@ def sample_scene(
 
 
 def describe(obj: dict) -> str:
-    return f"a {obj['size']} {obj['color']} {obj['shape']} at the {obj['position']}"
+    return OBJECT.format(size=obj["size"], color=obj["color"], shape=obj["shape"], position=obj["position"])
 
 
 def caption_of(scene: dict) -> str:
     """'a small red circle at the top left and a large blue square at the center'."""
-    return " and ".join(describe(o) for o in scene["objects"])
+    return CAPTION_JOIN.join(describe(o) for o in scene["objects"])
 
 
 def regions_of(scene: dict) -> list[dict[str, Any]]:
@@ -127,21 +105,22 @@ def caption_split(caption: str) -> str:
 def questions_of(scene: dict, rng: random.Random) -> list[tuple[str, str]]:
     """Question/answer pairs with exact answers (one word or a position name)."""
     objs = scene["objects"]
-    qa = [("how many shapes are there?", NUMBER_WORDS[len(objs)])]
+    q = {kind: template for kind, (template, _) in QUESTIONS.items()}
+    qa = [(q["count"], NUMBER_WORDS[len(objs)])]
     for o in objs:
         qa += [
-            (f"what shape is at the {o['position']}?", o["shape"]),
-            (f"what color is the shape at the {o['position']}?", o["color"]),
-            (f"what size is the shape at the {o['position']}?", o["size"]),
+            (q["shape"].format(position=o["position"]), o["shape"]),
+            (q["color"].format(position=o["position"]), o["color"]),
+            (q["size"].format(position=o["position"]), o["size"]),
         ]
     for o in objs:  # "where" only when the colour+shape pair names one object
         if sum(p["color"] == o["color"] and p["shape"] == o["shape"] for p in objs) == 1:
-            qa.append((f"where is the {o['color']} {o['shape']}?", o["position"]))
+            qa.append((q["position"].format(color=o["color"], shape=o["shape"]), o["position"]))
     kind = rng.choice(SHAPES)
-    qa.append((f"is there a {kind}?", "yes" if any(o["shape"] == kind for o in objs) else "no"))
+    qa.append((q["exists"].format(shape=kind), "yes" if any(o["shape"] == kind for o in objs) else "no"))
     empty = [p for p in positions(scene["grid"]) if p not in {o["position"] for o in objs}]
     if empty:
-        qa.append((f"what shape is at the {rng.choice(empty)}?", "nothing"))
+        qa.append((q["shape"].format(position=rng.choice(empty)), "nothing"))
     return qa
 
 
@@ -166,19 +145,19 @@ def sample_edit(scene: dict, rng: random.Random, min_objects: int = 1, max_objec
     o = target["objects"][i]
     if kind == "color":
         new = rng.choice([c for c in COLOR_NAMES if c != o["color"]])
-        text = f"make the {o['shape']} at the {o['position']} {new}"
+        text = EDITS["color"].format(shape=o["shape"], position=o["position"], color=new)
         o["color"] = new
     elif kind == "move":
         cell = rng.choice(free)
         pos = GRID_POSITIONS[grid][cell[0]][cell[1]]
-        text = f"move the {o['shape']} at the {o['position']} to the {pos}"
+        text = EDITS["move"].format(shape=o["shape"], position=o["position"], to=pos)
         o.update(cell=cell, position=pos)
     elif kind == "add":
         new = _new_object(rng, rng.choice(free), grid)
-        text = f"add {describe(new)}"
+        text = EDITS["add"].format(**{k: new[k] for k in ("size", "color", "shape", "position")})
         target["objects"].append(new)
     else:
-        text = f"remove the {o['shape']} at the {o['position']}"
+        text = EDITS["remove"].format(shape=o["shape"], position=o["position"])
         del target["objects"][i]
     target["objects"] = _sorted(target["objects"])
     target["count"] = len(target["objects"])

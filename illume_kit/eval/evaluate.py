@@ -133,14 +133,22 @@ def evaluate(checkpoint: str | Path, data_overrides: dict[str, Any] | None = Non
     dataset = build_dataset(resolved, split, **overrides)
     out_dir = Path(output) if output else checkpoint.parent / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
+    before = _stamps(out_dir)
     torch.manual_seed(recipe.run.seed)
     decode_options = decode_options or dict(recipe.eval.options.decode)
     ctx = EvalContext(model, resolved, dataset, n, split, metrics=tuple(recipe.eval.metrics),
                       options=recipe.eval.options, decode=decode_options, out_dir=out_dir, quiet=quiet)
     metrics, goals = compute_metrics(ctx, tasks=tasks)
+    written = sorted(k for k, v in _stamps(out_dir).items() if before.get(k) != v)
     result = {"checkpoint": str(checkpoint), "recipe": recipe.name, "split": split, "num_samples": n,
-              "metrics": metrics}
+              "torch_threads": torch.get_num_threads(), "output_dir": str(out_dir),
+              "files": sorted({*written, "metrics.json"}), "metrics": metrics}
     if goals:
         result["goals"] = goals
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _stamps(folder: Path) -> dict[str, int]:
+    """File name -> modification time: what changed between two calls is what a run wrote."""
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()}

@@ -163,7 +163,9 @@ class StageRunner:
         return self._model
 
     def save_model(self) -> Path:
-        return save_checkpoint(self.model, self.resolved, self.out / CHECKPOINT)
+        # the thread count changes float sums, so it is part of what reproduces a run
+        return save_checkpoint(self.model, self.resolved, self.out / CHECKPOINT,
+                               extra={"torch_threads": torch.get_num_threads()})
 
     # -- stages -----------------------------------------------------------------------------
     def run(self, only: list[str] | None = None, resume: bool = True, until: int | None = None) -> dict[str, dict]:

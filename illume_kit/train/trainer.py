@@ -15,6 +15,14 @@ weights, optimizer and scheduler states, the step and every rank's RNG states. S
 and resuming to N gives bitwise the weights of an uninterrupted N-step run (on CPU; on CUDA only
 with ``torch.use_deterministic_algorithms(True)``, since some kernels are not deterministic).
 
+Reproducible runs: on CPU the loop runs with ``torch.use_deterministic_algorithms(True)``
+(``deterministic_kernels``), so two runs of the same command at the same torch thread count give
+bitwise the same weights. Without it, the backward of an indexed read with repeated indices
+(``weight[rows]``, e.g. the image row/column embeddings) accumulates with atomic float adds across
+threads once it is large enough, in an order that changes from run to run. The thread count still
+changes float sums (a run with 1 thread and one with 2 differ in the last bits, then further), so
+checkpoints record it (``torch_threads`` in the training state).
+
 Under DDP the model is wrapped together with ``step_fn`` (``_StepModule``), so gradients are
 synchronised whatever method ``step_fn`` calls (``model.loss(...)``, not only ``forward``).
 """
@@ -45,6 +53,28 @@ EvalFn = Callable[[nn.Module, int], Mapping[str, float]]
 
 # config fields that may change between a run and its resumption without changing the trajectory
 _RESUME_SAFE = {"steps", "checkpoint_every", "keep_last", "log_every", "eval_every", "num_workers"}
+
+
+@contextlib.contextmanager
+def deterministic_kernels(device: torch.device) -> Iterator[None]:
+    """Deterministic CPU kernels inside the block; the process's previous settings after it.
+
+    CPU only: on CUDA the flag also needs ``CUBLAS_WORKSPACE_CONFIG`` and refuses kernels that have
+    no deterministic version, which is the caller's choice to make. Uninitialised memory is not
+    filled with NaN here (that is a debugging aid, and it costs a pass over every new tensor).
+    """
+    if device.type != "cpu":
+        yield
+        return
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 class _StepModule(nn.Module):
@@ -165,6 +195,10 @@ class Trainer:
         ``resume=True`` continues from ``output_dir/checkpoints/latest`` when it exists.
         Returns the last logged row.
         """
+        with deterministic_kernels(self.device):
+            return self._fit(resume, until)
+
+    def _fit(self, resume: bool, until: int | None) -> dict[str, float]:
         cfg, dist = self.cfg, self.dist
         stop = cfg.steps if until is None else min(until, cfg.steps)
         seed_everything(cfg.seed + dist.rank)
@@ -298,7 +332,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """The training state (weights_only-loadable); RNG states are gathered from every rank."""
         state: dict[str, Any] = {
-            "step": self.step, "world_size": self.dist.world_size,
+            "step": self.step, "world_size": self.dist.world_size, "torch_threads": torch.get_num_threads(),
             "data_position": self.step * self.cfg.batch_size * self.dist.world_size,
             "config": self.cfg.model_dump(mode="json"),
             "rng": D.gather_objects(capture_rng(), self.dist),
@@ -337,6 +371,10 @@ class Trainer:
                 g.opt.load_state_dict(state[f"{name}/optimizer"])
                 g.sched.load_state_dict(state[f"{name}/scheduler"])
         self.step = int(state["step"])
+        threads = state.get("torch_threads")  # checkpoints of earlier versions lack it
+        if threads is not None and threads != torch.get_num_threads():
+            warnings.warn(f"{folder} was trained with {threads} torch threads, now {torch.get_num_threads()}: "
+                          "float sums change, so the run will not match an uninterrupted one", stacklevel=3)
         if state["world_size"] == self.dist.world_size:
             restore_rng(state["rng"][self.dist.rank])
         else:

@@ -20,8 +20,8 @@ def run(*args, check_torch=False):
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=ENV, cwd=ROOT)
 
 
-@pytest.mark.parametrize("args", [["--help"], ["plugins"], ["list"], ["list", "tokenizers"],
-                                  ["show", "detokenizer", "vq"], ["schema"], ["recipes"]])
+@pytest.mark.parametrize("args", [["--help"], ["plugins"], ["list"], ["list", "tokenizers"], ["list", "data"],
+                                  ["show", "detokenizer", "vq"], ["show", "data", "shapes"], ["schema"], ["recipes"]])
 def test_introspection_imports_no_torch(args):
     r = run(*args, check_torch=True)
     assert r.returncode == 0, r.stderr
@@ -91,3 +91,20 @@ def test_compose_save_and_inspect(tmp_path):
 def test_inspect_bad_folder_exit_2(tmp_path):
     r = run("inspect", str(tmp_path))
     assert r.returncode == 2 and "illume_kit.json is missing" in r.stderr
+
+
+def test_data_is_the_dataset_role_wherever_a_role_is_taken():
+    a, b = run("list", "data"), run("list", "dataset")
+    assert a.returncode == 0 and a.stdout == b.stdout and "shapes" in a.stdout
+    r = run("list", "datum")
+    assert r.returncode == 2 and "unknown role 'datum'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_recipes_lists_names_that_every_command_takes():
+    r = run("recipes")
+    assert r.returncode == 0, r.stderr
+    assert "tokenizers/dualvitok_tiny_2x2" in r.stdout and "dualvitok_qwen2_tiny " in r.stdout
+    assert "base/" not in r.stdout  # layers, not runnable recipes
+    r = run("validate", "tokenizers/dualvitok_tiny_2x2", check_torch=True)
+    assert r.returncode == 0, r.stderr
+    assert "illume_kit/recipes/tokenizers/dualvitok_tiny_2x2.yaml" in r.stdout

@@ -178,3 +178,14 @@ def test_component_set_to_null_removes_it(tmp_path, reg):
     p = write(tmp_path, "r.yaml", BASE + "detokenizer: {name: whatever}\n")
     r = load_recipe(p, ["detokenizer=null"], registry=reg)
     assert r.recipe.detokenizer is None and "detokenizer" not in r.components
+
+
+def test_a_shipped_recipe_loads_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no recipes/ folder here
+    shipped = Path(__file__).resolve().parents[2] / "illume_kit" / "recipes"
+    for ref in ("dualvitok_qwen2_tiny", "dualvitok_qwen2_tiny.yaml", "recipes/dualvitok_qwen2_tiny.yaml"):
+        assert Path(load_recipe(ref).origin) == shipped / "dualvitok_qwen2_tiny.yaml", ref
+    r = load_recipe("tokenizers/dualvitok_tiny_2x2")  # extends ../base layers, found beside it
+    assert r.recipe.name == "dualvitok_tiny_2x2" and r.components["data"].params.grid == 2
+    with pytest.raises(RecipeError, match="Did you mean tokenizers/vqgan_tiny_2x2"):
+        load_recipe("tokenizers/vqgan_tiny_2x3")

@@ -1,12 +1,21 @@
-"""The shapes attribute probe: shipped weights read held-out ground truth, scoring is exact."""
+"""The shapes attribute probe: shipped weights read held-out ground truth, scoring is exact, and
+scripts/train_probe.py trains one that eval loads."""
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
 
+import illume_kit.eval.probe as probe_module
 from illume_kit.eval.probe import (
-    WEIGHTS, ShapesProbe, cells, compare, corrupt, heldout_scenes, load_probe, read_scenes, save_probe, score,
-    to_side, train_probe,
+    WEIGHTS, ShapesProbe, cells, compare, corrupt, heldout_scenes, load_probe, read_scenes, score, to_side,
 )
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_probe.py"
+_spec = importlib.util.spec_from_file_location("train_probe", SCRIPT)
+train_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_script)
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +90,10 @@ def test_compare_and_score_are_exact():
 
 
 def test_load_probe_errors_and_round_trip(tmp_path):
-    with pytest.raises(FileNotFoundError, match="retrain"):
+    with pytest.raises(FileNotFoundError, match="scripts/train_probe.py"):
         load_probe(tmp_path / "nope.safetensors")
     p = ShapesProbe()
-    path = save_probe(p, tmp_path)
+    path = train_script.save_probe(p, tmp_path)
     q = load_probe(path)
     x = torch.rand(5, 3, 24, 24)
     p.eval()
@@ -94,6 +103,19 @@ def test_load_probe_errors_and_round_trip(tmp_path):
 
 
 def test_training_from_scratch_lowers_the_loss():
-    _, report = train_probe(steps=40, batch_images=16, n_scenes=200, heldout=0, quiet=True)
+    _, report = train_script.train_probe(steps=40, batch_images=16, n_scenes=200, heldout=0, quiet=True)
     assert report["steps"] == 40
     assert report["final_loss"] < 0.6 * report["first_loss"], report
+
+
+def test_the_script_writes_weights_that_eval_loads(tmp_path, capsys):
+    assert train_script.main(["--steps", "3", "--scenes", "20", "--heldout", "0", "--out", str(tmp_path)]) == 0
+    assert f"wrote {tmp_path / WEIGHTS.name}" in capsys.readouterr().out
+    probe = load_probe(tmp_path)
+    assert isinstance(probe, ShapesProbe) and not probe.training
+    assert (tmp_path / "shapes_probe.json").is_file()
+
+
+def test_eval_module_reads_and_scores_only():
+    for name in ("train_probe", "render_set", "save_probe", "main"):
+        assert not hasattr(probe_module, name), name
