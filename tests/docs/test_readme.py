@@ -320,7 +320,8 @@ def _need_checkpoint():
 
 def check_understand(ws, ex):
     _need_checkpoint()
-    answer = ws.ok(ex.argv).stdout.strip().splitlines()[-1].strip()
+    lines = ws.ok(ex.argv).stdout.strip().splitlines()
+    answer = lines[-1].strip() if lines else ""
     if ex.stated_output is not None:
         assert answer == ex.stated_output, f"README says {ex.stated_output!r}, the model says {answer!r}"
     else:
