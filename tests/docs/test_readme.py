@@ -51,7 +51,7 @@ VOCABULARY = {*NUMBER_WORDS, *SHAPES, *COLOR_NAMES, *SIZES, *POSITIONS, "yes", "
 @dataclass(frozen=True)
 class Example:
     command: str  # as written in the README (whitespace normalised)
-    stated_output: str | None  # the `# ...` line right after it in a code block, if any
+    stated_output: str | None  # the `# prints: ...` line right after it in a code block, if any
     section: str  # the README section it appears in
     comment: str = ""  # its own trailing `# ...` comment in a code block
 
@@ -101,6 +101,7 @@ def readme_examples(text: str | None = None) -> list[Example]:
                             nxt = block[j + 1].strip() if j + 1 < len(block) else ""
                             stated = nxt[1:].strip() if nxt.startswith("#") and not nxt[1:].strip().startswith(
                                 "illume-kit") else None
+                            stated = stated.removeprefix("prints:").strip() if stated else stated
                             add(*_split_comment(b.strip())[:1], stated, _split_comment(b.strip())[1])
                 in_block, block = False, []
             else:
@@ -414,7 +415,7 @@ def test_every_readme_command_has_a_check():
 
 
 def test_extraction_reads_blocks_tables_and_comments():
-    text = ("# A\n```bash\nillume-kit understand ck img.png \"what shape is at the top left?\"  # ask\n# circle\n```\n"
+    text = ("# A\n```bash\nillume-kit understand ck img.png \"what shape is at the top left?\"  # ask\n# prints: circle\n```\n"
             "| `train` | `illume-kit train r.yaml && illume-kit eval runs/r/checkpoint -n 3` | x |\n")
     got = readme_examples(text)
     assert [e.command for e in got] == ['illume-kit understand ck img.png "what shape is at the top left?"',
