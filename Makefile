@@ -1,5 +1,6 @@
 # Two commands do everything on a machine that has only Python 3.11:
-#   make demo   -> create .venv, install, compose the tiny default recipe
+#   make demo   -> create .venv, install, compose the tiny default recipe, then answer, draw and edit
+#                  with the shipped tiny checkpoint (writes runs/demo/demo.png)
 #   make test   -> create .venv, install (with the example plugin), run the tests
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,11 +8,12 @@ PIP := $(PY) -m pip
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 DEMO_RECIPE ?= recipes/dualvitok_qwen2_tiny.yaml
+DEMO_CHECKPOINT ?= checkpoints/dualvitok_qwen2_mllm_tiny
 PYTEST_ARGS ?=
 # a plain path entry in a .pth instead of setuptools' import-hook finder: ~30 ms less start-up per process
 EDITABLE := --config-settings editable_mode=compat
 
-.PHONY: install demo test test-slow data clean
+.PHONY: install demo test test-slow lint-imports data clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt examples/illume-kit-fsq-tokenizer/pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,6 +32,11 @@ data:
 
 demo: install
 	$(VENV)/bin/illume-kit compose $(DEMO_RECIPE)
+	$(PY) examples/demo.py $(DEMO_CHECKPOINT) --image checkpoints/scene.png -o runs/demo/demo.png
+
+# the import contracts in pyproject.toml ([tool.importlinter]): layers point one way, core stays torch-free
+lint-imports: install
+	$(VENV)/bin/lint-imports --no-cache
 
 test: install data
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

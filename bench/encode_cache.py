@@ -29,12 +29,13 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from illume_kit.core.compose import compose  # noqa: E402
+from illume_kit.model.compose import compose  # noqa: E402
 from illume_kit.core.recipe import load_recipe  # noqa: E402
 from illume_kit.model.objective import mllm_step_fn, trainable_parameters  # noqa: E402
 from illume_kit.model.sequence import EncodeCache  # noqa: E402
 from illume_kit.model.tasks import TaskMixer  # noqa: E402
-from illume_kit.train.stages import CachedDataset, build_dataset  # noqa: E402
+from illume_kit.data.build import build_dataset  # noqa: E402
+from illume_kit.train.stages import CachedDataset  # noqa: E402
 
 
 def steps(model, opt, step_fn, data, batch_size: int, first: int, n: int) -> tuple[list[float], list[float]]:

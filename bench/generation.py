@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from illume_kit.core.compose import assemble as compose_assemble  # noqa: E402
+from illume_kit.model.compose import assemble as compose_assemble  # noqa: E402
 from illume_kit.core.schema import ModelOptions  # noqa: E402
 from illume_kit.model.image_tokens import parse_image_ids  # noqa: E402
 from illume_kit.model.sampler import (filter_logits, generate_images, guided_logprobs, image_template,  # noqa: E402

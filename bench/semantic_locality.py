@@ -38,10 +38,10 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from illume_kit.core.checkpoint import load_checkpoint
+from illume_kit.model.checkpoint import load_checkpoint
 from illume_kit.core.recipe import load_recipe
 from illume_kit.data.shapes import COLOR_NAMES, SHAPES, SIZES, render, to_tensor
-from illume_kit.train.stages import build_dataset
+from illume_kit.data.build import build_dataset
 
 ATTRIBUTES = (("shape", (*SHAPES, "nothing")), ("colour", COLOR_NAMES), ("size", SIZES))
 

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from illume_kit.core.compose import build_component  # noqa: E402
+from illume_kit.model.compose import build_component  # noqa: E402
 from illume_kit.core.plugins import get_registry  # noqa: E402
 
 TOKENIZERS = ("vqgan", "dualvitok", "siglip")

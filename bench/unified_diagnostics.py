@@ -45,14 +45,14 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from illume_kit.core.checkpoint import load_checkpoint
+from illume_kit.model.checkpoint import load_checkpoint
 from illume_kit.core.recipe import load_recipe
 from illume_kit.eval.probe import load_probe, read_scenes, score
 from illume_kit.eval.tasks import question_kind
 from illume_kit.model.sampler import decode_images, edit_images
 from illume_kit.model.sequence import IGNORE, assemble, encode_images, unchanged_tokens
 from illume_kit.model.tasks import edit_sample, t2i_sample, und_sample
-from illume_kit.train.stages import build_dataset
+from illume_kit.data.build import build_dataset
 
 
 def _first_answer_index(batch, row: int) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def _dualvitok_official(src: str, out: str) -> dict:
-    from illume_kit.core.checkpoint import save_component
+    from illume_kit.model.checkpoint import save_component
     from illume_kit.core.plugins import get_registry
     from illume_kit.plugins.tokenizers.dualvitok.convert import instantiate_official, load_official_file
     from illume_kit.plugins.tokenizers.dualvitok.params import PRESETS, DualViTokParams

@@ -15,6 +15,7 @@ import math
 import re
 from pathlib import Path
 
+from illume_kit.core.options import EvalOptions
 from illume_kit.eval.sampling import GUIDANCE, task_sampling
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -51,7 +52,7 @@ def _check_image(path: str) -> Path:
 
 def recipe_image_size(checkpoint: str | Path) -> tuple[int, int]:
     """The image size the checkpoint's recipe trained on (``data.params.image_size``), else 64."""
-    from illume_kit.core.checkpoint import load_recipe_yaml
+    from illume_kit.core.manifest import load_recipe_yaml
 
     try:
         data = load_recipe_yaml(checkpoint).get("data") or {}
@@ -62,20 +63,20 @@ def recipe_image_size(checkpoint: str | Path) -> tuple[int, int]:
 
 
 # what a verb samples with when neither the command line nor the recipe's eval.options says
-SAMPLING_DEFAULTS = {verb: {"cfg": scale, "temperature": 1.0, "top_k": None, "top_p": 1.0}
-                     for verb, (_, scale) in GUIDANCE.items()}
+SAMPLING_DEFAULTS = {verb: task_sampling({}, verb) for verb in GUIDANCE}
 
 
 def recipe_sampling(checkpoint: str | Path, verb: str) -> dict:
     """The sampling the checkpoint's recipe evaluates ``verb`` with (``eval.options``, read by
     :func:`illume_kit.eval.sampling.task_sampling`), over :data:`SAMPLING_DEFAULTS`."""
-    from illume_kit.core.checkpoint import load_recipe_yaml
+    from illume_kit.core.manifest import load_recipe_yaml
 
     try:
         opts = (load_recipe_yaml(checkpoint).get("eval") or {}).get("options") or {}
+        # only the keys eval reads: a stored recipe may predate the typed options
+        return task_sampling({k: v for k, v in opts.items() if k in EvalOptions.model_fields}, verb)
     except (OSError, ValueError, AttributeError):
-        opts = {}
-    return {**SAMPLING_DEFAULTS[verb], **task_sampling(opts, verb)}
+        return dict(SAMPLING_DEFAULTS[verb])
 
 
 def check_size(model, size: tuple[int, int]) -> None:
@@ -116,7 +117,7 @@ def load_image(path: str | Path, size: tuple[int, int]):
 def _load_model(args):
     import torch
 
-    from illume_kit.core.checkpoint import load_checkpoint
+    from illume_kit.model.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(args.checkpoint)
     device = args.device

@@ -118,8 +118,8 @@ def print_tree(info: dict) -> None:
 
 def cmd_compose(args) -> int:
     from illume_kit.cli.output import console
-    from illume_kit.core.checkpoint import save_checkpoint
-    from illume_kit.core.compose import compose
+    from illume_kit.model.checkpoint import save_checkpoint
+    from illume_kit.model.compose import compose
     from illume_kit.core.recipe import load_recipe
 
     resolved = load_recipe(args.recipe, args.overrides)
@@ -139,7 +139,8 @@ def cmd_compose(args) -> int:
 
 def cmd_inspect(args) -> int:
     from illume_kit.cli.output import console
-    from illume_kit.core.checkpoint import load_checkpoint, read_manifest
+    from illume_kit.core.manifest import read_manifest
+    from illume_kit.model.checkpoint import load_checkpoint
 
     manifest = read_manifest(args.checkpoint)
     if args.manifest_only:

@@ -12,9 +12,11 @@ def cmd_train(args) -> int:
     resolved = load_recipe(args.recipe, args.overrides)
     if not resolved.recipe.train.stages:
         raise ValueError(f"{resolved.origin}: `train.stages` is empty: nothing to train")
+    from illume_kit.cli.train_progress import RichReporter
     from illume_kit.train.stages import train
 
-    results = train(resolved, only=args.stage or None, resume=args.resume, quiet=args.quiet, until=args.until)
+    results = train(resolved, only=args.stage or None, resume=args.resume, quiet=args.quiet, until=args.until,
+                    callback=RichReporter(quiet=args.quiet))
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -6,7 +6,8 @@ Steps (each collects problems instead of stopping at the first):
 2. apply ``key=value`` overrides (``~key`` deletes; ``tokenizer=vqgan`` is ``tokenizer.name=vqgan``);
    setting a component's ``name`` resets the ``preset`` and ``params`` set by earlier layers;
 3. resolve ``${...}`` interpolations and ``???`` required values, key by key;
-4. validate the recipe's structure (``schema.Recipe``, unknown keys rejected at every depth);
+4. validate the recipe's structure (``schema.Recipe``, unknown keys rejected at every depth), each
+   stage's ``options`` by the model of its ``target`` and ``eval.options`` (``core.options``);
 5. validate each component: its name in the registry, its preset, its params against its own
    ``Params`` model, recursing into nested component references (quantizers).
 
@@ -18,7 +19,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from types import UnionType
+from typing import Annotated, Any, Iterable, Literal, Mapping, Sequence, Union, get_args, get_origin
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -26,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
 from illume_kit.core import yamlio
+from illume_kit.core.options import STAGE_OPTIONS
 from illume_kit.core.params import ComponentRef
 from illume_kit.core.registry import ComponentSpec, Registry, RegistryError, UnknownComponent
 from illume_kit.core.schema import COMPONENT_ROLES, ComponentChoice, Recipe
@@ -272,41 +275,131 @@ def _resolve(cfg: DictConfig, prov: Mapping[str, str], problems: list[Problem]) 
 
 # ---------------------------------------------------------------------------------------------
 # 4./5. validation
-def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
-    """The pydantic model class that owns the location ``loc`` (for did-you-mean)."""
-    cur: Any = model
+def _members(ann: Any) -> list[Any]:
+    """The alternatives of an annotation: ``Annotated`` and ``X | Y | None`` unwrapped, ``None`` left out."""
+    if get_origin(ann) is Annotated:
+        return _members(get_args(ann)[0])
+    if get_origin(ann) in (Union, UnionType):
+        return [m for a in get_args(ann) if a is not type(None) for m in _members(a)]
+    return [ann]
+
+
+def _is_model(ann: Any) -> bool:
+    return isinstance(ann, type) and issubclass(ann, BaseModel)
+
+
+def _tagged(models: Sequence[type[BaseModel]], tag: Any) -> type[BaseModel] | None:
+    """The member of a discriminated union whose tag is ``tag`` (a field typed ``Literal[tag]``)."""
+    if len(models) < 2:
+        return None
+    return next((m for m in models for f in m.model_fields.values()
+                 if get_origin(f.annotation) is Literal and get_args(f.annotation) == (tag,)), None)
+
+
+def _branch(members: Sequence[Any], label: str) -> list[Any]:
+    """The alternatives of a plain union that pydantic's branch label (``dict[str,float]``, ``float``,
+    a model's name) names."""
+    named = [m for m in members if (_is_model(m) and m.__name__ == label)
+             or (get_origin(m) is not None and label.startswith(getattr(get_origin(m), "__name__", "\0")))]
+    return named or [m for m in members if not _is_model(m) and get_origin(m) is None]
+
+
+@dataclass
+class _Where:
+    shown: list[str]  # the recipe key path
+    owners: list[type[BaseModel]]  # the models that own its last part
+    at_branch: bool = False  # the location is a union alternative as a whole (it rejected the input's kind)
+
+
+def _locate(model: type[BaseModel], loc: Sequence[Any]) -> _Where:
+    """Where a pydantic error location is in the recipe.
+
+    List indices stay in the path; the tag pydantic adds for a discriminated union (a stage's
+    ``target``) and the label of a plain union's alternative are dropped, and the alternative they
+    name owns what follows.
+    """
+    where = _Where([], [])
+    cur: list[Any] = [model]
     for part in loc:
-        if not (isinstance(cur, type) and issubclass(cur, BaseModel)):
-            return None
-        f = cur.model_fields.get(str(part))
-        if f is None:
-            return None
-        ann = f.annotation
-        cur = next((a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
-    return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+        where.at_branch = False
+        if part == "[key]":  # pydantic marks an invalid mapping key so; the key is the part before
+            continue
+        models = [c for c in cur if _is_model(c)]
+        tagged = _tagged(models, part)
+        if tagged is not None:
+            cur = [tagged]
+            continue
+        if len(cur) > 1 and isinstance(part, str) and not any(part in m.model_fields for m in models):
+            cur, where.at_branch = _branch(cur, part), True
+            continue
+        where.owners = models
+        where.shown.append(str(part))
+        nxt: list[Any] = []
+        for c in cur:
+            if _is_model(c) and str(part) in c.model_fields:
+                nxt += _members(c.model_fields[str(part)].annotation)
+            elif get_origin(c) in (list, tuple) and isinstance(part, int):
+                args = [a for a in get_args(c) if a is not Ellipsis]
+                nxt += _members(args[min(part, len(args) - 1)] if get_origin(c) is tuple and args else
+                                (args[0] if args else Any))
+            elif get_origin(c) is dict and len(get_args(c)) == 2:
+                nxt += _members(get_args(c)[1])
+        cur = nxt
+    return where
+
+
+def _stage_kind(options_model: type[BaseModel]) -> str | None:
+    return next((k for k, m in STAGE_OPTIONS.items() if m is options_model), None)
+
+
+def _unknown_key(key: str, owners: Sequence[type[BaseModel]]) -> tuple[str, str]:
+    """(message, hint) for an unknown key: did-you-mean, valid keys, and for stage options which
+    kinds of stage take the key."""
+    fields = list(dict.fromkeys(f for o in owners for f in o.model_fields))
+    close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+    kind = _stage_kind(owners[0]) if len(owners) == 1 else None
+    msg = f"unknown key of {kind} stage options" if kind else "unknown key"
+    elsewhere = [k for k, m in STAGE_OPTIONS.items() if kind and key in m.model_fields]
+    hint = (f"{key} is an option of {' and '.join(elsewhere)} stages. " if elsewhere else
+            f"Did you mean {close[0]}? " if close else "")
+    return msg, hint + (f"(valid: {', '.join(fields)})" if fields else "")
+
+
+_KIND_ERRORS = ("dict_type", "list_type", "tuple_type", "model_type", "model_attributes_type", "float_type",
+                "int_type", "bool_type", "string_type")
 
 
 def pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str,
                       prov: Mapping[str, str]) -> list[Problem]:
-    out = []
+    out: list[Problem] = []
+    other_branch: dict[str, Problem] = {}  # per path: an alternative that only says the input is of another kind
     for err in exc.errors():
-        loc = [str(x) for x in err["loc"]]
+        where = _locate(model, err["loc"])
+        loc = where.shown
+        ctx = err.get("ctx") or {}
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc = [*loc, str(ctx.get("discriminator", "")).strip("'\"")]
         path = ".".join([prefix, *loc] if prefix else loc)
         hint = ""
         if err["type"] == "extra_forbidden":
-            owner = _model_at(model, err["loc"][:-1])
-            fields = list(owner.model_fields) if owner else []
-            close = difflib.get_close_matches(loc[-1], fields, n=1, cutoff=0.6)
-            hint = (f"Did you mean {close[0]}? " if close else "") + (f"(valid: {', '.join(fields)})" if fields else "")
-            msg = "unknown key"
-        elif err["type"] == "missing":
+            msg, hint = _unknown_key(loc[-1], where.owners)
+        elif err["type"] in ("missing", "union_tag_not_found"):
             msg = "required value is missing"
         elif err["type"] == "literal_error":
             msg = f"invalid value {err.get('input')!r}"
             hint = err["msg"].replace("Input should be", "Valid:")
+        elif err["type"] == "union_tag_invalid":
+            msg = f"invalid value {ctx.get('tag')!r}"
+            hint = f"Valid: {ctx.get('expected_tags')}"
         else:
             msg = f"{err['msg']} (got {err.get('input')!r})" if "input" in err and not isinstance(err.get("input"), dict) else err["msg"]
-        out.append(Problem(path, msg, source_of(path, prov), hint))
+        problem = Problem(path, msg, source_of(path, prov), hint)
+        if where.at_branch and err["type"] in _KIND_ERRORS:
+            other_branch.setdefault(path, problem)
+        else:
+            out.append(problem)
+    # a union's alternatives each report; the one meant for the input's kind says what is wrong
+    out += [p for path, p in other_branch.items() if not any(q.path == path or q.path.startswith(path + ".") for q in out)]
     return out
 
 

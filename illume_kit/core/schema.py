@@ -7,9 +7,12 @@ against the named component's own ``Params`` model.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_serializer
+
+from illume_kit.core.options import (DetokenizerOptions, EvalOptions, MllmOptions, StageOptions, TeacherOptions,
+                                     TokenizerOptions)
 
 
 class _Strict(BaseModel):
@@ -64,17 +67,47 @@ class Stage(_Strict):
     schedule: Literal["constant", "cosine"] = "cosine"
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: only at the end)")
     trainable: list[str] = Field(default_factory=list, description="parameter groups trained (mllm stages)")
-    options: dict[str, Any] = Field(default_factory=dict, description="stage-specific options")
+    options: StageOptions = Field(default_factory=StageOptions, description="options of this kind of stage")
+
+    # A stage dumps its options as the recipe gave them, defaults left out: the dump keys the sweep's
+    # content-addressed shared stages and is written back into frozen recipes.
+    @field_serializer("options")
+    def _given_options(self, options: StageOptions, info: SerializationInfo) -> dict[str, Any]:
+        return options.model_dump(mode=info.mode, exclude_unset=True)
+
+
+class TeacherStage(Stage):
+    target: Literal["teacher"] = Field(description="what this stage trains")
+    options: TeacherOptions = Field(default_factory=TeacherOptions, description="teacher stage options")
+
+
+class TokenizerStage(Stage):
+    target: Literal["tokenizer"] = Field(description="what this stage trains")
+    options: TokenizerOptions = Field(default_factory=TokenizerOptions, description="tokenizer stage options")
+
+
+class DetokenizerStage(Stage):
+    target: Literal["detokenizer"] = Field(description="what this stage trains")
+    options: DetokenizerOptions = Field(default_factory=DetokenizerOptions, description="detokenizer stage options")
+
+
+class MllmStage(Stage):
+    target: Literal["mllm"] = Field(description="what this stage trains")
+    options: MllmOptions = Field(default_factory=MllmOptions, description="mllm stage options")
+
+
+# a recipe's stage is the subclass its target names, so its options are validated by that kind's model
+AnyStage = Annotated[Union[TeacherStage, TokenizerStage, DetokenizerStage, MllmStage], Field(discriminator="target")]
 
 
 class TrainConfig(_Strict):
-    stages: list[Stage] = Field(default_factory=list)
+    stages: list[AnyStage] = Field(default_factory=list)
 
 
 class EvalConfig(_Strict):
     metrics: list[str] = Field(default_factory=list, description="metric names, e.g. rec/psnr, und/accuracy")
     num_samples: int = Field(64, ge=1, description="held-out samples to evaluate")
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: EvalOptions = Field(default_factory=EvalOptions, description="sampling and decoding of the evaluation")
 
 
 class RunConfig(_Strict):

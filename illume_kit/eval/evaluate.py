@@ -82,9 +82,9 @@ def reconstruction(model, dataset, num_samples: int, batch_size: int = 16, quiet
 def evaluate(checkpoint: str | Path, data_overrides: dict[str, Any] | None = None, num_samples: int | None = None,
              split: str = "val", output: str | Path | None = None, quiet: bool = False,
              decode_options: dict | None = None, tasks: bool = True) -> dict[str, Any]:
-    from illume_kit.core.checkpoint import load_checkpoint
+    from illume_kit.model.checkpoint import load_checkpoint
     from illume_kit.core.recipe import load_recipe
-    from illume_kit.train.stages import build_dataset
+    from illume_kit.data.build import build_dataset
 
     checkpoint = Path(checkpoint)
     model, manifest = load_checkpoint(checkpoint)
@@ -96,7 +96,7 @@ def evaluate(checkpoint: str | Path, data_overrides: dict[str, Any] | None = Non
     out_dir = Path(output) if output else checkpoint.parent / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.run.seed)
-    decode_options = decode_options or dict(recipe.eval.options.get("decode", {}))
+    decode_options = decode_options or dict(recipe.eval.options.decode)
     metrics = reconstruction(model, dataset, n, quiet=quiet, decode_options=decode_options,
                              grid_path=out_dir / "reconstructions.png")
     wanted = [m for m in recipe.eval.metrics if m.split("/")[0] in ("und", "gen", "edit", "probe")]

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from illume_kit.core.options import EvalOptions
+
 # task -> (the eval.options key of its guidance scale, the scale when the recipe names none)
-GUIDANCE = {"generate": ("cfg", 2.0), "edit": ("edit_cfg", 1.5)}
-# per-level sampling keys passed through to the structured sampler when the recipe sets them
+GUIDANCE = {task: (key, EvalOptions.model_fields[key].default)
+            for task, key in (("generate", "cfg"), ("edit", "edit_cfg"))}
+# per-level sampling keys passed through to the structured sampler
 SAMPLING_KEYS = ("temperature", "top_k", "top_p")
 
 
-def task_sampling(options: Mapping[str, Any], task: str) -> dict[str, Any]:
-    """``cfg`` for ``task`` (``generate`` or ``edit``) plus the sampling keys ``options`` sets."""
-    key, default = GUIDANCE[task]
-    out = {"cfg": float(options[key]) if options.get(key) is not None else default}
-    out.update({k: options[k] for k in SAMPLING_KEYS if options.get(k) is not None})
-    return out
+def task_sampling(options: EvalOptions | Mapping[str, Any], task: str) -> dict[str, Any]:
+    """``cfg`` for ``task`` (``generate`` or ``edit``) plus the sampling keys, from ``eval.options``
+    (a mapping is validated as ``EvalOptions``, defaults filled in)."""
+    opts = EvalOptions.model_validate(options)
+    return {"cfg": getattr(opts, GUIDANCE[task][0]), **{k: getattr(opts, k) for k in SAMPLING_KEYS}}

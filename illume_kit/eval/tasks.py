@@ -20,8 +20,9 @@ The shapes world has exact answers, so every task has an exact score:
   tokens" from "the tokenizer cannot draw this scene"; ``probe/reconstruction_attributes`` is the
   same ceiling for ``gen/attributes``.
 
-Sampling options come from ``eval.options`` (``temperature``, ``top_k``, ``top_p``, ``batch_size``,
-``max_answer_tokens``, ``decode`` = detokenizer options); every batch is seeded from ``run.seed``.
+Sampling options come from ``eval.options`` (``illume_kit.core.options.EvalOptions``: ``temperature``,
+``top_k``, ``top_p``, ``batch_size``, ``max_answer_tokens``, ``decode`` = detokenizer options); every batch
+is seeded from ``run.seed``.
 PNG grids (ground truth | generated, source | edited | target) are written to ``out_dir``.
 """
 
@@ -211,14 +212,14 @@ def evaluate_tasks(model, resolved, wanted: Sequence[str], n: int, out_dir: str 
     if not families:
         return {}
     recipe = resolved.recipe
-    opts = dict(recipe.eval.options)
+    opts = recipe.eval.options
     seed = int(recipe.run.seed)
-    bs = int(opts.get("batch_size", 8))
+    bs = opts.batch_size
     sampling = task_sampling(opts, "generate")
     gen_cfg, edit_cfg = sampling.pop("cfg"), task_sampling(opts, "edit")["cfg"]
-    decode = dict(opts.get("decode") or {})
+    decode = dict(opts.decode)
     if dataset is None:
-        from illume_kit.train.stages import build_dataset
+        from illume_kit.data.build import build_dataset
 
         dataset = build_dataset(resolved, split)
     items = [dataset[i] for i in range(min(n, len(dataset)))]
@@ -231,7 +232,7 @@ def evaluate_tasks(model, resolved, wanted: Sequence[str], n: int, out_dir: str 
     try:
         with _progress(quiet) as prog:
             if "und" in families:
-                m, records = understanding(model, items, max(bs, 16), int(opts.get("max_answer_tokens", 8)), prog)
+                m, records = understanding(model, items, max(bs, 16), opts.max_answer_tokens, prog)
                 if not m:
                     warnings.warn("und/*: the dataset's items have no questions (qa); skipped", stacklevel=2)
                 metrics.update(m)
@@ -256,7 +257,7 @@ def evaluate_tasks(model, resolved, wanted: Sequence[str], n: int, out_dir: str 
             if "gen" in probed:
                 m, images, reads = generation(model, items, probe, gen_cfg, seed, bs, sampling, decode, prog)
                 metrics.update(m)
-                if opts.get("nocfg", True) and gen_cfg != 1.0:
+                if opts.nocfg and gen_cfg != 1.0:
                     m1, _, _ = generation(model, items, probe, 1.0, seed, bs, sampling, decode, prog, prefix="nocfg")
                     metrics["gen/accuracy_nocfg"] = m1["nocfg/accuracy"]
                     metrics["gen/attributes_nocfg"] = m1["nocfg/attributes"]

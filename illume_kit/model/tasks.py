@@ -25,16 +25,17 @@ from typing import Any, Iterable, Mapping, Sequence, get_args
 
 import torch
 
+from illume_kit.core.options import EditTarget, Task
 from illume_kit.core.schema import ModelOptions
 from illume_kit.model.sequence import ASSISTANT_PREFIX, USER_PREFIX, Part, Sample, Tag, TargetImage
 
-TASKS = ("und", "t2i", "edit")
+TASKS = get_args(Task)
 T2I_PREFIX = "Generate an image of "
 T2I_CONTENT = ", the content of image is "
 T2I_UNCOND = "Generate a random image of "
 EDIT_INSTRUCTION = "\nPlease edit the image according to the instruction: "
 EDIT_UNCOND = "\nReconstruct the image according to the given image"
-EDIT_TARGETS = ("encoded", "copy_unchanged")  # stage option edit_target
+EDIT_TARGETS = get_args(EditTarget)  # the mllm stage option edit_target
 EDIT_ORDERS = get_args(ModelOptions.model_fields["edit_order"].annotation)  # the recipe schema's choices
 
 

@@ -32,13 +32,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from illume_kit.core.compose import build_component, compose
-from illume_kit.core.recipe import ResolvedRecipe
-from illume_kit.core.schema import Stage
 from illume_kit.core import yamlio
 from illume_kit.core.atomic import atomic_write_text
+from illume_kit.core.build import build_component
+from illume_kit.core.manifest import MANIFEST
+from illume_kit.core.recipe import ResolvedRecipe
+from illume_kit.core.schema import Stage
 from illume_kit.data.batching import collate
+from illume_kit.data.build import build_dataset
+from illume_kit.model.checkpoint import load_checkpoint, save_checkpoint
+from illume_kit.model.compose import compose
+from illume_kit.train import mllm_stage
 from illume_kit.train.config import TrainerConfig
+from illume_kit.train.progress import PlainReporter, StageHeader, TrainCallback
+from illume_kit.train.state import latest_checkpoint
+from illume_kit.train.trainer import Trainer
 
 CHECKPOINT = "checkpoint"
 SNAPSHOT = "run_recipe.yaml"  # not recipe.yaml: a sweep keeps its frozen (input) recipe there
@@ -94,24 +102,21 @@ class CachedDataset:
         return getattr(self.dataset, name)
 
 
-def build_dataset(resolved: ResolvedRecipe, split: str = "train", **overrides: Any):
-    rc = resolved.components.get("data")
-    if rc is None:
-        raise ValueError(f"{resolved.origin}: recipe has no `data:` section; training and evaluation need one")
-    params = rc.params.model_copy(update={"split": split, **overrides})
-    return build_component(rc.spec, type(rc.params).model_validate(params.model_dump()))
-
-
 def _done_marker(out: Path, stage: Stage) -> Path:
     return out / "stages" / stage.name / "done.json"
 
 
 class StageRunner:
-    def __init__(self, resolved: ResolvedRecipe, quiet: bool = False, device: str | None = None) -> None:
+    """Runs a recipe's stages. ``callback`` receives a header per stage and the trainer's progress
+    (``illume_kit.train.progress``); by default plain lines on stderr, none when ``quiet``."""
+
+    def __init__(self, resolved: ResolvedRecipe, quiet: bool = False, device: str | None = None,
+                 callback: TrainCallback | None = None) -> None:
         self.resolved = resolved
         self.recipe = resolved.recipe
         self.out = Path(self.recipe.run.output_dir)
         self.quiet = quiet
+        self.callback: TrainCallback = PlainReporter(quiet=True) if quiet else (callback or PlainReporter())
         self.device = device if device is not None else (None if self.recipe.run.device == "auto" else self.recipe.run.device)
         self._model = None
         self._reuse_checkpoint = True
@@ -149,9 +154,7 @@ class StageRunner:
         """The unified model: reloaded from the last stage's checkpoint, else freshly composed."""
         if self._model is None:
             ck = self.out / CHECKPOINT
-            if self._reuse_checkpoint and (ck / "illume_kit.json").is_file():
-                from illume_kit.core.checkpoint import load_checkpoint
-
+            if self._reuse_checkpoint and (ck / MANIFEST).is_file():
                 self._model, _ = load_checkpoint(ck)
             else:
                 self._model = compose(self.resolved)
@@ -159,8 +162,6 @@ class StageRunner:
         return self._model
 
     def save_model(self) -> Path:
-        from illume_kit.core.checkpoint import save_checkpoint
-
         return save_checkpoint(self.model, self.resolved, self.out / CHECKPOINT)
 
     # -- stages -----------------------------------------------------------------------------
@@ -172,11 +173,10 @@ class StageRunner:
             if n not in names:
                 raise ValueError(f"no stage {n!r} in {self.resolved.origin} (stages: {', '.join(names) or 'none'})")
         moved = self.claim_output(continuing=resume or bool(only))
-        if moved is not None and not self.quiet:
-            from illume_kit.cli.output import console
-
-            console.print(f"[dim]{self.out}: an earlier run was moved to {moved}[/dim]")
+        if moved is not None:
+            self.callback.message(f"{self.out}: an earlier run was moved to {moved}")
         results = {}
+        todo = []
         for stage in stages:
             if only and stage.name not in only:
                 continue
@@ -184,22 +184,47 @@ class StageRunner:
             if resume and marker.is_file() and until is None:
                 results[stage.name] = json.loads(marker.read_text())
                 continue
-            if not resume and (self.out / "stages" / stage.name).exists():  # rerun this stage from step 0
-                shutil.rmtree(self.out / "stages" / stage.name)
-            results[stage.name] = self.run_stage(stage, resume=resume, until=until)
+            todo.append(stage)
+        for i, stage in enumerate(todo, 1):
+            if not resume and self.stage_dir(stage).exists():  # rerun this stage from step 0
+                shutil.rmtree(self.stage_dir(stage))
+            results[stage.name] = self.run_stage(stage, resume=resume, until=until, position=(i, len(todo)))
             if until is not None:
                 break
-        return results
+        return {s.name: results[s.name] for s in stages if s.name in results}
 
-    def run_stage(self, stage: Stage, resume: bool = True, until: int | None = None) -> dict:
+    def stage_dir(self, stage: Stage) -> Path:
+        """Where a stage's trainer writes its metrics and checkpoints."""
+        return self.out / "stages" / stage.name
+
+    def stage_started(self, stage: Stage) -> bool:
+        """Whether the stage's trainer has written a checkpoint (a resumed stage continues from it)."""
+        return latest_checkpoint(Trainer.checkpoint_root(self.stage_dir(stage))) is not None
+
+    def trains(self, stage: Stage) -> str:
+        """What a stage trains, in words, from the recipe alone (nothing is built)."""
+        comps = self.resolved.components
+
+        def named(sec: str) -> str:
+            return f"{sec} {comps[sec].spec.name!r}" if sec in comps else sec
+
+        if stage.target == "mllm":
+            return (f"the unified model ({', '.join(stage.trainable or ['all'])}; {named('backbone')}), "
+                    "tokenizer and detokenizer frozen")
+        if stage.target == "detokenizer":
+            return f"{named('detokenizer')} on codes of the frozen {named('tokenizer')}"
+        return named(stage.target)
+
+    def run_stage(self, stage: Stage, resume: bool = True, until: int | None = None,
+                  position: tuple[int, int] = (1, 1)) -> dict:
         fn = {"teacher": self._teacher, "tokenizer": self._tokenizer, "detokenizer": self._detokenizer,
               "mllm": self._mllm}[stage.target]
+        self.callback.stage_start(StageHeader(stage.name, stage.target, self.trains(stage), stage.steps,
+                                              self.stage_dir(stage), *position))
         module, step_fn, data, extra = fn(stage)
-        from illume_kit.train.trainer import Trainer
-
         cfg = TrainerConfig.from_stage(stage, seed=self.recipe.run.seed, **extra.pop("config", {}))
-        trainer = Trainer(module, step_fn, data, cfg, output_dir=self.out / "stages" / stage.name,
-                          quiet=self.quiet, device=self.device, **extra)
+        trainer = Trainer(module, step_fn, data, cfg, output_dir=self.stage_dir(stage), quiet=self.quiet,
+                          device=self.device, description=stage.name, callback=self.callback, **extra)
         last = trainer.fit(resume=resume, until=until)
         if until is not None and trainer.step < cfg.steps:
             return {"status": "interrupted", "step": trainer.step}
@@ -214,11 +239,11 @@ class StageRunner:
         atomic_write_text(marker, json.dumps(result, indent=2))  # a torn marker would skip an unfinished stage
         return result
 
-    def _images(self, stage: Stage, **over):
+    def images(self, stage: Stage, **over):
         """The recipe's training split; ``options.image_size`` trains at another size."""
-        size = stage.options.get("image_size")
+        size = stage.options.image_size
         data = build_dataset(self.resolved, "train", **({"image_size": size} if size else {}), **over)
-        return CachedDataset(data) if stage.options.get("cache_data", True) else data
+        return CachedDataset(data) if stage.options.cache_data else data
 
     def _teacher(self, stage: Stage):
         rc = self.resolved.components.get("teacher")
@@ -231,7 +256,7 @@ class StageRunner:
         def step(m, batch, s):
             return m.loss(batch["image"], batch["caption"], batch.get("regions"))
 
-        return teacher, step, self._images(stage), {"collate_fn": collate}
+        return teacher, step, self.images(stage), {"collate_fn": collate}
 
     def _tokenizer(self, stage: Stage):
         tok = self.model.tokenizer
@@ -249,7 +274,7 @@ class StageRunner:
             start = getattr(getattr(tok, "params", None), "disc_start", None)
             if start is not None:
                 extra["config"] = {"disc_start": int(start)}
-        return tok, step, self._images(stage), extra
+        return tok, step, self.images(stage), extra
 
     def _detokenizer(self, stage: Stage):
         model = self.model
@@ -266,15 +291,14 @@ class StageRunner:
                 codes = tok.encode(lo).codes
             return m.loss(hi, codes)
 
-        return det, step, self._images(stage), {"collate_fn": collate}
+        return det, step, self.images(stage), {"collate_fn": collate}
 
     def _mllm(self, stage: Stage):
-        from illume_kit.model import objective
-
-        return objective.stage_setup(self, stage)
+        return mllm_stage.stage_setup(self, stage)
 
 
 def train(resolved: ResolvedRecipe, only: list[str] | None = None, resume: bool = True, quiet: bool = False,
-          until: int | None = None, device: str | None = None) -> dict[str, dict]:
-    return StageRunner(resolved, quiet=quiet, device=device).run(only, resume=resume, until=until)
+          until: int | None = None, device: str | None = None,
+          callback: TrainCallback | None = None) -> dict[str, dict]:
+    return StageRunner(resolved, quiet=quiet, device=device, callback=callback).run(only, resume=resume, until=until)
 

@@ -2,7 +2,7 @@
 
 A component supplies what differs — a ``step_fn(model, batch, step) -> {"loss": scalar, ...}`` and
 its data — and gets the rest from here: AdamW with decay on matrices only, warmup + cosine/constant
-lr, grad clipping, bf16 autocast on CUDA, a progress bar, ``metrics.jsonl``, atomic checkpoints
+lr, grad clipping, bf16 autocast on CUDA, progress reports (``train.progress``), ``metrics.jsonl``, atomic checkpoints
 and exact resume, and DistributedDataParallel when launched under ``torchrun``.
 
 Adversarial training (VQGAN / DualViTok pixel branch with a PatchGAN) adds a second group: a
@@ -35,7 +35,7 @@ from illume_kit.train import distributed as D
 from illume_kit.train import optim as O
 from illume_kit.train.config import TrainerConfig
 from illume_kit.train.data import is_map_dataset, make_loader
-from illume_kit.train.progress import TrainProgress
+from illume_kit.train.progress import PlainReporter, TrainCallback
 from illume_kit.train.state import (capture_rng, latest_checkpoint, load_checkpoint, restore_rng,
                                     save_checkpoint, seed_everything)
 
@@ -121,6 +121,8 @@ class Trainer:
         states saved and restored around it so evaluating never changes the training trajectory.
     on_checkpoint: ``(folder, step)`` called on rank 0 to add files to each checkpoint before it
         is renamed into place (e.g. an illume-kit component checkpoint).
+    callback: where progress goes (``illume_kit.train.progress.TrainCallback``); by default plain
+        lines on stderr, none when ``quiet``.
     """
 
     def __init__(self, model: nn.Module, step_fn: StepFn, data: Any, config: TrainerConfig | None = None,
@@ -128,7 +130,8 @@ class Trainer:
                  disc_step_fn: DiscStepFn | None = None, trainable: O.Trainable = None,
                  eval_fn: EvalFn | None = None, collate_fn: Callable | None = None,
                  on_checkpoint: Callable[[Path, int], None] | None = None,
-                 device: str | torch.device | None = None, quiet: bool = False, description: str = "train"):
+                 device: str | torch.device | None = None, quiet: bool = False, description: str = "train",
+                 callback: TrainCallback | None = None):
         if (disc is None) != (disc_step_fn is None):
             raise ValueError("disc and disc_step_fn go together: pass both or neither")
         self.cfg = config or TrainerConfig()
@@ -140,14 +143,20 @@ class Trainer:
         self.eval_fn, self.on_checkpoint = eval_fn, on_checkpoint
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.quiet, self.description = quiet, description
+        self.callback = callback
         self._trainable = trainable if trainable is not None else (self.cfg.trainable or None)
         self.step = 0
         self.history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ paths
+    @staticmethod
+    def checkpoint_root(output_dir: str | os.PathLike) -> Path:
+        """Where a trainer with this ``output_dir`` keeps its checkpoints (``latest`` names the newest)."""
+        return Path(output_dir) / "checkpoints"
+
     @property
     def checkpoint_dir(self) -> Path | None:
-        return self.output_dir / "checkpoints" if self.output_dir is not None else None
+        return self.checkpoint_root(self.output_dir) if self.output_dir is not None else None
 
     # ------------------------------------------------------------------ main loop
     def fit(self, resume: bool = False, until: int | None = None) -> dict[str, float]:
@@ -175,7 +184,8 @@ class Trainer:
             self.disc.train()
 
         main = dist.is_main
-        progress = TrainProgress(cfg.steps, self.step, quiet=self.quiet or not main, description=self.description)
+        progress = self._callback(main)
+        progress.start(cfg.steps, self.step, self.description)
         sums: dict[str, torch.Tensor] = {}
         count = 0
         batches = self._batches(self.step, cfg.steps)
@@ -215,6 +225,12 @@ class Trainer:
         return self.history[-1] if self.history else {}
 
     # ------------------------------------------------------------------ pieces
+    def _callback(self, main: bool) -> TrainCallback:
+        """Rank 0 reports (to ``callback``, or plain lines); the other ranks and ``quiet`` runs stay silent."""
+        if self.quiet or not main:
+            return PlainReporter(quiet=True)
+        return self.callback if self.callback is not None else PlainReporter()
+
     def _train_step(self, batch: Any, s: int, autocast) -> dict[str, torch.Tensor]:
         """Update the model (discriminator frozen), then the discriminator; return scalars to log."""
         gen, disc, clip = self._groups["model"], self._groups["disc"], self.cfg.grad_clip
@@ -257,7 +273,7 @@ class Trainer:
                             f"iterable, got {type(self.data).__name__}")
         return iter(loader)
 
-    def _log(self, row: dict[str, float], progress: TrainProgress) -> None:
+    def _log(self, row: dict[str, float], progress: TrainCallback) -> None:
         self.history.append(row)
         if self.dist.is_main:
             progress.log(row["step"], {k: v for k, v in row.items() if k != "step"})
@@ -266,7 +282,7 @@ class Trainer:
                 with open(self.output_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
 
-    def _evaluate(self, progress: TrainProgress) -> None:
+    def _evaluate(self, progress: TrainCallback) -> None:
         if not self.dist.is_main:
             return
         rng = capture_rng()

@@ -98,6 +98,11 @@ def test_sampling_defaults_come_from_the_checkpoint_recipe(tmp_path, monkeypatch
     assert g.recipe_sampling(tmp_path, "generate") == {"cfg": 3.0, "temperature": 0.5, "top_k": 7, "top_p": 1.0}
     assert g.recipe_sampling(tmp_path, "edit") == {"cfg": 1.25, "temperature": 0.5, "top_k": 7, "top_p": 1.0}
     assert g.recipe_sampling(tmp_path / "missing", "edit") == g.SAMPLING_DEFAULTS["edit"]
+    # a stored recipe may hold keys eval does not read: they are passed over, the others still count
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"eval": {"options": {"edit_cfg": 1.25, "unread": 1}}}))
+    assert g.recipe_sampling(tmp_path, "edit") == {**g.SAMPLING_DEFAULTS["edit"], "cfg": 1.25}
+    assert g.SAMPLING_DEFAULTS == {"generate": {"cfg": 2.0, "temperature": 1.0, "top_k": None, "top_p": 1.0},
+                                   "edit": {"cfg": 1.5, "temperature": 1.0, "top_k": None, "top_p": 1.0}}
 
     monkeypatch.setattr(g, "recipe_sampling", lambda ck, verb: {**g.SAMPLING_DEFAULTS[verb], "temperature": 0.5})
     for verb in ("generate", "edit"):

@@ -56,5 +56,6 @@ def test_show_imports_neither_torch_nor_pydantic(role, name):
 def test_fingerprint_covers_the_illume_kit_modules_a_params_module_imports():
     spec = get_registry().get("tokenizer", "dualvitok")
     files = {f.relative_to(params_digest.PACKAGE).as_posix() for f in params_digest._source_files(spec)}
-    # the shared base class and the discriminator params it imports: editing them must invalidate the entry
-    assert files == {"plugins/tokenizers/dualvitok/params.py", "core/params.py", "plugins/tokenizers/gan_params.py"}
+    # the shared base class and the teacher and discriminator params it imports: editing them must invalidate the entry
+    assert files == {"plugins/tokenizers/dualvitok/params.py", "core/params.py", "plugins/tokenizers/gan_params.py",
+                     "plugins/tokenizers/common/params.py"}

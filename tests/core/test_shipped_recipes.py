@@ -67,7 +67,7 @@ def test_unified_recipe_builds_the_tokenizer_its_tokenizer_recipe_trains(mllm, t
 
 
 def test_the_2x2_dualvitok_writes_a_64px_image_as_4x4_codes_per_level():
-    from illume_kit.core.compose import build_component
+    from illume_kit.model.compose import build_component
 
     r = load_recipe(ROOT / "recipes/tokenizers/dualvitok_tiny_2x2.yaml", ["tokenizer.params.teacher.pretrained=null"])
     c = r.components["tokenizer"]

@@ -12,7 +12,7 @@ OVERRIDES = ["eval.options.batch_size=3", "eval.options.max_answer_tokens=3", "d
 
 @pytest.fixture(scope="module")
 def tiny():
-    from illume_kit.core.compose import compose
+    from illume_kit.model.compose import compose
     from illume_kit.core.recipe import load_recipe
 
     resolved = load_recipe(RECIPE, OVERRIDES)
@@ -44,7 +44,7 @@ def test_only_wanted_families_run(tiny):
 
 def test_generation_is_seeded(tiny):
     from illume_kit.eval.probe import load_probe
-    from illume_kit.train.stages import build_dataset
+    from illume_kit.data.build import build_dataset
 
     model, resolved = tiny
     ds = build_dataset(resolved, "val")
@@ -58,7 +58,7 @@ def test_generation_is_seeded(tiny):
 
 def test_a_model_that_draws_the_truth_scores_high_and_one_that_copies_scores_zero(tiny, monkeypatch):
     model, resolved = tiny
-    from illume_kit.train.stages import build_dataset
+    from illume_kit.data.build import build_dataset
 
     ds = build_dataset(resolved, "val")
     items = [ds[i] for i in range(12)]
@@ -89,7 +89,7 @@ def test_a_model_that_draws_the_truth_scores_high_and_one_that_copies_scores_zer
 
 def test_reconstruction_ceiling_reads_what_the_detokenizer_draws(tiny, monkeypatch):
     model, resolved = tiny
-    from illume_kit.train.stages import build_dataset
+    from illume_kit.data.build import build_dataset
 
     items = [build_dataset(resolved, "val")[i] for i in range(8)]
     noise = evaluate_tasks(model, resolved, ["probe/reconstruction"], 8, quiet=True, dataset=items)

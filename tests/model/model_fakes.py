@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from illume_kit.core.compose import assemble as compose_assemble
+from illume_kit.model.compose import assemble as compose_assemble
 from illume_kit.core.protocols import CodebookSpec, TokenizerOutput
 from illume_kit.core.schema import ModelOptions
 from illume_kit.plugins.backbones.hf import Qwen2Backbone

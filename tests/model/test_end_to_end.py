@@ -7,7 +7,7 @@ pytest.importorskip("illume_kit_fsq")
 
 
 def test_fsq_recipe_trains_a_step_and_generates_decodable_images():
-    from illume_kit.core.compose import compose
+    from illume_kit.model.compose import compose
     from illume_kit.core.recipe import load_recipe
     from illume_kit.data.batching import collate
     from illume_kit.data.params import ShapesParams
@@ -36,35 +36,3 @@ def test_fsq_recipe_trains_a_step_and_generates_decodable_images():
     edits = edit_images(model, batch["image"][:1], [batch["edit"]["instruction"][0]], cfg=1.5)
     assert tuple(edits[0]["pixel"].shape) == (4, 4)
     assert len(answer(model, batch["image"][:2], ["how many shapes are there?"] * 2, max_new_tokens=3)) == 2
-
-
-def test_mllm_stage_keeps_tokenizer_outputs_unless_told_not_to(tmp_path):
-    from types import SimpleNamespace
-
-    from illume_kit.core.compose import compose
-    from illume_kit.core.recipe import load_recipe
-    from illume_kit.data.params import ShapesParams
-    from illume_kit.data.shapes import ShapesDataset
-    from illume_kit.model.objective import stage_setup
-    from illume_kit.model.sequence import EncodeCache
-
-    model = compose(load_recipe("recipes/examples/fsq_qwen2_tiny.yaml"))
-    ds = ShapesDataset(ShapesParams(image_size=64, num_samples=4, supersample=1))
-    items = [ds[i] for i in range(4)]
-
-    def setup(**options):
-        stage = SimpleNamespace(name="mllm", target="mllm", trainable=None,
-                                options={"retrain_text_tokenizer": False, **options})
-        runner = SimpleNamespace(model=model, _images=lambda s: items, out=tmp_path,
-                                 recipe=SimpleNamespace(train=SimpleNamespace(stages=[stage]), run=SimpleNamespace(seed=0)))
-        return stage_setup(runner, stage)
-
-    _, step_fn, _, _ = setup()
-    cache = model.encode_cache
-    assert isinstance(cache, EncodeCache) and cache.keep_features == (model.image_input != "discrete")
-    first = step_fn(model, items, 0)["loss"]
-    assert cache.hits == 0 and cache.misses > 0
-    again = step_fn(model, items, 0)["loss"]  # the same tasks on the same items: all from the cache
-    assert cache.hits == cache.misses and torch.equal(first, again)
-    setup(cache_codes=False)
-    assert model.encode_cache is None

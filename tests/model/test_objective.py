@@ -92,15 +92,3 @@ def test_tiny_model_learns_a_repeated_sample_and_reproduces_it():
     target = encode_images(m, [img])[0]["codes"]
     assert all(torch.equal(out[k], target[k]) for k in target)
     assert answer(m, [q], ["what shape is at the center?"]) == ["star"]
-
-
-def test_stage_options_are_checked_before_training():
-    from types import SimpleNamespace
-
-    from illume_kit.model.objective import stage_setup
-
-    runner = SimpleNamespace(model=None)
-    with pytest.raises(ValueError, match=r"options.loss_average must be one of token, sample, got 'tokens'"):
-        stage_setup(runner, SimpleNamespace(name="mllm", options={"loss_average": "tokens"}))
-    with pytest.raises(ValueError, match=r"unknown options \['qa_turn'\]"):
-        stage_setup(runner, SimpleNamespace(name="mllm", options={"qa_turn": 6}))

@@ -318,7 +318,7 @@ def test_level_order_puts_the_named_level_first_in_ids_inputs_and_targets():
 
 
 def test_level_order_is_checked_and_leaves_one_codebook_alone():
-    from illume_kit.core.compose import ComposeError, level_order
+    from illume_kit.model.compose import ComposeError, level_order
 
     one = make_model(names=("pixel",), level_order="fine_first")
     assert [cb.name for cb in one.layout.codebooks] == ["pixel"]

@@ -12,7 +12,7 @@ def train(out, overrides=(), flags=()):
 
 
 def test_another_recipe_never_reuses_a_run(tmp_path, capsys):
-    from illume_kit.core.checkpoint import load_checkpoint
+    from illume_kit.model.checkpoint import load_checkpoint
 
     out = tmp_path / "run"
     assert train(out) == 0

@@ -12,7 +12,7 @@ from illume_kit.core.protocols import CodebookSpec, VisualTokenizer
 from illume_kit.plugins.tokenizers.dualvitok.model import DualViTok
 from illume_kit.testing import conformance
 from illume_kit.plugins.tokenizers.dualvitok.params import PRESETS, DualViTokParams
-from illume_kit.plugins.tokenizers.dualvitok.teacher import (
+from illume_kit.plugins.tokenizers.common.teacher import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
     qwen2vl_patches,

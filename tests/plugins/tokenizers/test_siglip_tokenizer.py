@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from illume_kit.core.compose import ComposeError, compose
+from illume_kit.model.compose import ComposeError, compose
 from illume_kit.core.recipe import load_recipe
 from illume_kit.plugins.tokenizers.siglip.model import SigLIPTokenizer
 from illume_kit.plugins.tokenizers.siglip.params import PRESETS, SigLIPTokenizerParams

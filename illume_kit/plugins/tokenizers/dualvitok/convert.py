@@ -108,7 +108,7 @@ def instantiate_official(state_dict: Mapping[str, torch.Tensor], params: DualViT
     absent, ``params.teacher.pretrained`` must name the local Qwen2-VL vision folder.
     """
     from illume_kit.plugins.tokenizers.dualvitok.model import DualViTok
-    from illume_kit.plugins.tokenizers.dualvitok.teacher import Teacher
+    from illume_kit.plugins.tokenizers.common.teacher import Teacher
     from illume_kit.plugins.tokenizers.gan import PatchGANDiscriminator
 
     params = params or _official_params()

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from illume_kit.plugins.tokenizers.dualvitok.semantic import semantic_cosine_loss
+from illume_kit.plugins.tokenizers.common.semantic import semantic_cosine_loss
 from illume_kit.plugins.tokenizers.gan import adaptive_weight, gan_active, hinge_d_loss, hinge_g_loss
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -20,22 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from illume_kit.core.protocols import CodebookSpec, TokenizerOutput
+from illume_kit.plugins.tokenizers.common.quantizer import build_code_quantizer
+from illume_kit.plugins.tokenizers.common.semantic import SemanticDecoder, SemanticEncoder
+from illume_kit.plugins.tokenizers.common.teacher import Teacher
 from illume_kit.plugins.tokenizers.dualvitok import loss as _loss
 from illume_kit.plugins.tokenizers.dualvitok.params import PRESETS, DualViTokParams
 from illume_kit.plugins.tokenizers.dualvitok.pixel import PixelDecoder, PixelEncoder
-from illume_kit.plugins.tokenizers.dualvitok.semantic import SemanticDecoder, SemanticEncoder
-from illume_kit.plugins.tokenizers.dualvitok.teacher import Teacher
 from illume_kit.plugins.tokenizers.gan import PatchGANDiscriminator
-from illume_kit.plugins.tokenizers.quantizers import build_quantizer
-
-
-def _quantizer(ref, dim: int, size: int, role: str) -> nn.Module:
-    q = build_quantizer(ref, defaults={"dim": dim, "codebook_size": size})
-    if q.dim != dim:
-        raise ValueError(f"{role}_quantizer has dim {q.dim}, but the {role} code width is {dim}")
-    if getattr(q, "num_levels", 1) != 1:
-        raise ValueError(f"{role}_quantizer {ref.name!r} returns several indices per token; DualViTok needs one")
-    return q
 
 
 class DualViTok(nn.Module):
@@ -51,7 +42,8 @@ class DualViTok(nn.Module):
         self.semantic_encoder = SemanticEncoder(
             teacher, p.semantic_width, p.semantic_heads, p.semantic_mlp_ratio, p.semantic_encoder_blocks, p.semantic_code_dim
         )
-        self.semantic_quantizer = _quantizer(p.semantic_quantizer, p.semantic_code_dim, p.semantic_codebook_size, "semantic")
+        self.semantic_quantizer = build_code_quantizer(p.semantic_quantizer, p.semantic_code_dim,
+                                                       p.semantic_codebook_size, "semantic")
         self.semantic_decoder = SemanticDecoder(
             p.semantic_code_dim, p.semantic_width, p.semantic_heads, p.semantic_mlp_ratio, p.semantic_decoder_blocks,
             teacher.width,
@@ -62,7 +54,8 @@ class DualViTok(nn.Module):
             p.norm_groups, dc=p.dc_blocks, patchify=p.patchify,
         )
         self.pixel_quant_conv = nn.Conv2d(p.pixel_z_channels, p.pixel_code_dim, 1)
-        self.pixel_quantizer = _quantizer(p.pixel_quantizer, p.pixel_code_dim, p.pixel_codebook_size, "pixel")
+        self.pixel_quantizer = build_code_quantizer(p.pixel_quantizer, p.pixel_code_dim, p.pixel_codebook_size,
+                                                    "pixel")
         zq = p.semantic_code_dim + p.pixel_code_dim
         self.pixel_post_quant_conv = nn.Conv2d(zq, zq, 1)
         self.pixel_decoder = PixelDecoder(

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from illume_kit.core.protocols import CodebookSpec, TokenizerOutput
-from illume_kit.plugins.tokenizers.dualvitok.model import _quantizer
-from illume_kit.plugins.tokenizers.dualvitok.semantic import SemanticDecoder, SemanticEncoder, semantic_cosine_loss
-from illume_kit.plugins.tokenizers.dualvitok.teacher import Teacher
+from illume_kit.plugins.tokenizers.common.quantizer import build_code_quantizer
+from illume_kit.plugins.tokenizers.common.semantic import SemanticDecoder, SemanticEncoder, semantic_cosine_loss
+from illume_kit.plugins.tokenizers.common.teacher import Teacher
 from illume_kit.plugins.tokenizers.siglip.params import SigLIPTokenizerParams
 
 
@@ -30,7 +30,7 @@ class SigLIPTokenizer(nn.Module):
         p = self.params = params if params is not None else SigLIPTokenizerParams()
         self.teacher = Teacher(p.teacher)
         self.semantic_encoder = SemanticEncoder(self.teacher, p.width, p.heads, p.mlp_ratio, p.encoder_blocks, p.code_dim)
-        self.semantic_quantizer = _quantizer(p.quantizer, p.code_dim, p.codebook_size, "semantic")
+        self.semantic_quantizer = build_code_quantizer(p.quantizer, p.code_dim, p.codebook_size, "semantic")
         self.semantic_decoder = SemanticDecoder(p.code_dim, p.width, p.heads, p.mlp_ratio, p.decoder_blocks,
                                                 self.teacher.width)
 

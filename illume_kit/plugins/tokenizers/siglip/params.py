@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from illume_kit.core.params import ComponentParams, QuantizerRef
-from illume_kit.plugins.tokenizers.dualvitok.params import TeacherParams
+from illume_kit.plugins.tokenizers.common.params import TeacherParams
 
 
 def _siglip_teacher() -> TeacherParams:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from illume_kit.plugins.tokenizers.dualvitok.teacher import Teacher
+from illume_kit.plugins.tokenizers.common.teacher import Teacher
 
 
 def xavier_init(m: nn.Module) -> None:

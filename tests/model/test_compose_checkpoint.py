@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from illume_kit.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from illume_kit.core.compose import ComposeError, compose
+from illume_kit.core.manifest import CheckpointError
+from illume_kit.model.checkpoint import load_checkpoint, save_checkpoint
+from illume_kit.model.compose import ComposeError, compose
 from illume_kit.core.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,12 +97,12 @@ def test_atomic_write_leaves_old_checkpoint_intact(composed, tmp_path, monkeypat
     target = tmp_path / "ck"
     shutil.copytree(folder, target)
     before = (target / "illume_kit.json").read_text()
-    import illume_kit.core.checkpoint as ck
+    import illume_kit.model.checkpoint as ck
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ck, "_save_module", boom)
+    monkeypatch.setattr(ck, "save_module", boom)
     with pytest.raises(OSError):
         save_checkpoint(model, resolved, target)
     assert (target / "illume_kit.json").read_text() == before
@@ -113,7 +114,7 @@ def test_incompatible_detokenizer_is_refused():
         has_pixel_decoder = False
         codebooks = ()
 
-    from illume_kit.core.compose import check_contracts
+    from illume_kit.model.compose import check_contracts
     from illume_kit.plugins.decoders.vq import VQDetokenizer
 
     det = VQDetokenizer(VQDetokenizer.Params())
@@ -122,7 +123,7 @@ def test_incompatible_detokenizer_is_refused():
 
 
 def test_consumed_codebook_must_exist():
-    from illume_kit.core.compose import check_contracts
+    from illume_kit.model.compose import check_contracts
     from illume_kit.core.protocols import CodebookSpec
 
     class Tok:

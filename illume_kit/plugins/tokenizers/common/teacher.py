@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from illume_kit.plugins.tokenizers.dualvitok.params import TeacherParams
+from illume_kit.plugins.tokenizers.common.params import TeacherParams
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -12,25 +12,16 @@ from __future__ import annotations
 
 from typing import Any, Mapping, get_args
 
-from pydantic import BaseModel
+import torch
 
+from illume_kit.core.build import ComposeError, build_component
 from illume_kit.core.layout import VocabLayout
 from illume_kit.core.recipe import ResolvedRecipe
-from illume_kit.core.registry import ComponentSpec, RegistryError
 from illume_kit.core.schema import ModelOptions
+from illume_kit.model.unified import UnifiedModel
+from illume_kit.model.weights import load_component_weights
 
-
-class ComposeError(RegistryError):
-    pass
-
-
-def build_component(spec: ComponentSpec, params: BaseModel) -> Any:
-    try:
-        cls = spec.load()
-    except Exception as exc:
-        raise ComposeError(f"cannot import {spec.role} {spec.name!r} from {spec.dist} {spec.dist_version}: "
-                           f"{type(exc).__name__}: {exc}") from exc
-    return cls(params)
+__all__ = ["ComposeError", "assemble", "build_component", "build_layout", "check_contracts", "compose", "level_order"]
 
 
 def check_contracts(tokenizer: Any, detokenizer: Any | None, names: Mapping[str, str]) -> None:
@@ -75,8 +66,6 @@ def build_layout(tokenizer: Any, backbone: Any, options: ModelOptions) -> VocabL
 def assemble(tokenizer: Any, backbone: Any, detokenizer: Any | None, options: ModelOptions,
              layout: VocabLayout | None = None, names: Mapping[str, str] | None = None):
     """Check contracts, extend the backbone's vocab, and build the UnifiedModel around the parts."""
-    from illume_kit.model.unified import UnifiedModel
-
     check_contracts(tokenizer, detokenizer, names or {})
     computed = build_layout(tokenizer, backbone, options)
     if layout is not None and layout != computed:
@@ -96,11 +85,7 @@ def assemble(tokenizer: Any, backbone: Any, detokenizer: Any | None, options: Mo
 
 def compose(resolved: ResolvedRecipe):
     """Build every component of a validated recipe and assemble the unified model."""
-    import torch
-
     torch.manual_seed(resolved.recipe.run.seed)
-    from illume_kit.core.checkpoint import load_component_weights
-
     comps = resolved.components
     parts = {sec: build_component(comps[sec].spec, comps[sec].params) for sec in ("tokenizer", "backbone", "detokenizer")
              if sec in comps}

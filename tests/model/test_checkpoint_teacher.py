@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from illume_kit.core.checkpoint import load_checkpoint, save_checkpoint
-from illume_kit.core.compose import compose
+from illume_kit.model.checkpoint import load_checkpoint, save_checkpoint
+from illume_kit.model.compose import compose
 from illume_kit.core.recipe import load_recipe
 from illume_kit.plugins.tokenizers.dualvitok.model import DualViTok
 from illume_kit.plugins.tokenizers.dualvitok.params import PRESETS

@@ -1,0 +1,48 @@
+"""Component weights as safetensors: one ``model.safetensors`` per component folder.
+
+Strict loading: a file that misses a key of the module, or has one it lacks, is refused with the
+first few names of each, so a checkpoint of other components or params never loads silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+
+from illume_kit.core.manifest import CheckpointError
+
+
+def save_module(module, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(module, str(folder / "model.safetensors"))
+    if hasattr(module, "save_extra"):
+        module.save_extra(folder)
+
+
+def load_module(module, folder: Path, what: str, filename: str = "model.safetensors") -> None:
+    path = folder / filename
+    if not path.is_file():
+        raise CheckpointError(f"{what}: weight file {path} is missing")
+    try:
+        missing, unexpected = load_model(module, str(path), strict=False)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{what}: weight file {path} is corrupt or does not fit: {str(exc).splitlines()[0]}") from exc
+    if missing or unexpected:
+        raise CheckpointError(f"{what}: weight file {path} does not match the component "
+                              f"(missing: {', '.join(sorted(missing)[:5]) or 'none'}; "
+                              f"unexpected: {', '.join(sorted(unexpected)[:5]) or 'none'})")
+
+
+def load_component_weights(module, path: str | Path, section: str) -> None:
+    """Load a component's weights from a ``.safetensors`` file, a component folder holding
+    ``model.safetensors``, or a checkpoint folder holding ``<section>/model.safetensors``."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        sub = path / section if (path / section / "model.safetensors").is_file() else path
+        load_module(module, sub, f"{section} weights")
+        return
+    if not path.is_file():
+        raise CheckpointError(f"{section}.weights: {path} does not exist (a .safetensors file or a checkpoint folder)")
+    load_module(module, path.parent, f"{section} weights", path.name)

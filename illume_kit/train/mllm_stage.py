@@ -1,0 +1,47 @@
+"""The ``mllm`` training stage: the unified model on the task mix, training the groups the stage names.
+
+Everything here goes through the runner's public API (its model, its training images, whether the
+stage's trainer has a checkpoint); the loss and the parameter groups are ``illume_kit.model.objective``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from illume_kit.core.options import MllmOptions
+from illume_kit.core.schema import Stage
+from illume_kit.model.objective import mllm_step_fn, trainable_parameters
+from illume_kit.model.sequence import EncodeCache
+from illume_kit.model.tasks import TaskMixer, task_texts
+
+if TYPE_CHECKING:
+    from illume_kit.train.stages import StageRunner
+
+
+def _keep_items(items: list) -> list:
+    return items  # dataset items stay a list of dicts: tasks draw from each item separately
+
+
+def stage_setup(runner: StageRunner, stage: Stage):
+    """What ``illume-kit train`` needs for an ``mllm`` stage: (module, step_fn, data, trainer extras).
+
+    The stage's options are ``illume_kit.core.options.MllmOptions``; ``loss_average`` is explained at
+    ``mllm_loss``, ``edit_target`` at ``TaskMixer``, ``cache_codes`` at ``EncodeCache``. The text
+    tokenizer of a from-scratch backbone is retrained once, at the start of the recipe's first mllm stage.
+    """
+    model = runner.model
+    opts = MllmOptions.model_validate(stage.options)  # the recipe's are typed already; a plain dict is checked
+    data = runner.images(stage)
+    first_mllm = next(s for s in runner.recipe.train.stages if s.target == "mllm").name == stage.name
+    started = runner.stage_started(stage)
+    if (opts.retrain_text_tokenizer and first_mllm and not started
+            and not getattr(model.backbone.params, "pretrained", None)):
+        n = min(len(data), opts.text_corpus_items)
+        model.backbone.retrain_text_tokenizer(sorted(task_texts(data[i] for i in range(n))))
+    groups = stage.trainable or ["all"]
+    trainable_parameters(model, groups)
+    model.encode_cache = EncodeCache(keep_features=model.image_input != "discrete") if opts.cache_codes else None
+    mixer = TaskMixer(opts.tasks, opts.cfg_dropout, seed=runner.recipe.run.seed, qa_turns=opts.qa_turns,
+                      edit_order=getattr(model, "edit_order", "image_first"), edit_target=opts.edit_target)
+    # groups are applied here through requires_grad; the trainer then takes whatever requires grad
+    return model, mllm_step_fn(mixer, opts.loss_average), data, {"collate_fn": _keep_items, "config": {"trainable": []}}

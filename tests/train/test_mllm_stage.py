@@ -1,0 +1,52 @@
+"""The ``mllm`` stage set-up: its options are checked first, and it keeps tokenizer outputs on request."""
+
+import pytest
+import torch
+
+
+def test_plain_dict_options_are_checked_before_training():
+    """A recipe's stage options are typed when it is loaded; a caller's plain dict is checked the same way."""
+    from types import SimpleNamespace
+
+    from pydantic import ValidationError
+
+    from illume_kit.train.mllm_stage import stage_setup
+
+    runner = SimpleNamespace(model=None)
+    with pytest.raises(ValidationError, match=r"loss_average\n  Input should be 'token' or 'sample'"):
+        stage_setup(runner, SimpleNamespace(name="mllm", options={"loss_average": "tokens"}))
+    with pytest.raises(ValidationError, match=r"qa_turn\n  Extra inputs are not permitted"):
+        stage_setup(runner, SimpleNamespace(name="mllm", options={"qa_turn": 6}))
+
+
+def test_mllm_stage_keeps_tokenizer_outputs_unless_told_not_to(tmp_path):
+    pytest.importorskip("illume_kit_fsq")
+    from types import SimpleNamespace
+
+    from illume_kit.model.compose import compose
+    from illume_kit.core.recipe import load_recipe
+    from illume_kit.data.params import ShapesParams
+    from illume_kit.data.shapes import ShapesDataset
+    from illume_kit.train.mllm_stage import stage_setup
+    from illume_kit.model.sequence import EncodeCache
+
+    model = compose(load_recipe("recipes/examples/fsq_qwen2_tiny.yaml"))
+    ds = ShapesDataset(ShapesParams(image_size=64, num_samples=4, supersample=1))
+    items = [ds[i] for i in range(4)]
+
+    def setup(**options):
+        stage = SimpleNamespace(name="mllm", target="mllm", trainable=None,
+                                options={"retrain_text_tokenizer": False, **options})
+        runner = SimpleNamespace(model=model, images=lambda s: items, stage_started=lambda s: False,
+                                 recipe=SimpleNamespace(train=SimpleNamespace(stages=[stage]), run=SimpleNamespace(seed=0)))
+        return stage_setup(runner, stage)
+
+    _, step_fn, _, _ = setup()
+    cache = model.encode_cache
+    assert isinstance(cache, EncodeCache) and cache.keep_features == (model.image_input != "discrete")
+    first = step_fn(model, items, 0)["loss"]
+    assert cache.hits == 0 and cache.misses > 0
+    again = step_fn(model, items, 0)["loss"]  # the same tasks on the same items: all from the cache
+    assert cache.hits == cache.misses and torch.equal(first, again)
+    setup(cache_codes=False)
+    assert model.encode_cache is None
