@@ -16,11 +16,13 @@ For every codebook level of each checkpoint's tokenizer (a tokenizer run or a un
    (shape, colour, size or nothing) and where the patch sits in the cell. 0 when the codes are a
    function of the cell's content; a language model writing the codes has to guess the rest.
 
-Session 12 found with it why the SigLIP-only arm could not draw colours: the tiny teacher's patches
-each held the whole scene, and its codes kept colour for 0.82 of cells; with the teacher's
-region-text loss (``region_weight``) both columns reach 1.00. Session 13 found with the third why
-one of two tokenizer trainings with dead-code restarts every 20 steps drew badly through its LLM:
-its empty cells took 21 codes chosen by the other cells (2.6 bits), against 0.1 in the other.
+What the measures tell apart: a teacher trained on whole captions alone gives patches that each
+hold the whole scene (the other-cell cosine moves as much as the own cell's) and codes that keep
+colour for only part of the cells; the teacher's region-text loss (``region_weight``) brings both
+near 1.00. Two codebooks that keep every colour can still differ in how writable they are: one
+whose empty cells take codes chosen by the other cells (bits given the cell well above 0) is one
+a small LLM draws badly through, although its reconstruction ceiling is the same.
+
 Built for the grid worlds of the ``shapes`` data set (the checkpoint's own recipe, held-out ``val``
 split); the feature grid side must be a multiple of the world's grid side.
 """

@@ -18,7 +18,7 @@ QUESTIONS = ("how many shapes are there?", "what shape is at the top left?", "wh
 CAPTIONS = ("a large red circle at the top left", "a small blue square at the bottom right",
             "a large green triangle at the top right", "a large yellow star at the bottom left")
 EDITS = ("make the {shape} at the {position} blue", "remove the {shape} at the {position}",
-         "add a large purple diamond at the bottom right")
+         "add a large purple diamond at the top right")
 
 
 def contact_sheet(rows, labels, scale: int = 2, pad: int = 4):

@@ -24,8 +24,15 @@ def test_shipped_recipe_validates(path):
         pytest.skip("sweep files are validated by the sweep tests")
     r = load_recipe(path)
     assert r.recipe.name
-    first = path.read_text().splitlines()[0]
-    assert first.startswith("# illume-kit "), f"{path.name} must start with the command that runs it"
+    header = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("# "))
+    own = str(path.relative_to(ROOT))
+    assert any(h.startswith("illume-kit ") and own in h for h in header), \
+        f"{own}'s header must give the command that runs it"
+    assert any(h.startswith("Prerequisites:") for h in header), f"{own}'s header must name its prerequisites"
 
 
 def test_validate_imports_no_torch():

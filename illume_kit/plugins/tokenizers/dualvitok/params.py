@@ -7,12 +7,11 @@ ch 128 / decoder ch 384 with DC up/down blocks; code-swap noise off (the fix-256
 at 0.1/0.1). Perceptual (LPIPS) loss needs local VGG weights, so it is off unless a file is given.
 ``tiny`` trains on 2 CPU cores at 64x64: an 8-px-patch ViT teacher, one adapter block each way,
 pixel-unshuffle 4x before the CNNs and one downsample (pixel stride 8, so every conv runs at 16x16
-or less), 128 semantic and 32 pixel codes. A 64x64 shapes image is 8x8 + 8x8 codes: at pixel
-stride 16 (4x4 codes) shapes came back as blobs. Without help the pixel book collapses onto a few
-codes (measured at stride 8: 256 + 128 codes used 54% / 36%; 128 + 64 codes 79% / 56% and 67% /
-28%; 128 + 32 codes 77% / 34%, 26.1 dB; the rotation trick made it worse, 28%), so ``tiny`` turns
-on the pixel SimVQ's dead-code restart (``restart_dead_codes_after: 20``, not in ILLUME+): 100% of
-the 32 pixel codes used, perplexity 16, 27.2 dB in the same 1000 steps.
+or less), 128 semantic and 32 pixel codes. A 64x64 shapes image is 8x8 + 8x8 codes; at pixel
+stride 16 (4x4 codes) a tokenizer this small draws the default world's shapes as blobs. A small
+SimVQ pixel book collapses onto a few codes, differently from run to run, so ``tiny`` turns on the
+pixel SimVQ's dead-code restart (``restart_dead_codes_after: 20``, not in ILLUME+), which keeps all
+32 codes in use (docs/research-notes.md, Tokenizers).
 """
 
 from __future__ import annotations

@@ -4,11 +4,10 @@ ILLUME+'s semantic branch distils a frozen, pretrained Qwen2-VL ViT. No such wei
 so illume-kit trains its own teacher: an open_clip ViT + text transformer with the SigLIP sigmoid
 loss (Zhai et al. 2023) on captioned data, then freezes it. ``tiny`` trains on CPU at 64x64 on the
 shapes world (defaults = ``tiny``); ``official`` has SigLIP ViT-B/16's tower shapes (for GPU
-training). Measured on 2 loaded CPU cores, batch 32 of 64x64 shapes, AdamW lr 1e-3: every config
-first sits on the collapsed constant solution (loss 4.45 = softplus(3.43) + 31 softplus(-3.43));
-the tiny one leaves it after ~150 steps, the 3-layer vision / 2-layer text width-128 one only after
-~350, and lr 2e-3 stays stuck longer. The text side
-always uses open_clip's CLIP BPE tokenizer, which ships inside the wheel (no hub download).
+training). The tiny defaults are sized to leave SigLIP's collapsed constant solution (every
+logit equal; loss 4.45 at batch 32) within the first ~150 steps at lr 1e-3; wider or deeper towers,
+or a larger learning rate, sit on it longer. The text side always uses open_clip's CLIP BPE
+tokenizer, which ships inside the wheel (no hub download).
 """
 
 from __future__ import annotations
