@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # a plain path entry in a .pth instead of setuptools' import-hook finder: ~30 ms less start-up per process
 EDITABLE := --config-settings editable_mode=compat
 
-.PHONY: install demo test test-slow lint-imports data clean
+.PHONY: install demo test test-slow lint lint-imports data clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt examples/illume-kit-fsq-tokenizer/pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +33,11 @@ data:
 demo: install
 	$(VENV)/bin/illume-kit compose $(DEMO_RECIPE)
 	$(PY) examples/demo.py $(DEMO_CHECKPOINT) --image checkpoints/scene.png -o runs/demo/demo.png
+
+# style (ruff lint + format, configured in pyproject.toml) and the import contracts
+lint: lint-imports
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # the import contracts in pyproject.toml ([tool.importlinter]): layers point one way, core stays torch-free
 lint-imports: install

@@ -32,7 +32,10 @@ COMMANDS = {
     "baseline: python -c 'import torch'": [sys.executable, "-c", "import torch"],
     # what the libraries these verbs are built on cost to import, before any illume-kit code runs
     "floor: import pluggy, omegaconf, pydantic (+ importlib.metadata)": [
-        sys.executable, "-c", "import importlib.metadata, pluggy, omegaconf, pydantic.main, pydantic.fields"],
+        sys.executable,
+        "-c",
+        "import importlib.metadata, pluggy, omegaconf, pydantic.main, pydantic.fields",
+    ],
     "illume-kit --help": CLI + ["--help"],
     "illume-kit plugins": CLI + ["plugins"],
     "illume-kit list": CLI + ["list"],
@@ -55,7 +58,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=7)
     args = ap.parse_args()
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "illume_kit")], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "illume_kit")], check=True, capture_output=True
+    )
     for cmd in COMMANDS.values():
         wall(cmd)  # warm the file cache
     # round robin: a slow spell of a shared machine hits every command alike, not just one of them
@@ -73,8 +78,9 @@ def main() -> None:
         t.add_column(col)
     for name, s in results.items():
         ok = "" if name.startswith(("baseline", "floor")) else ("yes" if s < 0.5 else "NO")
-        t.add_row(name, f"{s:.3f}", f"{min(times[name]):.3f}", f"{statistics.median(cpu[name]):.3f}",
-                  f"{s / base:.2f}x", ok)
+        t.add_row(
+            name, f"{s:.3f}", f"{min(times[name]):.3f}", f"{statistics.median(cpu[name]):.3f}", f"{s / base:.2f}x", ok
+        )
     Console(width=130).print(t)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import torch
 from rich.console import Console
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         det = det.to(dev, dtype).eval()
         codes = diff_tok.encode(images).codes
         for steps in args.steps:
-            fn = lambda: det.decode(codes, steps=steps, guidance=args.guidance, seed=0)  # noqa: E731
+            fn = partial(det.decode, codes, steps=steps, guidance=args.guidance, seed=0)
             s = seconds_per_image(fn, args.batch, args.repeats, args.device)
             rows.append((f"diffusion/{args.preset}", type(diff_tok).__name__, str(steps), args.size * args.scale, s))
 

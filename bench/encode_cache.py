@@ -29,12 +29,12 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from illume_kit.model.compose import compose  # noqa: E402
 from illume_kit.core.recipe import load_recipe  # noqa: E402
+from illume_kit.data.build import build_dataset  # noqa: E402
+from illume_kit.model.compose import compose  # noqa: E402
 from illume_kit.model.objective import mllm_step_fn, trainable_parameters  # noqa: E402
 from illume_kit.model.sequence import EncodeCache  # noqa: E402
 from illume_kit.model.tasks import TaskMixer  # noqa: E402
-from illume_kit.data.build import build_dataset  # noqa: E402
 from illume_kit.train.stages import CachedDataset  # noqa: E402
 
 
@@ -64,8 +64,9 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="recipe overrides")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    resolved = load_recipe(args.recipe, ["tokenizer.weights=null", "tokenizer.params.teacher.pretrained=null",
-                                         *args.overrides])
+    resolved = load_recipe(
+        args.recipe, ["tokenizer.weights=null", "tokenizer.params.teacher.pretrained=null", *args.overrides]
+    )
     torch.manual_seed(0)
     base = compose(resolved)
     data = CachedDataset(build_dataset(resolved, "train", num_samples=args.items))
@@ -88,8 +89,10 @@ def main() -> None:
     a, b = (runs[k]["losses"] for k in runs)
     agree = max(abs(x - y) for x, y in zip(a, b))
     base_ms = statistics.median(runs["no cache"]["times"]) * 1e3
-    table = Table(title=f"{args.recipe}: mllm step, batch {args.batch_size}, {args.threads} threads, "
-                        f"{args.rounds}x{args.steps} timed steps after one pass over {args.items} items")
+    table = Table(
+        title=f"{args.recipe}: mllm step, batch {args.batch_size}, {args.threads} threads, "
+        f"{args.rounds}x{args.steps} timed steps after one pass over {args.items} items"
+    )
     for col in ("encoding", "median ms / step", "vs no cache", "cache hits / misses"):
         table.add_column(col)
     for name, run in runs.items():

@@ -30,21 +30,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from illume_kit.model.compose import assemble as compose_assemble  # noqa: E402
 from illume_kit.core.schema import ModelOptions  # noqa: E402
+from illume_kit.model.compose import assemble as compose_assemble  # noqa: E402
 from illume_kit.model.image_tokens import parse_image_ids  # noqa: E402
-from illume_kit.model.sampler import (filter_logits, generate_images, guided_logprobs, image_template,  # noqa: E402
-                                      sampling_table)
+from illume_kit.model.sampler import filter_logits, generate_images, guided_logprobs, image_template, sampling_table  # noqa: E402
 from illume_kit.model.sequence import Ids, Sample, assemble  # noqa: E402
 from illume_kit.model.tasks import t2i_prompt  # noqa: E402
 from illume_kit.plugins.backbones.hf import Qwen2Backbone  # noqa: E402
 from illume_kit.plugins.decoders.vq import VQDetokenizer  # noqa: E402
 
 CFG, TOP_K, TOP_P = 2.0, 100, 0.95
-PROMPTS = ["a small red circle at the top left", "a large blue square at the center and a small green star",
-           "a purple diamond at the bottom right", "two yellow triangles", "an orange star at the top center",
-           "a small green circle at the middle left and a large red square at the bottom left",
-           "a blue triangle", "a large purple circle at the center"]
+PROMPTS = [
+    "a small red circle at the top left",
+    "a large blue square at the center and a small green star",
+    "a purple diamond at the bottom right",
+    "two yellow triangles",
+    "an orange star at the top center",
+    "a small green circle at the middle left and a large red square at the bottom left",
+    "a blue triangle",
+    "a large purple circle at the center",
+]
 
 
 def build_model(device: str):
@@ -53,8 +58,17 @@ def build_model(device: str):
 
     torch.manual_seed(0)
     tok = FSQTokenizer(FSQTokenizer.Params(**PRESETS["tiny"]))
-    bb = Qwen2Backbone(Qwen2Backbone.Params(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
-                                            intermediate_size=1024, vocab_size=512, new_rows_init="normal"))
+    bb = Qwen2Backbone(
+        Qwen2Backbone.Params(
+            hidden_size=256,
+            num_layers=4,
+            num_heads=4,
+            num_kv_heads=2,
+            intermediate_size=1024,
+            vocab_size=512,
+            new_rows_init="normal",
+        )
+    )
     return compose_assemble(tok, bb, VQDetokenizer(), ModelOptions()).to(device).eval()
 
 
@@ -80,8 +94,13 @@ class ReferenceStyleProcessor(LogitsProcessor):
         else:
             self.u_mask = torch.cat([self.u_mask, torch.ones_like(self.u_mask[:, :1])], 1)
             pos = self.u_mask.sum(1, keepdim=True) - 1
-            out = self.hf(input_ids=input_ids[:, -1:], attention_mask=self.u_mask, position_ids=pos,
-                          use_cache=True, **{self.cache_kw: self.cache})
+            out = self.hf(
+                input_ids=input_ids[:, -1:],
+                attention_mask=self.u_mask,
+                position_ids=pos,
+                use_cache=True,
+                **{self.cache_kw: self.cache},
+            )
         self.cache = getattr(out, self.cache_kw)
         return out.logits[:, -1]
 
@@ -111,16 +130,33 @@ def baseline(model, prompts, size, seed):
     head = templates[0][: next(j for j, v in enumerate(templates[0]) if v < 0)]
     cond = assemble(model, [Sample(t2i_prompt(p, size), [Ids(tuple(head))], eos=False) for p in prompts], "left")
     unc = assemble(model, [Sample(t2i_prompt(None, size), [Ids(tuple(head))], eos=False) for _ in prompts], "left")
-    rest = torch.tensor([t[len(head):] for t in templates], device=cond.input_ids.device)
-    proc = ReferenceStyleProcessor(model, unc.input_ids, unc.attention_mask, rest, cond.input_ids.shape[1], CFG,
-                                   sampling_table(model, 1.0, TOP_K, TOP_P))
+    rest = torch.tensor([t[len(head) :] for t in templates], device=cond.input_ids.device)
+    proc = ReferenceStyleProcessor(
+        model,
+        unc.input_ids,
+        unc.attention_mask,
+        rest,
+        cond.input_ids.shape[1],
+        CFG,
+        sampling_table(model, 1.0, TOP_K, TOP_P),
+    )
     with torch.inference_mode():
         out = model.backbone.model.generate(
-            input_ids=cond.input_ids, attention_mask=cond.attention_mask, logits_processor=LogitsProcessorList([proc]),
-            do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=rest.shape[1],
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+            input_ids=cond.input_ids,
+            attention_mask=cond.attention_mask,
+            logits_processor=LogitsProcessorList([proc]),
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=rest.shape[1],
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
     grids = model.tokenizer.grid(*size)
-    return [parse_image_ids(model.layout, head + row[cond.input_ids.shape[1]:].tolist()[:-1], grids).codes for row in out]
+    return [
+        parse_image_ids(model.layout, head + row[cond.input_ids.shape[1] :].tolist()[:-1], grids).codes for row in out
+    ]
 
 
 def structured(model, prompts, size, seed):
@@ -157,8 +193,10 @@ def main() -> None:
     model = build_model(args.device)
     size = (args.size, args.size)
     per_image = sum(h * w for h, w in model.tokenizer.grid(*size).values())
-    table = Table(title=f"text-to-image decoding, {args.size}px ({per_image} code tokens / image), cfg {CFG}, "
-                        f"top-k {TOP_K}, top-p {TOP_P}, {args.device}")
+    table = Table(
+        title=f"text-to-image decoding, {args.size}px ({per_image} code tokens / image), cfg {CFG}, "
+        f"top-k {TOP_K}, top-p {TOP_P}, {args.device}"
+    )
     for col in ("batch", "reference-style generate (tok/s)", "structured sampler (tok/s)", "speed-up"):
         table.add_column(col, justify="right")
     for b in args.batches:

@@ -38,10 +38,10 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from illume_kit.model.checkpoint import load_checkpoint
 from illume_kit.core.recipe import load_recipe
-from illume_kit.data.shapes import COLOR_NAMES, SHAPES, SIZES, render, to_tensor
 from illume_kit.data.build import build_dataset
+from illume_kit.data.shapes import COLOR_NAMES, SHAPES, SIZES, render, to_tensor
+from illume_kit.model.checkpoint import load_checkpoint
 
 ATTRIBUTES = (("shape", (*SHAPES, "nothing")), ("colour", COLOR_NAMES), ("size", SIZES))
 
@@ -80,8 +80,9 @@ def code_entropy(codes: torch.Tensor, labels: torch.Tensor) -> float:
     codes (cells, patches per cell) code indices; labels (cells, k) what each cell holds. Each
     (labels, place) group contributes its entropy weighted by its share of the patches.
     """
-    groups = torch.cat([labels.repeat_interleave(codes.shape[1], 0),
-                        torch.arange(codes.shape[1]).repeat(codes.shape[0])[:, None]], 1)
+    groups = torch.cat(
+        [labels.repeat_interleave(codes.shape[1], 0), torch.arange(codes.shape[1]).repeat(codes.shape[0])[:, None]], 1
+    )
     _, group = groups.unique(dim=0, return_inverse=True)
     pairs, counts = torch.stack([group, codes.reshape(-1)], 1).unique(dim=0, return_counts=True)
     totals = torch.zeros(int(group.max()) + 1).index_add_(0, pairs[:, 0], counts.float())
@@ -127,7 +128,9 @@ def measure(checkpoint: Path, n: int) -> list[tuple[str, dict[str, float]]]:
     quant: dict[str, list] = {k: [] for k in dims}
     codes: dict[str, list] = {k: [] for k in dims}
     for s in range(0, len(scenes), 50):
-        images = torch.stack([to_tensor(render(sc, p.image_size, p.supersample, p.jitter)) for sc in scenes[s:s + 50]])
+        images = torch.stack(
+            [to_tensor(render(sc, p.image_size, p.supersample, p.jitter)) for sc in scenes[s : s + 50]]
+        )
         out = tok.encode(images)
         maps = tok.codes_to_maps(out.codes)
         for k in dims:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from functools import partial
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -20,8 +21,8 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from illume_kit.model.compose import build_component  # noqa: E402
 from illume_kit.core.plugins import get_registry  # noqa: E402
+from illume_kit.model.compose import build_component  # noqa: E402
 
 TOKENIZERS = ("vqgan", "dualvitok", "siglip")
 
@@ -87,11 +88,11 @@ def main() -> None:
                     continue
                 x = torch.rand(args.batch, 3, side, side, device=dev)
                 grid = tok.grid(side, side)
-                enc = rate(lambda: tok.encode(x), args.batch, dev, args.min_time)
+                enc = rate(partial(tok.encode, x), args.batch, dev, args.min_time)
                 dec = ""
                 if tok.has_pixel_decoder:
                     codes = tok.encode(x).codes
-                    dec = f"{rate(lambda: tok.decode(codes), args.batch, dev, args.min_time):.2f}"
+                    dec = f"{rate(partial(tok.decode, codes), args.batch, dev, args.min_time):.2f}"
                 base = base or enc
                 tokens = sum(h * w for h, w in grid.values())
                 shown = str(size) if side == size else f"{side} (of {size})"

@@ -45,14 +45,14 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from illume_kit.model.checkpoint import load_checkpoint
 from illume_kit.core.recipe import load_recipe
+from illume_kit.data.build import build_dataset
 from illume_kit.eval.probe import load_probe, read_scenes, score
 from illume_kit.eval.tasks import question_kind
+from illume_kit.model.checkpoint import load_checkpoint
 from illume_kit.model.sampler import decode_images, edit_images
 from illume_kit.model.sequence import IGNORE, assemble, encode_images, unchanged_tokens
 from illume_kit.model.tasks import edit_sample, t2i_sample, und_sample
-from illume_kit.data.build import build_dataset
 
 
 def _first_answer_index(batch, row: int) -> int:
@@ -80,8 +80,12 @@ def where_words(model, items, mean_table: str | None = None) -> tuple[float, flo
             (o,) = it["attributes"]["objects"]
             b = assemble(model, [und_sample(it["image"], f"where is the {o['color']} {o['shape']}?", o["position"])])
             with torch.no_grad():
-                out = model.backbone.model(inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask,
-                                           position_ids=b.position_ids, output_hidden_states=True)
+                out = model.backbone.model(
+                    inputs_embeds=b.inputs_embeds,
+                    attention_mask=b.attention_mask,
+                    position_ids=b.position_ids,
+                    output_hidden_states=True,
+                )
             at = _first_answer_index(b, 0)
             lp = out.logits[0]
             want_row, want_col = o["position"].split()
@@ -131,7 +135,7 @@ def code_stability(model, items) -> dict[str, tuple[float, float]]:
             before, after = _cells(it["attributes"]), _cells(it["edit"]["attributes"])
             for r in range(grid):
                 for c in range(grid):
-                    block = eq[r * h // grid:(r + 1) * h // grid, c * w // grid:(c + 1) * w // grid].mean().item()
+                    block = eq[r * h // grid : (r + 1) * h // grid, c * w // grid : (c + 1) * w // grid].mean().item()
                     (same if before.get((r, c)) == after.get((r, c)) else diff).append(block)
         out[level] = (statistics.mean(same), statistics.mean(diff) if diff else float("nan"))
     return out
@@ -142,15 +146,21 @@ def level_ce(model, items) -> dict[tuple[str, str], float]:
     order = getattr(model, "edit_order", "image_first")
     out = {}
     for task in ("t2i", "edit"):
-        samples = [t2i_sample(it["image"], it["caption"]) if task == "t2i" else
-                   edit_sample(it["image"], it["edit"]["instruction"], it["edit"]["image"], order) for it in items]
+        samples = [
+            t2i_sample(it["image"], it["caption"])
+            if task == "t2i"
+            else edit_sample(it["image"], it["edit"]["instruction"], it["edit"]["image"], order)
+            for it in items
+        ]
         b = assemble(model, samples)
         with torch.no_grad():
-            logits = model.backbone(b.inputs_embeds, attention_mask=b.attention_mask,
-                                    position_ids=b.position_ids).logits
+            logits = model.backbone(
+                b.inputs_embeds, attention_mask=b.attention_mask, position_ids=b.position_ids
+            ).logits
         labels = b.labels[:, 1:]
-        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
-                             reduction="none").view_as(labels)
+        ce = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none"
+        ).view_as(labels)
         for cb in model.layout.codebooks:
             sel = (labels >= cb.start) & (labels < cb.stop)
             out[(task, cb.name)] = ce[sel].mean().item()
@@ -199,7 +209,8 @@ def level_swap(model, items) -> dict[str, float]:
     mixes = {"all levels of the target": tgt}
     for keep in tgt[0]:
         mixes[f"the target's {keep} level, the source's others"] = [
-            {k: (t if k == keep else s)[k] for k in t} for t, s in zip(tgt, src)]
+            {k: (t if k == keep else s)[k] for k in t} for t, s in zip(tgt, src)
+        ]
     out = {}
     for label, codes in mixes.items():
         with torch.no_grad():
@@ -232,9 +243,14 @@ def answer_routing(model, items) -> dict[int, float]:
     shares: dict[int, list[torch.Tensor]] = {}
     try:
         for lo in range(0, len(samples), 16):
-            batch = assemble(model, samples[lo:lo + 16], padding_side="right")
-            out = hf(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                     position_ids=batch.position_ids, output_attentions=True, use_cache=False)
+            batch = assemble(model, samples[lo : lo + 16], padding_side="right")
+            out = hf(
+                inputs_embeds=batch.inputs_embeds,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                output_attentions=True,
+                use_cache=False,
+            )
             for r, ids in enumerate(batch.input_ids):
                 at = _first_answer_index(batch, r) - 1  # the token that predicts the answer
                 asked, other, grid = cells[lo + r]
@@ -277,24 +293,32 @@ def main() -> None:
             r, c, *_ = where_words(model, single, mean_table=table)
             t.add_row(f"  with the {table} table replaced by its mean: row / column", f"{r:.2f} / {c:.2f}")
     x = torch.stack(hidden)
-    t.add_row("linear probe on the answer position's last hidden state: column / row",
-              f"{linear_probe(x, torch.tensor(ycol).float()):.2f} / {linear_probe(x, torch.tensor(yrow).float()):.2f}")
+    t.add_row(
+        "linear probe on the answer position's last hidden state: column / row",
+        f"{linear_probe(x, torch.tensor(ycol).float()):.2f} / {linear_probe(x, torch.tensor(yrow).float()):.2f}",
+    )
     for level, (same, diff) in code_stability(model, items).items():
         t.add_row(f"{level} codes unchanged by an edit: untouched cells / edited cells", f"{same:.2f} / {diff:.2f}")
     for (task, level), ce in level_ce(model, items[:32]).items():
         t.add_row(f"{task}: cross-entropy per {level} code (nats)", f"{ce:.3f}")
     for level, (back, common) in reconstruction_copy(model, items[:16]).items():
-        t.add_row(f"reconstruction prompt: {level} codes given back / most common code's share",
-                  f"{back:.2f} / {common:.2f}")
+        t.add_row(
+            f"reconstruction prompt: {level} codes given back / most common code's share", f"{back:.2f} / {common:.2f}"
+        )
     for label, acc in level_swap(model, items).items():
         t.add_row(f"edit targets decoded from {label}: probe reads the target", f"{acc:.2f}")
     for level, (copied, kept) in edit_copy(model, items[:64]).items():
-        t.add_row(f"edits, {level} tokens over unchanged pixels: sampled as the source's code / re-encoded "
-                  f"target keeps it", f"{copied:.2f} / {kept:.2f}")
+        t.add_row(
+            f"edits, {level} tokens over unchanged pixels: sampled as the source's code / re-encoded target keeps it",
+            f"{copied:.2f} / {kept:.2f}",
+        )
     if model.image_input == "discrete":
         for layer, share in answer_routing(model, items).items():
-            t.add_row(f'"what colour / shape is at ...?", two objects: asked cell\'s share of the answer\'s '
-                      f"attention, layer {layer} (best head; 0.50 = not steered)", f"{share:.2f}")
+            t.add_row(
+                f"\"what colour / shape is at ...?\", two objects: asked cell's share of the answer's "
+                f"attention, layer {layer} (best head; 0.50 = not steered)",
+                f"{share:.2f}",
+            )
     Console(width=120).print(t)
 
 

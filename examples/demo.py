@@ -15,10 +15,17 @@ import time
 from pathlib import Path
 
 QUESTIONS = ("how many shapes are there?", "what shape is at the top left?", "what color is the shape at the top left?")
-CAPTIONS = ("a large red circle at the top left", "a small blue square at the bottom right",
-            "a large green triangle at the top right", "a large yellow star at the bottom left")
-EDITS = ("make the {shape} at the {position} blue", "remove the {shape} at the {position}",
-         "add a large purple diamond at the top right")
+CAPTIONS = (
+    "a large red circle at the top left",
+    "a small blue square at the bottom right",
+    "a large green triangle at the top right",
+    "a large yellow star at the bottom left",
+)
+EDITS = (
+    "make the {shape} at the {position} blue",
+    "remove the {shape} at the {position}",
+    "add a large purple diamond at the top right",
+)
 
 
 def contact_sheet(rows, labels, scale: int = 2, pad: int = 4):
@@ -29,7 +36,9 @@ def contact_sheet(rows, labels, scale: int = 2, pad: int = 4):
 
     font = ImageFont.load_default()
     lines = [[to_pil(im) for im in row] for row in rows]
-    lines = [[im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in ims] for ims in lines]
+    lines = [
+        [im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in ims] for ims in lines
+    ]
     row_h = max(im.height for ims in lines for im in ims)
     img_w = max(sum(im.width + pad for im in ims) for ims in lines)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -83,17 +92,31 @@ def main(argv: list[str] | None = None) -> int:
     instructions = [e.format(shape=shape, position="top left") for e in EDITS] if known else [EDITS[-1]]
 
     with torch.no_grad():
-        drawn = decode_images(model, generate_images(model, list(CAPTIONS), size, seed=args.seed,
-                                                     **recipe_sampling(args.checkpoint, "generate")))
-        edited = decode_images(model, edit_images(model, [scene] * len(instructions), instructions, seed=args.seed,
-                                                  **recipe_sampling(args.checkpoint, "edit")))
+        drawn = decode_images(
+            model,
+            generate_images(
+                model, list(CAPTIONS), size, seed=args.seed, **recipe_sampling(args.checkpoint, "generate")
+            ),
+        )
+        edited = decode_images(
+            model,
+            edit_images(
+                model,
+                [scene] * len(instructions),
+                instructions,
+                seed=args.seed,
+                **recipe_sampling(args.checkpoint, "edit"),
+            ),
+        )
     rows = [(im.float().cpu(),) for im in drawn] + [(scene, im.float().cpu()) for im in edited]
     labels = [f"gen: {c}" for c in CAPTIONS] + [f"edit: {i}" for i in instructions]
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(rows, labels).save(out)
-    console.print(f"[green]wrote[/] {out}: {len(CAPTIONS)} generations, then {len(instructions)} edits "
-                  f"(source | edited), in {time.perf_counter() - start:.1f} s")
+    console.print(
+        f"[green]wrote[/] {out}: {len(CAPTIONS)} generations, then {len(instructions)} edits "
+        f"(source | edited), in {time.perf_counter() - start:.1f} s"
+    )
     return 0
 
 

@@ -28,7 +28,16 @@ from PIL import Image
 
 from illume_kit.data.shapes import COLOR_NAMES, SIZES, caption_of, caption_split, render, sample_scene
 from illume_kit.eval.probe import (
-    PATCH, SHAPE_CLASSES, SIDE, WEIGHTS, WEIGHTS_DIR, ShapesProbe, cells, corrupt, heldout_accuracy, load_probe,
+    PATCH,
+    SHAPE_CLASSES,
+    SIDE,
+    WEIGHTS,
+    WEIGHTS_DIR,
+    ShapesProbe,
+    cells,
+    corrupt,
+    heldout_accuracy,
+    load_probe,
 )
 
 
@@ -96,9 +105,16 @@ def _loss(probe: ShapesProbe, patches: torch.Tensor, tgt: dict[str, torch.Tensor
     return loss
 
 
-def train_probe(steps: int = 700, batch_images: int = 40, n_scenes: int = 10_000, seed: int = 0, lr: float = 4e-3,
-                max_seconds: float | None = None, heldout: int = 400,
-                quiet: bool = False) -> tuple[ShapesProbe, dict[str, Any]]:
+def train_probe(
+    steps: int = 700,
+    batch_images: int = 40,
+    n_scenes: int = 10_000,
+    seed: int = 0,
+    lr: float = 4e-3,
+    max_seconds: float | None = None,
+    heldout: int = 400,
+    quiet: bool = False,
+) -> tuple[ShapesProbe, dict[str, Any]]:
     """Train a probe from scratch on rendered ground truth (3x3 and 2x2 grids, 70/30); returns
     (probe, report) with held-out accuracies on ``heldout`` val-split scenes (0: skip), clean and corrupted."""
     torch.manual_seed(seed)
@@ -127,14 +143,20 @@ def train_probe(steps: int = 700, batch_images: int = 40, n_scenes: int = 10_000
         sched.step()
         losses.append(float(loss.detach()))
         if not quiet and (step % 100 == 0 or step == steps - 1):
-            print(f"step {step:4d}  loss {sum(losses[-50:]) / len(losses[-50:]):.4f}  "
-                  f"{time.perf_counter() - t0:.0f}s", flush=True)
+            print(
+                f"step {step:4d}  loss {sum(losses[-50:]) / len(losses[-50:]):.4f}  {time.perf_counter() - t0:.0f}s",
+                flush=True,
+            )
         if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
             break
     probe.eval()
-    report = {"steps": step + 1, "train_seconds": round(time.perf_counter() - t0, 1),
-              "render_seconds": round(t_render, 1), "first_loss": round(losses[0], 4),
-              "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4)}
+    report = {
+        "steps": step + 1,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "render_seconds": round(t_render, 1),
+        "first_loss": round(losses[0], 4),
+        "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+    }
     if heldout:
         report["heldout"] = heldout_accuracy(probe, heldout, seed=seed + 1)
     return probe, report
@@ -149,16 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=None, help="stop training early after this long")
     ap.add_argument("--heldout", type=int, default=400, help="held-out scenes per grid for the report (0: skip)")
-    ap.add_argument("--eval", metavar="WEIGHTS", nargs="?", const=str(WEIGHTS),
-                    help="only report the held-out accuracy of these weights (default: the shipped ones)")
+    ap.add_argument(
+        "--eval",
+        metavar="WEIGHTS",
+        nargs="?",
+        const=str(WEIGHTS),
+        help="only report the held-out accuracy of these weights (default: the shipped ones)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.eval:
         print(json.dumps(heldout_accuracy(load_probe(args.eval)), indent=2))
         return 0
-    probe, report = train_probe(args.steps, n_scenes=args.scenes, seed=args.seed, max_seconds=args.max_seconds,
-                                heldout=args.heldout)
+    probe, report = train_probe(
+        args.steps, n_scenes=args.scenes, seed=args.seed, max_seconds=args.max_seconds, heldout=args.heldout
+    )
     path = save_probe(probe, args.out, report)
     print(json.dumps(report, indent=2))
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 
 def _dualvitok_official(src: str, out: str) -> dict:
-    from illume_kit.model.checkpoint import save_component
     from illume_kit.core.plugins import get_registry
+    from illume_kit.model.checkpoint import save_component
     from illume_kit.plugins.tokenizers.dualvitok.convert import instantiate_official, load_official_file
     from illume_kit.plugins.tokenizers.dualvitok.params import PRESETS, DualViTokParams
 
@@ -23,8 +23,15 @@ def _dualvitok_official(src: str, out: str) -> dict:
     params = DualViTokParams.model_validate({**PRESETS["official"], "disc_weight": 0.0})
     state = load_official_file(src, params)
     model = instantiate_official(state, params)
-    save_component(model, "tokenizer", spec, params, out, preset="official",
-                   extra={"converted_from": str(Path(src).name), "converter": "dualvitok-official"})
+    save_component(
+        model,
+        "tokenizer",
+        spec,
+        params,
+        out,
+        preset="official",
+        extra={"converted_from": str(Path(src).name), "converter": "dualvitok-official"},
+    )
     return {"tensors": len(state), "parameters": sum(p.numel() for p in model.parameters())}
 
 
@@ -35,8 +42,10 @@ def cmd_convert(args) -> int:
     from illume_kit.cli.output import console
 
     info = CONVERTERS[args.kind](args.source, args.output)
-    console.print(f"[green]converted[/] {args.source} -> {args.output}: {info['tensors']} tensors, "
-                  f"{info['parameters']:,} parameters")
+    console.print(
+        f"[green]converted[/] {args.source} -> {args.output}: {info['tensors']} tensors, "
+        f"{info['parameters']:,} parameters"
+    )
     return 0
 
 

@@ -24,8 +24,15 @@ def cmd_eval(args) -> int:
     from illume_kit.eval.evaluate import evaluate
     from illume_kit.eval.specs import MetricSpec, metric_spec
 
-    result = evaluate(args.checkpoint, _kv(args.data), args.num_samples, args.split, args.output, quiet=args.quiet,
-                      decode_options=_kv(args.decode))
+    result = evaluate(
+        args.checkpoint,
+        _kv(args.data),
+        args.num_samples,
+        args.split,
+        args.output,
+        quiet=args.quiet,
+        decode_options=_kv(args.decode),
+    )
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -36,7 +43,9 @@ def cmd_eval(args) -> int:
     goals = result.get("goals", {})
     for k, v in result["metrics"].items():
         spec = MetricSpec(k, goals[k]) if k in goals else metric_spec(k)
-        t.add_row(k, format(v, spec.fmt) if isinstance(v, float) else str(v), "higher" if spec.goal == "max" else "lower")
+        t.add_row(
+            k, format(v, spec.fmt) if isinstance(v, float) else str(v), "higher" if spec.goal == "max" else "lower"
+        )
     console.print(t)
     console.print(f"wrote {', '.join(result['files'])} to {result['output_dir']}")
     return 0

@@ -87,8 +87,10 @@ def check_size(model, size: tuple[int, int]) -> None:
         model.layout.resolution_ids(h, w)
     except (ValueError, KeyError, AssertionError) as exc:
         strides = sorted({cb.stride for cb in model.tokenizer.codebooks})
-        raise ValueError(f"--size {h}x{w} does not fit this model (tokenizer strides {strides}): "
-                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise ValueError(
+            f"--size {h}x{w} does not fit this model (tokenizer strides {strides}): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
 
 
 def load_image(path: str | Path, size: tuple[int, int]):
@@ -209,10 +211,14 @@ def _common(p, size_help: str) -> None:
 
 def _sampling_args(p, verb: str) -> None:
     key, scale = GUIDANCE[verb]
-    p.add_argument("--cfg", type=float, help=f"classifier-free guidance scale, 1 = off (default: the recipe's "
-                                              f"eval.options.{key}, else {scale})")
-    p.add_argument("--temperature", type=float,
-                   help="0 = greedy (default: the recipe's eval.options.temperature, else 1)")
+    p.add_argument(
+        "--cfg",
+        type=float,
+        help=f"classifier-free guidance scale, 1 = off (default: the recipe's eval.options.{key}, else {scale})",
+    )
+    p.add_argument(
+        "--temperature", type=float, help="0 = greedy (default: the recipe's eval.options.temperature, else 1)"
+    )
     p.add_argument("--top-k", type=int, help="default: the recipe's eval.options.top_k, else off")
     p.add_argument("--top-p", type=float, help="default: the recipe's eval.options.top_p, else 1")
 

@@ -8,8 +8,12 @@ from pathlib import Path
 
 def _overrides_arg(p) -> None:
     p.add_argument("recipe", help="recipe YAML (a path, or a shipped recipe name from `illume-kit recipes`)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="dotted overrides, e.g. tokenizer.params.pixel_codebook_size=4096; tokenizer=vqgan; ~key deletes")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. tokenizer.params.pixel_codebook_size=4096; tokenizer=vqgan; ~key deletes",
+    )
 
 
 def cmd_validate(args) -> int:
@@ -18,7 +22,9 @@ def cmd_validate(args) -> int:
     r = load_recipe(args.recipe, args.overrides)
     if args.print_recipe:
         print(r.to_yaml())
-    comps = ", ".join(f"{sec}={rc.spec.name}" + (f"[{rc.preset}]" if rc.preset else "") for sec, rc in r.components.items())
+    comps = ", ".join(
+        f"{sec}={rc.spec.name}" + (f"[{rc.preset}]" if rc.preset else "") for sec, rc in r.components.items()
+    )
     print(f"ok {r.origin}: {comps}")  # plain text: validate stays fast (no rich import)
     return 0
 
@@ -43,8 +49,9 @@ def _trained_size(folder) -> tuple[int, int] | None:
         return None
 
 
-def describe(model, resolved, manifest: dict | None = None, own: tuple[int, int] | None = None,
-             own_label: str = "recipe") -> dict:
+def describe(
+    model, resolved, manifest: dict | None = None, own: tuple[int, int] | None = None, own_label: str = "recipe"
+) -> dict:
     """Everything `compose` prints, as data (also the --json output). ``own``: the image size to
     budget first (default: the recipe's data size), shown as ``own_label``."""
     from illume_kit.model.unified import count_params
@@ -65,8 +72,12 @@ def describe(model, resolved, manifest: dict | None = None, own: tuple[int, int]
         total, trainable = count_params(part)
         comps[sec] = {**prov, "preset": preset, "params": params, "parameters": total, "trainable": trainable}
     total, trainable = count_params(model.projectors)
-    comps["projectors"] = {"name": "mlp", "parameters": total, "trainable": trainable,
-                           "per_codebook": {k: f"{v.in_dim}->{v.out_dim}" for k, v in model.projectors.items()}}
+    comps["projectors"] = {
+        "name": "mlp",
+        "parameters": total,
+        "trainable": trainable,
+        "per_codebook": {k: f"{v.in_dim}->{v.out_dim}" for k, v in model.projectors.items()},
+    }
     if own is None and resolved is not None:
         own = _image_size(resolved)
     sizes = [s for s in (own, (256, 256), (512, 512)) if s is not None]
@@ -75,10 +86,16 @@ def describe(model, resolved, manifest: dict | None = None, own: tuple[int, int]
     for h, w in sizes:
         try:
             grid = model.tokenizer.grid(h, w)
-            budget.append({"size": f"{h}x{w}", "grid": {k: list(v) for k, v in grid.items()},
-                           "codes": sum(a * b for a, b in grid.values()),
-                           "tokens": model.layout.image_length(grid), "own": (h, w) == own,
-                           **({"label": own_label} if (h, w) == own else {})})
+            budget.append(
+                {
+                    "size": f"{h}x{w}",
+                    "grid": {k: list(v) for k, v in grid.items()},
+                    "codes": sum(a * b for a, b in grid.values()),
+                    "tokens": model.layout.image_length(grid),
+                    "own": (h, w) == own,
+                    **({"label": own_label} if (h, w) == own else {}),
+                }
+            )
         except ValueError as exc:
             budget.append({"size": f"{h}x{w}", "error": str(exc)})
     return {
@@ -113,8 +130,10 @@ def print_tree(info: dict) -> None:
             node.add(", ".join(f"{k}: {v}" for k, v in c["per_codebook"].items()))
     cbn = root.add("[cyan]codebooks[/]")
     for cb in info["codebooks"]:
-        cbn.add(f"{cb['name']}: {cb['size']:,} codes × {cb['code_dim']}-d, stride {cb['stride']} px, "
-                f"LLM input features {cb['feature_dim']}-d")
+        cbn.add(
+            f"{cb['name']}: {cb['size']:,} codes × {cb['code_dim']}-d, stride {cb['stride']} px, "
+            f"LLM input features {cb['feature_dim']}-d"
+        )
     vl = root.add(f"[cyan]vocab layout[/] ({info['vocab_size']:,} ids)")
     for row in info["vocab_layout"]:
         vl.add(f"{row['what']}: [{row['start']:,}, {row['stop']:,})  {row['count']:,}")
@@ -124,16 +143,18 @@ def print_tree(info: dict) -> None:
             tb.add(f"{b['size']}: {b['error']}")
         else:
             grids = " + ".join(f"{k} {g[0]}×{g[1]}" for k, g in b["grid"].items())
-            tb.add(f"{b['size']}{' (' + b['label'] + ')' if b['own'] else ''}: {grids} = {b['codes']} codes, "
-                   f"{b['tokens']} tokens with structure")
+            tb.add(
+                f"{b['size']}{' (' + b['label'] + ')' if b['own'] else ''}: {grids} = {b['codes']} codes, "
+                f"{b['tokens']} tokens with structure"
+            )
     console.print(root)
 
 
 def cmd_compose(args) -> int:
     from illume_kit.cli.output import console
+    from illume_kit.core.recipe import load_recipe
     from illume_kit.model.checkpoint import save_checkpoint
     from illume_kit.model.compose import compose
-    from illume_kit.core.recipe import load_recipe
 
     resolved = load_recipe(args.recipe, args.overrides)
     model = compose(resolved)
@@ -166,8 +187,10 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
     else:
-        console.print(f"checkpoint {Path(args.checkpoint)} (format {manifest['format']}, illume-kit "
-                      f"{manifest.get('illume_kit_version')}, created {manifest.get('created')}): weights load")
+        console.print(
+            f"checkpoint {Path(args.checkpoint)} (format {manifest['format']}, illume-kit "
+            f"{manifest.get('illume_kit_version')}, created {manifest.get('created')}): weights load"
+        )
         print_tree(info)
     return 0
 

@@ -33,7 +33,9 @@ def cmd_plugins(args) -> int:
         t.add_row(i.name, i.dist, i.version, status, ", ".join(i.components))
     console.print(t)
     if reg.failed:
-        console.print(f"[yellow]{len(reg.failed)} plugin(s) failed to load; the rest work. Use --strict to make this an error.[/]")
+        console.print(
+            f"[yellow]{len(reg.failed)} plugin(s) failed to load; the rest work. Use --strict to make this an error.[/]"
+        )
     return 0
 
 
@@ -53,8 +55,14 @@ def cmd_list(args) -> int:
     roles = [_role(args.role)] if args.role else list(ROLES)
     rows = [s for r in roles for s in reg.specs(r)]
     if args.json:
-        console.print_json(json.dumps([{"role": s.role, "name": s.name, "summary": s.summary, "dist": s.dist,
-                                        "version": s.dist_version} for s in rows]))
+        console.print_json(
+            json.dumps(
+                [
+                    {"role": s.role, "name": s.name, "summary": s.summary, "dist": s.dist, "version": s.dist_version}
+                    for s in rows
+                ]
+            )
+        )
         return 0
     # names and summaries only: presets and params live in each component's params module, which
     # `show ROLE NAME` imports (importing all of them here would double list's start-up time)
@@ -77,9 +85,18 @@ def cmd_show(args) -> int:
     info = params_digest.cached(spec) or params_digest.render(spec)
     presets = info["presets"]
     if args.json:
-        console.print_json(json.dumps({"role": spec.role, "name": spec.name, "dist": spec.dist,
-                                       "version": spec.dist_version, "schema": info["schema"],
-                                       "presets": presets}))
+        console.print_json(
+            json.dumps(
+                {
+                    "role": spec.role,
+                    "name": spec.name,
+                    "dist": spec.dist,
+                    "version": spec.dist_version,
+                    "schema": info["schema"],
+                    "presets": presets,
+                }
+            )
+        )
         return 0
     console.print(f"[bold]{spec.role} {spec.name}[/] — {spec.summary}")
     console.print(f"provider: {spec.dist} {spec.dist_version} (plugin {spec.plugin})")

@@ -34,8 +34,10 @@ def _plan(args):
     try:
         plan = plan_sweep(args.file, args.output, force=args.force)
     except SweepPlanError as exc:
-        err_console.print(f"[bold red]error:[/] sweep {args.file}: {len(exc.bad)} of {exc.total} runs are invalid; "
-                          "nothing was written")
+        err_console.print(
+            f"[bold red]error:[/] sweep {args.file}: {len(exc.bad)} of {exc.total} runs are invalid; "
+            "nothing was written"
+        )
         t = Table(show_lines=True)
         for col in ("run", "label", "overrides", "problems"):
             t.add_column(col, overflow="fold")
@@ -66,8 +68,10 @@ def cmd_plan(args) -> int:
         print(json.dumps(data, indent=2, default=str))
         return 0
     console.print(plan_table(data))
-    console.print(f"frozen recipes in {plan.sweep_dir}/<run>/recipe.yaml; run with: "
-                  f"illume-kit sweep run {args.file}" + (f" -o {args.output}" if args.output else ""))
+    console.print(
+        f"frozen recipes in {plan.sweep_dir}/<run>/recipe.yaml; run with: "
+        f"illume-kit sweep run {args.file}" + (f" -o {args.output}" if args.output else "")
+    )
     return 0
 
 
@@ -113,8 +117,9 @@ def cmd_run(args) -> int:
         summary = runner.run()
         console.print(runs_table(task_rows(runner.tasks), metric_names, title))
     done, failed = summary.get("done", 0), summary.get("failed", 0)
-    console.print(f"{done} done, {failed} failed of {sum(summary.values())} runs; table: "
-                  f"illume-kit results {plan.sweep_dir}")
+    console.print(
+        f"{done} done, {failed} failed of {sum(summary.values())} runs; table: illume-kit results {plan.sweep_dir}"
+    )
     return 1 if failed else 0
 
 
@@ -170,8 +175,12 @@ def register(sub) -> None:
     q = verbs.add_parser("run", help="plan, then train and evaluate every run (skips finished runs, resumes others)")
     common(q, force)
     q.add_argument("-j", "--jobs", type=int, default=1, help="runs at a time (default 1)")
-    q.add_argument("--launcher", choices=["local", "slurm"], default="local",
-                   help="local subprocesses, or slurm jobs via submitit (pip install submitit)")
+    q.add_argument(
+        "--launcher",
+        choices=["local", "slurm"],
+        default="local",
+        help="local subprocesses, or slurm jobs via submitit (pip install submitit)",
+    )
     q.add_argument("--no-live", action="store_true", help="print one line per change instead of a live table")
     q.set_defaults(func=cmd_run)
     q = verbs.add_parser("status", help="each run's status, stage, wall time and metrics")

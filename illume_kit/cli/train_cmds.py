@@ -15,8 +15,14 @@ def cmd_train(args) -> int:
     from illume_kit.cli.train_progress import RichReporter
     from illume_kit.train.stages import train
 
-    results = train(resolved, only=args.stage or None, resume=args.resume, quiet=args.quiet, until=args.until,
-                    callback=RichReporter(quiet=args.quiet))
+    results = train(
+        resolved,
+        only=args.stage or None,
+        resume=args.resume,
+        quiet=args.quiet,
+        until=args.until,
+        callback=RichReporter(quiet=args.quiet),
+    )
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -38,8 +44,11 @@ def register(sub) -> None:
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--stage", action="append", help="run only this stage (repeatable)")
-    p.add_argument("--resume", action="store_true",
-                   help="skip finished stages and continue an interrupted one from its last checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip finished stages and continue an interrupted one from its last checkpoint",
+    )
     p.add_argument("--until", type=int, help="stop the current stage at this step (checkpointed), for testing resume")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true")

@@ -9,11 +9,10 @@ to stderr, so ``--json`` keeps stdout for the results.
 from __future__ import annotations
 
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from illume_kit.train.progress import PlainReporter, StageHeader, format_values
 
@@ -41,9 +40,15 @@ class RichReporter(PlainReporter):
         super().start(total, start, description)
         if self.live:
             self._bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[values]}"),
-                console=self.console, transient=False)
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[values]}"),
+                console=self.console,
+                transient=False,
+            )
             self._task = self._bar.add_task(description, total=total, completed=start, values="")
             self._bar.start()
 

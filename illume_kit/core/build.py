@@ -17,6 +17,7 @@ def build_component(spec: ComponentSpec, params: BaseModel) -> Any:
     try:
         cls = spec.load()
     except Exception as exc:
-        raise ComposeError(f"cannot import {spec.role} {spec.name!r} from {spec.dist} {spec.dist_version}: "
-                           f"{type(exc).__name__}: {exc}") from exc
+        raise ComposeError(
+            f"cannot import {spec.role} {spec.name!r} from {spec.dist} {spec.dist_version}: {type(exc).__name__}: {exc}"
+        ) from exc
     return cls(params)

@@ -8,7 +8,7 @@ the same hook, from ``illume_kit.plugins.builtin``.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import pluggy
 

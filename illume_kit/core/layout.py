@@ -13,8 +13,8 @@ Torch-free: compose prints it and the manifest stores it without building a mode
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 FORMAT = 1
 
@@ -51,7 +51,7 @@ class VocabLayout:
         codebooks: Sequence[tuple[str, int]],
         resolution_step: int = 64,
         max_resolution: int = 1024,
-    ) -> "VocabLayout":
+    ) -> VocabLayout:
         if text_vocab_size < 1:
             raise ValueError("text_vocab_size must be >= 1")
         if not codebooks:
@@ -124,7 +124,9 @@ class VocabLayout:
         """Ids of ``<height_H>`` and ``<width_W>``; sizes must be multiples of the tag step."""
         for side, v in (("height", height), ("width", width)):
             if f"<{side}_{v}>" not in self._index:
-                valid = f"multiples of {self.resolution_step} up to {len(self.resolution_tags) // 2 * self.resolution_step}"
+                valid = (
+                    f"multiples of {self.resolution_step} up to {len(self.resolution_tags) // 2 * self.resolution_step}"
+                )
                 raise ValueError(f"no resolution tag for {side} {v}: valid sizes are {valid}")
         return self._index[f"<height_{height}>"], self._index[f"<width_{width}>"]
 
@@ -150,7 +152,7 @@ class VocabLayout:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "VocabLayout":
+    def from_dict(cls, d: Mapping) -> VocabLayout:
         if d.get("format", FORMAT) > FORMAT:
             raise ValueError(f"vocab layout format {d['format']} is newer than this illume-kit understands ({FORMAT})")
         return cls(

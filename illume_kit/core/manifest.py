@@ -54,9 +54,11 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if not isinstance(fmt, int):
         raise CheckpointError(f"{path}: missing or bad 'format'")
     if fmt > FORMAT:
-        raise CheckpointError(f"{path} has checkpoint format {fmt}, newer than this illume-kit "
-                              f"{illume_kit.__version__} reads ({FORMAT}); upgrade illume-kit "
-                              f"(written by illume-kit {manifest.get('illume_kit_version', '?')})")
+        raise CheckpointError(
+            f"{path} has checkpoint format {fmt}, newer than this illume-kit "
+            f"{illume_kit.__version__} reads ({FORMAT}); upgrade illume-kit "
+            f"(written by illume-kit {manifest.get('illume_kit_version', '?')})"
+        )
     return manifest
 
 
@@ -74,18 +76,23 @@ def resolve_manifest(manifest: dict[str, Any], registry: Registry) -> dict[str, 
         try:
             spec = registry.get(rec["role"], rec["name"])
         except UnknownComponent:
-            raise CheckpointError(f"checkpoint needs {rec['role']} {rec['name']!r} from {rec['dist']}; "
-                                  f"install it: pip install '{rec['dist']}>={rec['dist_version']}'") from None
+            raise CheckpointError(
+                f"checkpoint needs {rec['role']} {rec['name']!r} from {rec['dist']}; "
+                f"install it: pip install '{rec['dist']}>={rec['dist_version']}'"
+            ) from None
         have = spec.dist_version or _installed_version(spec.dist) or "0"
         if rec.get("dist_version") and _version_tuple(have) < _version_tuple(rec["dist_version"]):
-            raise CheckpointError(f"{rec['role']} {rec['name']!r} was written by {rec['dist']} {rec['dist_version']} "
-                                  f"but {spec.dist} {have} is installed; upgrade: pip install "
-                                  f"'{rec['dist']}>={rec['dist_version']}'")
+            raise CheckpointError(
+                f"{rec['role']} {rec['name']!r} was written by {rec['dist']} {rec['dist_version']} "
+                f"but {spec.dist} {have} is installed; upgrade: pip install "
+                f"'{rec['dist']}>={rec['dist_version']}'"
+            )
         try:
             params = spec.load_params().model_validate(rec["params"])
         except Exception as exc:
-            raise CheckpointError(f"{sec} params in the manifest do not validate against {spec.name!r}: "
-                                  f"{str(exc).splitlines()[0]}") from exc
+            raise CheckpointError(
+                f"{sec} params in the manifest do not validate against {spec.name!r}: {str(exc).splitlines()[0]}"
+            ) from exc
         out[sec] = (spec, params)
     return out
 

@@ -30,10 +30,14 @@ class StageOptions(_Options):
     """Options every training stage reads: the training data it draws."""
 
     image_size: int | None = Field(
-        None, ge=1, description="train at this image size (the dataset's image_size for this stage; "
-        "null: the recipe's data.params.image_size)")
+        None,
+        ge=1,
+        description="train at this image size (the dataset's image_size for this stage; "
+        "null: the recipe's data.params.image_size)",
+    )
     cache_data: bool = Field(
-        True, description="keep each dataset item once built instead of rendering it again every epoch")
+        True, description="keep each dataset item once built instead of rendering it again every epoch"
+    )
 
 
 class TeacherOptions(StageOptions):
@@ -54,27 +58,43 @@ class MllmOptions(StageOptions):
     tasks: dict[Task, float] = Field(
         {t: 1.0 for t in TASKS},
         description="task -> sampling weight (und: understanding, t2i: text-to-image, edit: editing); a task "
-        "left out is not trained; weights >= 0 with a positive sum")
+        "left out is not trained; weights >= 0 with a positive sum",
+    )
     cfg_dropout: float = Field(
-        0.1, ge=0.0, le=1.0, description="fraction of generation samples whose condition (caption or edit "
-        "instruction) is dropped, so classifier-free guidance has an unconditional branch to sample")
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="fraction of generation samples whose condition (caption or edit "
+        "instruction) is dropped, so classifier-free guidance has an unconditional branch to sample",
+    )
     qa_turns: int = Field(
-        1, ge=1, description="question/answer pairs per understanding sample, as one multi-turn conversation "
-        "about its image")
+        1,
+        ge=1,
+        description="question/answer pairs per understanding sample, as one multi-turn conversation about its image",
+    )
     loss_average: LossAverage = Field(
-        "token", description="cross-entropy averaged over every labelled token of the batch (token, as "
-        "ILLUME+) or per sample first, then over samples (sample), so a short answer weighs as much as an image")
+        "token",
+        description="cross-entropy averaged over every labelled token of the batch (token, as "
+        "ILLUME+) or per sample first, then over samples (sample), so a short answer weighs as much as an image",
+    )
     edit_target: EditTarget = Field(
-        "encoded", description="edit targets: the tokenizer's codes of the edited image (encoded, as ILLUME+), "
-        "or those codes with the unchanged pixels' codes copied from the source (copy_unchanged)")
+        "encoded",
+        description="edit targets: the tokenizer's codes of the edited image (encoded, as ILLUME+), "
+        "or those codes with the unchanged pixels' codes copied from the source (copy_unchanged)",
+    )
     cache_codes: bool = Field(
-        True, description="keep each image's tokenizer output for the rest of the run (the tokenizer is frozen "
-        "in mllm stages)")
+        True,
+        description="keep each image's tokenizer output for the rest of the run (the tokenizer is frozen "
+        "in mllm stages)",
+    )
     retrain_text_tokenizer: bool = Field(
-        True, description="for a backbone trained from scratch: fit a byte-level BPE on the task texts at the "
-        "start of the recipe's first mllm stage")
+        True,
+        description="for a backbone trained from scratch: fit a byte-level BPE on the task texts at the "
+        "start of the recipe's first mllm stage",
+    )
     text_corpus_items: int = Field(
-        400, ge=1, description="dataset items whose task texts the retrained text tokenizer is fitted on")
+        400, ge=1, description="dataset items whose task texts the retrained text tokenizer is fitted on"
+    )
 
     @field_validator("tasks")
     @classmethod
@@ -86,33 +106,54 @@ class MllmOptions(StageOptions):
 
 # a stage's target -> the model of its options
 STAGE_OPTIONS: dict[str, type[StageOptions]] = {
-    "teacher": TeacherOptions, "tokenizer": TokenizerOptions, "detokenizer": DetokenizerOptions, "mllm": MllmOptions}
+    "teacher": TeacherOptions,
+    "tokenizer": TokenizerOptions,
+    "detokenizer": DetokenizerOptions,
+    "mllm": MllmOptions,
+}
 
 
 class EvalOptions(_Options):
     """Options of ``illume-kit eval`` (``eval.options``); ``generate`` and ``edit`` sample with the
     same guidance and sampling keys unless the command line says otherwise."""
 
-    cfg: float = Field(2.0, ge=0.0, description="classifier-free guidance scale of text-to-image generation "
-                       "(1 = off)")
+    cfg: float = Field(2.0, ge=0.0, description="classifier-free guidance scale of text-to-image generation (1 = off)")
     edit_cfg: float = Field(1.5, ge=0.0, description="classifier-free guidance scale of editing (1 = off)")
     temperature: Temperature | dict[str, Temperature] = Field(
-        1.0, description="sampling temperature (0 = greedy); one number, or per level: a mapping from `text` "
-        "or a codebook's name to its temperature (levels left out: 1)")
+        1.0,
+        description="sampling temperature (0 = greedy); one number, or per level: a mapping from `text` "
+        "or a codebook's name to its temperature (levels left out: 1)",
+    )
     top_k: TopK | None | dict[str, TopK | None] = Field(
-        None, description="sample among the k most likely tokens (null or 0: off); one number or per level, "
-        "as temperature")
+        None,
+        description="sample among the k most likely tokens (null or 0: off); one number or per level, as temperature",
+    )
     top_p: TopP | dict[str, TopP] = Field(
-        1.0, description="nucleus sampling, the smallest set of tokens with this much probability (1 = off); "
-        "one number or per level, as temperature")
-    nocfg: bool = Field(True, description="also score generation at cfg 1 (gen/accuracy_nocfg, "
-                        "gen/attributes_nocfg)")
-    batch_size: int = Field(8, ge=1, description="images generated or edited per batch (understanding uses "
-                            "at least 16)")
+        1.0,
+        description="nucleus sampling, the smallest set of tokens with this much probability (1 = off); "
+        "one number or per level, as temperature",
+    )
+    nocfg: bool = Field(True, description="also score generation at cfg 1 (gen/accuracy_nocfg, gen/attributes_nocfg)")
+    batch_size: int = Field(
+        8, ge=1, description="images generated or edited per batch (understanding uses at least 16)"
+    )
     max_answer_tokens: int = Field(8, ge=1, description="longest answer generated per understanding question")
-    decode: dict[str, Any] = Field(default_factory=dict, description="keyword options of the detokenizer's "
-                                   "decode, e.g. {steps: 25} for the diffusion detokenizer")
+    decode: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword options of the detokenizer's decode, e.g. {steps: 25} for the diffusion detokenizer",
+    )
 
 
-__all__ = ["DetokenizerOptions", "EvalOptions", "MllmOptions", "STAGE_OPTIONS", "StageOptions", "TeacherOptions",
-           "TokenizerOptions", "TASKS", "Task", "EditTarget", "LossAverage"]
+__all__ = [
+    "DetokenizerOptions",
+    "EvalOptions",
+    "MllmOptions",
+    "STAGE_OPTIONS",
+    "StageOptions",
+    "TeacherOptions",
+    "TokenizerOptions",
+    "TASKS",
+    "Task",
+    "EditTarget",
+    "LossAverage",
+]

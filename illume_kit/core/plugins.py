@@ -14,9 +14,10 @@ is always loaded, since recipes and checkpoints name its components.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from importlib import import_module, metadata
-from typing import Any, Iterator
+from typing import Any
 
 import pluggy
 
@@ -73,8 +74,10 @@ class PluginManager:
         if unknown:  # pluggy would call nothing: say so instead of registering an empty plugin
             self.pm.unregister(plugin)
             hooks = ", ".join(n for n in dir(hookspecs) if n.startswith("illume_kit_"))
-            raise PluginError(f"plugin {info.name!r} implements {', '.join(unknown)}, which illume-kit does not "
-                              f"define (hooks: {hooks}; every record names its role)")
+            raise PluginError(
+                f"plugin {info.name!r} implements {', '.join(unknown)}, which illume-kit does not "
+                f"define (hooks: {hooks}; every record names its role)"
+            )
         self.infos[info.name] = info
         self._meta[id(plugin)] = info
 
@@ -98,8 +101,9 @@ class PluginManager:
             version = ep.dist.version if ep.dist else "?"
             info = PluginInfo(ep.name, dist, version)
             builtin = ep.name == BUILTIN and dist == BUILTIN_DIST
-            chosen = (ep.name not in disabled and dist not in disabled
-                      and (only is None or ep.name in only or dist in only))
+            chosen = (
+                ep.name not in disabled and dist not in disabled and (only is None or ep.name in only or dist in only)
+            )
             if not (builtin or chosen):
                 info.status, info.reason = "disabled", "disabled by environment"
                 self.infos[ep.name] = info
@@ -141,7 +145,9 @@ class PluginManager:
                     reg.recipe_sources.extend(replace(s, dist=info.dist) for s in (fn() or ()))
                 except Exception as exc:
                     self._fail(info, exc)
-        reg.failed = [f"{i.name} ({i.dist} {i.version}): {i.reason}" for i in self.infos.values() if i.status == "failed"]
+        reg.failed = [
+            f"{i.name} ({i.dist} {i.version}): {i.reason}" for i in self.infos.values() if i.status == "failed"
+        ]
         return reg
 
 

@@ -19,8 +19,9 @@ This module imports no torch at runtime: listing and validating recipes must sta
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
@@ -62,19 +63,19 @@ class TokenizerOutput:
     losses:    named scalar auxiliary losses (quantizer commitment etc.); may be empty.
     """
 
-    codes: dict[str, "torch.Tensor"]
-    features: dict[str, "torch.Tensor"] = field(default_factory=dict)
-    quantized: dict[str, "torch.Tensor"] = field(default_factory=dict)
-    losses: dict[str, "torch.Tensor"] = field(default_factory=dict)
+    codes: dict[str, torch.Tensor]
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    quantized: dict[str, torch.Tensor] = field(default_factory=dict)
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
 class QuantizerOutput:
     """One return shape over every quantizer: ``(quantized, indices, aux_loss)``."""
 
-    quantized: "torch.Tensor"
-    indices: "torch.Tensor"
-    aux_loss: "torch.Tensor"
+    quantized: torch.Tensor
+    indices: torch.Tensor
+    aux_loss: torch.Tensor
 
     def __iter__(self):
         return iter((self.quantized, self.indices, self.aux_loss))
@@ -82,14 +83,14 @@ class QuantizerOutput:
 
 @dataclass
 class BackboneOutput:
-    logits: "torch.Tensor"
+    logits: torch.Tensor
     past_key_values: Any = None
-    hidden_states: "torch.Tensor | None" = None
+    hidden_states: torch.Tensor | None = None
 
 
 @runtime_checkable
 class VisualTokenizer(Protocol):
-    Params: ClassVar[type["BaseModel"]]
+    Params: ClassVar[type[BaseModel]]
     has_pixel_decoder: bool  # False for semantic-only tokenizers: they need a diffusion detokenizer
 
     @property
@@ -98,19 +99,19 @@ class VisualTokenizer(Protocol):
     def grid(self, height: int, width: int) -> dict[str, tuple[int, int]]:
         """Token grid (rows, cols) per codebook for an image of this size; raises ValueError if invalid."""
 
-    def encode(self, images: "torch.Tensor") -> TokenizerOutput:
+    def encode(self, images: torch.Tensor) -> TokenizerOutput:
         """images: (B, 3, H, W) in [0, 1]."""
 
-    def decode(self, codes: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
+    def decode(self, codes: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Codes -> images in [0, 1]; only tokenizers with ``has_pixel_decoder``."""
 
-    def loss(self, images: "torch.Tensor", step: int = 0) -> dict[str, "torch.Tensor"]:
+    def loss(self, images: torch.Tensor, step: int = 0) -> dict[str, torch.Tensor]:
         """Training losses, must contain a scalar ``loss``."""
 
 
 @runtime_checkable
 class LanguageBackbone(Protocol):
-    Params: ClassVar[type["BaseModel"]]
+    Params: ClassVar[type[BaseModel]]
 
     @property
     def hidden_size(self) -> int: ...
@@ -120,22 +121,22 @@ class LanguageBackbone(Protocol):
 
     text_tokenizer: Any
 
-    def extend_vocab(self, layout: "VocabLayout") -> None: ...
+    def extend_vocab(self, layout: VocabLayout) -> None: ...
 
-    def embed(self, ids: "torch.Tensor") -> "torch.Tensor": ...
+    def embed(self, ids: torch.Tensor) -> torch.Tensor: ...
 
     def forward(
         self,
-        inputs_embeds: "torch.Tensor",
-        attention_mask: "torch.Tensor | None" = None,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
         past_key_values: Any = None,
-        position_ids: "torch.Tensor | None" = None,
+        position_ids: torch.Tensor | None = None,
     ) -> BackboneOutput: ...
 
 
 @runtime_checkable
 class Detokenizer(Protocol):
-    Params: ClassVar[type["BaseModel"]]
+    Params: ClassVar[type[BaseModel]]
 
     @property
     def consumes(self) -> tuple[str, ...]: ...
@@ -143,21 +144,21 @@ class Detokenizer(Protocol):
     @property
     def output_scale(self) -> int: ...
 
-    def decode(self, codes: Mapping[str, "torch.Tensor"], **sampling: Any) -> "torch.Tensor":
+    def decode(self, codes: Mapping[str, torch.Tensor], **sampling: Any) -> torch.Tensor:
         """Codes -> images in [0, 1] at ``output_scale`` x the codes' pixel resolution."""
 
 
 @runtime_checkable
 class Quantizer(Protocol):
-    Params: ClassVar[type["BaseModel"]]
+    Params: ClassVar[type[BaseModel]]
 
     @property
     def codebook_size(self) -> int: ...
 
-    def forward(self, z: "torch.Tensor") -> QuantizerOutput:
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """z: (B, N, dim) channel-last."""
 
-    def indices_to_codes(self, indices: "torch.Tensor") -> "torch.Tensor": ...
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -179,7 +180,7 @@ class EvalContext:
     names: tuple[str, ...] = ()
     options: Any = None
     decode: Mapping[str, Any] = field(default_factory=dict)
-    out_dir: "Path | None" = None
+    out_dir: Path | None = None
     quiet: bool = True
     cache: dict[str, Any] = field(default_factory=dict)
 
@@ -192,7 +193,7 @@ class Metric(Protocol):
     ``goal`` says which way is better for every number it returns (``"max"`` or ``"min"``).
     """
 
-    Params: ClassVar[type["BaseModel"]]
+    Params: ClassVar[type[BaseModel]]
     goal: Literal["max", "min"]
 
     def compute(self, ctx: EvalContext) -> Mapping[str, float]:
@@ -205,7 +206,7 @@ class CodeMaps(Protocol):
     """Tokenizer: codes -> quantised maps, what a diffusion detokenizer conditions on
     (registry ``provides: [code_maps]``)."""
 
-    def codes_to_maps(self, codes: Mapping[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+    def codes_to_maps(self, codes: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{codebook: (B, h, w) codes} -> {codebook: (B, code_dim, h, w)}, equal to ``encode().quantized``."""
 
 
@@ -213,7 +214,7 @@ class CodeMaps(Protocol):
 class SemanticScore(Protocol):
     """Tokenizer with a semantic teacher: how well its codes keep the teacher's features (``sem/cosine``)."""
 
-    def semantic_cosine(self, images: "torch.Tensor") -> "torch.Tensor":
+    def semantic_cosine(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [0, 1] -> (B,) cosine in [-1, 1] per image."""
 
 
@@ -227,7 +228,7 @@ class Adversarial(Protocol):
 
     discriminator: Any
 
-    def discriminator_loss(self, images: "torch.Tensor", step: int = 0) -> dict[str, "torch.Tensor"]:
+    def discriminator_loss(self, images: torch.Tensor, step: int = 0) -> dict[str, torch.Tensor]:
         """Discriminator losses; must contain a scalar ``loss``."""
 
 
@@ -242,14 +243,14 @@ class CheckpointParams(Protocol):
 class SavesExtra(Protocol):
     """Write files beside the component's ``model.safetensors`` in a checkpoint."""
 
-    def save_extra(self, folder: "str | Path") -> None: ...
+    def save_extra(self, folder: str | Path) -> None: ...
 
 
 @runtime_checkable
 class LoadsExtra(Protocol):
     """Read what ``save_extra`` wrote; called after construction, before weights and ``extend_vocab``."""
 
-    def load_extra(self, folder: "str | Path") -> None: ...
+    def load_extra(self, folder: str | Path) -> None: ...
 
 
 @runtime_checkable

@@ -17,10 +17,11 @@ A recipe names components by registry name only. Nothing here imports torch.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Iterable, Literal, Mapping, Sequence, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -128,8 +129,9 @@ def _find_extends(ref: str, base: Path, search: Sequence[Path]) -> Path:
     return (base.parent / ref).resolve()
 
 
-def _load_layers(path: Path, problems: list[Problem], search: Sequence[Path], stack: tuple[Path, ...] = (),
-                 via: str = "") -> list[tuple[str, dict]]:
+def _load_layers(
+    path: Path, problems: list[Problem], search: Sequence[Path], stack: tuple[Path, ...] = (), via: str = ""
+) -> list[tuple[str, dict]]:
     """Depth-first: a file's parents come before the file itself."""
     path = path.resolve()
     if path in stack:
@@ -190,8 +192,9 @@ def _reset_component(cfg: DictConfig, prov: dict[str, str], sec: str, new_name: 
     return prov
 
 
-def _merge(layers: list[tuple[str, dict]], sets: Sequence[tuple[str, Any]], deletes: Sequence[str],
-           problems: list[Problem]) -> tuple[DictConfig, dict[str, str]]:
+def _merge(
+    layers: list[tuple[str, dict]], sets: Sequence[tuple[str, Any]], deletes: Sequence[str], problems: list[Problem]
+) -> tuple[DictConfig, dict[str, str]]:
     cfg = OmegaConf.create({})
     prov: dict[str, str] = {}
     for source, data in layers:
@@ -202,7 +205,9 @@ def _merge(layers: list[tuple[str, dict]], sets: Sequence[tuple[str, Any]], dele
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.create(data))  # dicts merge, lists replace
         except Exception as exc:
-            problems.append(Problem("", f"cannot merge {source} onto what it extends: {str(exc).splitlines()[0]}", source))
+            problems.append(
+                Problem("", f"cannot merge {source} onto what it extends: {str(exc).splitlines()[0]}", source)
+            )
             continue
         for leaf in _leaves(data):
             prov[leaf] = source
@@ -249,8 +254,14 @@ def _resolve(cfg: DictConfig, prov: Mapping[str, str], problems: list[Problem]) 
         for key in node.keys():
             path = f"{prefix}.{key}" if prefix else str(key)
             if OmegaConf.is_missing(node, key):
-                problems.append(Problem(path, "required value is missing (???)", source_of(path, prov),
-                                        f"Set it in the recipe or with {path}=VALUE."))
+                problems.append(
+                    Problem(
+                        path,
+                        "required value is missing (???)",
+                        source_of(path, prov),
+                        f"Set it in the recipe or with {path}=VALUE.",
+                    )
+                )
                 continue
             try:
                 value = node[key]
@@ -292,15 +303,26 @@ def _tagged(models: Sequence[type[BaseModel]], tag: Any) -> type[BaseModel] | No
     """The member of a discriminated union whose tag is ``tag`` (a field typed ``Literal[tag]``)."""
     if len(models) < 2:
         return None
-    return next((m for m in models for f in m.model_fields.values()
-                 if get_origin(f.annotation) is Literal and get_args(f.annotation) == (tag,)), None)
+    return next(
+        (
+            m
+            for m in models
+            for f in m.model_fields.values()
+            if get_origin(f.annotation) is Literal and get_args(f.annotation) == (tag,)
+        ),
+        None,
+    )
 
 
 def _branch(members: Sequence[Any], label: str) -> list[Any]:
     """The alternatives of a plain union that pydantic's branch label (``dict[str,float]``, ``float``,
     a model's name) names."""
-    named = [m for m in members if (_is_model(m) and m.__name__ == label)
-             or (get_origin(m) is not None and label.startswith(getattr(get_origin(m), "__name__", "\0")))]
+    named = [
+        m
+        for m in members
+        if (_is_model(m) and m.__name__ == label)
+        or (get_origin(m) is not None and label.startswith(getattr(get_origin(m), "__name__", "\0")))
+    ]
     return named or [m for m in members if not _is_model(m) and get_origin(m) is None]
 
 
@@ -340,8 +362,9 @@ def _locate(model: type[BaseModel], loc: Sequence[Any]) -> _Where:
                 nxt += _members(c.model_fields[str(part)].annotation)
             elif get_origin(c) in (list, tuple) and isinstance(part, int):
                 args = [a for a in get_args(c) if a is not Ellipsis]
-                nxt += _members(args[min(part, len(args) - 1)] if get_origin(c) is tuple and args else
-                                (args[0] if args else Any))
+                nxt += _members(
+                    args[min(part, len(args) - 1)] if get_origin(c) is tuple and args else (args[0] if args else Any)
+                )
             elif get_origin(c) is dict and len(get_args(c)) == 2:
                 nxt += _members(get_args(c)[1])
         cur = nxt
@@ -360,17 +383,32 @@ def _unknown_key(key: str, owners: Sequence[type[BaseModel]]) -> tuple[str, str]
     kind = _stage_kind(owners[0]) if len(owners) == 1 else None
     msg = f"unknown key of {kind} stage options" if kind else "unknown key"
     elsewhere = [k for k, m in STAGE_OPTIONS.items() if kind and key in m.model_fields]
-    hint = (f"{key} is an option of {' and '.join(elsewhere)} stages. " if elsewhere else
-            f"Did you mean {close[0]}? " if close else "")
+    hint = (
+        f"{key} is an option of {' and '.join(elsewhere)} stages. "
+        if elsewhere
+        else f"Did you mean {close[0]}? "
+        if close
+        else ""
+    )
     return msg, hint + (f"(valid: {', '.join(fields)})" if fields else "")
 
 
-_KIND_ERRORS = ("dict_type", "list_type", "tuple_type", "model_type", "model_attributes_type", "float_type",
-                "int_type", "bool_type", "string_type")
+_KIND_ERRORS = (
+    "dict_type",
+    "list_type",
+    "tuple_type",
+    "model_type",
+    "model_attributes_type",
+    "float_type",
+    "int_type",
+    "bool_type",
+    "string_type",
+)
 
 
-def pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str,
-                      prov: Mapping[str, str]) -> list[Problem]:
+def pydantic_problems(
+    exc: ValidationError, model: type[BaseModel], prefix: str, prov: Mapping[str, str]
+) -> list[Problem]:
     out: list[Problem] = []
     other_branch: dict[str, Problem] = {}  # per path: an alternative that only says the input is of another kind
     for err in exc.errors():
@@ -392,33 +430,56 @@ def pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str,
             msg = f"invalid value {ctx.get('tag')!r}"
             hint = f"Valid: {ctx.get('expected_tags')}"
         else:
-            msg = f"{err['msg']} (got {err.get('input')!r})" if "input" in err and not isinstance(err.get("input"), dict) else err["msg"]
+            msg = (
+                f"{err['msg']} (got {err.get('input')!r})"
+                if "input" in err and not isinstance(err.get("input"), dict)
+                else err["msg"]
+            )
         problem = Problem(path, msg, source_of(path, prov), hint)
         if where.at_branch and err["type"] in _KIND_ERRORS:
             other_branch.setdefault(path, problem)
         else:
             out.append(problem)
     # a union's alternatives each report; the one meant for the input's kind says what is wrong
-    out += [p for path, p in other_branch.items() if not any(q.path == path or q.path.startswith(path + ".") for q in out)]
+    out += [
+        p for path, p in other_branch.items() if not any(q.path == path or q.path.startswith(path + ".") for q in out)
+    ]
     return out
 
 
-def _validate_params(spec: ComponentSpec, preset: str | None, params: Mapping[str, Any], path: str,
-                     registry: Registry, prov: Mapping[str, str], problems: list[Problem]) -> BaseModel | None:
+def _validate_params(
+    spec: ComponentSpec,
+    preset: str | None,
+    params: Mapping[str, Any],
+    path: str,
+    registry: Registry,
+    prov: Mapping[str, str],
+    problems: list[Problem],
+) -> BaseModel | None:
     try:
         params_cls = spec.load_params()
         presets = spec.load_presets()
     except Exception as exc:  # plugin import problem: one line, no traceback
-        problems.append(Problem(path, f"cannot load {spec.role} {spec.name!r} from {spec.dist}: {type(exc).__name__}: {exc}",
-                                source_of(path, prov)))
+        problems.append(
+            Problem(
+                path,
+                f"cannot load {spec.role} {spec.name!r} from {spec.dist}: {type(exc).__name__}: {exc}",
+                source_of(path, prov),
+            )
+        )
         return None
     merged: dict[str, Any] = {}
     if preset is not None:
         if preset not in presets:
             close = difflib.get_close_matches(preset, list(presets), n=1)
-            problems.append(Problem(f"{path}.preset", f"unknown preset {preset!r} of {spec.role} {spec.name!r}",
-                                    source_of(f"{path}.preset", prov),
-                                    (f"Did you mean {close[0]}? " if close else "") + f"(valid: {', '.join(presets) or 'none'})"))
+            problems.append(
+                Problem(
+                    f"{path}.preset",
+                    f"unknown preset {preset!r} of {spec.role} {spec.name!r}",
+                    source_of(f"{path}.preset", prov),
+                    (f"Did you mean {close[0]}? " if close else "") + f"(valid: {', '.join(presets) or 'none'})",
+                )
+            )
             return None
         merged = _deep_merge(presets[preset], params)
     else:
@@ -432,7 +493,9 @@ def _validate_params(spec: ComponentSpec, preset: str | None, params: Mapping[st
     return obj
 
 
-def _check_refs(obj: BaseModel, path: str, registry: Registry, prov: Mapping[str, str], problems: list[Problem]) -> None:
+def _check_refs(
+    obj: BaseModel, path: str, registry: Registry, prov: Mapping[str, str], problems: list[Problem]
+) -> None:
     for fname in type(obj).model_fields:
         value = getattr(obj, fname)
         if isinstance(value, ComponentRef) and value.role:
@@ -454,8 +517,9 @@ def _deep_merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate_components(data: Mapping[str, Any], registry: Registry, prov: Mapping[str, str],
-                        problems: list[Problem]) -> dict[str, ResolvedComponent]:
+def validate_components(
+    data: Mapping[str, Any], registry: Registry, prov: Mapping[str, str], problems: list[Problem]
+) -> dict[str, ResolvedComponent]:
     out: dict[str, ResolvedComponent] = {}
     for section, role in COMPONENT_ROLES.items():
         if data.get(section) is None:
@@ -475,8 +539,9 @@ def validate_components(data: Mapping[str, Any], registry: Registry, prov: Mappi
     return out
 
 
-def check_compatibility(comps: Mapping[str, ResolvedComponent], registry: Registry, prov: Mapping[str, str],
-                        problems: list[Problem]) -> None:
+def check_compatibility(
+    comps: Mapping[str, ResolvedComponent], registry: Registry, prov: Mapping[str, str], problems: list[Problem]
+) -> None:
     """Each composed component's ``requires`` against what the others ``provide`` (registry records only)."""
     for section, rc in comps.items():
         others = {s: o.spec for s, o in comps.items() if s != section}
@@ -485,17 +550,29 @@ def check_compatibility(comps: Mapping[str, ResolvedComponent], registry: Regist
         if not missing:
             continue
         partner = others.get("tokenizer")
-        what = (f"tokenizer {partner.name!r}, which provides {', '.join(partner.provides) or 'nothing'}"
-                if partner is not None else "the other components")
+        what = (
+            f"tokenizer {partner.name!r}, which provides {', '.join(partner.provides) or 'nothing'}"
+            if partner is not None
+            else "the other components"
+        )
         fits = [s.name for s in registry.specs(rc.spec.role) if set(s.requires) <= offered]
-        hint = (f"; registered {rc.spec.role}s that work with it: {', '.join(fits)}" if fits
-                else f"; no registered {rc.spec.role} works with it")
-        problems.append(Problem(f"{section}.name", f"{rc.spec.role} {rc.spec.name!r} requires {', '.join(missing)}, "
-                                                   f"not provided by {what}{hint}", source_of(f"{section}.name", prov)))
+        hint = (
+            f"; registered {rc.spec.role}s that work with it: {', '.join(fits)}"
+            if fits
+            else f"; no registered {rc.spec.role} works with it"
+        )
+        problems.append(
+            Problem(
+                f"{section}.name",
+                f"{rc.spec.role} {rc.spec.name!r} requires {', '.join(missing)}, not provided by {what}{hint}",
+                source_of(f"{section}.name", prov),
+            )
+        )
 
 
-def check_metric_names(data: Mapping[str, Any], registry: Registry, prov: Mapping[str, str],
-                       problems: list[Problem]) -> None:
+def check_metric_names(
+    data: Mapping[str, Any], registry: Registry, prov: Mapping[str, str], problems: list[Problem]
+) -> None:
     """Each ``eval.metrics`` entry ``family/quantity`` names a registered metric family."""
     names = (data.get("eval") or {}).get("metrics") if isinstance(data.get("eval"), Mapping) else None
     if not isinstance(names, list):
@@ -509,9 +586,15 @@ def check_metric_names(data: Mapping[str, Any], registry: Registry, prov: Mappin
             continue
         close = difflib.get_close_matches(family, families, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(c + sep + rest for c in close)}?" if close else ""
-        problems.append(Problem(f"eval.metrics.{i}", f"unknown metric family {family!r} in {name!r}.{hint} "
-                                                     f"(registered: {', '.join(families) or 'none'}; "
-                                                     "illume-kit list metrics)", source_of("eval.metrics", prov)))
+        problems.append(
+            Problem(
+                f"eval.metrics.{i}",
+                f"unknown metric family {family!r} in {name!r}.{hint} "
+                f"(registered: {', '.join(families) or 'none'}; "
+                "illume-kit list metrics)",
+                source_of("eval.metrics", prov),
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,10 +619,10 @@ def find_shipped(ref: str | Path, registry: Registry | None) -> Path | None:
     """The shipped recipe a name refers to: ``dualvitok_qwen2_tiny``, ``tokenizers/dualvitok_tiny.yaml``
     or a checkout's ``recipes/...`` path (so the same command works after a plain install)."""
     text = Path(ref).as_posix()
-    names = [text] + ([text[len("recipes/"):]] if text.startswith("recipes/") else [])
+    names = [text] + ([text[len("recipes/") :]] if text.startswith("recipes/") else [])
     for src in registry.recipe_sources if registry else []:
         for name in names:
-            rels = [name] + ([name[len(src.prefix):]] if src.prefix and name.startswith(src.prefix) else [])
+            rels = [name] + ([name[len(src.prefix) :]] if src.prefix and name.startswith(src.prefix) else [])
             for rel in rels:
                 for cand in (rel, rel + ".yaml"):
                     p = Path(src.path) / cand
@@ -551,13 +634,17 @@ def find_shipped(ref: str | Path, registry: Registry | None) -> Path | None:
 def _missing_recipe(path: Path, registry: Registry | None) -> Problem:
     names = [n for n, _ in shipped_recipes(registry)]
     close = difflib.get_close_matches(path.with_suffix("").as_posix().removeprefix("recipes/"), names, n=3)
-    hint = (f"Did you mean {', '.join(close)}?" if close else
-            "Give a recipe file, or a shipped recipe's name (`illume-kit recipes` lists them).")
+    hint = (
+        f"Did you mean {', '.join(close)}?"
+        if close
+        else "Give a recipe file, or a shipped recipe's name (`illume-kit recipes` lists them)."
+    )
     return Problem("", f"recipe file {str(path)!r} does not exist", hint=hint)
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None,
-                components: bool = True) -> ResolvedRecipe:
+def load_recipe(
+    path: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None, components: bool = True
+) -> ResolvedRecipe:
     """Load, override, resolve and validate a recipe; raise ``RecipeError`` with every problem."""
     if registry is None and components:
         from illume_kit.core.plugins import get_registry
@@ -580,8 +667,13 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), registry: Regis
     data = _resolve(cfg, prov, problems)
     if "illume_kit" in data and data["illume_kit"] != 1:
         v = data["illume_kit"]
-        problems.append(Problem("illume_kit", f"recipe schema version {v!r} is not supported (this illume-kit reads 1)",
-                                source_of("illume_kit", prov)))
+        problems.append(
+            Problem(
+                "illume_kit",
+                f"recipe schema version {v!r} is not supported (this illume-kit reads 1)",
+                source_of("illume_kit", prov),
+            )
+        )
         raise RecipeError(origin, problems)
     recipe = None
     try:
@@ -602,5 +694,13 @@ def recipe_json_schema() -> dict:
     return Recipe.model_json_schema()
 
 
-__all__ = ["Problem", "RecipeError", "ResolvedRecipe", "ResolvedComponent", "load_recipe", "parse_overrides",
-           "recipe_json_schema", "RegistryError"]
+__all__ = [
+    "Problem",
+    "RecipeError",
+    "ResolvedRecipe",
+    "ResolvedComponent",
+    "load_recipe",
+    "parse_overrides",
+    "recipe_json_schema",
+    "RegistryError",
+]

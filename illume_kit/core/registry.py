@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 ROLES = ("tokenizer", "backbone", "detokenizer", "quantizer", "teacher", "dataset", "metric")
 ROLE_ALIASES = {r + "s": r for r in ROLES} | {"recipe": "recipe", "recipes": "recipe", "data": "dataset"}
@@ -97,8 +98,10 @@ class ComponentSpec:
             return import_target(target)
         except Exception as exc:
             cause = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise PluginImportError(f"cannot import the {what} of {self.role} {self.name!r} from {self.dist} "
-                                    f"{self.dist_version}: {type(exc).__name__}: {cause}") from exc
+            raise PluginImportError(
+                f"cannot import the {what} of {self.role} {self.name!r} from {self.dist} "
+                f"{self.dist_version}: {type(exc).__name__}: {cause}"
+            ) from exc
 
     def load(self) -> Any:
         return self._import(self.target, "code")

@@ -7,12 +7,18 @@ against the named component's own ``Params`` model.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_serializer
 
-from illume_kit.core.options import (DetokenizerOptions, EvalOptions, MllmOptions, StageOptions, TeacherOptions,
-                                     TokenizerOptions)
+from illume_kit.core.options import (
+    DetokenizerOptions,
+    EvalOptions,
+    MllmOptions,
+    StageOptions,
+    TeacherOptions,
+    TokenizerOptions,
+)
 
 
 class _Strict(BaseModel):
@@ -23,30 +29,45 @@ class ComponentChoice(_Strict):
     name: str = Field(description="registry name of the component (see `illume-kit list ROLE`)")
     preset: str | None = Field(None, description="preset of that component (see `illume-kit show ROLE NAME`)")
     params: dict[str, Any] = Field(default_factory=dict, description="params applied on top of the preset")
-    weights: str | None = Field(None, description="local checkpoint folder (or .safetensors file) whose weights "
-                                "this component loads after it is built, e.g. from `illume-kit convert`")
+    weights: str | None = Field(
+        None,
+        description="local checkpoint folder (or .safetensors file) whose weights "
+        "this component loads after it is built, e.g. from `illume-kit convert`",
+    )
 
 
 class ModelOptions(_Strict):
     image_input: Literal["continuous", "discrete"] = Field(
-        "continuous", description="LLM input side: projected pre-quantisation features (ILLUME+) or code embeddings")
-    projector_hidden: int | None = Field(None, description="hidden width of the per-codebook 2-layer MLP projectors (default: LLM width)")
+        "continuous", description="LLM input side: projected pre-quantisation features (ILLUME+) or code embeddings"
+    )
+    projector_hidden: int | None = Field(
+        None, description="hidden width of the per-codebook 2-layer MLP projectors (default: LLM width)"
+    )
     image_positions: int = Field(
-        0, ge=0, description="learned row + column embeddings on every image token (input and output), for grids "
-        "up to this many tokens a side; 0 = off (ILLUME+: 1D positions and end-of-line tokens only)")
+        0,
+        ge=0,
+        description="learned row + column embeddings on every image token (input and output), for grids "
+        "up to this many tokens a side; 0 = off (ILLUME+: 1D positions and end-of-line tokens only)",
+    )
     output_positions: Literal["slot", "next"] = Field(
-        "slot", description="with image_positions, which token of an output image carries a code's row/column "
+        "slot",
+        description="with image_positions, which token of an output image carries a code's row/column "
         "embedding: the code's own (slot) or the token before it, the one that predicts it (next), so the query "
-        "drawing a code knows its cell and can find the same cell of an input image (editing)")
+        "drawing a code knows its cell and can find the same cell of an input image (editing)",
+    )
     edit_order: Literal["image_first", "instruction_first"] = Field(
-        "image_first", description="editing prompt: the source image then the instruction (ILLUME+), or the "
+        "image_first",
+        description="editing prompt: the source image then the instruction (ILLUME+), or the "
         "instruction first, so the source sits a fixed number of tokens before the target and copying its "
-        "unchanged cells is a fixed-offset lookup")
+        "unchanged cells is a fixed-offset lookup",
+    )
     level_order: Literal["coarse_first", "fine_first"] = Field(
-        "coarse_first", description="order of the codebook levels in every image sequence, input and output: "
+        "coarse_first",
+        description="order of the codebook levels in every image sequence, input and output: "
         "the tokenizer's (coarse_first: tokenizers list their coarse, semantic level first, as ILLUME+ writes "
         "images) or reversed (fine_first: e.g. DualViTok's pixel codes before its semantic codes). Each level's "
-        "id range follows the same order; one-codebook tokenizers are unaffected")
+        "id range follows the same order; one-codebook tokenizers are unaffected",
+    )
     resolution_step: int = Field(64, ge=1, description="step of the <height_H>/<width_W> resolution tags")
     max_resolution: int = Field(1024, ge=1, description="largest resolution tag")
 
@@ -97,7 +118,7 @@ class MllmStage(Stage):
 
 
 # a recipe's stage is the subclass its target names, so its options are validated by that kind's model
-AnyStage = Annotated[Union[TeacherStage, TokenizerStage, DetokenizerStage, MllmStage], Field(discriminator="target")]
+AnyStage = Annotated[TeacherStage | TokenizerStage | DetokenizerStage | MllmStage, Field(discriminator="target")]
 
 
 class TrainConfig(_Strict):
@@ -133,5 +154,10 @@ class Recipe(_Strict):
 
 
 # component sections of a recipe and the registry role each names
-COMPONENT_ROLES = {"tokenizer": "tokenizer", "backbone": "backbone", "detokenizer": "detokenizer",
-                   "teacher": "teacher", "data": "dataset"}
+COMPONENT_ROLES = {
+    "tokenizer": "tokenizer",
+    "backbone": "backbone",
+    "detokenizer": "detokenizer",
+    "teacher": "teacher",
+    "data": "dataset",
+}

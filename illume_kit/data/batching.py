@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -119,7 +120,5 @@ def make_loader(
     rank: int = 0,
 ) -> DataLoader:
     """A DataLoader over size-homogeneous batches with ``collate``."""
-    sampler = SizeGroupedBatchSampler(
-        dataset_sizes(dataset), batch_size, shuffle, seed, drop_last, num_replicas, rank
-    )
+    sampler = SizeGroupedBatchSampler(dataset_sizes(dataset), batch_size, shuffle, seed, drop_last, num_replicas, rank)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)

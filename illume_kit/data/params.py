@@ -8,7 +8,7 @@ ranges of the official files), so an evaluation never sees a training item.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -21,9 +21,7 @@ Split = Literal["train", "val", "test"]
 class DatasetParams(ComponentParams):
     image_size: int = Field(64, ge=8, description="side of the (square) images served, in pixels")
     split: Split = Field("train", description="which disjoint split to serve: train, val or test")
-    num_samples: Optional[int] = Field(
-        None, ge=1, description="number of items to expose; None = the whole split"
-    )
+    num_samples: int | None = Field(None, ge=1, description="number of items to expose; None = the whole split")
     seed: int = Field(0, description="seed for every random choice (scene sampling, subset selection)")
 
 
@@ -48,13 +46,15 @@ class ShapesParams(DatasetParams):
         True, description="pick a background tone and gradient per scene (else always black)"
     )
     jitter: float = Field(
-        1.0, ge=0.0, le=1.0,
+        1.0,
+        ge=0.0,
+        le=1.0,
         description="how far a shape may stray from its cell centre, as a fraction of the free room "
         "(0 = always centred, so a shape's pixels depend only on its attributes)",
     )
 
     @model_validator(mode="after")
-    def _check_counts(self) -> "ShapesParams":
+    def _check_counts(self) -> ShapesParams:
         if self.min_objects > self.max_objects:
             raise ValueError(f"min_objects ({self.min_objects}) > max_objects ({self.max_objects})")
         return self
@@ -62,7 +62,7 @@ class ShapesParams(DatasetParams):
 
 class ImageFolderParams(DatasetParams):
     root: str = Field(description="folder searched recursively for png/jpg/jpeg/webp/bmp images")
-    captions: Optional[str] = Field(
+    captions: str | None = Field(
         None,
         description='captions file of {"file": relative path, "caption": str} lines; '
         "None = <root>/captions.jsonl if present, else empty captions",
@@ -80,7 +80,7 @@ class ImageFolderParams(DatasetParams):
     )
 
     @model_validator(mode="after")
-    def _check_fractions(self) -> "ImageFolderParams":
+    def _check_fractions(self) -> ImageFolderParams:
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError("val_fraction + test_fraction must leave something for train")
         return self

@@ -25,7 +25,16 @@ from torch.utils.data import Dataset
 
 from illume_kit.data.params import ShapesParams
 from illume_kit.data.shapes_vocab import (  # noqa: F401  (the world's words, re-exported)
-    BACKGROUNDS, CAPTION_JOIN, COLOR_NAMES, COLORS, EDITS, GRID_POSITIONS, NUMBER_WORDS, OBJECT, QUESTIONS, SHAPES,
+    BACKGROUNDS,
+    CAPTION_JOIN,
+    COLOR_NAMES,
+    COLORS,
+    EDITS,
+    GRID_POSITIONS,
+    NUMBER_WORDS,
+    OBJECT,
+    QUESTIONS,
+    SHAPES,
     SIZES,
 )
 

@@ -27,13 +27,21 @@ from illume_kit.eval.metrics import CodebookStats, reconstruction_metrics
 def _progress(desc: str, quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn(desc), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=quiet,
-                    transient=True)
+    return Progress(
+        TextColumn(desc), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=quiet, transient=True
+    )
 
 
 @torch.no_grad()
-def reconstruction(model, dataset, num_samples: int, batch_size: int = 16, quiet: bool = False,
-                   decode_options: dict | None = None, grid_path: Path | None = None) -> dict[str, float]:
+def reconstruction(
+    model,
+    dataset,
+    num_samples: int,
+    batch_size: int = 16,
+    quiet: bool = False,
+    decode_options: dict | None = None,
+    grid_path: Path | None = None,
+) -> dict[str, float]:
     tok, det = model.tokenizer.eval(), model.detokenizer
     scale = int(getattr(det, "output_scale", 1)) if det is not None else 1
     stats = {cb.name: CodebookStats(cb.size, cb.name) for cb in tok.codebooks}
@@ -117,12 +125,19 @@ def _family(registry, name: str):
     return metric
 
 
-def evaluate(checkpoint: str | Path, data_overrides: dict[str, Any] | None = None, num_samples: int | None = None,
-             split: str = "val", output: str | Path | None = None, quiet: bool = False,
-             decode_options: dict | None = None, tasks: bool = True) -> dict[str, Any]:
-    from illume_kit.model.checkpoint import load_checkpoint
+def evaluate(
+    checkpoint: str | Path,
+    data_overrides: dict[str, Any] | None = None,
+    num_samples: int | None = None,
+    split: str = "val",
+    output: str | Path | None = None,
+    quiet: bool = False,
+    decode_options: dict | None = None,
+    tasks: bool = True,
+) -> dict[str, Any]:
     from illume_kit.core.recipe import load_recipe
     from illume_kit.data.build import build_dataset
+    from illume_kit.model.checkpoint import load_checkpoint
 
     checkpoint = Path(checkpoint)
     model, manifest = load_checkpoint(checkpoint)
@@ -136,13 +151,30 @@ def evaluate(checkpoint: str | Path, data_overrides: dict[str, Any] | None = Non
     before = _stamps(out_dir)
     torch.manual_seed(recipe.run.seed)
     decode_options = decode_options or dict(recipe.eval.options.decode)
-    ctx = EvalContext(model, resolved, dataset, n, split, metrics=tuple(recipe.eval.metrics),
-                      options=recipe.eval.options, decode=decode_options, out_dir=out_dir, quiet=quiet)
+    ctx = EvalContext(
+        model,
+        resolved,
+        dataset,
+        n,
+        split,
+        metrics=tuple(recipe.eval.metrics),
+        options=recipe.eval.options,
+        decode=decode_options,
+        out_dir=out_dir,
+        quiet=quiet,
+    )
     metrics, goals = compute_metrics(ctx, tasks=tasks)
     written = sorted(k for k, v in _stamps(out_dir).items() if before.get(k) != v)
-    result = {"checkpoint": str(checkpoint), "recipe": recipe.name, "split": split, "num_samples": n,
-              "torch_threads": torch.get_num_threads(), "output_dir": str(out_dir),
-              "files": sorted({*written, "metrics.json"}), "metrics": metrics}
+    result = {
+        "checkpoint": str(checkpoint),
+        "recipe": recipe.name,
+        "split": split,
+        "num_samples": n,
+        "torch_threads": torch.get_num_threads(),
+        "output_dir": str(out_dir),
+        "files": sorted({*written, "metrics.json"}),
+        "metrics": metrics,
+    }
     if goals:
         result["goals"] = goals
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))

@@ -8,7 +8,7 @@ always runs the reconstruction pass; the task families run when ``eval.metrics``
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from illume_kit.core.params import NoParams
 from illume_kit.core.protocols import EvalContext
@@ -44,8 +44,14 @@ class _ReconstructionPass(_Family):
             from illume_kit.eval.evaluate import reconstruction
 
             grid = ctx.out_dir / "reconstructions.png" if ctx.out_dir is not None else None
-            ctx.cache["reconstruction"] = reconstruction(ctx.model, ctx.dataset, ctx.num_samples, quiet=ctx.quiet,
-                                                         decode_options=dict(ctx.decode), grid_path=grid)
+            ctx.cache["reconstruction"] = reconstruction(
+                ctx.model,
+                ctx.dataset,
+                ctx.num_samples,
+                quiet=ctx.quiet,
+                decode_options=dict(ctx.decode),
+                grid_path=grid,
+            )
         return ctx.cache["reconstruction"]
 
 
@@ -76,8 +82,16 @@ class _TaskPass(_Family):
             from illume_kit.eval.tasks import evaluate_tasks
 
             wanted = [m for m in ctx.metrics if family_of(m) in TASKS]
-            ctx.cache["tasks"] = evaluate_tasks(ctx.model, ctx.resolved, wanted, ctx.num_samples, out_dir=ctx.out_dir,
-                                                quiet=ctx.quiet, dataset=ctx.dataset, split=ctx.split)
+            ctx.cache["tasks"] = evaluate_tasks(
+                ctx.model,
+                ctx.resolved,
+                wanted,
+                ctx.num_samples,
+                out_dir=ctx.out_dir,
+                quiet=ctx.quiet,
+                dataset=ctx.dataset,
+                split=ctx.split,
+            )
         return ctx.cache["tasks"]
 
 

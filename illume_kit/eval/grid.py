@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -26,8 +26,13 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr.permute(1, 2, 0).contiguous().numpy(), "RGB")
 
 
-def tile(groups: Sequence[Sequence[torch.Tensor]], labels: Sequence[str] | None = None, per_row: int = 4,
-         pad: int = 2, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+def tile(
+    groups: Sequence[Sequence[torch.Tensor]],
+    labels: Sequence[str] | None = None,
+    per_row: int = 4,
+    pad: int = 2,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> Image.Image:
     """Groups of (C, H, W) images side by side (e.g. original | reconstruction), ``per_row`` groups per
     line, each with an optional label under it; images are shown at the largest size (nearest)."""
     if not groups:
@@ -40,8 +45,10 @@ def tile(groups: Sequence[Sequence[torch.Tensor]], labels: Sequence[str] | None 
     font = ImageFont.load_default()
     label_h = 0
     if labels:
-        label_h = max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), str(t), font=font)[3]
-                      for t in labels) + 2 * pad
+        label_h = (
+            max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), str(t), font=font)[3] for t in labels)
+            + 2 * pad
+        )
     cols = min(per_row, len(groups))
     cell_w, cell_h = k * w + (k + 1) * pad, h + 2 * pad + label_h
     canvas = Image.new("RGB", (cols * cell_w + pad, math.ceil(len(groups) / cols) * cell_h), background)
@@ -56,17 +63,28 @@ def tile(groups: Sequence[Sequence[torch.Tensor]], labels: Sequence[str] | None 
     return canvas
 
 
-def make_grid(originals: torch.Tensor, recons: torch.Tensor, labels: Sequence[str] | None = None,
-              pairs_per_row: int = 4, pad: int = 2, background: tuple[int, int, int] = (255, 255, 255)
-              ) -> Image.Image:
+def make_grid(
+    originals: torch.Tensor,
+    recons: torch.Tensor,
+    labels: Sequence[str] | None = None,
+    pairs_per_row: int = 4,
+    pad: int = 2,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> Image.Image:
     """Originals next to reconstructions as a PIL image. Both (B, C, H, W) in [0, 1]."""
     if len(originals) != len(recons):
         raise ValueError(f"{len(originals)} originals but {len(recons)} reconstructions")
     return tile(list(zip(originals, recons)), labels, pairs_per_row, pad, background)
 
 
-def save_grid(originals: torch.Tensor, recons: torch.Tensor, path: str | os.PathLike,
-              labels: Sequence[str] | None = None, pairs_per_row: int = 4, pad: int = 2) -> Image.Image:
+def save_grid(
+    originals: torch.Tensor,
+    recons: torch.Tensor,
+    path: str | os.PathLike,
+    labels: Sequence[str] | None = None,
+    pairs_per_row: int = 4,
+    pad: int = 2,
+) -> Image.Image:
     """Write the grid to ``path`` (PNG) and return it."""
     grid = make_grid(originals, recons, labels=labels, pairs_per_row=pairs_per_row, pad=pad)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

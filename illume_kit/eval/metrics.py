@@ -48,8 +48,15 @@ def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return w / w.sum()
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size: int = 11,
-         sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+def ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float = 1.0,
+    win_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
     """Per-image mean SSIM, shape (B,), averaged over channels and the valid (uncropped) region."""
     _check_pair(x, y)
     if win_size % 2 == 0:
@@ -75,16 +82,20 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size: in
     return s.flatten(1).mean(1).to(torch.float32)
 
 
-def reconstruction_metrics(originals: torch.Tensor, recons: torch.Tensor, quantize: bool = True
-                           ) -> dict[str, torch.Tensor]:
+def reconstruction_metrics(
+    originals: torch.Tensor, recons: torch.Tensor, quantize: bool = True
+) -> dict[str, torch.Tensor]:
     """Per-image ``rec/*`` values for a batch (average over the eval set afterwards).
 
     ``quantize`` rounds reconstructions to uint8 levels first (the LlamaGen / ILLUME+ protocol).
     """
     r = quantize_uint8(recons) if quantize else recons.clamp(0, 1)
     o = originals.clamp(0, 1)
-    out = {"rec/psnr": psnr(o, r), "rec/mae": (o - r).abs().flatten(1).mean(1),
-           "rec/mse": (o - r).pow(2).flatten(1).mean(1)}
+    out = {
+        "rec/psnr": psnr(o, r),
+        "rec/mae": (o - r).abs().flatten(1).mean(1),
+        "rec/mse": (o - r).pow(2).flatten(1).mean(1),
+    }
     if min(o.shape[-2:]) >= 11:
         out["rec/ssim"] = ssim(o, r)
         out["rec/ssim2"] = ssim(o, r, data_range=2.0)
@@ -112,11 +123,13 @@ class CodebookStats:
         self.size, self.name = size, name
         self.counts = torch.zeros(size, dtype=torch.long)
 
-    def update(self, codes: torch.Tensor) -> "CodebookStats":
+    def update(self, codes: torch.Tensor) -> CodebookStats:
         codes = codes.detach().reshape(-1).long().cpu()
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.size):
-            raise ValueError(f"codebook {self.name or ''} codes must lie in [0, {self.size}), "
-                             f"got [{int(codes.min())}, {int(codes.max())}]")
+            raise ValueError(
+                f"codebook {self.name or ''} codes must lie in [0, {self.size}), "
+                f"got [{int(codes.min())}, {int(codes.max())}]"
+            )
         self.counts += torch.bincount(codes, minlength=self.size)
         return self
 
@@ -139,7 +152,7 @@ class CodebookStats:
     def perplexity(self) -> float:
         return math.exp(self.entropy)
 
-    def all_reduce(self) -> "CodebookStats":
+    def all_reduce(self) -> CodebookStats:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():

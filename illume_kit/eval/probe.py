@@ -18,8 +18,9 @@ because generated images come back through a detokenizer. The shipped weights
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -85,14 +86,25 @@ def scene_from_cells(shape: Sequence[int], color: Sequence[int], size: Sequence[
         if s == 0:
             continue
         r, c = divmod(k, grid)
-        objects.append({"shape": SHAPE_CLASSES[s], "color": COLOR_NAMES[color[k]], "size": SIZES[size[k]],
-                        "position": GRID_POSITIONS[grid][r][c], "cell": (r, c)})
+        objects.append(
+            {
+                "shape": SHAPE_CLASSES[s],
+                "color": COLOR_NAMES[color[k]],
+                "size": SIZES[size[k]],
+                "position": GRID_POSITIONS[grid][r][c],
+                "cell": (r, c),
+            }
+        )
     return {"grid": grid, "objects": objects, "count": len(objects)}
 
 
 @torch.no_grad()
-def read_scenes(probe: ShapesProbe, images: torch.Tensor | Sequence[torch.Tensor], grid: int | Sequence[int] = 3,
-                batch_size: int = 256) -> list[dict[str, Any]]:
+def read_scenes(
+    probe: ShapesProbe,
+    images: torch.Tensor | Sequence[torch.Tensor],
+    grid: int | Sequence[int] = 3,
+    batch_size: int = 256,
+) -> list[dict[str, Any]]:
     """What the probe sees in each image: scenes ``{grid, objects: [{shape, color, size, position,
     cell}], count}``. ``grid`` is one size for all images or one per image."""
     dev = next(probe.parameters()).device
@@ -110,7 +122,7 @@ def read_scenes(probe: ShapesProbe, images: torch.Tensor | Sequence[torch.Tensor
             idx = [i for i, gi in enumerate(grids) if gi == g]
             per = max(1, batch_size // (g * g))
             for s in range(0, len(idx), per):
-                chunk = idx[s: s + per]
+                chunk = idx[s : s + per]
                 x = to_side(torch.stack([images[i].to(dev) for i in chunk]))
                 logits = probe(cells(x, g))
                 pred = {k: v.argmax(-1).reshape(len(chunk), g * g).tolist() for k, v in logits.items()}
@@ -128,8 +140,15 @@ def compare(pred: dict[str, Any], truth: dict[str, Any]) -> dict[str, int]:
     """Per-scene tallies: ``exact`` (same occupied cells, each with the right shape and colour),
     ``count``; per truth object: the probe sees an object / the right shape / colour / size there."""
     seen = {tuple(o["cell"]): o for o in pred["objects"]}
-    t = {"exact": 0, "count": int(pred["count"] == len(truth["objects"])), "objects": len(truth["objects"]),
-         "position": 0, "shape": 0, "colour": 0, "size": 0}
+    t = {
+        "exact": 0,
+        "count": int(pred["count"] == len(truth["objects"])),
+        "objects": len(truth["objects"]),
+        "position": 0,
+        "shape": 0,
+        "colour": 0,
+        "size": 0,
+    }
     for o in truth["objects"]:
         p = seen.get(tuple(o["cell"]))
         if p is None:
@@ -154,8 +173,10 @@ def score(preds: Sequence[dict], truths: Sequence[dict]) -> dict[str, float]:
         return {}
     tallies = [compare(p, t) for p, t in zip(preds, truths)]
     n_obj = max(1, sum(t["objects"] for t in tallies))
-    out = {"accuracy": sum(t["exact"] for t in tallies) / len(tallies),
-           "count": sum(t["count"] for t in tallies) / len(tallies)}
+    out = {
+        "accuracy": sum(t["exact"] for t in tallies) / len(tallies),
+        "count": sum(t["count"] for t in tallies) / len(tallies),
+    }
     for k in ("shape", "colour", "position", "size"):
         out[k] = sum(t[k] for t in tallies) / n_obj
     out["attributes"] = sum(out[k] for k in ATTRIBUTES) / len(ATTRIBUTES)
@@ -173,8 +194,10 @@ def load_probe(path: str | Path | None = None, device: str | torch.device = "cpu
     if path.is_dir():
         path = path / WEIGHTS.name
     if not path.is_file():
-        raise FileNotFoundError(f"probe weights {path} are missing; retrain them from a checkout with "
-                                f"`python scripts/train_probe.py --out {path.parent}`")
+        raise FileNotFoundError(
+            f"probe weights {path} are missing; retrain them from a checkout with "
+            f"`python scripts/train_probe.py --out {path.parent}`"
+        )
     probe = ShapesProbe()
     sd = load_file(str(path))
     ref = probe.state_dict()
@@ -214,8 +237,9 @@ def corrupt(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> tor
     if bool(m.any()):  # resample down and up again: what a lower-resolution decode looks like
         s = int(SIDE * (0.5 + 0.3 * float(torch.rand((), generator=gen))))
         m = m[:, None, None, None]
-        du = F.interpolate(F.interpolate(x, size=(s, s), mode="bilinear", antialias=True), size=(SIDE, SIDE),
-                           mode="bilinear")
+        du = F.interpolate(
+            F.interpolate(x, size=(s, s), mode="bilinear", antialias=True), size=(SIDE, SIDE), mode="bilinear"
+        )
         x = torch.where(m, du, x)
     gain = torch.where(coin(0.5)[:, None], u(1 - 0.1 * strength, 1 + 0.1 * strength, 3), torch.ones(B, 3))
     off = torch.where(coin(0.5)[:, None], u(-0.04 * strength, 0.04 * strength, 3), torch.zeros(B, 3))
@@ -233,8 +257,9 @@ def heldout_scenes(n: int, seed: int = 1, grid: int = 3, image_size: int = SIDE)
     from illume_kit.data.params import ShapesParams
     from illume_kit.data.shapes import ShapesDataset
 
-    ds = ShapesDataset(ShapesParams(split="val", num_samples=n, seed=seed, grid=grid, edits=False,
-                                    image_size=image_size))
+    ds = ShapesDataset(
+        ShapesParams(split="val", num_samples=n, seed=seed, grid=grid, edits=False, image_size=image_size)
+    )
     items = [ds[i] for i in range(n)]
     return torch.stack([it["image"] for it in items]), [it["attributes"] for it in items]
 

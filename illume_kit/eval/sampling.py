@@ -6,13 +6,15 @@ draw with. Torch-free: the CLI builds its ``--help`` from it.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from illume_kit.core.options import EvalOptions
 
 # task -> (the eval.options key of its guidance scale, the scale when the recipe names none)
-GUIDANCE = {task: (key, EvalOptions.model_fields[key].default)
-            for task, key in (("generate", "cfg"), ("edit", "edit_cfg"))}
+GUIDANCE = {
+    task: (key, EvalOptions.model_fields[key].default) for task, key in (("generate", "cfg"), ("edit", "edit_cfg"))
+}
 # per-level sampling keys passed through to the structured sampler
 SAMPLING_KEYS = ("temperature", "top_k", "top_p")
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,12 @@ BUILTIN_METRICS: dict[str, MetricSpec] = _specs(
     MetricSpec("gen/accuracy", "max", ".3f", "generation accuracy on the shapes world"),
     MetricSpec("edit/accuracy", "max", ".3f", "editing accuracy on the shapes world"),
     MetricSpec("gen/accuracy_nocfg", "max", ".3f", "generation scene accuracy without guidance (cfg 1)"),
-    MetricSpec("gen/attributes", "max", ".3f",
-               "generation attribute accuracy: mean of the shape, colour, position and count accuracies"),
+    MetricSpec(
+        "gen/attributes",
+        "max",
+        ".3f",
+        "generation attribute accuracy: mean of the shape, colour, position and count accuracies",
+    ),
     MetricSpec("gen/attributes_nocfg", "max", ".3f", "generation attribute accuracy without guidance (cfg 1)"),
     MetricSpec("gen/shape", "max", ".3f", "generated objects the probe reads with the captioned shape"),
     MetricSpec("gen/colour", "max", ".3f", "generated objects the probe reads with the captioned colour"),
@@ -71,16 +76,26 @@ BUILTIN_METRICS: dict[str, MetricSpec] = _specs(
     MetricSpec("gen/position", "max", ".3f", "captioned objects the probe finds in their cell"),
     MetricSpec("gen/count", "max", ".3f", "generated scenes with the captioned number of objects"),
     MetricSpec("probe/accuracy", "max", ".3f", "attribute probe's scene accuracy on the ground-truth images"),
-    MetricSpec("probe/reconstruction", "max", ".3f",
-               "probe's scene accuracy on the images decoded from the ground-truth codes: the ceiling of "
-               "gen/accuracy and edit/accuracy that the tokenizer + detokenizer set"),
-    MetricSpec("probe/reconstruction_attributes", "max", ".3f",
-               "probe's attribute accuracy on the images decoded from the ground-truth codes (ceiling of gen/attributes)"),
+    MetricSpec(
+        "probe/reconstruction",
+        "max",
+        ".3f",
+        "probe's scene accuracy on the images decoded from the ground-truth codes: the ceiling of "
+        "gen/accuracy and edit/accuracy that the tokenizer + detokenizer set",
+    ),
+    MetricSpec(
+        "probe/reconstruction_attributes",
+        "max",
+        ".3f",
+        "probe's attribute accuracy on the images decoded from the ground-truth codes (ceiling of gen/attributes)",
+    ),
     MetricSpec("ar/bits_per_token", "min", ".3f", "held-out bits per image token of a small AR prior"),
     MetricSpec("train/loss", "min", ".4f", "final training loss"),
     MetricSpec("perf/steps_per_s", "max", ".2f", "training throughput", "step/s"),
     MetricSpec("perf/decode_s_per_image", "min", ".4f", "detokenizer decode time per image", "s"),
-    MetricSpec("rec1x/psnr", "max", ".2f", "PSNR of a x2 detokenizer's output downsampled to the token resolution", "dB"),
+    MetricSpec(
+        "rec1x/psnr", "max", ".2f", "PSNR of a x2 detokenizer's output downsampled to the token resolution", "dB"
+    ),
     MetricSpec("rec1x/ssim", "max", ".4f", "SSIM of a x2 detokenizer's output downsampled to the token resolution"),
     MetricSpec("rec1x/ssim2", "max", ".4f", "SSIM (data_range 2.0) at the token resolution"),
     MetricSpec("rec1x/mae", "min", ".4f", "MAE at the token resolution"),

@@ -31,14 +31,21 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 FAMILIES = ("und", "gen", "edit", "probe")
-QUESTION_KINDS = (("how many", "count"), ("what shape", "shape"), ("what color", "colour"),
-                  ("what size", "size"), ("where", "position"), ("is there", "exists"))
+QUESTION_KINDS = (
+    ("how many", "count"),
+    ("what shape", "shape"),
+    ("what color", "colour"),
+    ("what size", "size"),
+    ("where", "position"),
+    ("is there", "exists"),
+)
 EDIT_KINDS = {"make": "colour", "move": "move", "add": "add", "remove": "remove"}
 
 
@@ -58,8 +65,14 @@ def edit_kind(instruction: str) -> str:
 def _progress(quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=quiet, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=quiet,
+        transient=True,
+    )
 
 
 def _batches(n: int, size: int):
@@ -77,8 +90,9 @@ def _mean_by(keys: Sequence[str], hits: Sequence[bool], prefix: str) -> dict[str
 # ---------------------------------------------------------------- the three tasks
 
 
-def understanding(model, items: Sequence[dict], batch_size: int = 16, max_new_tokens: int = 8,
-                  progress=None) -> tuple[dict[str, float], list[dict]]:
+def understanding(
+    model, items: Sequence[dict], batch_size: int = 16, max_new_tokens: int = 8, progress=None
+) -> tuple[dict[str, float], list[dict]]:
     """Greedy answers to every (image, question) of ``items``; returns (metrics, answer records)."""
     from illume_kit.model.sampler import answer
 
@@ -99,8 +113,16 @@ def understanding(model, items: Sequence[dict], batch_size: int = 16, max_new_to
     return metrics, records
 
 
-def _draw(make_codes: Callable[[int, int, int], list], model, n: int, batch_size: int, seed: int, decode: dict,
-          progress, label: str) -> list[torch.Tensor]:
+def _draw(
+    make_codes: Callable[[int, int, int], list],
+    model,
+    n: int,
+    batch_size: int,
+    seed: int,
+    decode: dict,
+    progress,
+    label: str,
+) -> list[torch.Tensor]:
     """Run ``make_codes(lo, hi, seed)`` per batch, decode, return images on the CPU."""
     from illume_kit.model.sampler import decode_images
 
@@ -114,9 +136,18 @@ def _draw(make_codes: Callable[[int, int, int], list], model, n: int, batch_size
     return out
 
 
-def generation(model, items: Sequence[dict], probe, cfg: float = 2.0, seed: int = 0, batch_size: int = 8,
-               sampling: dict | None = None, decode: dict | None = None, progress=None,
-               prefix: str = "gen") -> tuple[dict[str, float], list[torch.Tensor], list[dict]]:
+def generation(
+    model,
+    items: Sequence[dict],
+    probe,
+    cfg: float = 2.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    sampling: dict | None = None,
+    decode: dict | None = None,
+    progress=None,
+    prefix: str = "gen",
+) -> tuple[dict[str, float], list[torch.Tensor], list[dict]]:
     """Text-to-image from the items' captions at their image sizes, read by ``probe``."""
     from illume_kit.eval.probe import read_scenes, score
     from illume_kit.model.sampler import generate_images
@@ -135,9 +166,17 @@ def generation(model, items: Sequence[dict], probe, cfg: float = 2.0, seed: int 
     return metrics, images, reads
 
 
-def editing(model, items: Sequence[dict], probe, cfg: float = 1.5, seed: int = 0, batch_size: int = 8,
-            sampling: dict | None = None, decode: dict | None = None,
-            progress=None) -> tuple[dict[str, float], list[torch.Tensor], list[dict]]:
+def editing(
+    model,
+    items: Sequence[dict],
+    probe,
+    cfg: float = 1.5,
+    seed: int = 0,
+    batch_size: int = 8,
+    sampling: dict | None = None,
+    decode: dict | None = None,
+    progress=None,
+) -> tuple[dict[str, float], list[torch.Tensor], list[dict]]:
     """Each item's image edited with its instruction, read by ``probe`` against the target scene."""
     from illume_kit.eval.probe import compare, read_scenes
     from illume_kit.model.sampler import edit_images
@@ -151,8 +190,10 @@ def editing(model, items: Sequence[dict], probe, cfg: float = 1.5, seed: int = 0
     images = _draw(codes, model, len(items), batch_size, seed, decode or {}, progress, f"edit (cfg {cfg:g})")
     reads = read_scenes(probe, images, [it["edit"]["attributes"]["grid"] for it in items])
     hits = [bool(compare(r, it["edit"]["attributes"])["exact"]) for r, it in zip(reads, items)]
-    metrics = {"edit/accuracy": sum(hits) / len(hits),
-               **_mean_by([edit_kind(i) for i in instructions], hits, "edit/accuracy")}
+    metrics = {
+        "edit/accuracy": sum(hits) / len(hits),
+        **_mean_by([edit_kind(i) for i in instructions], hits, "edit/accuracy"),
+    }
     return metrics, images, reads
 
 
@@ -173,8 +214,13 @@ def _reconstruction_score(model, items: Sequence[dict], probe, batch_size: int, 
 # ---------------------------------------------------------------- pictures
 
 
-def save_rows(rows: Sequence[Sequence[torch.Tensor]], path: str | os.PathLike, labels: Sequence[str] | None = None,
-              per_row: int = 4, pad: int = 2) -> Path:
+def save_rows(
+    rows: Sequence[Sequence[torch.Tensor]],
+    path: str | os.PathLike,
+    labels: Sequence[str] | None = None,
+    per_row: int = 4,
+    pad: int = 2,
+) -> Path:
     """Write ``grid.tile(...)`` to ``path`` (format from the suffix, e.g. PNG)."""
     from illume_kit.eval.grid import tile
 
@@ -200,8 +246,16 @@ def _shapes_items(items: Sequence[dict], need: str) -> bool:
     return it.get("edit") is not None and "objects" in (it["edit"].get("attributes") or {})
 
 
-def evaluate_tasks(model, resolved, wanted: Sequence[str], n: int, out_dir: str | os.PathLike | None = None,
-                   quiet: bool = False, dataset: Any = None, split: str = "val") -> dict[str, float]:
+def evaluate_tasks(
+    model,
+    resolved,
+    wanted: Sequence[str],
+    n: int,
+    out_dir: str | os.PathLike | None = None,
+    quiet: bool = False,
+    dataset: Any = None,
+    split: str = "val",
+) -> dict[str, float]:
     """Metrics of the families named in ``wanted`` (``und/...``, ``gen/...``, ``edit/...``,
     ``probe/...``; other names are ignored) on the first ``n`` items of the recipe's dataset split
     (or of ``dataset``). ``probe/accuracy`` comes with every probed family."""
@@ -239,8 +293,11 @@ def evaluate_tasks(model, resolved, wanted: Sequence[str], n: int, out_dir: str 
                 samples["und"] = records[:64]
             probed = families & {"gen", "edit", "probe"}
             if probed and not _shapes_items(items, "gen"):
-                warnings.warn(f"{', '.join(sorted(probed))}: the probe reads shapes scenes only; "
-                              f"the dataset's items have no scene attributes, skipped", stacklevel=2)
+                warnings.warn(
+                    f"{', '.join(sorted(probed))}: the probe reads shapes scenes only; "
+                    f"the dataset's items have no scene attributes, skipped",
+                    stacklevel=2,
+                )
                 probed = set()
             if probed & {"gen", "edit"} and model.detokenizer is None:
                 warnings.warn("gen/*, edit/*: the model has no detokenizer to draw images with; skipped", stacklevel=2)
@@ -263,20 +320,31 @@ def evaluate_tasks(model, resolved, wanted: Sequence[str], n: int, out_dir: str 
                     metrics["gen/attributes_nocfg"] = m1["nocfg/attributes"]
                 samples["gen"] = [{"caption": it["caption"], "read": r["objects"]} for it, r in zip(items[:16], reads)]
                 if out is not None:
-                    save_rows([(it["image"], im) for it, im in zip(items[:16], images)], out / "generations.png",
-                              [f"{i} {_mark(r, it['attributes'])}" for i, (it, r) in enumerate(zip(items[:16], reads))])
+                    save_rows(
+                        [(it["image"], im) for it, im in zip(items[:16], images)],
+                        out / "generations.png",
+                        [f"{i} {_mark(r, it['attributes'])}" for i, (it, r) in enumerate(zip(items[:16], reads))],
+                    )
             if "edit" in probed and _shapes_items(items, "edit"):
                 m, images, reads = editing(model, items, probe, edit_cfg, seed, bs, sampling, decode, prog)
                 metrics.update(m)
-                samples["edit"] = [{"instruction": it["edit"]["instruction"], "read": r["objects"]}
-                                   for it, r in zip(items[:16], reads)]
+                samples["edit"] = [
+                    {"instruction": it["edit"]["instruction"], "read": r["objects"]} for it, r in zip(items[:16], reads)
+                ]
                 if out is not None:
-                    save_rows([(it["image"], im, it["edit"]["image"]) for it, im in zip(items[:16], images)],
-                              out / "edits.png", [f"{i} {_mark(r, it['edit']['attributes'])}"
-                                                  for i, (it, r) in enumerate(zip(items[:16], reads))], per_row=3)
+                    save_rows(
+                        [(it["image"], im, it["edit"]["image"]) for it, im in zip(items[:16], images)],
+                        out / "edits.png",
+                        [
+                            f"{i} {_mark(r, it['edit']['attributes'])}"
+                            for i, (it, r) in enumerate(zip(items[:16], reads))
+                        ],
+                        per_row=3,
+                    )
             elif "edit" in probed:
-                warnings.warn("edit/*: the dataset's items have no edits (data.params.edits: false?); skipped",
-                              stacklevel=2)
+                warnings.warn(
+                    "edit/*: the dataset's items have no edits (data.params.edits: false?); skipped", stacklevel=2
+                )
     finally:
         model.train(was_training)
     if out is not None and samples:

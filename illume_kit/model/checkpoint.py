@@ -33,17 +33,27 @@ def _portable_params(module, params: dict) -> dict:
     return module.checkpoint_params(params) if isinstance(module, CheckpointParams) else params
 
 
-def save_component(module, section: str, spec, params, folder: str | Path, preset: str | None = None,
-                   extra: dict | None = None) -> Path:
+def save_component(
+    module, section: str, spec, params, folder: str | Path, preset: str | None = None, extra: dict | None = None
+) -> Path:
     """Write one component alone (e.g. converted official weights): manifest + ``<section>/``."""
     manifest = {
-        "format": FORMAT, "kind": "component", "illume_kit_version": illume_kit.__version__,
+        "format": FORMAT,
+        "kind": "component",
+        "illume_kit_version": illume_kit.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "components": {section: {"name": spec.name, "role": spec.role, "dist": spec.dist,
-                                 "dist_version": spec.dist_version, "preset": preset,
-                                 "params": _portable_params(module, params.model_dump(mode="json")),
-                                 "subfolder": section,
-                                 "class": spec.target_str()}},
+        "components": {
+            section: {
+                "name": spec.name,
+                "role": spec.role,
+                "dist": spec.dist,
+                "dist_version": spec.dist_version,
+                "preset": preset,
+                "params": _portable_params(module, params.model_dump(mode="json")),
+                "subfolder": section,
+                "class": spec.target_str(),
+            }
+        },
         **(extra or {}),
     }
 
@@ -61,10 +71,16 @@ def save_checkpoint(model, resolved, folder: str | Path, extra: dict | None = No
         rc = resolved.components.get(sec)
         if rc is None:
             continue
-        comps[sec] = {"name": rc.spec.name, "role": rc.spec.role, "dist": rc.spec.dist,
-                      "dist_version": rc.spec.dist_version, "preset": rc.preset,
-                      "params": _portable_params(getattr(model, sec), rc.params_dict),
-                      "subfolder": sec, "class": rc.spec.target_str()}
+        comps[sec] = {
+            "name": rc.spec.name,
+            "role": rc.spec.role,
+            "dist": rc.spec.dist,
+            "dist_version": rc.spec.dist_version,
+            "preset": rc.preset,
+            "params": _portable_params(getattr(model, sec), rc.params_dict),
+            "subfolder": sec,
+            "class": rc.spec.target_str(),
+        }
     manifest = {
         "format": FORMAT,
         "illume_kit_version": illume_kit.__version__,
@@ -95,8 +111,10 @@ def load_checkpoint(folder: str | Path, registry: Registry | None = None, weight
     registry = registry or get_registry()
     resolved = resolve_manifest(manifest, registry)
     if manifest.get("kind") == "component":
-        raise CheckpointError(f"{folder} holds a single component ({', '.join(resolved)}), not a composed model: "
-                              f"use it from a recipe as `<section>: {{..., weights: {folder}}}`")
+        raise CheckpointError(
+            f"{folder} holds a single component ({', '.join(resolved)}), not a composed model: "
+            f"use it from a recipe as `<section>: {{..., weights: {folder}}}`"
+        )
     if "tokenizer" not in resolved or "backbone" not in resolved:
         raise CheckpointError(f"{folder / MANIFEST}: a checkpoint needs a tokenizer and a backbone")
     parts = {}

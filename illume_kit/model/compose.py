@@ -10,7 +10,8 @@ Checks between components, each a clear ``ComposeError``:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, get_args
+from collections.abc import Mapping
+from typing import Any, get_args
 
 import torch
 
@@ -37,14 +38,18 @@ def check_contracts(tokenizer: Any, detokenizer: Any | None, names: Mapping[str,
     cbs = {cb.name: cb for cb in tokenizer.codebooks}
     for name in detokenizer.consumes:
         if name not in cbs:
-            raise ComposeError(f"detokenizer {det!r} consumes codebook {name!r}, which tokenizer {tok!r} does not have "
-                               f"(it has: {', '.join(cbs)})")
-    for exp in (detokenizer.expected_codebooks if isinstance(detokenizer, ExpectsCodebooks) else ()):
+            raise ComposeError(
+                f"detokenizer {det!r} consumes codebook {name!r}, which tokenizer {tok!r} does not have "
+                f"(it has: {', '.join(cbs)})"
+            )
+    for exp in detokenizer.expected_codebooks if isinstance(detokenizer, ExpectsCodebooks) else ():
         have = cbs.get(exp.name)
         if have is None or (have.size, have.code_dim) != (exp.size, exp.code_dim):
             got = f"size {have.size}, dim {have.code_dim}" if have else "missing"
-            raise ComposeError(f"detokenizer {det!r} was built for codebook {exp.name!r} with size {exp.size}, dim "
-                               f"{exp.code_dim}; tokenizer {tok!r} has {got}")
+            raise ComposeError(
+                f"detokenizer {det!r} was built for codebook {exp.name!r} with size {exp.size}, dim "
+                f"{exp.code_dim}; tokenizer {tok!r} has {got}"
+            )
 
 
 LEVEL_ORDERS = get_args(ModelOptions.model_fields["level_order"].annotation)  # the recipe schema's choices
@@ -60,27 +65,50 @@ def level_order(tokenizer: Any, order: str = "coarse_first") -> list[Any]:
 
 def build_layout(tokenizer: Any, backbone: Any, options: ModelOptions) -> VocabLayout:
     text = int(backbone.text_vocab_size if isinstance(backbone, TextVocab) else backbone.vocab_size)
-    return VocabLayout.build(text, [(cb.name, cb.size) for cb in level_order(tokenizer, options.level_order)],
-                             options.resolution_step, options.max_resolution)
+    return VocabLayout.build(
+        text,
+        [(cb.name, cb.size) for cb in level_order(tokenizer, options.level_order)],
+        options.resolution_step,
+        options.max_resolution,
+    )
 
 
-def assemble(tokenizer: Any, backbone: Any, detokenizer: Any | None, options: ModelOptions,
-             layout: VocabLayout | None = None, names: Mapping[str, str] | None = None):
+def assemble(
+    tokenizer: Any,
+    backbone: Any,
+    detokenizer: Any | None,
+    options: ModelOptions,
+    layout: VocabLayout | None = None,
+    names: Mapping[str, str] | None = None,
+):
     """Check contracts, extend the backbone's vocab, and build the UnifiedModel around the parts."""
     check_contracts(tokenizer, detokenizer, names or {})
     computed = build_layout(tokenizer, backbone, options)
     if layout is not None and layout != computed:
-        raise ComposeError("the stored vocab layout does not match the one these components give "
-                           f"(stored ends at {layout.total_size}, computed at {computed.total_size}); "
-                           "the checkpoint was written by different components or params")
+        raise ComposeError(
+            "the stored vocab layout does not match the one these components give "
+            f"(stored ends at {layout.total_size}, computed at {computed.total_size}); "
+            "the checkpoint was written by different components or params"
+        )
     layout = computed
     backbone.extend_vocab(layout)
-    model = UnifiedModel(tokenizer, backbone, detokenizer, layout, options.image_input, options.projector_hidden,
-                         options.image_positions, options.output_positions, options.edit_order)
+    model = UnifiedModel(
+        tokenizer,
+        backbone,
+        detokenizer,
+        layout,
+        options.image_input,
+        options.projector_hidden,
+        options.image_positions,
+        options.output_positions,
+        options.edit_order,
+    )
     for cb in tokenizer.codebooks:
         if model.projectors[cb.name].in_dim != cb.feature_dim:
-            raise ComposeError(f"projector for {cb.name!r} takes {model.projectors[cb.name].in_dim}-d features, "
-                               f"tokenizer gives {cb.feature_dim}-d")
+            raise ComposeError(
+                f"projector for {cb.name!r} takes {model.projectors[cb.name].in_dim}-d features, "
+                f"tokenizer gives {cb.feature_dim}-d"
+            )
     return model
 
 
@@ -88,14 +116,19 @@ def compose(resolved: ResolvedRecipe):
     """Build every component of a validated recipe and assemble the unified model."""
     torch.manual_seed(resolved.recipe.run.seed)
     comps = resolved.components
-    parts = {sec: build_component(comps[sec].spec, comps[sec].params) for sec in ("tokenizer", "backbone", "detokenizer")
-             if sec in comps}
+    parts = {
+        sec: build_component(comps[sec].spec, comps[sec].params)
+        for sec in ("tokenizer", "backbone", "detokenizer")
+        if sec in comps
+    }
     names = {sec: comps[sec].spec.name for sec in parts}
     # the tokenizer loads first (detokenizers size themselves from it in attach); the backbone and the
     # detokenizer load after assembly, when the vocab is extended and the denoiser exists
     if comps["tokenizer"].weights:
         load_component_weights(parts["tokenizer"], comps["tokenizer"].weights, "tokenizer")
-    model = assemble(parts["tokenizer"], parts["backbone"], parts.get("detokenizer"), resolved.recipe.model, names=names)
+    model = assemble(
+        parts["tokenizer"], parts["backbone"], parts.get("detokenizer"), resolved.recipe.model, names=names
+    )
     for sec in ("backbone", "detokenizer"):
         if sec in parts and comps[sec].weights:
             load_component_weights(parts[sec], comps[sec].weights, sec)

@@ -9,8 +9,8 @@ names the position and the token of anything malformed instead of silently resha
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 
@@ -34,7 +34,9 @@ def describe_id(layout: VocabLayout, token: int) -> str:
     return f"id {token} (outside the layout, which ends at {layout.total_size})"
 
 
-def image_block_ids(layout: VocabLayout, codes: Mapping[str, torch.Tensor], size: tuple[int, int] | None = None) -> list[int]:
+def image_block_ids(
+    layout: VocabLayout, codes: Mapping[str, torch.Tensor], size: tuple[int, int] | None = None
+) -> list[int]:
     """Output-side ids of one image: [tags] SOI {SOL_i rows(codes + EOL) EOL_i}* EOI.
 
     ``codes`` maps every codebook of the layout to a (h, w) grid of code values; ``size`` (H, W)
@@ -70,14 +72,17 @@ def _size_from_tags(layout: VocabLayout, ids: Sequence[int]) -> tuple[int, int] 
     if not ids or not r0 <= ids[0] < r0 + 2 * n:
         return None
     if len(ids) < 2 or not (r0 <= ids[0] < r0 + n and r0 + n <= ids[1] < r0 + 2 * n):
-        raise ImageSequenceError(f"position 0: resolution tags must be <height_H><width_W>, got "
-                                 f"{', '.join(describe_id(layout, t) for t in ids[:2])}")
+        raise ImageSequenceError(
+            f"position 0: resolution tags must be <height_H><width_W>, got "
+            f"{', '.join(describe_id(layout, t) for t in ids[:2])}"
+        )
     step = layout.resolution_step
     return ((ids[0] - r0 + 1) * step, (ids[1] - r0 - n + 1) * step)
 
 
-def parse_image_ids(layout: VocabLayout, ids: Sequence[int] | torch.Tensor,
-                    grids: Mapping[str, tuple[int, int]] | None = None) -> ParsedImage:
+def parse_image_ids(
+    layout: VocabLayout, ids: Sequence[int] | torch.Tensor, grids: Mapping[str, tuple[int, int]] | None = None
+) -> ParsedImage:
     """Inverse of ``image_block_ids``: exactly one image block (tags optional) -> per-codebook grids.
 
     ``grids`` (codebook -> (h, w)) additionally checks the shapes. Raises ``ImageSequenceError``
@@ -92,8 +97,9 @@ def parse_image_ids(layout: VocabLayout, ids: Sequence[int] | torch.Tensor,
         if pos >= len(ids):
             raise ImageSequenceError(f"sequence ends at position {pos}, expected {describe_id(layout, want)}")
         if ids[pos] != want:
-            raise ImageSequenceError(f"position {pos}: expected {describe_id(layout, want)}, "
-                                     f"got {describe_id(layout, ids[pos])}")
+            raise ImageSequenceError(
+                f"position {pos}: expected {describe_id(layout, want)}, got {describe_id(layout, ids[pos])}"
+            )
         pos += 1
 
     expect(layout.soi)
@@ -108,18 +114,24 @@ def parse_image_ids(layout: VocabLayout, ids: Sequence[int] | torch.Tensor,
                 if not row:
                     raise ImageSequenceError(f"position {pos}: empty row in level {i} ({cb.name!r})")
                 if rows and len(row) != len(rows[0]):
-                    raise ImageSequenceError(f"position {pos}: row {len(rows)} of level {i} ({cb.name!r}) has "
-                                             f"{len(row)} codes, row 0 has {len(rows[0])}")
+                    raise ImageSequenceError(
+                        f"position {pos}: row {len(rows)} of level {i} ({cb.name!r}) has "
+                        f"{len(row)} codes, row 0 has {len(rows[0])}"
+                    )
                 rows.append(row)
                 row = []
             elif cb.start <= t < cb.stop:
                 row.append(t - cb.start)
             else:
-                raise ImageSequenceError(f"position {pos}: expected a code of codebook {cb.name!r}, "
-                                         f"<end_of_line> or <end_of_level{i}>, got {describe_id(layout, t)}")
+                raise ImageSequenceError(
+                    f"position {pos}: expected a code of codebook {cb.name!r}, "
+                    f"<end_of_line> or <end_of_level{i}>, got {describe_id(layout, t)}"
+                )
             pos += 1
         if row:
-            raise ImageSequenceError(f"position {pos}: level {i} ({cb.name!r}) ends inside a row (missing <end_of_line>)")
+            raise ImageSequenceError(
+                f"position {pos}: level {i} ({cb.name!r}) ends inside a row (missing <end_of_line>)"
+            )
         if not rows:
             raise ImageSequenceError(f"position {pos}: level {i} ({cb.name!r}) has no rows")
         expect(layout.level_end(i))

@@ -24,7 +24,8 @@ Stages pick what trains with ``trainable_parameters(model, groups)``:
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence, get_args
+from collections.abc import Iterable, Sequence
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +48,9 @@ def mllm_loss(model: Any, batch: Sequence[Sample] | Batch, average: str = "token
         raise ValueError(f"loss average must be one of {', '.join(AVERAGES)}, got {average!r}")
     if not isinstance(batch, Batch):
         batch = assemble(model, batch, padding_side="right")
-    out = model.backbone(batch.inputs_embeds, attention_mask=batch.attention_mask,
-                         position_ids=batch.position_ids, use_cache=False)
+    out = model.backbone(
+        batch.inputs_embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False
+    )
     labels = batch.labels[:, 1:]
     keep = labels != IGNORE
     if not keep.any():
@@ -114,8 +116,11 @@ def trainable_parameters(model: Any, groups: Iterable[str]) -> list[nn.Parameter
     groups = list(groups)
     unknown = [g for g in groups if g not in GROUPS]
     if unknown or not groups:
-        raise ValueError(f"unknown trainable groups {unknown}; choose from {', '.join(GROUPS)}" if unknown
-                         else f"no trainable groups given; choose from {', '.join(GROUPS)}")
+        raise ValueError(
+            f"unknown trainable groups {unknown}; choose from {', '.join(GROUPS)}"
+            if unknown
+            else f"no trainable groups given; choose from {', '.join(GROUPS)}"
+        )
     _clear_row_masks(model)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -17,8 +17,9 @@ from torch import nn
 
 
 class MLPProjector(nn.Sequential):
-    def __init__(self, in_dim: int, out_dim: int, hidden: int | None = None, max_side: int = 0,
-                 position_std: float = 0.02) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden: int | None = None, max_side: int = 0, position_std: float = 0.02
+    ) -> None:
         hidden = hidden or out_dim
         super().__init__(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
         self.in_dim, self.out_dim, self.max_side = in_dim, out_dim, max_side
@@ -33,8 +34,10 @@ class MLPProjector(nn.Sequential):
             raise ValueError("this projector has no position embeddings (recipe model.image_positions is 0)")
         biggest = int(torch.maximum(rows.max(), cols.max())) + 1 if rows.numel() else 0
         if biggest > self.max_side:
-            raise ValueError(f"an image grid side of {biggest} tokens exceeds model.image_positions={self.max_side}; "
-                             "raise it in the recipe (and retrain the projectors)")
+            raise ValueError(
+                f"an image grid side of {biggest} tokens exceeds model.image_positions={self.max_side}; "
+                "raise it in the recipe (and retrain the projectors)"
+            )
         return self.row_embed[rows] + self.col_embed[cols]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # the MLP only; positions are added by the caller

@@ -26,8 +26,9 @@ sizes:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -44,9 +45,12 @@ class Sampling:
     top_p: float = 1.0
 
 
-def sampling_table(model: Any, temperature: float | Mapping[str, float] = 1.0,
-                   top_k: int | None | Mapping[str, int | None] = None,
-                   top_p: float | Mapping[str, float] = 1.0) -> list[Sampling]:
+def sampling_table(
+    model: Any,
+    temperature: float | Mapping[str, float] = 1.0,
+    top_k: int | None | Mapping[str, int | None] = None,
+    top_p: float | Mapping[str, float] = 1.0,
+) -> list[Sampling]:
     """Per-level settings: index 0 = text, 1 + i = codebook i. Each option is a number for every
     level or a mapping keyed by ``text`` / codebook name (missing levels use the default)."""
     levels = ["text"] + [cb.name for cb in model.layout.codebooks]
@@ -59,7 +63,9 @@ def sampling_table(model: Any, temperature: float | Mapping[str, float] = 1.0,
             return opt.get(key, default)
         return opt
 
-    table = [Sampling(float(pick(temperature, 1.0, k)), pick(top_k, None, k), float(pick(top_p, 1.0, k))) for k in levels]
+    table = [
+        Sampling(float(pick(temperature, 1.0, k)), pick(top_k, None, k), float(pick(top_p, 1.0, k))) for k in levels
+    ]
     for s in table:
         if s.temperature < 0 or not 0 < s.top_p <= 1 or (s.top_k is not None and s.top_k < 0):
             raise ValueError(f"invalid sampling {s}: need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
@@ -86,8 +92,14 @@ def guided_logprobs(logits_c: torch.Tensor, logits_u: torch.Tensor, scale: float
     return scale * (lc - lu) + lu
 
 
-def filter_logits(x: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-                  max_k: int | None = None, use_top_p: bool | None = None) -> torch.Tensor:
+def filter_logits(
+    x: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    max_k: int | None = None,
+    use_top_p: bool | None = None,
+) -> torch.Tensor:
     """Per-row temperature (0 = keep as is, the caller takes the argmax), top-k (0 = off), top-p.
 
     ``max_k`` (largest k of any row, 0 = no top-k) and ``use_top_p`` let a caller that knows them on
@@ -109,8 +121,17 @@ def filter_logits(x: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tenso
 class _Rows:
     """Per-row decoding state, all rows at once: template position, image start, budget, done."""
 
-    def __init__(self, model: Any, tmpls: list[list[int]], heads: list[list[int]], from_text: list[bool],
-                 max_new_tokens: int, pad: int, eos: int, dev: torch.device) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tmpls: list[list[int]],
+        heads: list[list[int]],
+        from_text: list[bool],
+        max_new_tokens: int,
+        pad: int,
+        eos: int,
+        dev: torch.device,
+    ) -> None:
         lay = model.layout
         B, L = len(tmpls), max(1, max(len(t) for t in tmpls))
         self.tmpl = torch.full((B, L), pad, dtype=torch.long, device=dev)
@@ -119,10 +140,17 @@ class _Rows:
                 self.tmpl[r, : len(t)] = torch.tensor(t, device=dev)
         self.tlen = torch.tensor([len(t) for t in tmpls], device=dev)
         # pos: index into the row's template, -1 = text; starts: id that opens the template from text
-        self.pos = torch.tensor([len(h) if (t and not ft) else -1 for h, t, ft in zip(heads, tmpls, from_text)], device=dev)
+        self.pos = torch.tensor(
+            [len(h) if (t and not ft) else -1 for h, t, ft in zip(heads, tmpls, from_text)], device=dev
+        )
         self.starts = torch.tensor([t[0] if (t and ft) else -1 for t, ft in zip(tmpls, from_text)], device=dev)
-        self.budget = torch.tensor([len(t) - len(h) if (t and not ft) else max_new_tokens + (len(t) if ft else 0)
-                                    for h, t, ft in zip(heads, tmpls, from_text)], device=dev)
+        self.budget = torch.tensor(
+            [
+                len(t) - len(h) if (t and not ft) else max_new_tokens + (len(t) if ft else 0)
+                for h, t, ft in zip(heads, tmpls, from_text)
+            ],
+            device=dev,
+        )
         self.done = self.budget <= 0
         self.cb_lo = torch.tensor([cb.start for cb in lay.codebooks], device=dev)
         self.cb_hi = torch.tensor([cb.stop for cb in lay.codebooks], device=dev)
@@ -185,8 +213,14 @@ class _Rows:
 class StructuredSampler:
     """Decodes a batch of prompts, each row following its own template / text state."""
 
-    def __init__(self, model: Any, sampling: Sequence[Sampling] | None = None, cfg: float = 1.0, seed: int = 0,
-                 skip_unit_guidance: bool = True) -> None:
+    def __init__(
+        self,
+        model: Any,
+        sampling: Sequence[Sampling] | None = None,
+        cfg: float = 1.0,
+        seed: int = 0,
+        skip_unit_guidance: bool = True,
+    ) -> None:
         self.model, self.cfg = model, float(cfg)
         self.sampling = list(sampling) if sampling is not None else sampling_table(model)
         self.seed, self.skip_unit_guidance = seed, skip_unit_guidance
@@ -199,9 +233,14 @@ class StructuredSampler:
         self.pad = int(tok.pad_token_id if tok.pad_token_id is not None else self.eos)
 
     @torch.inference_mode()
-    def run(self, prompts: Sequence[Sequence[Part]], templates: Sequence[Sequence[int] | None],
-            uncond: Sequence[Sequence[Part]] | None = None, max_new_tokens: int = 64,
-            image_from_text: Sequence[bool] | None = None) -> list[list[int]]:
+    def run(
+        self,
+        prompts: Sequence[Sequence[Part]],
+        templates: Sequence[Sequence[int] | None],
+        uncond: Sequence[Sequence[Part]] | None = None,
+        max_new_tokens: int = 64,
+        image_from_text: Sequence[bool] | None = None,
+    ) -> list[list[int]]:
         """Generate one answer per prompt; returns the answer ids (forced prefix included).
 
         A row with a template and ``image_from_text`` False starts inside its image and stops after
@@ -224,8 +263,9 @@ class StructuredSampler:
         if guide:
             rows += [Sample(list(p), [Ids(tuple(h))], eos=False) for p, h in zip(uncond, heads)]
         batch = assemble(self.model, rows, padding_side="left")
-        state = _Rows(self.model, tmpls, heads, from_text, max_new_tokens, self.pad, self.eos,
-                      batch.inputs_embeds.device)
+        state = _Rows(
+            self.model, tmpls, heads, from_text, max_new_tokens, self.pad, self.eos, batch.inputs_embeds.device
+        )
         if state.shifted:
             self._head_positions(batch, state, heads, B)
         backbone = self.model.backbone
@@ -272,8 +312,13 @@ class StructuredSampler:
         gen = torch.Generator(device=dev).manual_seed(self.seed)
         table = torch.tensor([[s.temperature, s.top_k or 0, s.top_p] for s in self.sampling], device=dev)
         cache = backbone.new_cache() if isinstance(backbone, IncrementalCache) else None
-        out = backbone(batch.inputs_embeds, attention_mask=batch.attention_mask, past_key_values=cache,
-                       position_ids=batch.position_ids, use_cache=True)
+        out = backbone(
+            batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            past_key_values=cache,
+            position_ids=batch.position_ids,
+            use_cache=True,
+        )
         logits, cache = out.logits[:, -1], out.past_key_values
         produced: list[torch.Tensor] = []
         positions = state.grid is not None  # model.image_positions: track the template position of each fed token
@@ -282,8 +327,9 @@ class StructuredSampler:
             tok = lo.clone()
             free = ~forced
             if bool(free.any()):
-                tok[free] = self._sample(logits[:B], logits[B:] if guide else None, free, slot, lo, hi, extra,
-                                         level, table, gen)
+                tok[free] = self._sample(
+                    logits[:B], logits[B:] if guide else None, free, slot, lo, hi, extra, level, table, gen
+                )
             feed, at = [tok], [state.pos.clone()] if positions else []
             produced.append(state.advance(tok))
             while not bool(state.done.all()):  # fold the forced tokens every row has next
@@ -300,8 +346,13 @@ class StructuredSampler:
             ids = torch.stack(feed, 1)
             embeds = self._embed(ids, state.grid_at(torch.stack(at, 1)) if positions else None)
             embeds = torch.cat([embeds, embeds]) if guide else embeds
-            out = backbone(embeds, attention_mask=mask[:, : cur + k], past_key_values=cache,
-                           position_ids=next_pos[:, None] + torch.arange(k, device=dev), use_cache=True)
+            out = backbone(
+                embeds,
+                attention_mask=mask[:, : cur + k],
+                past_key_values=cache,
+                position_ids=next_pos[:, None] + torch.arange(k, device=dev),
+                use_cache=True,
+            )
             next_pos, cur = next_pos + k, cur + k
             logits, cache = out.logits[:, -1], out.past_key_values
         return torch.stack(produced, 1) if produced else torch.zeros((B, 0), dtype=torch.long, device=dev)
@@ -322,8 +373,12 @@ class StructuredSampler:
         """Next ids of the rows in ``free`` (not forced): mask, guide, filter, sample."""
         lo, hi, extra, level, slot = lo[free], hi[free], extra[free], level[free], slot[free]
         has_extra = extra >= 0
-        wlo, whi = torch.stack([torch.minimum(lo, torch.where(has_extra, extra, lo)).min(),
-                                torch.maximum(hi, torch.where(has_extra, extra + 1, hi)).max()]).tolist()
+        wlo, whi = torch.stack(
+            [
+                torch.minimum(lo, torch.where(has_extra, extra, lo)).min(),
+                torch.maximum(hi, torch.where(has_extra, extra + 1, hi)).max(),
+            ]
+        ).tolist()
         ids = torch.arange(wlo, whi, device=lo.device)
         allowed = ((ids >= lo[:, None]) & (ids < hi[:, None])) | (ids == extra[:, None])
         neg = float("-inf")
@@ -359,9 +414,18 @@ def _codes(model, answers, sizes) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def sample_images(model: Any, prompts: Sequence[Sequence[Part]], uncond: Sequence[Sequence[Part]] | None,
-                  sizes, cfg: float = 1.0, seed: int = 0, temperature=1.0, top_k=None, top_p=1.0,
-                  skip_unit_guidance: bool = True) -> list[dict[str, torch.Tensor]]:
+def sample_images(
+    model: Any,
+    prompts: Sequence[Sequence[Part]],
+    uncond: Sequence[Sequence[Part]] | None,
+    sizes,
+    cfg: float = 1.0,
+    seed: int = 0,
+    temperature=1.0,
+    top_k=None,
+    top_p=1.0,
+    skip_unit_guidance: bool = True,
+) -> list[dict[str, torch.Tensor]]:
     """Images for arbitrary prompt parts (with matching unconditional prompts when ``cfg != 1``)."""
     sizes = _sizes(sizes, len(prompts))
     if cfg != 1.0 and uncond is None:
@@ -372,8 +436,17 @@ def sample_images(model: Any, prompts: Sequence[Sequence[Part]], uncond: Sequenc
     return _codes(model, answers, sizes)
 
 
-def generate_images(model: Any, prompts: Sequence[str], sizes, cfg: float = 2.0, seed: int = 0,
-                    temperature=1.0, top_k=None, top_p=1.0, **kw) -> list[dict[str, torch.Tensor]]:
+def generate_images(
+    model: Any,
+    prompts: Sequence[str],
+    sizes,
+    cfg: float = 2.0,
+    seed: int = 0,
+    temperature=1.0,
+    top_k=None,
+    top_p=1.0,
+    **kw,
+) -> list[dict[str, torch.Tensor]]:
     """Text-to-image: captions -> per-codebook code grids (LongTensor (h, w)) of the requested sizes.
 
     ``sizes`` is one (H, W) for all or one per prompt; the unconditional branch is the unconditional
@@ -385,9 +458,17 @@ def generate_images(model: Any, prompts: Sequence[str], sizes, cfg: float = 2.0,
     return sample_images(model, cond, unc, sizes, cfg, seed, temperature, top_k, top_p, **kw)
 
 
-def edit_images(model: Any, images: Sequence[torch.Tensor] | torch.Tensor, instructions: Sequence[str],
-                cfg: float = 1.5, seed: int = 0, temperature=1.0, top_k=None, top_p=1.0,
-                **kw) -> list[dict[str, torch.Tensor]]:
+def edit_images(
+    model: Any,
+    images: Sequence[torch.Tensor] | torch.Tensor,
+    instructions: Sequence[str],
+    cfg: float = 1.5,
+    seed: int = 0,
+    temperature=1.0,
+    top_k=None,
+    top_p=1.0,
+    **kw,
+) -> list[dict[str, torch.Tensor]]:
     """Editing: (source image, instruction) -> codes at the source size; the unconditional branch
     is the same image with the instruction dropped."""
     images = list(images)
@@ -398,8 +479,9 @@ def edit_images(model: Any, images: Sequence[torch.Tensor] | torch.Tensor, instr
     return sample_images(model, cond, unc, sizes, cfg, seed, temperature, top_k, top_p, **kw)
 
 
-def answer(model: Any, images: Sequence[torch.Tensor] | torch.Tensor, questions: Sequence[str],
-           max_new_tokens: int = 32) -> list[str]:
+def answer(
+    model: Any, images: Sequence[torch.Tensor] | torch.Tensor, questions: Sequence[str], max_new_tokens: int = 32
+) -> list[str]:
     """Understanding, greedy: (image, question) -> answer text (up to eos)."""
     sampler = StructuredSampler(model, sampling_table(model, temperature=0.0))
     prompts = [und_prompt(im, q) for im, q in zip(list(images), questions)]

@@ -20,8 +20,9 @@ their slots with one ``index_put`` per codebook, so a batch costs one projector 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence, Union
+from typing import Any
 
 import torch
 
@@ -89,7 +90,7 @@ class TargetImage:
             self.size = (int(self.image.shape[-2]), int(self.image.shape[-1]))
 
 
-Part = Union[str, Tag, Ids, InputImage, TargetImage, torch.Tensor]
+Part = str | Tag | Ids | InputImage | TargetImage | torch.Tensor
 
 
 @dataclass
@@ -183,15 +184,17 @@ class EncodeCache:
         if key in self._store or self.bytes + size > self.max_bytes:
             return
         # clones: a view would keep the whole encoded batch alive
-        self._store[key] = {"codes": {k: v.clone() for k, v in entry["codes"].items()},
-                            "features": ({k: v.clone() for k, v in entry["features"].items()}
-                                         if self.keep_features else {})}
+        self._store[key] = {
+            "codes": {k: v.clone() for k, v in entry["codes"].items()},
+            "features": ({k: v.clone() for k, v in entry["features"].items()} if self.keep_features else {}),
+        }
         self.bytes += size
 
 
 @torch.no_grad()
-def encode_images(model: Any, images: Sequence[torch.Tensor], need_features: bool = True
-                  ) -> list[dict[str, dict[str, torch.Tensor]]]:
+def encode_images(
+    model: Any, images: Sequence[torch.Tensor], need_features: bool = True
+) -> list[dict[str, dict[str, torch.Tensor]]]:
     """Encode (3, H, W) images with the frozen tokenizer, batched per size.
 
     Returns per image ``{"codes": {name: (h, w)}, "features": {name: (h, w, D)}}``. The tokenizer
@@ -224,8 +227,10 @@ def encode_images(model: Any, images: Sequence[torch.Tensor], need_features: boo
         for idx in groups.values():
             enc = tok.encode(torch.stack([images[i] for i in idx]).to(device))
             for j, i in enumerate(idx):
-                out[i] = {"codes": {k: v[j] for k, v in enc.codes.items()},
-                          "features": {k: v[j] for k, v in enc.features.items()}}
+                out[i] = {
+                    "codes": {k: v[j] for k, v in enc.codes.items()},
+                    "features": {k: v[j] for k, v in enc.features.items()},
+                }
                 if cache is not None:
                     cache.put(keys[i], out[i])
     finally:
@@ -260,8 +265,9 @@ class _Builder:
         self.loss.extend([loss] * len(ids))
 
 
-def _input_block(b: _Builder, layout: VocabLayout, enc: dict, discrete: bool, feats: list[list[torch.Tensor]],
-                 pad: int) -> None:
+def _input_block(
+    b: _Builder, layout: VocabLayout, enc: dict, discrete: bool, feats: list[list[torch.Tensor]], pad: int
+) -> None:
     b.add([layout.soi], False)
     for i, cb in enumerate(layout.codebooks):
         b.add([layout.level_start(i)], False)
@@ -286,8 +292,9 @@ def _input_block(b: _Builder, layout: VocabLayout, enc: dict, discrete: bool, fe
     b.add([layout.eoi], False)
 
 
-def _add_part(b: _Builder, part: Part, loss: bool, model: Any, encoded: dict[int, dict],
-              feats: list[list[torch.Tensor]], pad: int) -> None:
+def _add_part(
+    b: _Builder, part: Part, loss: bool, model: Any, encoded: dict[int, dict], feats: list[list[torch.Tensor]], pad: int
+) -> None:
     layout: VocabLayout = model.layout
     if isinstance(part, str):
         b.add(b.text_ids(part), loss)
@@ -314,8 +321,12 @@ def _add_part(b: _Builder, part: Part, loss: bool, model: Any, encoded: dict[int
         raise TypeError(f"unknown sample part {type(part).__name__}: use str, Tag, Ids, InputImage, TargetImage")
 
 
-def copy_unchanged(codes: Mapping[str, torch.Tensor], source_codes: Mapping[str, torch.Tensor],
-                   image: torch.Tensor, source: torch.Tensor) -> dict[str, torch.Tensor]:
+def copy_unchanged(
+    codes: Mapping[str, torch.Tensor],
+    source_codes: Mapping[str, torch.Tensor],
+    image: torch.Tensor,
+    source: torch.Tensor,
+) -> dict[str, torch.Tensor]:
     """An edit target's codes with every token whose pixels did not change taken from the source.
 
     A tokenizer's code for a patch also depends on its surroundings (a conv encoder's receptive field,
@@ -326,12 +337,15 @@ def copy_unchanged(codes: Mapping[str, torch.Tensor], source_codes: Mapping[str,
     code, the rest keep the target's.
     """
     keep = unchanged_tokens(image, source, {name: tuple(grid.shape) for name, grid in codes.items()})
-    return {name: torch.where(keep[name].to(grid.device), source_codes[name].to(grid.device), grid)
-            for name, grid in codes.items()}
+    return {
+        name: torch.where(keep[name].to(grid.device), source_codes[name].to(grid.device), grid)
+        for name, grid in codes.items()
+    }
 
 
-def unchanged_tokens(image: torch.Tensor, source: torch.Tensor,
-                     grids: Mapping[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
+def unchanged_tokens(
+    image: torch.Tensor, source: torch.Tensor, grids: Mapping[str, tuple[int, int]]
+) -> dict[str, torch.Tensor]:
     """Level name -> (h, w) bool: the tokens of each level (grid ``grids[name]``) whose pixel patch is
     the same in both (3, H, W) images (``copy_unchanged``; a patch that does not divide evenly is
     judged on the windows ``adaptive_max_pool2d`` gives it). The images are compared once."""
@@ -373,14 +387,16 @@ def text_ids_fn(tokenizer) -> Any:
     return ids
 
 
-def sample_ids(model: Any, sample: Sample, encoded: dict[int, dict], feats: list[list[torch.Tensor]],
-               text_ids=None) -> _Builder:
+def sample_ids(
+    model: Any, sample: Sample, encoded: dict[int, dict], feats: list[list[torch.Tensor]], text_ids=None
+) -> _Builder:
     tok = model.backbone.text_tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     b = _Builder(text_ids or text_ids_fn(tok), track_grid=bool(getattr(model, "image_positions", 0)))
     first_eos = sample.eos if sample.eos is not None else bool(sample.answer)
-    for (prompt, answer), eos in zip([(sample.prompt, sample.answer), *sample.turns],
-                                     [first_eos] + [True] * len(sample.turns)):
+    for (prompt, answer), eos in zip(
+        [(sample.prompt, sample.answer), *sample.turns], [first_eos] + [True] * len(sample.turns)
+    ):
         for part in [USER_PREFIX, *prompt, ASSISTANT_PREFIX]:
             _add_part(b, part, False, model, encoded, feats, pad)
         for part in answer:
@@ -390,8 +406,9 @@ def sample_ids(model: Any, sample: Sample, encoded: dict[int, dict], feats: list
     return b
 
 
-def assemble(model: Any, samples: Sequence[Sample], padding_side: str = "right",
-             encoded: Sequence[dict] | None = None) -> Batch:
+def assemble(
+    model: Any, samples: Sequence[Sample], padding_side: str = "right", encoded: Sequence[dict] | None = None
+) -> Batch:
     """Samples -> padded ``Batch`` on the model's device.
 
     ``padding_side='right'`` for training (positions 0..T-1), ``'left'`` for generation prompts
@@ -403,8 +420,11 @@ def assemble(model: Any, samples: Sequence[Sample], padding_side: str = "right",
         raise ValueError("assemble needs at least one sample")
     layout: VocabLayout = model.layout
     images = _images_to_encode(samples)
-    enc_list = (list(encoded) if encoded is not None
-                else encode_images(model, images, need_features=model.image_input != "discrete"))
+    enc_list = (
+        list(encoded)
+        if encoded is not None
+        else encode_images(model, images, need_features=model.image_input != "discrete")
+    )
     enc = {id(im): e for im, e in zip(images, enc_list)}
     feats: list[list[torch.Tensor]] = [[] for _ in layout.codebooks]
     tok = model.backbone.text_tokenizer
@@ -442,14 +462,16 @@ def assemble(model: Any, samples: Sequence[Sample], padding_side: str = "right",
         projector = model.projectors[cb.name]
         f = torch.cat(feats[c]).to(device=device, dtype=next(projector.parameters()).dtype)
         proj = projector(f)[torch.tensor(slot_f[c], device=device)]
-        embeds = embeds.index_put((torch.tensor(slot_b[c], device=device), torch.tensor(slot_t[c], device=device)),
-                                  proj.to(embeds.dtype))
+        embeds = embeds.index_put(
+            (torch.tensor(slot_b[c], device=device), torch.tensor(slot_t[c], device=device)), proj.to(embeds.dtype)
+        )
     if getattr(model, "image_positions", 0):
         for c, cb in enumerate(layout.codebooks):
             if grid[c]:
                 idx = torch.tensor(grid[c], device=device).T  # 4 x N: batch row, t, r, c
                 pos = model.projectors[cb.name].positions(idx[2], idx[3]).to(embeds.dtype)
                 embeds = embeds.index_put((idx[0], idx[1]), pos, accumulate=True)
-    position_ids = (mask.cumsum(1) - 1).clamp(min=0) if padding_side == "left" else \
-        torch.arange(T, device=device).expand(B, T)
+    position_ids = (
+        (mask.cumsum(1) - 1).clamp(min=0) if padding_side == "left" else torch.arange(T, device=device).expand(B, T)
+    )
     return Batch(ids, embeds, mask, labels, position_ids, [s.task for s in samples], [len(b.ids) for b in builders])

@@ -21,7 +21,8 @@ a resumed run draws the same tasks.
 from __future__ import annotations
 
 import random
-from typing import Any, Iterable, Mapping, Sequence, get_args
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, get_args
 
 import torch
 
@@ -59,8 +60,9 @@ def check_edit_order(order: str) -> None:
         raise ValueError(f"edit order must be one of {', '.join(EDIT_ORDERS)}, got {order!r}")
 
 
-def edit_prompt(image: torch.Tensor, instruction: str | None, size: tuple[int, int] | None = None,
-                order: str = "image_first") -> list[Part]:
+def edit_prompt(
+    image: torch.Tensor, instruction: str | None, size: tuple[int, int] | None = None, order: str = "image_first"
+) -> list[Part]:
     """The editing prompt; ``instruction=None`` gives the unconditional (reconstruction) one.
 
     ``order`` (recipe ``model.edit_order``): ``image_first`` is ILLUME+'s ``{tag}<image>\\n{instruction}``;
@@ -75,8 +77,7 @@ def edit_prompt(image: torch.Tensor, instruction: str | None, size: tuple[int, i
     return [text.lstrip("\n") + "\n", tag, image]
 
 
-def und_sample(image: torch.Tensor, question: str, answer: str,
-               more: Sequence[tuple[str, str]] = ()) -> Sample:
+def und_sample(image: torch.Tensor, question: str, answer: str, more: Sequence[tuple[str, str]] = ()) -> Sample:
     """``image + question -> answer``; ``more`` (question, answer) pairs follow as further turns."""
     return Sample(und_prompt(image, question), [answer], task="und", turns=[([q], [a]) for q, a in more])
 
@@ -85,8 +86,13 @@ def t2i_sample(image: torch.Tensor, caption: str | None) -> Sample:
     return Sample(t2i_prompt(caption, _size(image)), [TargetImage(image)], task="t2i")
 
 
-def edit_sample(source: torch.Tensor, instruction: str | None, target: torch.Tensor,
-                order: str = "image_first", copy_unchanged: bool = False) -> Sample:
+def edit_sample(
+    source: torch.Tensor,
+    instruction: str | None,
+    target: torch.Tensor,
+    order: str = "image_first",
+    copy_unchanged: bool = False,
+) -> Sample:
     """``copy_unchanged``: the target's tokens over unchanged pixels take the source's codes
     (``illume_kit.model.sequence.copy_unchanged``), so the untouched part of an edit is a copy."""
     out = TargetImage(target, copy_from=source if copy_unchanged else None)
@@ -116,9 +122,16 @@ class TaskMixer:
     A task an item cannot serve (no ``qa``, ``caption`` or ``edit``) is not drawn for it.
     """
 
-    def __init__(self, weights: Mapping[str, float] | None = None, cfg_dropout: float = 0.1,
-                 edit_uncond_target: str = "source", seed: int = 0, qa_turns: int = 1,
-                 edit_order: str = "image_first", edit_target: str = "encoded") -> None:
+    def __init__(
+        self,
+        weights: Mapping[str, float] | None = None,
+        cfg_dropout: float = 0.1,
+        edit_uncond_target: str = "source",
+        seed: int = 0,
+        qa_turns: int = 1,
+        edit_order: str = "image_first",
+        edit_target: str = "encoded",
+    ) -> None:
         weights = dict(weights) if weights is not None else {t: 1.0 for t in TASKS}
         unknown = set(weights) - set(TASKS)
         if unknown:
@@ -131,7 +144,12 @@ class TaskMixer:
             raise ValueError("edit_uncond_target must be 'source' (reconstruction, as ILLUME+) or 'target'")
         if qa_turns < 1:
             raise ValueError(f"qa_turns must be >= 1, got {qa_turns}")
-        self.weights, self.cfg_dropout, self.edit_uncond_target, self.seed = weights, cfg_dropout, edit_uncond_target, seed
+        self.weights, self.cfg_dropout, self.edit_uncond_target, self.seed = (
+            weights,
+            cfg_dropout,
+            edit_uncond_target,
+            seed,
+        )
         self.qa_turns = qa_turns
         check_edit_order(edit_order)  # now, not mid-run
         self.edit_order = edit_order
@@ -165,10 +183,16 @@ class TaskMixer:
         if task == "edit":
             edit = item["edit"]
             if drop:
-                return edit_sample(image, None, image if self.edit_uncond_target == "source" else edit["image"],
-                                   self.edit_order)
-            return edit_sample(image, edit["instruction"], edit["image"], self.edit_order,
-                               copy_unchanged=self.edit_target == "copy_unchanged")
+                return edit_sample(
+                    image, None, image if self.edit_uncond_target == "source" else edit["image"], self.edit_order
+                )
+            return edit_sample(
+                image,
+                edit["instruction"],
+                edit["image"],
+                self.edit_order,
+                copy_unchanged=self.edit_target == "copy_unchanged",
+            )
         raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
 
     def samples(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], step: int = 0) -> list[Sample]:

@@ -31,9 +31,18 @@ def count_params(module: nn.Module | None) -> tuple[int, int]:
 
 
 class UnifiedModel(nn.Module):
-    def __init__(self, tokenizer: nn.Module, backbone: nn.Module, detokenizer: nn.Module | None,
-                 layout: VocabLayout, image_input: str = "continuous", projector_hidden: int | None = None,
-                 image_positions: int = 0, output_positions: str = "slot", edit_order: str = "image_first") -> None:
+    def __init__(
+        self,
+        tokenizer: nn.Module,
+        backbone: nn.Module,
+        detokenizer: nn.Module | None,
+        layout: VocabLayout,
+        image_input: str = "continuous",
+        projector_hidden: int | None = None,
+        image_positions: int = 0,
+        output_positions: str = "slot",
+        edit_order: str = "image_first",
+    ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
         self.backbone = backbone
@@ -49,7 +58,10 @@ class UnifiedModel(nn.Module):
         d = backbone.hidden_size
         std = float(getattr(backbone, "initializer_range", 0.02))
         self.projectors = nn.ModuleDict(
-            {cb.name: MLPProjector(cb.feature_dim, d, projector_hidden, image_positions, std) for cb in tokenizer.codebooks}
+            {
+                cb.name: MLPProjector(cb.feature_dim, d, projector_hidden, image_positions, std)
+                for cb in tokenizer.codebooks
+            }
         )
 
     @property
@@ -61,5 +73,9 @@ class UnifiedModel(nn.Module):
         return self.layout.image_length(self.tokenizer.grid(height, width), with_tags=with_tags)
 
     def parts(self) -> dict[str, Any]:
-        return {"tokenizer": self.tokenizer, "backbone": self.backbone, "detokenizer": self.detokenizer,
-                "projectors": self.projectors}
+        return {
+            "tokenizer": self.tokenizer,
+            "backbone": self.backbone,
+            "detokenizer": self.detokenizer,
+            "projectors": self.projectors,
+        }

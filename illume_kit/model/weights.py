@@ -29,11 +29,15 @@ def load_module(module, folder: Path, what: str, filename: str = "model.safetens
     try:
         missing, unexpected = load_model(module, str(path), strict=False)
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"{what}: weight file {path} is corrupt or does not fit: {str(exc).splitlines()[0]}") from exc
+        raise CheckpointError(
+            f"{what}: weight file {path} is corrupt or does not fit: {str(exc).splitlines()[0]}"
+        ) from exc
     if missing or unexpected:
-        raise CheckpointError(f"{what}: weight file {path} does not match the component "
-                              f"(missing: {', '.join(sorted(missing)[:5]) or 'none'}; "
-                              f"unexpected: {', '.join(sorted(unexpected)[:5]) or 'none'})")
+        raise CheckpointError(
+            f"{what}: weight file {path} does not match the component "
+            f"(missing: {', '.join(sorted(missing)[:5]) or 'none'}; "
+            f"unexpected: {', '.join(sorted(unexpected)[:5]) or 'none'})"
+        )
 
 
 def load_component_weights(module, path: str | Path, section: str) -> None:

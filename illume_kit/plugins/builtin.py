@@ -28,12 +28,22 @@ def records(data: dict[str, dict[str, dict[str, Any]]]) -> list[ComponentSpec]:
         for name, rec in (table or {}).items():
             extra = set(rec) - set(FIELDS)
             if extra:
-                raise RegistryError(f"registry.yaml: {role} {name!r} has unknown keys {sorted(extra)} "
-                                    f"(valid: {', '.join(FIELDS)})")
-            out.append(ComponentSpec(role=role, name=name, target=rec["target"], summary=rec.get("summary", ""),
-                                     params=rec.get("params"), presets=rec.get("presets") or {},
-                                     aliases=tuple(rec.get("aliases", ())), requires=tuple(rec.get("requires", ())),
-                                     provides=tuple(rec.get("provides", ()))))
+                raise RegistryError(
+                    f"registry.yaml: {role} {name!r} has unknown keys {sorted(extra)} (valid: {', '.join(FIELDS)})"
+                )
+            out.append(
+                ComponentSpec(
+                    role=role,
+                    name=name,
+                    target=rec["target"],
+                    summary=rec.get("summary", ""),
+                    params=rec.get("params"),
+                    presets=rec.get("presets") or {},
+                    aliases=tuple(rec.get("aliases", ())),
+                    requires=tuple(rec.get("requires", ())),
+                    provides=tuple(rec.get("provides", ())),
+                )
+            )
     return out
 
 

@@ -20,14 +20,22 @@ def _fmt_time(s: float) -> str:
 
 
 def plan_table(plan: dict, title: str = "") -> Table:
-    t = Table(title=title or f"sweep {plan['sweep']}: {len(plan['runs'])} runs, {len(plan.get('units', {}))} shared units")
+    t = Table(
+        title=title or f"sweep {plan['sweep']}: {len(plan['runs'])} runs, {len(plan.get('units', {}))} shared units"
+    )
     for col in ("run", "label", "seed", "overrides", "shared", "stages"):
         t.add_column(col, overflow="fold")
     for r in plan["runs"]:  # what this run changes (fixed overrides are common to all: not shown)
         ov = " ".join(f"{k}={yaml_value(v)}" for k, v in r.get("axes", {}).items())
         shared = " ".join(f"{plan['units'][k]['stage']}:{k[:6]}" for k in r.get("units", []))
-        t.add_row(r["id"], escape(r["label"]), "" if r.get("seed") is None else str(r["seed"]), escape(ov), shared,
-                  ", ".join(r.get("stages", [])))
+        t.add_row(
+            r["id"],
+            escape(r["label"]),
+            "" if r.get("seed") is None else str(r["seed"]),
+            escape(ov),
+            shared,
+            ", ".join(r.get("stages", [])),
+        )
     return t
 
 
@@ -59,9 +67,18 @@ def task_rows(tasks) -> list[dict[str, Any]]:
         if t.status == "failed":
             err = (rec.get("error") or "").strip().splitlines()
             latest = err[0] if err else ""
-        rows.append({"id": t.id if t.kind == "run" else f"shared/{t.id}", "label": label, "seed": rec.get("seed"),
-                     "status": t.status, "stage": rec.get("stage") or "", "elapsed": t.elapsed(), "latest": latest,
-                     "metrics": rec.get("metrics")})
+        rows.append(
+            {
+                "id": t.id if t.kind == "run" else f"shared/{t.id}",
+                "label": label,
+                "seed": rec.get("seed"),
+                "status": t.status,
+                "stage": rec.get("stage") or "",
+                "elapsed": t.elapsed(),
+                "latest": latest,
+                "metrics": rec.get("metrics"),
+            }
+        )
     return rows
 
 
@@ -72,9 +89,15 @@ def runs_table(rows: Sequence[dict[str, Any]], metric_names: Sequence[str], titl
     for r in rows:
         st = r["status"]
         latest = r.get("latest") or _metrics_text(r.get("metrics"), metric_names)
-        t.add_row(r["id"], escape(r["label"] or ""), "" if r.get("seed") is None else str(r["seed"]),
-                  f"[{STYLE.get(st, 'white')}]{st}[/]", r.get("stage") or "", _fmt_time(r.get("elapsed") or 0),
-                  escape(latest))
+        t.add_row(
+            r["id"],
+            escape(r["label"] or ""),
+            "" if r.get("seed") is None else str(r["seed"]),
+            f"[{STYLE.get(st, 'white')}]{st}[/]",
+            r.get("stage") or "",
+            _fmt_time(r.get("elapsed") or 0),
+            escape(latest),
+        )
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1

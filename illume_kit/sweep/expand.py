@@ -128,7 +128,9 @@ def expand(spec: SweepSpec) -> tuple[list[ExpandedRun], list[str]]:
     for run in kept:
         first = seen.get(run.run_id)
         if first is not None:
-            warnings.append(f"{run.label} (seed {run.seed}) has the same overrides as {first.label}: one run ({run.run_id})")
+            warnings.append(
+                f"{run.label} (seed {run.seed}) has the same overrides as {first.label}: one run ({run.run_id})"
+            )
             continue
         seen[run.run_id] = run
         unique.append(run)

@@ -65,8 +65,9 @@ class LocalLauncher:
         f = open(log, "a")  # noqa: SIM115 -- stays open while the step runs; LocalJob.poll closes it
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        proc = subprocess.Popen(list(cmd), cwd=cwd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            list(cmd), cwd=cwd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         return LocalJob(proc, f)
 
 
@@ -86,16 +87,18 @@ def run_logged(cmd: Sequence[str], log: str, cwd: str) -> int:
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        return subprocess.run(list(cmd), cwd=cwd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              check=False).returncode
+        return subprocess.run(
+            list(cmd), cwd=cwd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False
+        ).returncode
 
 
 def _submitit():
     try:
         import submitit
     except ImportError:
-        raise ValueError("--launcher slurm needs submitit: pip install submitit "
-                         "(or pip install 'illume-kit[slurm]')") from None
+        raise ValueError(
+            "--launcher slurm needs submitit: pip install submitit (or pip install 'illume-kit[slurm]')"
+        ) from None
     return submitit
 
 

@@ -51,9 +51,18 @@ class PlannedRun:
 
     def to_json(self) -> dict:
         r = self.run
-        return {"id": r.run_id, "label": r.label, "variant": r.variant, "seed": r.seed, "overrides": r.overrides,
-                "axes": r.axes, "group": r.group, "units": self.units, "stages": self.own_stages,
-                "versions": self.versions}
+        return {
+            "id": r.run_id,
+            "label": r.label,
+            "variant": r.variant,
+            "seed": r.seed,
+            "overrides": r.overrides,
+            "axes": r.axes,
+            "group": r.group,
+            "units": self.units,
+            "stages": self.own_stages,
+            "versions": self.versions,
+        }
 
 
 class SweepPlanError(ValueError):
@@ -81,22 +90,35 @@ class Plan:
 
     def to_json(self) -> dict:
         metrics = [m if isinstance(m, str) else m.model_dump(exclude_none=True) for m in self.spec.metrics]
-        return {"format": 1, "sweep": self.spec.name, "description": self.spec.description,
-                "sweep_file": str(self.sweep_file), "base": str(self.base), "metrics": metrics,
-                "stages": self.spec.stages, "runs": [r.to_json() for r in self.runs],
-                "units": {k: u.to_json() for k, u in self.units.items()}, "warnings": self.warnings}
+        return {
+            "format": 1,
+            "sweep": self.spec.name,
+            "description": self.spec.description,
+            "sweep_file": str(self.sweep_file),
+            "base": str(self.base),
+            "metrics": metrics,
+            "stages": self.spec.stages,
+            "runs": [r.to_json() for r in self.runs],
+            "units": {k: u.to_json() for k, u in self.units.items()},
+            "warnings": self.warnings,
+        }
 
     def write(self, force: bool = False) -> list[str]:
         """Freeze every recipe (see module docstring); returns the ids of runs/units moved aside."""
         targets = [(r.folder, r.recipe_yaml, RUN_FILE) for r in self.runs]
         targets += [(u.folder, u.recipe_yaml, UNIT_FILE) for u in self.units.values()]
-        changed = [(f, m) for f, text, m in targets if (f / "recipe.yaml").is_file() and (f / m).is_file()
-                   and (f / "recipe.yaml").read_text() != text]
+        changed = [
+            (f, m)
+            for f, text, m in targets
+            if (f / "recipe.yaml").is_file() and (f / m).is_file() and (f / "recipe.yaml").read_text() != text
+        ]
         if changed and not force:
             names = ", ".join(f.name for f, _ in changed)
-            raise SweepError(f"{self.sweep_dir}: the frozen recipe of started run(s) {names} would change (was the "
-                             "base recipe or the sweep edited?). Use another -o SWEEP_DIR, or --force to move "
-                             "their folders to .stale/ and run them afresh.")
+            raise SweepError(
+                f"{self.sweep_dir}: the frozen recipe of started run(s) {names} would change (was the "
+                "base recipe or the sweep edited?). Use another -o SWEEP_DIR, or --force to move "
+                "their folders to .stale/ and run them afresh."
+            )
         moved = []
         for folder, _ in changed:
             dest = self.sweep_dir / ".stale" / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -160,13 +182,16 @@ def stage_problems(resolved) -> list[Problem]:
     out = []
     for i, st in enumerate(resolved.recipe.train.stages):
         if st.target in ("teacher", "detokenizer") and st.target not in resolved.components:
-            out.append(Problem(f"train.stages.{i}", f"stage {st.name!r} trains the {st.target} but the recipe has "
-                               f"no `{st.target}:` section"))
+            out.append(
+                Problem(
+                    f"train.stages.{i}",
+                    f"stage {st.name!r} trains the {st.target} but the recipe has no `{st.target}:` section",
+                )
+            )
     return out
 
 
-def plan_sweep(sweep_file: str | Path, sweep_dir: str | Path | None = None, force: bool = False,
-               registry=None) -> Plan:
+def plan_sweep(sweep_file: str | Path, sweep_dir: str | Path | None = None, force: bool = False, registry=None) -> Plan:
     """Expand and validate every run of a sweep; raise ``SweepPlanError`` listing every invalid run."""
     sweep_file = Path(sweep_file)
     spec, base = load_sweep(sweep_file)
@@ -175,7 +200,9 @@ def plan_sweep(sweep_file: str | Path, sweep_dir: str | Path | None = None, forc
         raise SweepError(f"{sweep_file}: " + "; ".join(problems))
     runs, warnings = expand(spec)
     if len(runs) > spec.max_runs and not force:
-        raise SweepError(f"{sweep_file}: {len(runs)} runs exceed max_runs={spec.max_runs}; raise max_runs or pass --force")
+        raise SweepError(
+            f"{sweep_file}: {len(runs)} runs exceed max_runs={spec.max_runs}; raise max_runs or pass --force"
+        )
     if not runs:
         raise SweepError(f"{sweep_file}: the sweep expands to no runs (everything excluded?)")
     sweep_dir = Path(sweep_dir or default_sweep_dir(spec)).resolve()
@@ -201,13 +228,19 @@ def plan_sweep(sweep_file: str | Path, sweep_dir: str | Path | None = None, forc
             if stage_problems(resolved):
                 raise RecipeError(str(base), stage_problems(resolved))
             keys, final = units.plan_run(run.run_id, ov, seed, resolved, folder)
-            frozen = load_recipe(base, [*final, out], registry=registry) if final != [*ov, *([seed] if seed else [])] \
+            frozen = (
+                load_recipe(base, [*final, out], registry=registry)
+                if final != [*ov, *([seed] if seed else [])]
                 else resolved
+            )
         except RecipeError as exc:
             bad.append((run, exc))
             continue
-        planned.append(PlannedRun(run, folder, freeze(frozen), keys, [s.name for s in frozen.recipe.train.stages],
-                                  _versions(frozen)))
+        planned.append(
+            PlannedRun(
+                run, folder, freeze(frozen), keys, [s.name for s in frozen.recipe.train.stages], _versions(frozen)
+            )
+        )
     if bad:
         raise SweepPlanError(str(spec.name), bad, len(runs))
     return Plan(spec, sweep_file.resolve(), base, sweep_dir, planned, units.units, warnings)

@@ -78,8 +78,11 @@ def _metric_specs(requested: list[Any], found: list[str]) -> list[MetricSpec]:
     out: list[MetricSpec] = []
     for entry in requested or sorted(found):
         name, goal, fmt = _spec(entry)
-        names = [name] if name in found or not any(k.startswith(name + "/") for k in found) else \
-            sorted(k for k in found if k.startswith(name + "/"))
+        names = (
+            [name]
+            if name in found or not any(k.startswith(name + "/") for k in found)
+            else sorted(k for k in found if k.startswith(name + "/"))
+        )
         for n in names:
             try:
                 base = metric_spec(n)
@@ -120,12 +123,14 @@ def collect(sweep_dir: str | Path, metrics: list[Any] | None = None) -> Results:
     if any(r.get("variant") for r in runs):
         columns = ["variant"] + columns
         for row in ordered:
-            row.group = {"variant": next((r.get("variant") for r in runs if r["id"] in row.run_ids), None),
-                         **row.group}
+            row.group = {"variant": next((r.get("variant") for r in runs if r["id"] in row.run_ids), None), **row.group}
     for row in ordered:
         for s in specs:
-            vals = [values[i][s.name] for i in row.run_ids if i in values and s.name in values[i]
-                    and not math.isnan(values[i][s.name])]
+            vals = [
+                values[i][s.name]
+                for i in row.run_ids
+                if i in values and s.name in values[i] and not math.isnan(values[i][s.name])
+            ]
             mean, std = _stats(vals)
             row.cells[s.name] = Cell(vals, mean, std)
     for s in specs:
@@ -152,8 +157,18 @@ def collect(sweep_dir: str | Path, metrics: list[Any] | None = None) -> Results:
 
 # -- rendering -----------------------------------------------------------------------------------
 ARROW = {1: "▲", -1: "▼", 0: "="}
-LATEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$", "{": r"\{",
-         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+LATEX = {
+    "\\": r"\textbackslash{}",
+    "_": r"\_",
+    "%": r"\%",
+    "&": r"\&",
+    "#": r"\#",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\^{}",
+}
 
 
 def _value(row: Row, col: str) -> str:
@@ -185,8 +200,10 @@ def _head(s: MetricSpec, up: str = "↑", down: str = "↓") -> str:
 def footer(res: Results) -> str:
     total = sum(res.counts.values())
     parts = [f"{n} {st}" for st, n in sorted(res.counts.items(), key=lambda kv: kv[0] != "done")]
-    text = f"{total} runs: " + ", ".join(parts) + "; n: finished/planned runs per row; mean ± std over " \
-           "seeds; ▲/▼ better/worse than the first row; * best"
+    text = (
+        f"{total} runs: " + ", ".join(parts) + "; n: finished/planned runs per row; mean ± std over "
+        "seeds; ▲/▼ better/worse than the first row; * best"
+    )
     for rid, label, err in res.failed:
         text += f"\nfailed {rid} [{label}]: {err}"
     return text
@@ -196,12 +213,22 @@ def to_rows(res: Results) -> list[dict[str, Any]]:
     """Plain records (json/csv): per metric mean, std, n, best, vs_baseline."""
     out = []
     for row in res.rows:
-        rec: dict[str, Any] = {"label": row.label, **{c: row.group.get(c) for c in res.columns},
-                               "runs": row.run_ids, "seeds": row.seeds}
+        rec: dict[str, Any] = {
+            "label": row.label,
+            **{c: row.group.get(c) for c in res.columns},
+            "runs": row.run_ids,
+            "seeds": row.seeds,
+        }
         for s in res.metrics:
             c = row.cells[s.name]
-            rec[s.name] = {"mean": None if not c.n else c.mean, "std": None if not c.n else c.std, "n": c.n,
-                           "best": c.best, "vs_baseline": c.vs_base, "goal": s.goal}
+            rec[s.name] = {
+                "mean": None if not c.n else c.mean,
+                "std": None if not c.n else c.std,
+                "n": c.n,
+                "best": c.best,
+                "vs_baseline": c.vs_base,
+                "goal": s.goal,
+            }
         out.append(rec)
     return out
 
@@ -209,20 +236,39 @@ def to_rows(res: Results) -> list[dict[str, Any]]:
 def render(res: Results, fmt: str = "table") -> str | Any:
     """``md``/``csv``/``json``/``latex`` return text; ``table`` returns a rich Table."""
     if fmt == "json":
-        return json.dumps({"sweep": res.name, "columns": res.columns, "metrics": [s.name for s in res.metrics],
-                           "rows": to_rows(res), "counts": res.counts,
-                           "failed": [{"id": i, "label": lab, "error": e} for i, lab, e in res.failed]}, indent=2)
+        return json.dumps(
+            {
+                "sweep": res.name,
+                "columns": res.columns,
+                "metrics": [s.name for s in res.metrics],
+                "rows": to_rows(res),
+                "counts": res.counts,
+                "failed": [{"id": i, "label": lab, "error": e} for i, lab, e in res.failed],
+            },
+            indent=2,
+        )
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["label", *res.columns, "n_runs", *[f"{s.name}_{x}" for s in res.metrics
-                                                      for x in ("mean", "std", "n", "best", "vs_baseline")]])
+        w.writerow(
+            [
+                "label",
+                *res.columns,
+                "n_runs",
+                *[f"{s.name}_{x}" for s in res.metrics for x in ("mean", "std", "n", "best", "vs_baseline")],
+            ]
+        )
         for row in res.rows:
             vals = []
             for s in res.metrics:
                 c = row.cells[s.name]
-                vals += ["" if not c.n else repr(c.mean), "" if not c.n else repr(c.std), c.n, int(c.best),
-                         "" if c.vs_base is None else c.vs_base]
+                vals += [
+                    "" if not c.n else repr(c.mean),
+                    "" if not c.n else repr(c.std),
+                    c.n,
+                    int(c.best),
+                    "" if c.vs_base is None else c.vs_base,
+                ]
             w.writerow([row.label, *[_value(row, c) for c in res.columns], len(row.run_ids), *vals])
         return buf.getvalue()
     cols = res.columns or ["label"]
@@ -239,22 +285,30 @@ def render(res: Results, fmt: str = "table") -> str | Any:
         return out
 
     if fmt == "md":
-        lines = ["| " + " | ".join([*cols, "n", *(_head(s) for s in res.metrics)]) + " |",
-                 "|" + "---|" * (len(cols) + 1) + "---:|" * len(res.metrics)]
+        lines = [
+            "| " + " | ".join([*cols, "n", *(_head(s) for s in res.metrics)]) + " |",
+            "|" + "---|" * (len(cols) + 1) + "---:|" * len(res.metrics),
+        ]
         for row in res.rows:
             lines.append("| " + " | ".join([*keys(row), *cells(row, lambda t: f"**{t}**")]) + " |")
         return "\n".join(lines) + "\n\n" + footer(res).replace("\n", "  \n") + "\n"
     if fmt == "latex":
+
         def esc(t: str) -> str:
             return "".join(LATEX.get(ch, ch) for ch in t)
 
         arrows = {1: r"$\blacktriangle$", -1: r"$\blacktriangledown$", 0: "="}
         heads = [esc(s.name) + (r" $\uparrow$" if s.goal == "max" else r" $\downarrow$") for s in res.metrics]
-        lines = [r"\begin{tabular}{" + "l" * (len(cols) + 1) + "r" * len(res.metrics) + "}", r"\toprule",
-                 " & ".join([*(esc(c) for c in cols), "n", *heads]) + r" \\", r"\midrule"]
+        lines = [
+            r"\begin{tabular}{" + "l" * (len(cols) + 1) + "r" * len(res.metrics) + "}",
+            r"\toprule",
+            " & ".join([*(esc(c) for c in cols), "n", *heads]) + r" \\",
+            r"\midrule",
+        ]
         for row in res.rows:
-            body = [t.replace(DASH, "--") for t in cells(row, lambda t: r"\textbf{" + t + "}", pm=r"$\pm$",
-                                                             arrows=arrows)]
+            body = [
+                t.replace(DASH, "--") for t in cells(row, lambda t: r"\textbf{" + t + "}", pm=r"$\pm$", arrows=arrows)
+            ]
             lines.append(" & ".join([*(esc(k) for k in keys(row)), *body]) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}", "% " + footer(res).replace("\n", "\n% ")]
         return "\n".join(lines) + "\n"
@@ -285,8 +339,11 @@ def plot(res: Results, path: str | Path) -> Path:
     if not metrics:
         raise ValueError("no metrics to plot (no finished run has a metrics.json)")
     numeric_axis = None
-    if len(res.columns) == 1 and res.columns[0] != "variant" and all(
-            isinstance(r.group.get(res.columns[0]), (int, float)) for r in res.rows):
+    if (
+        len(res.columns) == 1
+        and res.columns[0] != "variant"
+        and all(isinstance(r.group.get(res.columns[0]), (int, float)) for r in res.rows)
+    ):
         numeric_axis = res.columns[0]
     ncols = min(3, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
@@ -308,7 +365,7 @@ def plot(res: Results, path: str | Path) -> Path:
             ax.set_xticks(xs)
             ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     fig.suptitle(f"sweep {res.name}: mean ± std over seeds")
     fig.tight_layout()

@@ -41,8 +41,9 @@ def _now() -> str:
 def git_sha(path: Path | None = None) -> str | None:
     path = path or Path(__file__).resolve().parents[2]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5,
-                             check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None
@@ -76,7 +77,9 @@ def latest_training_log(folder: Path) -> str:
     except (OSError, ValueError, IndexError):
         return ""
     loss = row.get("loss")
-    return f"{logs[-1].parent.name} step {row.get('step', '?')}" + (f" loss={loss:.4g}" if isinstance(loss, float) else "")
+    return f"{logs[-1].parent.name} step {row.get('step', '?')}" + (
+        f" loss={loss:.4g}" if isinstance(loss, float) else ""
+    )
 
 
 @dataclass
@@ -131,11 +134,10 @@ class Task:
             rec.pop("started_epoch")
         rec["status"] = "interrupted"
 
-    def seen_from_outside(self) -> "Task":
+    def seen_from_outside(self) -> Task:
         """As ``sweep status`` should show it: a "running" step whose process is gone is interrupted."""
         rec = self.record
-        if (self.status == "running" and rec.get("host") == platform.node()
-                and not local_step_alive(rec.get("pid"))):
+        if self.status == "running" and rec.get("host") == platform.node() and not local_step_alive(rec.get("pid")):
             self.mark_interrupted()
         return self
 
@@ -153,8 +155,16 @@ def build_tasks(plan: dict, sweep_dir: Path, python: str = sys.executable) -> li
         prev = read_json(folder / UNIT_FILE)
         rec = {**prev, "key": key, "unit_stage": unit["stage"], "target": unit["target"], "runs": unit["runs"]}
         rec.setdefault("status", "pending")
-        tasks.append(Task("unit", key, folder, [("train", [*cli, "train", str(folder / "recipe.yaml"), "--resume",
-                                                            "--quiet"])], list(unit["upstream"]), rec))
+        tasks.append(
+            Task(
+                "unit",
+                key,
+                folder,
+                [("train", [*cli, "train", str(folder / "recipe.yaml"), "--resume", "--quiet"])],
+                list(unit["upstream"]),
+                rec,
+            )
+        )
     common = {"python": platform.python_version(), "git_sha": git_sha()}
     for run in plan["runs"]:
         folder = sweep_dir / run["id"]
@@ -162,13 +172,22 @@ def build_tasks(plan: dict, sweep_dir: Path, python: str = sys.executable) -> li
         if "train" in plan.get("stages", ["train", "eval"]) and run.get("stages", [True]):
             steps.append(("train", [*cli, "train", str(folder / "recipe.yaml"), "--resume", "--quiet"]))
         if "eval" in plan.get("stages", ["train", "eval"]):
-            steps.append(("eval", [*cli, "eval", str(folder / "checkpoint"), "--json", "--quiet",
-                                   "-o", str(folder / "eval")]))
+            steps.append(
+                ("eval", [*cli, "eval", str(folder / "checkpoint"), "--json", "--quiet", "-o", str(folder / "eval")])
+            )
         prev = read_json(folder / RUN_FILE)
-        rec = {**prev, "id": run["id"], "label": run["label"], "variant": run.get("variant"), "seed": run.get("seed"),
-               "overrides": run["overrides"], "units": run.get("units", []),
-               "versions": {**run.get("versions", {}), "python": common["python"]}, "git_sha": common["git_sha"],
-               "recipe_sha256": _sha(folder / "recipe.yaml")}
+        rec = {
+            **prev,
+            "id": run["id"],
+            "label": run["label"],
+            "variant": run.get("variant"),
+            "seed": run.get("seed"),
+            "overrides": run["overrides"],
+            "units": run.get("units", []),
+            "versions": {**run.get("versions", {}), "python": common["python"]},
+            "git_sha": common["git_sha"],
+            "recipe_sha256": _sha(folder / "recipe.yaml"),
+        }
         if prev.get("status") == "done" and prev.get("recipe_sha256") not in (None, rec["recipe_sha256"]):
             rec["status"] = "pending"  # the frozen recipe changed under a finished run (plan --force)
         rec.setdefault("status", "pending")
@@ -179,9 +198,17 @@ def build_tasks(plan: dict, sweep_dir: Path, python: str = sys.executable) -> li
 class SweepRunner:
     """Keeps up to ``jobs`` steps going; ``on_change(tasks)`` is called whenever something moves."""
 
-    def __init__(self, plan: dict, sweep_dir: str | Path, launcher: Launcher, jobs: int = 1,
-                 cwd: str | Path | None = None, python: str = sys.executable, poll_s: float = 0.5,
-                 on_change: Callable[[Sequence[Task]], None] | None = None) -> None:
+    def __init__(
+        self,
+        plan: dict,
+        sweep_dir: str | Path,
+        launcher: Launcher,
+        jobs: int = 1,
+        cwd: str | Path | None = None,
+        python: str = sys.executable,
+        poll_s: float = 0.5,
+        on_change: Callable[[Sequence[Task]], None] | None = None,
+    ) -> None:
         self.sweep_dir = Path(sweep_dir)
         self.launcher, self.jobs, self.poll_s = launcher, max(1, jobs), poll_s
         self.cwd = Path(cwd or Path.cwd())
@@ -203,8 +230,13 @@ class SweepRunner:
 
     def _start(self, t: Task) -> None:
         t.t0, t.step = time.monotonic(), 0
-        t.record.update(status="running", started_at=_now(), started_epoch=round(time.time(), 3), error=None,
-                        attempts=int(t.record.get("attempts", 0)) + 1)
+        t.record.update(
+            status="running",
+            started_at=_now(),
+            started_epoch=round(time.time(), 3),
+            error=None,
+            attempts=int(t.record.get("attempts", 0)) + 1,
+        )
         if not t.steps:
             self._finish(t)
             return
@@ -253,9 +285,11 @@ class SweepRunner:
         for t in todo:  # what a killed sweep left "running" is interrupted now, unless its step still runs
             if t.status == "running":
                 if t.record.get("host") == platform.node() and local_step_alive(t.record.get("pid")):
-                    raise SweepError(f"{t.folder}: its {t.record.get('stage')} step is still running (pid "
-                                     f"{t.record['pid']}), left by a sweep that was killed or is still going; "
-                                     "wait for it or end it, then rerun")
+                    raise SweepError(
+                        f"{t.folder}: its {t.record.get('stage')} step is still running (pid "
+                        f"{t.record['pid']}), left by a sweep that was killed or is still going; "
+                        "wait for it or end it, then rerun"
+                    )
                 t.mark_interrupted()
                 t.save()
         self.on_change(self.tasks)
@@ -274,8 +308,11 @@ class SweepRunner:
                     bad = [d for d in deps if d.status == "failed"]
                     if bad:
                         d = bad[0]
-                        self._fail(t, f"shared stage {d.record.get('unit_stage')!r} (shared/{d.id}) failed:\n"
-                                      f"{d.record.get('error') or ''}")
+                        self._fail(
+                            t,
+                            f"shared stage {d.record.get('unit_stage')!r} (shared/{d.id}) failed:\n"
+                            f"{d.record.get('error') or ''}",
+                        )
                         todo.remove(t)
                         moved = True
                     elif all(d.status == "done" for d in deps):

@@ -40,8 +40,11 @@ from illume_kit.core.schema import Stage
 
 SHAREABLE = ("teacher", "tokenizer", "detokenizer")
 AUTO = ("teacher", "tokenizer")
-DEPENDS = {"teacher": ("teacher", "data"), "tokenizer": ("tokenizer", "data"),
-           "detokenizer": ("tokenizer", "detokenizer", "data")}
+DEPENDS = {
+    "teacher": ("teacher", "data"),
+    "tokenizer": ("tokenizer", "data"),
+    "detokenizer": ("tokenizer", "detokenizer", "data"),
+}
 TEACHER_DIR = "teacher"  # where a teacher stage saves (train/stages.py)
 CHECKPOINT_DIR = "checkpoint"  # where every other stage saves the model (train/stages.py)
 PLACEHOLDER = "@UNIT"
@@ -59,8 +62,13 @@ class SharedUnit:
     runs: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"key": self.key, "stage": self.stage, "target": self.target, "upstream": self.upstream,
-                "runs": self.runs}
+        return {
+            "key": self.key,
+            "stage": self.stage,
+            "target": self.target,
+            "upstream": self.upstream,
+            "runs": self.runs,
+        }
 
 
 def yaml_value(value: Any) -> str:
@@ -83,8 +91,10 @@ def split_stages(stages: Sequence[Stage], shared: str | Sequence[str]) -> tuple[
         problems.append(f"shared stages must come first (stage order: {', '.join(s.name for s in stages)})")
     for i in picked:
         if stages[i].target not in SHAREABLE:
-            problems.append(f"stage {stages[i].name!r} trains {stages[i].target!r}, which cannot be shared "
-                            f"(shareable targets: {', '.join(SHAREABLE)})")
+            problems.append(
+                f"stage {stages[i].name!r} trains {stages[i].target!r}, which cannot be shared "
+                f"(shareable targets: {', '.join(SHAREABLE)})"
+            )
     if stages and len(picked) == len(stages):
         problems.append("every stage would be shared; a run needs at least one stage of its own")
     n = len(picked)
@@ -107,7 +117,7 @@ def redirects(data: Mapping[str, Any], own_out: str, upstream: Sequence[SharedUn
             mine, theirs = f"{own_out}/{TEACHER_DIR}", str(unit.folder / TEACHER_DIR)
             for key, value in _string_leaves(data):
                 if key != "run.output_dir" and (value == mine or value.startswith(mine + "/")):
-                    out.append(f"{key}={yaml_value(theirs + value[len(mine):])}")
+                    out.append(f"{key}={yaml_value(theirs + value[len(mine) :])}")
         else:
             out.append(f"{unit.target}.weights={yaml_value(str(unit.folder / CHECKPOINT_DIR))}")
     return out
@@ -124,11 +134,17 @@ def _section(resolved: ResolvedRecipe, sec: str) -> Any:
     return {"name": rc.spec.name, "params": rc.params_dict, "weights": rc.weights}
 
 
-def unit_key(resolved: ResolvedRecipe, stage: Stage, upstream: Sequence[str], sweep_dir: Path,
-             with_seed: bool = True) -> str:
-    content = {"format": 1, "target": stage.target, "stage": stage.model_dump(mode="json"),
-               "sections": {sec: _section(resolved, sec) for sec in DEPENDS[stage.target]},
-               "seed": resolved.recipe.run.seed if with_seed else None, "upstream": list(upstream)}
+def unit_key(
+    resolved: ResolvedRecipe, stage: Stage, upstream: Sequence[str], sweep_dir: Path, with_seed: bool = True
+) -> str:
+    content = {
+        "format": 1,
+        "target": stage.target,
+        "stage": stage.model_dump(mode="json"),
+        "sections": {sec: _section(resolved, sec) for sec in DEPENDS[stage.target]},
+        "seed": resolved.recipe.run.seed if with_seed else None,
+        "upstream": list(upstream),
+    }
     text = json.dumps(content, sort_keys=True, default=str).replace(str(sweep_dir), "@SWEEP")
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_LEN]
 
@@ -136,8 +152,9 @@ def unit_key(resolved: ResolvedRecipe, stage: Stage, upstream: Sequence[str], sw
 class UnitPlanner:
     """Turns each run's shared stages into units (deduplicated by key) and the run's final overrides."""
 
-    def __init__(self, base: Path, sweep_dir: Path, shared: str | Sequence[str], share_across_seeds: bool,
-                 registry=None) -> None:
+    def __init__(
+        self, base: Path, sweep_dir: Path, shared: str | Sequence[str], share_across_seeds: bool, registry=None
+    ) -> None:
         self.base, self.sweep_dir, self.shared = base, sweep_dir, shared
         self.share_across_seeds, self.registry = share_across_seeds, registry
         self.units: dict[str, SharedUnit] = {}
@@ -145,8 +162,9 @@ class UnitPlanner:
     def _load(self, overrides: Sequence[str]) -> ResolvedRecipe:
         return load_recipe(self.base, list(overrides), registry=self.registry)
 
-    def plan_run(self, run_id: str, overrides: Sequence[str], seed_override: str | None,
-                 resolved: ResolvedRecipe, run_dir: Path) -> tuple[list[str], list[str]]:
+    def plan_run(
+        self, run_id: str, overrides: Sequence[str], seed_override: str | None, resolved: ResolvedRecipe, run_dir: Path
+    ) -> tuple[list[str], list[str]]:
         """(unit keys, the run's final overrides). ``overrides`` exclude run.seed and run.output_dir."""
         shared, own, problems = split_stages(resolved.recipe.train.stages, self.shared)
         if problems:
@@ -158,18 +176,23 @@ class UnitPlanner:
             for stage in shared:
                 ov = [*overrides, *unit_seed, *redirects(probe.data, PLACEHOLDER, upstream), stages_override([stage])]
                 placeholder = self._load([*ov, f"run.output_dir={PLACEHOLDER}"])
-                key = unit_key(placeholder, stage, [u.key for u in upstream], self.sweep_dir,
-                               with_seed=not self.share_across_seeds)
+                key = unit_key(
+                    placeholder, stage, [u.key for u in upstream], self.sweep_dir, with_seed=not self.share_across_seeds
+                )
                 unit = self.units.get(key)
                 if unit is None:
                     folder = self.sweep_dir / "shared" / key
                     frozen = self._load([*ov, f"run.output_dir={yaml_value(str(folder))}"])
-                    unit = self.units[key] = SharedUnit(key, stage.name, stage.target, folder, freeze(frozen),
-                                                        [u.key for u in upstream])
+                    unit = self.units[key] = SharedUnit(
+                        key, stage.name, stage.target, folder, freeze(frozen), [u.key for u in upstream]
+                    )
                 unit.runs.append(run_id)
                 upstream.append(unit)
-        final = [*overrides, *([seed_override] if seed_override else []),
-                 *redirects(resolved.data, str(run_dir), upstream)]
+        final = [
+            *overrides,
+            *([seed_override] if seed_override else []),
+            *redirects(resolved.data, str(run_dir), upstream),
+        ]
         if shared:
             final.append(stages_override(own))
         return [u.key for u in upstream], final

@@ -59,8 +59,10 @@ class Variant(_Strict):
 
 
 class MetricGoal(_Strict):
-    name: str = Field(description="metric key in metrics.json, e.g. rec/psnr (a prefix such as code/usage "
-                      "matches code/usage/<codebook>)")
+    name: str = Field(
+        description="metric key in metrics.json, e.g. rec/psnr (a prefix such as code/usage "
+        "matches code/usage/<codebook>)"
+    )
     goal: Literal["max", "min"] | None = Field(None, description="better direction; default from the metric spec")
     fmt: str | None = Field(None, description="format spec, e.g. .3f; default from the metric spec")
 
@@ -68,28 +70,41 @@ class MetricGoal(_Strict):
 class SweepSpec(_Strict):
     name: str | None = Field(None, description="sweep name (default: the file's stem); SWEEP_DIR is sweeps/<name>")
     description: str = ""
-    base: str | None = Field(None, description="the recipe every run starts from, relative to this file "
-                             "(omit in a recipe's own `sweep:` block)")
+    base: str | None = Field(
+        None,
+        description="the recipe every run starts from, relative to this file (omit in a recipe's own `sweep:` block)",
+    )
     overrides: dict[str, Any] = Field(default_factory=dict, description="fixed overrides applied to every run")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="key -> values; runs are the product")
-    zip: list[dict[str, list[Any]]] = Field(default_factory=list,
-                                            description="groups of equal-length lists that vary together")
+    zip: list[dict[str, list[Any]]] = Field(
+        default_factory=list, description="groups of equal-length lists that vary together"
+    )
     variants: list[Variant] = Field(default_factory=list, description="named override sets, appended to the grid")
     seeds: list[int] = Field(default_factory=list, description="values of run.seed; every run is crossed with them")
-    exclude: list[dict[str, Any]] = Field(default_factory=list,
-                                          description="partial overrides; a run matching all of one entry is dropped")
+    exclude: list[dict[str, Any]] = Field(
+        default_factory=list, description="partial overrides; a run matching all of one entry is dropped"
+    )
     max_runs: int = Field(64, ge=1, description="refuse to expand past this many runs without --force")
-    metrics: list[str | MetricGoal] = Field(default_factory=list,
-                                                  description="metrics to report (default: every metric found)")
-    stages: list[Literal["train", "eval"]] = Field(default_factory=lambda: ["train", "eval"],
-                                                   description="what each run does: train its stages, evaluate")
+    metrics: list[str | MetricGoal] = Field(
+        default_factory=list, description="metrics to report (default: every metric found)"
+    )
+    stages: list[Literal["train", "eval"]] = Field(
+        default_factory=lambda: ["train", "eval"], description="what each run does: train its stages, evaluate"
+    )
     shared: Literal["auto"] | list[str] = Field(
-        "auto", description="stages trained once per distinct content and shared by runs (auto: the leading "
-        "teacher/tokenizer stages; []: none)")
-    share_across_seeds: bool = Field(False, description="shared stages ignore the seed axis (trained with the "
-                                     "base recipe's seed) instead of once per seed")
-    slurm: dict[str, Any] = Field(default_factory=dict, description="submitit executor parameters for "
-                                  "--launcher slurm, e.g. {slurm_partition: gpu, timeout_min: 120, gpus_per_node: 1}")
+        "auto",
+        description="stages trained once per distinct content and shared by runs (auto: the leading "
+        "teacher/tokenizer stages; []: none)",
+    )
+    share_across_seeds: bool = Field(
+        False,
+        description="shared stages ignore the seed axis (trained with the base recipe's seed) instead of once per seed",
+    )
+    slurm: dict[str, Any] = Field(
+        default_factory=dict,
+        description="submitit executor parameters for "
+        "--launcher slurm, e.g. {slurm_partition: gpu, timeout_min: 120, gpus_per_node: 1}",
+    )
 
     @field_validator("grid")
     @classmethod
@@ -112,8 +127,11 @@ class SweepSpec(_Strict):
     @model_validator(mode="after")
     def _axes_disjoint(self) -> SweepSpec:
         owners: dict[str, list[str]] = {}
-        sources = [("overrides", list(flatten(self.overrides))), ("grid", [_axis_key(k) for k in self.grid]),
-                   *((f"zip[{i}]", [_axis_key(k) for k in g]) for i, g in enumerate(self.zip))]
+        sources = [
+            ("overrides", list(flatten(self.overrides))),
+            ("grid", [_axis_key(k) for k in self.grid]),
+            *((f"zip[{i}]", [_axis_key(k) for k in g]) for i, g in enumerate(self.zip)),
+        ]
         for where, keys in sources:
             for k in keys:
                 owners.setdefault(k, []).append(where)
@@ -210,7 +228,7 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
     else:
         if spec.base is None:
             raise SweepError(f"{path}: `base:` is missing (the recipe every run starts from, relative to this file)")
-        base = (path.parent / spec.base)
+        base = path.parent / spec.base
         if not base.is_file() and Path(spec.base).is_file():
             base = Path(spec.base)
         if not base.is_file():

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -78,7 +78,9 @@ def tokenizer_codes_in_range(factory, size: int = 64) -> None:
     for cb in tok.codebooks:
         codes = out.codes[cb.name]
         assert codes.dtype in (torch.int64, torch.int32), f"{cb.name}: codes must be integer"
-        assert tuple(codes.shape) == (2, *grid[cb.name]), f"{cb.name}: codes {tuple(codes.shape)} vs grid {grid[cb.name]}"
+        assert tuple(codes.shape) == (2, *grid[cb.name]), (
+            f"{cb.name}: codes {tuple(codes.shape)} vs grid {grid[cb.name]}"
+        )
         assert int(codes.min()) >= 0 and int(codes.max()) < cb.size, f"{cb.name}: codes out of [0, {cb.size})"
         feats = out.features[cb.name]
         assert tuple(feats.shape) == (2, *grid[cb.name], cb.feature_dim), f"{cb.name}: features {tuple(feats.shape)}"
@@ -156,8 +158,9 @@ def tokenizer_capabilities(factory, size: int = 64) -> None:
                 m = maps[cb.name]
                 assert tuple(m.shape) == (2, cb.code_dim, *grid[cb.name]), f"{cb.name}: map {tuple(m.shape)}"
                 if cb.name in out.quantized:
-                    assert torch.allclose(m, out.quantized[cb.name], atol=1e-5), \
+                    assert torch.allclose(m, out.quantized[cb.name], atol=1e-5), (
                         f"{cb.name}: codes_to_maps differs from encode().quantized"
+                    )
         if isinstance(tok, SemanticScore):
             cos = tok.semantic_cosine(x)
             assert tuple(cos.shape) == (2,), f"semantic_cosine must give (B,), got {tuple(cos.shape)}"
@@ -165,8 +168,9 @@ def tokenizer_capabilities(factory, size: int = 64) -> None:
     if isinstance(tok, Adversarial) and tok.discriminator is not None:
         assert isinstance(tok.discriminator, torch.nn.Module), "discriminator must be an nn.Module or None"
         losses = tok.train().discriminator_loss(x, step=10**9)
-        assert "loss" in losses and all(torch.is_tensor(v) and v.ndim == 0 for v in losses.values()), \
+        assert "loss" in losses and all(torch.is_tensor(v) and v.ndim == 0 for v in losses.values()), (
             "discriminator_loss must return scalar tensors, with 'loss'"
+        )
     _persistence(factory, tok)
 
 
@@ -174,11 +178,15 @@ def check_declared(provides, component) -> None:
     """A registry record's ``provides`` matches the component: ``pixel_decoder`` if and only if
     ``has_pixel_decoder``, ``code_maps`` if and only if it implements ``CodeMaps``."""
     declared = set(provides)
-    has = {"pixel_decoder": bool(getattr(component, "has_pixel_decoder", False)),
-           "code_maps": isinstance(component, CodeMaps)}
+    has = {
+        "pixel_decoder": bool(getattr(component, "has_pixel_decoder", False)),
+        "code_maps": isinstance(component, CodeMaps),
+    }
     for cap, present in has.items():
-        assert (cap in declared) == present, (f"the registry record {'declares' if cap in declared else 'omits'} "
-                                              f"provides: {cap}, but the component {'has' if present else 'lacks'} it")
+        assert (cap in declared) == present, (
+            f"the registry record {'declares' if cap in declared else 'omits'} "
+            f"provides: {cap}, but the component {'has' if present else 'lacks'} it"
+        )
 
 
 # ---- backbones --------------------------------------------------------------------------
@@ -307,8 +315,15 @@ def check_metric_result(result, family: str) -> None:
 
 
 CHECKS: dict[str, list[Callable]] = {
-    "tokenizer": [tokenizer_schema, tokenizer_codes_in_range, tokenizer_deterministic, tokenizer_loss_scalar,
-                  tokenizer_decode_shape, tokenizer_round_trip, tokenizer_capabilities],
+    "tokenizer": [
+        tokenizer_schema,
+        tokenizer_codes_in_range,
+        tokenizer_deterministic,
+        tokenizer_loss_scalar,
+        tokenizer_decode_shape,
+        tokenizer_round_trip,
+        tokenizer_capabilities,
+    ],
     "backbone": [backbone_schema, backbone_forward, backbone_round_trip, backbone_capabilities],
     "detokenizer": [detokenizer_schema, detokenizer_decode, detokenizer_capabilities],
     "quantizer": [quantizer_schema, quantizer_contract],

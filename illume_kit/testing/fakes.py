@@ -11,7 +11,7 @@ the image), projects the patch colours and picks the nearest code, so codes depe
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -89,8 +89,9 @@ class FakeTokenizer(nn.Module):
         fine = self._codebooks[-1].name
         maps = self.codes_to_maps(codes)
         grid = maps[fine].shape[-2:]
-        x = torch.cat([F.interpolate(m, size=grid, mode="bicubic") if m.shape[-2:] != grid else m
-                       for m in maps.values()], 1)
+        x = torch.cat(
+            [F.interpolate(m, size=grid, mode="bicubic") if m.shape[-2:] != grid else m for m in maps.values()], 1
+        )
         return torch.sigmoid(F.pixel_shuffle(self.out(x), self._codebooks[-1].stride))
 
     def loss(self, images: torch.Tensor, step: int = 0) -> dict[str, torch.Tensor]:

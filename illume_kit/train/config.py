@@ -32,8 +32,8 @@ class TrainerConfig(BaseModel):
     eval_every: int = Field(0, ge=0, description="steps between eval_fn calls (0: only at the end, if given)")
     seed: int = Field(0, description="seeds RNGs and the data order; the order is a function of (seed, step)")
     trainable: list[str] = Field(
-        default_factory=list,
-        description="parameter-name prefixes to train (empty: every parameter that requires grad)")
+        default_factory=list, description="parameter-name prefixes to train (empty: every parameter that requires grad)"
+    )
     bf16: bool = Field(True, description="bf16 autocast (CUDA only; ignored on CPU)")
     num_workers: int = Field(0, ge=0, description="DataLoader workers for map-style datasets")
     find_unused_parameters: bool = Field(False, description="DDP option, for models with branches unused per step")
@@ -43,7 +43,7 @@ class TrainerConfig(BaseModel):
     disc_start: int = Field(0, ge=0, description="first step at which the discriminator is updated")
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainerConfig":
+    def _check(self) -> TrainerConfig:
         for b in (self.betas, self.disc_betas or self.betas):
             if not all(0.0 <= x < 1.0 for x in b):
                 raise ValueError(f"betas must lie in [0, 1), got {b}")
@@ -52,7 +52,7 @@ class TrainerConfig(BaseModel):
         return self
 
     @classmethod
-    def from_stage(cls, stage: Any, **overrides: Any) -> "TrainerConfig":
+    def from_stage(cls, stage: Any, **overrides: Any) -> TrainerConfig:
         """Build from a recipe stage (any pydantic model or mapping); unknown keys are dropped."""
         data = stage.model_dump() if hasattr(stage, "model_dump") else dict(stage)
         data = {k: v for k, v in data.items() if k in cls.model_fields}

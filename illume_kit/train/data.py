@@ -10,7 +10,8 @@ is the same whatever the world size splits it into, and ranks never overlap with
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Sampler, default_collate
@@ -26,8 +27,9 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def step_indices(n: int, batch_size: int, seed: int, step: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True) -> list[int]:
+def step_indices(
+    n: int, batch_size: int, seed: int, step: int, rank: int = 0, world_size: int = 1, shuffle: bool = True
+) -> list[int]:
     """Dataset indices of one rank's batch at ``step``."""
     start = (step * world_size + rank) * batch_size
     out, perm, perm_epoch = [], None, -1
@@ -45,8 +47,17 @@ def step_indices(n: int, batch_size: int, seed: int, step: int, rank: int = 0, w
 class StepBatchSampler(Sampler[list[int]]):
     """Yields one index list per step from ``start_step`` to ``steps`` (exclusive)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, steps: int,
-                 rank: int = 0, world_size: int = 1, shuffle: bool = True):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        start_step: int,
+        steps: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ):
         if n < 1:
             raise ValueError("dataset is empty")
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
@@ -57,13 +68,22 @@ class StepBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start_step, self.steps):
-            yield step_indices(self.n, self.batch_size, self.seed, step, self.rank, self.world_size,
-                               self.shuffle)
+            yield step_indices(self.n, self.batch_size, self.seed, step, self.rank, self.world_size, self.shuffle)
 
 
-def make_loader(dataset: Any, *, batch_size: int, seed: int, start_step: int, steps: int,
-                rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                collate_fn: Callable | None = None, pin_memory: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Any,
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int,
+    steps: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    collate_fn: Callable | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
     """A DataLoader over a map-style dataset whose batches depend only on (seed, step, rank).
 
     The loader gets its own generator so creating it never draws from the global torch RNG (it
@@ -72,10 +92,15 @@ def make_loader(dataset: Any, *, batch_size: int, seed: int, start_step: int, st
     ``num_workers > 0`` is seeded by DataLoader per iterator and is not resume-exact.
     """
     sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, steps, rank, world_size)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate_fn or default_collate, pin_memory=pin_memory,
-                      generator=torch.Generator().manual_seed(int(seed)),
-                      persistent_workers=False)
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn or default_collate,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(int(seed)),
+        persistent_workers=False,
+    )
 
 
 def is_map_dataset(data: Any) -> bool:

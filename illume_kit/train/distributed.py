@@ -55,8 +55,9 @@ def setup(device: str | torch.device | None = None) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
         owns = True
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                    device=dev, owns_group=owns)
+    return DistInfo(
+        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=dev, owns_group=owns
+    )
 
 
 def teardown(info: DistInfo) -> None:

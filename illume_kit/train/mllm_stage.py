@@ -35,15 +35,25 @@ def stage_setup(runner: StageRunner, stage: Stage):
     data = runner.images(stage)
     first_mllm = next(s for s in runner.recipe.train.stages if s.target == "mllm").name == stage.name
     started = runner.stage_started(stage)
-    if (opts.retrain_text_tokenizer and first_mllm and not started
-            and isinstance(model.backbone, RetrainsTextTokenizer)
-            and not getattr(model.backbone.params, "pretrained", None)):
+    if (
+        opts.retrain_text_tokenizer
+        and first_mllm
+        and not started
+        and isinstance(model.backbone, RetrainsTextTokenizer)
+        and not getattr(model.backbone.params, "pretrained", None)
+    ):
         n = min(len(data), opts.text_corpus_items)
         model.backbone.retrain_text_tokenizer(sorted(task_texts(data[i] for i in range(n))))
     groups = stage.trainable or ["all"]
     trainable_parameters(model, groups)
     model.encode_cache = EncodeCache(keep_features=model.image_input != "discrete") if opts.cache_codes else None
-    mixer = TaskMixer(opts.tasks, opts.cfg_dropout, seed=runner.recipe.run.seed, qa_turns=opts.qa_turns,
-                      edit_order=getattr(model, "edit_order", "image_first"), edit_target=opts.edit_target)
+    mixer = TaskMixer(
+        opts.tasks,
+        opts.cfg_dropout,
+        seed=runner.recipe.run.seed,
+        qa_turns=opts.qa_turns,
+        edit_order=getattr(model, "edit_order", "image_first"),
+        edit_target=opts.edit_target,
+    )
     # groups are applied here through requires_grad; the trainer then takes whatever requires grad
     return model, mllm_step_fn(mixer, opts.loss_average), data, {"collate_fn": _keep_items, "config": {"trainable": []}}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -19,8 +19,9 @@ from torch import nn
 Trainable = Callable[[str, nn.Parameter], bool] | Sequence[str] | None
 
 
-def select_trainable(module: nn.Module, trainable: Trainable,
-                     exclude: set[int] = frozenset()) -> list[tuple[str, nn.Parameter]]:
+def select_trainable(
+    module: nn.Module, trainable: Trainable, exclude: set[int] = frozenset()
+) -> list[tuple[str, nn.Parameter]]:
     """Freeze everything ``trainable`` does not select; return the selected (name, param) pairs.
 
     Parameters already frozen (``requires_grad=False``, e.g. a teacher ViT) stay frozen. Parameters
@@ -35,10 +36,13 @@ def select_trainable(module: nn.Module, trainable: Trainable,
         names = [n for n, _ in module.named_parameters()]
         for pre in prefixes:
             if not any(n == pre or n.startswith(pre if pre.endswith(".") else pre + ".") for n in names):
-                raise ValueError(f"trainable prefix {pre!r} matches no parameter "
-                                 f"(top-level names: {sorted({n.split('.')[0] for n in names})})")
+                raise ValueError(
+                    f"trainable prefix {pre!r} matches no parameter "
+                    f"(top-level names: {sorted({n.split('.')[0] for n in names})})"
+                )
         pick = lambda name, p: any(  # noqa: E731
-            name == pre or name.startswith(pre if pre.endswith(".") else pre + ".") for pre in prefixes)
+            name == pre or name.startswith(pre if pre.endswith(".") else pre + ".") for pre in prefixes
+        )
     selected = []
     for name, p in module.named_parameters():
         if id(p) in exclude:
@@ -50,15 +54,23 @@ def select_trainable(module: nn.Module, trainable: Trainable,
     return selected
 
 
-def adamw(named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float,
-          betas: tuple[float, float], eps: float = 1e-8) -> torch.optim.AdamW:
+def adamw(
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float = 1e-8,
+) -> torch.optim.AdamW:
     named_params = list(named_params)
     if not named_params:
         raise ValueError("no trainable parameters")
     decay = [p for _, p in named_params if p.ndim >= 2]
     no_decay = [p for _, p in named_params if p.ndim < 2]
-    groups = [g for g in ({"params": decay, "weight_decay": weight_decay},
-                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    groups = [
+        g
+        for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+        if g["params"]
+    ]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
 
 
@@ -73,7 +85,8 @@ def lr_factor(step: int, *, total: int, warmup: int, schedule: str, min_ratio: f
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def scheduler(optimizer: torch.optim.Optimizer, *, total: int, warmup: int, schedule: str,
-              min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+def scheduler(
+    optimizer: torch.optim.Optimizer, *, total: int, warmup: int, schedule: str, min_ratio: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
     fn = functools.partial(lr_factor, total=total, warmup=warmup, schedule=schedule, min_ratio=min_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Protocol, TextIO, runtime_checkable
+from typing import Protocol, TextIO, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,10 @@ class StageHeader:
     count: int = 1
 
     def lines(self) -> list[str]:
-        return [f"stage {self.index}/{self.count} {self.name!r} ({self.target}): trains {self.trains}",
-                f"  {self.steps} steps -> {self.output_dir}"]
+        return [
+            f"stage {self.index}/{self.count} {self.name!r} ({self.target}): trains {self.trains}",
+            f"  {self.steps} steps -> {self.output_dir}",
+        ]
 
 
 @runtime_checkable
@@ -122,4 +125,3 @@ class PlainReporter:
 
     def close(self) -> None:
         pass
-

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 import torch
 import torch.nn.functional as F
 
@@ -111,14 +110,21 @@ class StageRunner:
     """Runs a recipe's stages. ``callback`` receives a header per stage and the trainer's progress
     (``illume_kit.train.progress``); by default plain lines on stderr, none when ``quiet``."""
 
-    def __init__(self, resolved: ResolvedRecipe, quiet: bool = False, device: str | None = None,
-                 callback: TrainCallback | None = None) -> None:
+    def __init__(
+        self,
+        resolved: ResolvedRecipe,
+        quiet: bool = False,
+        device: str | None = None,
+        callback: TrainCallback | None = None,
+    ) -> None:
         self.resolved = resolved
         self.recipe = resolved.recipe
         self.out = Path(self.recipe.run.output_dir)
         self.quiet = quiet
         self.callback: TrainCallback = PlainReporter(quiet=True) if quiet else (callback or PlainReporter())
-        self.device = device if device is not None else (None if self.recipe.run.device == "auto" else self.recipe.run.device)
+        self.device = (
+            device if device is not None else (None if self.recipe.run.device == "auto" else self.recipe.run.device)
+        )
         self._model = None
         self._reuse_checkpoint = True
 
@@ -133,13 +139,18 @@ class StageRunner:
             if not stored.is_file():  # runs written before the snapshot existed
                 stored = out / CHECKPOINT / "recipe.yaml"
             if continuing:
-                diff = recipe_differences(stored.read_text(), self.resolved) if stored.is_file() else ["(no recorded recipe)"]
+                diff = (
+                    recipe_differences(stored.read_text(), self.resolved)
+                    if stored.is_file()
+                    else ["(no recorded recipe)"]
+                )
                 if diff:
                     shown = ", ".join(diff[:8]) + (f" and {len(diff) - 8} more" if len(diff) > 8 else "")
                     raise OutputDirError(
                         f"{out} holds a run of a different recipe (differs at: {shown}); its weights and finished "
                         f"stages do not belong to this one. Train without --resume/--stage to start over (the old run "
-                        f"is moved to {out.name}.replaced-<time>), or pick another folder with run.output_dir=...")
+                        f"is moved to {out.name}.replaced-<time>), or pick another folder with run.output_dir=..."
+                    )
             else:
                 moved = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
                 out.rename(moved)
@@ -164,8 +175,9 @@ class StageRunner:
 
     def save_model(self) -> Path:
         # the thread count changes float sums, so it is part of what reproduces a run
-        return save_checkpoint(self.model, self.resolved, self.out / CHECKPOINT,
-                               extra={"torch_threads": torch.get_num_threads()})
+        return save_checkpoint(
+            self.model, self.resolved, self.out / CHECKPOINT, extra={"torch_threads": torch.get_num_threads()}
+        )
 
     # -- stages -----------------------------------------------------------------------------
     def run(self, only: list[str] | None = None, resume: bool = True, until: int | None = None) -> dict[str, dict]:
@@ -212,22 +224,40 @@ class StageRunner:
             return f"{sec} {comps[sec].spec.name!r}" if sec in comps else sec
 
         if stage.target == "mllm":
-            return (f"the unified model ({', '.join(stage.trainable or ['all'])}; {named('backbone')}), "
-                    "tokenizer and detokenizer frozen")
+            return (
+                f"the unified model ({', '.join(stage.trainable or ['all'])}; {named('backbone')}), "
+                "tokenizer and detokenizer frozen"
+            )
         if stage.target == "detokenizer":
             return f"{named('detokenizer')} on codes of the frozen {named('tokenizer')}"
         return named(stage.target)
 
-    def run_stage(self, stage: Stage, resume: bool = True, until: int | None = None,
-                  position: tuple[int, int] = (1, 1)) -> dict:
-        fn = {"teacher": self._teacher, "tokenizer": self._tokenizer, "detokenizer": self._detokenizer,
-              "mllm": self._mllm}[stage.target]
-        self.callback.stage_start(StageHeader(stage.name, stage.target, self.trains(stage), stage.steps,
-                                              self.stage_dir(stage), *position))
+    def run_stage(
+        self, stage: Stage, resume: bool = True, until: int | None = None, position: tuple[int, int] = (1, 1)
+    ) -> dict:
+        fn = {
+            "teacher": self._teacher,
+            "tokenizer": self._tokenizer,
+            "detokenizer": self._detokenizer,
+            "mllm": self._mllm,
+        }[stage.target]
+        self.callback.stage_start(
+            StageHeader(stage.name, stage.target, self.trains(stage), stage.steps, self.stage_dir(stage), *position)
+        )
         module, step_fn, data, extra = fn(stage)
         cfg = TrainerConfig.from_stage(stage, seed=self.recipe.run.seed, **extra.pop("config", {}))
-        trainer = Trainer(module, step_fn, data, cfg, output_dir=self.stage_dir(stage), quiet=self.quiet,
-                          device=self.device, description=stage.name, callback=self.callback, **extra)
+        trainer = Trainer(
+            module,
+            step_fn,
+            data,
+            cfg,
+            output_dir=self.stage_dir(stage),
+            quiet=self.quiet,
+            device=self.device,
+            description=stage.name,
+            callback=self.callback,
+            **extra,
+        )
         last = trainer.fit(resume=resume, until=until)
         if until is not None and trainer.step < cfg.steps:
             return {"status": "interrupted", "step": trainer.step}
@@ -270,6 +300,7 @@ class StageRunner:
 
         extra: dict[str, Any] = {"collate_fn": collate}
         if disc is not None:
+
             def disc_step(d, batch, s, out):
                 return tok.discriminator_loss(batch["image"], s)
 
@@ -300,8 +331,13 @@ class StageRunner:
         return mllm_stage.stage_setup(self, stage)
 
 
-def train(resolved: ResolvedRecipe, only: list[str] | None = None, resume: bool = True, quiet: bool = False,
-          until: int | None = None, device: str | None = None,
-          callback: TrainCallback | None = None) -> dict[str, dict]:
+def train(
+    resolved: ResolvedRecipe,
+    only: list[str] | None = None,
+    resume: bool = True,
+    quiet: bool = False,
+    until: int | None = None,
+    device: str | None = None,
+    callback: TrainCallback | None = None,
+) -> dict[str, dict]:
     return StageRunner(resolved, quiet=quiet, device=device, callback=callback).run(only, resume=resume, until=until)
-

@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +37,8 @@ def step_dirname(step: int) -> str:
 # atomic writes live in the core (checkpoint folders use them too)
 from illume_kit.core.atomic import atomic_dir, atomic_write_text  # noqa: E402,F401
 
-
 # --------------------------------------------------------------------------- RNG states
+
 
 def capture_rng() -> dict[str, Any]:
     """All RNG states this process uses, as tensors and numbers only."""
@@ -60,10 +61,16 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate((state["python_version"], tuple(int(x) for x in state["python"].tolist()),
-                     state["python_gauss"]))
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
-                         state["numpy_has_gauss"], state["numpy_cached"]))
+    random.setstate((state["python_version"], tuple(int(x) for x in state["python"].tolist()), state["python_gauss"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_cached"],
+        )
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(state["cuda"]))
 
@@ -76,8 +83,15 @@ def seed_everything(seed: int) -> None:
 
 # --------------------------------------------------------------------------- save / load
 
-def save_checkpoint(root: str | os.PathLike, step: int, modules: Mapping[str, torch.nn.Module],
-                    state: Mapping[str, Any], keep_last: int = 1, extra_writer=None) -> Path:
+
+def save_checkpoint(
+    root: str | os.PathLike,
+    step: int,
+    modules: Mapping[str, torch.nn.Module],
+    state: Mapping[str, Any],
+    keep_last: int = 1,
+    extra_writer=None,
+) -> Path:
     """Write ``root/step_XXXXXXXX`` atomically, point ``root/latest`` at it, prune older ones.
 
     ``modules`` maps a file stem to a module (``{"model": m, "disc": d}``); ``state`` must be
@@ -111,15 +125,19 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     return folder if (folder / STATE_FILE).is_file() else None
 
 
-def load_checkpoint(folder: str | os.PathLike, modules: Mapping[str, torch.nn.Module],
-                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    folder: str | os.PathLike, modules: Mapping[str, torch.nn.Module], map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
     """Load weights into ``modules`` (strict) and return the training state dict."""
     folder = Path(folder)
     for name, module in modules.items():
-        missing, unexpected = load_model(module, str(folder / f"{name}.safetensors"), strict=False,
-                                         device=str(map_location))
+        missing, unexpected = load_model(
+            module, str(folder / f"{name}.safetensors"), strict=False, device=str(map_location)
+        )
         if missing or unexpected:
-            raise RuntimeError(f"{folder / name}.safetensors does not match the module: "
-                               f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+            raise RuntimeError(
+                f"{folder / name}.safetensors does not match the module: "
+                f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
     # always to CPU: RNG states must be CPU tensors; optimizers move their state to the params
     return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)

@@ -33,8 +33,9 @@ import contextlib
 import json
 import os
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,8 +45,14 @@ from illume_kit.train import optim as O
 from illume_kit.train.config import TrainerConfig
 from illume_kit.train.data import is_map_dataset, make_loader
 from illume_kit.train.progress import PlainReporter, TrainCallback
-from illume_kit.train.state import (capture_rng, latest_checkpoint, load_checkpoint, restore_rng,
-                                    save_checkpoint, seed_everything)
+from illume_kit.train.state import (
+    capture_rng,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    seed_everything,
+)
 
 StepFn = Callable[[nn.Module, Any, int], Mapping[str, torch.Tensor]]
 DiscStepFn = Callable[[nn.Module, Any, int, Mapping[str, Any]], Mapping[str, torch.Tensor]]
@@ -99,14 +106,15 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def _scalars(out: Mapping[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
-    return {prefix + k: v.detach().float() for k, v in out.items()
-            if isinstance(v, torch.Tensor) and v.numel() == 1}
+    return {prefix + k: v.detach().float() for k, v in out.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
 
 
 def _check_loss(out: Mapping[str, Any], step: int, who: str) -> torch.Tensor:
     if not isinstance(out, Mapping) or "loss" not in out:
-        raise KeyError(f"{who} must return a dict with a scalar 'loss' (got {type(out).__name__}"
-                       f"{' with keys ' + str(sorted(out)) if isinstance(out, Mapping) else ''})")
+        raise KeyError(
+            f"{who} must return a dict with a scalar 'loss' (got {type(out).__name__}"
+            f"{' with keys ' + str(sorted(out)) if isinstance(out, Mapping) else ''})"
+        )
     loss = out["loss"]
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise ValueError(f"{who}: 'loss' must be a scalar tensor, got {getattr(loss, 'shape', type(loss))}")
@@ -118,14 +126,26 @@ def _check_loss(out: Mapping[str, Any], step: int, who: str) -> torch.Tensor:
 class _Group:
     """One optimisation group: module, its DDP/step wrapper, AdamW, schedule, clipped params."""
 
-    def __init__(self, module: nn.Module, fn: Callable, params: list[tuple[str, nn.Parameter]],
-                 cfg: TrainerConfig, lr: float, betas, dist: D.DistInfo):
+    def __init__(
+        self,
+        module: nn.Module,
+        fn: Callable,
+        params: list[tuple[str, nn.Parameter]],
+        cfg: TrainerConfig,
+        lr: float,
+        betas,
+        dist: D.DistInfo,
+    ):
         self.module, self.params = module, [p for _, p in params]
         self.opt = O.adamw(params, lr=lr, weight_decay=cfg.weight_decay, betas=betas, eps=cfg.eps)
-        self.sched = O.scheduler(self.opt, total=cfg.steps, warmup=cfg.warmup_steps,
-                                 schedule=cfg.schedule, min_ratio=cfg.min_lr_ratio)
-        self.fn = D.wrap_ddp(_StepModule(module, fn), dist, cfg.find_unused_parameters) \
-            if dist.enabled else (lambda *a: fn(module, *a))
+        self.sched = O.scheduler(
+            self.opt, total=cfg.steps, warmup=cfg.warmup_steps, schedule=cfg.schedule, min_ratio=cfg.min_lr_ratio
+        )
+        self.fn = (
+            D.wrap_ddp(_StepModule(module, fn), dist, cfg.find_unused_parameters)
+            if dist.enabled
+            else (lambda *a: fn(module, *a))
+        )
 
     def update(self, loss: torch.Tensor, clip: float | None) -> torch.Tensor | None:
         loss.backward()
@@ -155,13 +175,25 @@ class Trainer:
         lines on stderr, none when ``quiet``.
     """
 
-    def __init__(self, model: nn.Module, step_fn: StepFn, data: Any, config: TrainerConfig | None = None,
-                 output_dir: str | os.PathLike | None = None, *, disc: nn.Module | None = None,
-                 disc_step_fn: DiscStepFn | None = None, trainable: O.Trainable = None,
-                 eval_fn: EvalFn | None = None, collate_fn: Callable | None = None,
-                 on_checkpoint: Callable[[Path, int], None] | None = None,
-                 device: str | torch.device | None = None, quiet: bool = False, description: str = "train",
-                 callback: TrainCallback | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        step_fn: StepFn,
+        data: Any,
+        config: TrainerConfig | None = None,
+        output_dir: str | os.PathLike | None = None,
+        *,
+        disc: nn.Module | None = None,
+        disc_step_fn: DiscStepFn | None = None,
+        trainable: O.Trainable = None,
+        eval_fn: EvalFn | None = None,
+        collate_fn: Callable | None = None,
+        on_checkpoint: Callable[[Path, int], None] | None = None,
+        device: str | torch.device | None = None,
+        quiet: bool = False,
+        description: str = "train",
+        callback: TrainCallback | None = None,
+    ):
         if (disc is None) != (disc_step_fn is None):
             raise ValueError("disc and disc_step_fn go together: pass both or neither")
         self.cfg = config or TrainerConfig()
@@ -207,8 +239,15 @@ class Trainer:
         gen = _Group(self.model, self.step_fn, params, cfg, cfg.lr, cfg.betas, dist)
         disc = None
         if self.disc is not None:
-            disc = _Group(self.disc, self.disc_step_fn, O.select_trainable(self.disc, None), cfg,
-                          cfg.disc_lr or cfg.lr, cfg.disc_betas or cfg.betas, dist)
+            disc = _Group(
+                self.disc,
+                self.disc_step_fn,
+                O.select_trainable(self.disc, None),
+                cfg,
+                cfg.disc_lr or cfg.lr,
+                cfg.disc_betas or cfg.betas,
+                dist,
+            )
         self._groups = {"model": gen, "disc": disc}
         self.step = 0
         if resume:
@@ -223,8 +262,11 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         count = 0
         batches = self._batches(self.step, cfg.steps)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) \
-            if cfg.bf16 and self.device.type == "cuda" else contextlib.nullcontext()
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if cfg.bf16 and self.device.type == "cuda"
+            else contextlib.nullcontext()
+        )
         try:
             while self.step < stop:
                 s = self.step
@@ -246,11 +288,12 @@ class Trainer:
                 else:
                     progress.update(self.step)
                 if self.eval_fn is not None and (
-                        (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps):
+                    (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps
+                ):
                     self._evaluate(progress)
                 if self.output_dir is not None and (
-                        (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
-                        or self.step == stop):
+                    (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self.step == stop
+                ):
                     self.save()
         finally:
             progress.close()
@@ -297,14 +340,24 @@ class Trainer:
         dist = self.dist
         if is_map_dataset(self.data):
             loader: Iterable = make_loader(
-                self.data, batch_size=self.cfg.batch_size, seed=self.cfg.seed, start_step=start, steps=steps,
-                rank=dist.rank, world_size=dist.world_size, num_workers=self.cfg.num_workers,
-                collate_fn=self.collate_fn, pin_memory=self.device.type == "cuda")
+                self.data,
+                batch_size=self.cfg.batch_size,
+                seed=self.cfg.seed,
+                start_step=start,
+                steps=steps,
+                rank=dist.rank,
+                world_size=dist.world_size,
+                num_workers=self.cfg.num_workers,
+                collate_fn=self.collate_fn,
+                pin_memory=self.device.type == "cuda",
+            )
         elif callable(self.data):
             loader = self.data(start, dist.rank, dist.world_size)
         else:
-            raise TypeError("data must be a map-style dataset or a factory (start_step, rank, world_size) -> "
-                            f"iterable, got {type(self.data).__name__}")
+            raise TypeError(
+                "data must be a map-style dataset or a factory (start_step, rank, world_size) -> "
+                f"iterable, got {type(self.data).__name__}"
+            )
         return iter(loader)
 
     def _log(self, row: dict[str, float], progress: TrainCallback) -> None:
@@ -332,7 +385,9 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """The training state (weights_only-loadable); RNG states are gathered from every rank."""
         state: dict[str, Any] = {
-            "step": self.step, "world_size": self.dist.world_size, "torch_threads": torch.get_num_threads(),
+            "step": self.step,
+            "world_size": self.dist.world_size,
+            "torch_threads": torch.get_num_threads(),
             "data_position": self.step * self.cfg.batch_size * self.dist.world_size,
             "config": self.cfg.model_dump(mode="json"),
             "rng": D.gather_objects(capture_rng(), self.dist),
@@ -350,8 +405,9 @@ class Trainer:
         if self.dist.is_main and self.checkpoint_dir is not None:
             modules = {"model": self.model} | ({"disc": self.disc} if self.disc is not None else {})
             extra = (lambda tmp: self.on_checkpoint(tmp, self.step)) if self.on_checkpoint else None
-            folder = save_checkpoint(self.checkpoint_dir, self.step, modules, state,
-                                     keep_last=self.cfg.keep_last, extra_writer=extra)
+            folder = save_checkpoint(
+                self.checkpoint_dir, self.step, modules, state, keep_last=self.cfg.keep_last, extra_writer=extra
+            )
         D.barrier(self.dist)
         return folder
 
@@ -361,11 +417,17 @@ class Trainer:
             return
         modules = {"model": self.model} | ({"disc": self.disc} if self.disc is not None else {})
         state = load_checkpoint(folder, modules, map_location=self.device)
-        changed = {k for k, v in state["config"].items()
-                   if k not in _RESUME_SAFE and v != self.cfg.model_dump(mode="json").get(k)}
+        changed = {
+            k
+            for k, v in state["config"].items()
+            if k not in _RESUME_SAFE and v != self.cfg.model_dump(mode="json").get(k)
+        }
         if changed:
-            warnings.warn(f"resuming {folder} with changed settings {sorted(changed)}: "
-                          "the run will not match an uninterrupted one", stacklevel=3)
+            warnings.warn(
+                f"resuming {folder} with changed settings {sorted(changed)}: "
+                "the run will not match an uninterrupted one",
+                stacklevel=3,
+            )
         for name, g in self._groups.items():
             if g is not None:
                 g.opt.load_state_dict(state[f"{name}/optimizer"])
@@ -373,13 +435,19 @@ class Trainer:
         self.step = int(state["step"])
         threads = state.get("torch_threads")  # checkpoints of earlier versions lack it
         if threads is not None and threads != torch.get_num_threads():
-            warnings.warn(f"{folder} was trained with {threads} torch threads, now {torch.get_num_threads()}: "
-                          "float sums change, so the run will not match an uninterrupted one", stacklevel=3)
+            warnings.warn(
+                f"{folder} was trained with {threads} torch threads, now {torch.get_num_threads()}: "
+                "float sums change, so the run will not match an uninterrupted one",
+                stacklevel=3,
+            )
         if state["world_size"] == self.dist.world_size:
             restore_rng(state["rng"][self.dist.rank])
         else:
-            warnings.warn(f"checkpoint was written by {state['world_size']} processes, now "
-                          f"{self.dist.world_size}: RNG streams are reseeded", stacklevel=3)
+            warnings.warn(
+                f"checkpoint was written by {state['world_size']} processes, now "
+                f"{self.dist.world_size}: RNG streams are reseeded",
+                stacklevel=3,
+            )
             seed_everything(self.cfg.seed + self.dist.rank + 7919 * self.step)
         if self.dist.is_main and self.output_dir is not None:
             _truncate_jsonl(self.output_dir / "metrics.jsonl", self.step)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 SPEC = importlib.util.spec_from_file_location(
-    "semantic_locality", Path(__file__).resolve().parents[2] / "bench" / "semantic_locality.py")
+    "semantic_locality", Path(__file__).resolve().parents[2] / "bench" / "semantic_locality.py"
+)
 loc = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(loc)
 

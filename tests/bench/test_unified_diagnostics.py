@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 
 SPEC = importlib.util.spec_from_file_location(
-    "unified_diagnostics", Path(__file__).resolve().parents[2] / "bench" / "unified_diagnostics.py")
+    "unified_diagnostics", Path(__file__).resolve().parents[2] / "bench" / "unified_diagnostics.py"
+)
 diag = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(diag)
 

@@ -20,8 +20,20 @@ def run(*args, check_torch=False):
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=ENV, cwd=ROOT)
 
 
-@pytest.mark.parametrize("args", [["--help"], ["plugins"], ["list"], ["list", "tokenizers"], ["list", "data"],
-                                  ["show", "detokenizer", "vq"], ["show", "data", "shapes"], ["schema"], ["recipes"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["plugins"],
+        ["list"],
+        ["list", "tokenizers"],
+        ["list", "data"],
+        ["show", "detokenizer", "vq"],
+        ["show", "data", "shapes"],
+        ["schema"],
+        ["recipes"],
+    ],
+)
 def test_introspection_imports_no_torch(args):
     r = run(*args, check_torch=True)
     assert r.returncode == 0, r.stderr
@@ -31,8 +43,10 @@ def test_validate_imports_no_torch_and_reports_all_mistakes(tmp_path):
     r = run("validate", "recipes/examples/fsq_qwen2_tiny.yaml", check_torch=True)
     assert r.returncode == 0, r.stderr
     bad = tmp_path / "bad.yaml"
-    bad.write_text("extends: [%s]\nname: bad\ntokenizer: {name: fsq-conf}\nbackbone: {name: qwen2, params: {hiden_size: 3}}\n"
-                   "detokenizer: {name: vq}\nrun: {seed: x}\n" % (ROOT / "recipes/base/tiny.yaml"))
+    bad.write_text(
+        "extends: [%s]\nname: bad\ntokenizer: {name: fsq-conf}\nbackbone: {name: qwen2, params: {hiden_size: 3}}\n"
+        "detokenizer: {name: vq}\nrun: {seed: x}\n" % (ROOT / "recipes/base/tiny.yaml")
+    )
     r = run("validate", str(bad))
     assert r.returncode == 2
     assert "3 problems" in r.stderr
@@ -46,8 +60,9 @@ def test_validate_checks_component_compatibility_without_torch():
     err = " ".join(r.stderr.split())
     assert "detokenizer.name: detokenizer 'vq' requires pixel_decoder" in err and "tokenizer 'siglip'" in err
     assert "registered detokenizers that work with it: diffusion" in err and "Traceback" not in err
-    r = run("validate", "recipes/dualvitok_qwen2_tiny.yaml", "tokenizer=siglip", "detokenizer=diffusion",
-            check_torch=True)
+    r = run(
+        "validate", "recipes/dualvitok_qwen2_tiny.yaml", "tokenizer=siglip", "detokenizer=diffusion", check_torch=True
+    )
     assert r.returncode == 0, r.stderr
 
 

@@ -16,8 +16,19 @@ ROOT = Path(__file__).resolve().parents[2]
 def checkpoint(tmp_path_factory):
     """The default recipe composed at 96x96 images (untrained weights: eval only needs them to load)."""
     out = tmp_path_factory.mktemp("ck") / "checkpoint"
-    assert main(["compose", str(ROOT / "recipes/dualvitok_qwen2_tiny.yaml"), "data.params.image_size=96",
-                 "-o", str(out), "--json"]) == 0
+    assert (
+        main(
+            [
+                "compose",
+                str(ROOT / "recipes/dualvitok_qwen2_tiny.yaml"),
+                "data.params.image_size=96",
+                "-o",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     return out
 
 

@@ -35,9 +35,32 @@ def test_generate_writes_an_image_and_a_grid(ckpt, tmp_path, capsys):
     assert main(["generate", ckpt, "a small red circle at the center", "-o", str(out), "--seed", "3"]) == 0
     assert Image.open(out).size == (64, 64)
     grid = tmp_path / "sub" / "four.jpg"
-    assert main(["generate", ckpt, "a large blue star at the top left", "-o", str(grid), "--num", "4",
-                 "--batch-size", "3", "--size", "64x64", "--cfg", "3", "--temperature", "0.7", "--top-k", "50",
-                 "--top-p", "0.9"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                ckpt,
+                "a large blue star at the top left",
+                "-o",
+                str(grid),
+                "--num",
+                "4",
+                "--batch-size",
+                "3",
+                "--size",
+                "64x64",
+                "--cfg",
+                "3",
+                "--temperature",
+                "0.7",
+                "--top-k",
+                "50",
+                "--top-p",
+                "0.9",
+            ]
+        )
+        == 0
+    )
     w, h = Image.open(grid).size
     assert w > 2 * 64 and h > 2 * 64  # 2x2 tiles of 64x64 images
     assert "wrote" in capsys.readouterr().out
@@ -52,20 +75,27 @@ def test_edit_and_understand(ckpt, image, tmp_path, capsys):
     assert capsys.readouterr().out.endswith("\n")  # an answer line (random weights: any text)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["understand", "{ckpt}", "{missing}", "q"], "does not exist"),
-    (["edit", "{ckpt}", "{missing}", "make it red", "-o", "{tmp}/x.png"], "does not exist"),
-    (["edit", "{ckpt}", "{notimage}", "make it red", "-o", "{tmp}/x.png"], "not an image"),
-    (["generate", "{ckpt}", "a circle", "-o", "{tmp}/x.png", "--size", "big"], "expected HxW"),
-    (["generate", "{ckpt}", "a circle", "-o", "{tmp}/x.txt"], "must end in"),
-    (["generate", "{ckpt}", "a circle", "-o", "{tmp}/x.png", "--size", "60x64"], "does not fit"),
-    (["generate", "{ckpt}", "a circle", "-o", "{tmp}/x.png", "--num", "0"], "at least one"),
-    (["generate", "{tmp}", "a circle", "-o", "{tmp}/x.png"], "not an illume-kit checkpoint"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["understand", "{ckpt}", "{missing}", "q"], "does not exist"),
+        (["edit", "{ckpt}", "{missing}", "make it red", "-o", "{tmp}/x.png"], "does not exist"),
+        (["edit", "{ckpt}", "{notimage}", "make it red", "-o", "{tmp}/x.png"], "not an image"),
+        (["generate", "{ckpt}", "a circle", "-o", "{tmp}/x.png", "--size", "big"], "expected HxW"),
+        (["generate", "{ckpt}", "a circle", "-o", "{tmp}/x.txt"], "must end in"),
+        (["generate", "{ckpt}", "a circle", "-o", "{tmp}/x.png", "--size", "60x64"], "does not fit"),
+        (["generate", "{ckpt}", "a circle", "-o", "{tmp}/x.png", "--num", "0"], "at least one"),
+        (["generate", "{tmp}", "a circle", "-o", "{tmp}/x.png"], "not an illume-kit checkpoint"),
+    ],
+)
 def test_bad_input_exits_2_with_one_clear_line(ckpt, tmp_path, capsys, argv, message):
     (tmp_path / "notimage.png").write_text("hello")
-    fill = {"ckpt": ckpt, "missing": str(tmp_path / "missing.png"), "notimage": str(tmp_path / "notimage.png"),
-            "tmp": str(tmp_path)}
+    fill = {
+        "ckpt": ckpt,
+        "missing": str(tmp_path / "missing.png"),
+        "notimage": str(tmp_path / "notimage.png"),
+        "tmp": str(tmp_path),
+    }
     assert main([a.format(**fill) for a in argv]) == 2
     err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
     assert message in err and "Traceback" not in err
@@ -93,16 +123,19 @@ def test_sampling_defaults_come_from_the_checkpoint_recipe(tmp_path, monkeypatch
 
     from illume_kit.cli import generate_cmds as g
 
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(
-        {"eval": {"options": {"cfg": 3.0, "edit_cfg": 1.25, "temperature": 0.5, "top_k": 7}}}))
+    (tmp_path / "recipe.yaml").write_text(
+        yaml.safe_dump({"eval": {"options": {"cfg": 3.0, "edit_cfg": 1.25, "temperature": 0.5, "top_k": 7}}})
+    )
     assert g.recipe_sampling(tmp_path, "generate") == {"cfg": 3.0, "temperature": 0.5, "top_k": 7, "top_p": 1.0}
     assert g.recipe_sampling(tmp_path, "edit") == {"cfg": 1.25, "temperature": 0.5, "top_k": 7, "top_p": 1.0}
     assert g.recipe_sampling(tmp_path / "missing", "edit") == g.SAMPLING_DEFAULTS["edit"]
     # a stored recipe may hold keys eval does not read: they are passed over, the others still count
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"eval": {"options": {"edit_cfg": 1.25, "unread": 1}}}))
     assert g.recipe_sampling(tmp_path, "edit") == {**g.SAMPLING_DEFAULTS["edit"], "cfg": 1.25}
-    assert g.SAMPLING_DEFAULTS == {"generate": {"cfg": 2.0, "temperature": 1.0, "top_k": None, "top_p": 1.0},
-                                   "edit": {"cfg": 1.5, "temperature": 1.0, "top_k": None, "top_p": 1.0}}
+    assert g.SAMPLING_DEFAULTS == {
+        "generate": {"cfg": 2.0, "temperature": 1.0, "top_k": None, "top_p": 1.0},
+        "edit": {"cfg": 1.5, "temperature": 1.0, "top_k": None, "top_p": 1.0},
+    }
 
     monkeypatch.setattr(g, "recipe_sampling", lambda ck, verb: {**g.SAMPLING_DEFAULTS[verb], "temperature": 0.5})
     for verb in ("generate", "edit"):

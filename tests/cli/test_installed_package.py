@@ -14,8 +14,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def pip(*args, cwd):
-    r = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, cwd=cwd,
-                       env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"})
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"},
+    )
     assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-1500:]
 
 
@@ -27,8 +32,9 @@ def site(tmp_path_factory):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    shutil.copytree(ROOT / "illume_kit", src / "illume_kit",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    shutil.copytree(
+        ROOT / "illume_kit", src / "illume_kit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    )
     pip("wheel", "--no-deps", "--no-build-isolation", "-q", str(src), "-w", str(tmp / "dist"), cwd=tmp)
     (wheel,) = (tmp / "dist").glob("illume_kit-*.whl")
     pip("install", "--no-deps", "-q", "--target", str(tmp / "site"), str(wheel), cwd=tmp)
@@ -39,14 +45,20 @@ def cli(site, *args):
     elsewhere = site.parent / "elsewhere"  # no recipes/ folder here: names must come from the package
     elsewhere.mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(site), "COLUMNS": "200"}
-    return subprocess.run([str(site / "bin" / "illume-kit"), *args], capture_output=True, text=True, env=env,
-                          cwd=elsewhere)
+    return subprocess.run(
+        [str(site / "bin" / "illume-kit"), *args], capture_output=True, text=True, env=env, cwd=elsewhere
+    )
 
 
 def test_the_installed_package_is_the_one_that_runs(site):
     env = {**os.environ, "PYTHONPATH": str(site)}
-    r = subprocess.run([sys.executable, "-c", "import illume_kit; print(illume_kit.__file__)"], capture_output=True,
-                       text=True, env=env, cwd=site.parent)
+    r = subprocess.run(
+        [sys.executable, "-c", "import illume_kit; print(illume_kit.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=site.parent,
+    )
     assert Path(r.stdout.strip()).is_relative_to(site), r.stdout + r.stderr
     assert (site / "illume_kit" / "recipes" / "dualvitok_qwen2_tiny.yaml").is_file()
     assert not (site / "illume_kit" / "recipes").is_symlink()
@@ -55,8 +67,11 @@ def test_the_installed_package_is_the_one_that_runs(site):
 def test_recipes_lists_the_shipped_recipes(site):
     r = cli(site, "recipes")
     assert r.returncode == 0, r.stderr
-    shipped = sorted(p.relative_to(ROOT / "recipes").with_suffix("").as_posix()
-                     for p in (ROOT / "recipes").rglob("*.yaml") if "base" not in p.parts)
+    shipped = sorted(
+        p.relative_to(ROOT / "recipes").with_suffix("").as_posix()
+        for p in (ROOT / "recipes").rglob("*.yaml")
+        if "base" not in p.parts
+    )
     assert len(shipped) >= 10
     for name in shipped:
         assert name in r.stdout, name

@@ -42,10 +42,27 @@ def test_the_cli_prints_a_header_per_stage_to_stderr_and_keeps_json_on_stdout(tm
 
     from illume_kit.cli.main import main
 
-    small = ["train.stages.0.steps=2", "train.stages.0.batch_size=4", "train.stages.0.warmup_steps=0",
-             "data.params.num_samples=8", "data.params.supersample=1"]
-    assert main(["train", "recipes/tokenizers/siglip_tiny.yaml", *small, f"run.output_dir={tmp_path}",
-                 "--stage", "teacher", "--json"]) == 0
+    small = [
+        "train.stages.0.steps=2",
+        "train.stages.0.batch_size=4",
+        "train.stages.0.warmup_steps=0",
+        "data.params.num_samples=8",
+        "data.params.supersample=1",
+    ]
+    assert (
+        main(
+            [
+                "train",
+                "recipes/tokenizers/siglip_tiny.yaml",
+                *small,
+                f"run.output_dir={tmp_path}",
+                "--stage",
+                "teacher",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     assert json.loads(out)["teacher"]["status"] == "done"
     assert "'teacher' (teacher): trains teacher 'siglip-teacher'" in err

@@ -22,8 +22,9 @@ pytestmark = pytest.mark.skipif(not LINT.is_file(), reason="import-linter not in
 
 def lint(root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(root)}
-    return subprocess.run([str(LINT), "--no-cache", "--no-logo"], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [str(LINT), "--no-cache", "--no-logo"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_the_real_tree_keeps_every_contract():
@@ -41,16 +42,36 @@ def _copy(tmp_path: Path) -> Path:
 
 BREAKS = {
     # module that gains the import, the import (inside a function: lazy imports count), contract, what it names
-    "train imports the cli": ("train/stages.py", "import illume_kit.cli.output",
-                              "Layers point one way", "illume_kit.train is not allowed to import illume_kit.cli"),
-    "eval imports train": ("eval/evaluate.py", "import illume_kit.train.stages",
-                           "Layers point one way", "illume_kit.eval is not allowed to import illume_kit.train"),
-    "plugins import model": ("plugins/decoders/vq.py", "import illume_kit.model.unified",
-                             "Layers point one way", "illume_kit.plugins is not allowed to import illume_kit.model"),
-    "core imports torch": ("core/recipe.py", "import torch",
-                           "core imports no torch", "illume_kit.core is not allowed to import torch"),
-    "siglip imports dualvitok": ("plugins/tokenizers/siglip/model.py", "import illume_kit.plugins.tokenizers.dualvitok.model",
-                                 "Tokenizer plugins share code", "illume_kit.plugins.tokenizers.siglip is not allowed to import"),
+    "train imports the cli": (
+        "train/stages.py",
+        "import illume_kit.cli.output",
+        "Layers point one way",
+        "illume_kit.train is not allowed to import illume_kit.cli",
+    ),
+    "eval imports train": (
+        "eval/evaluate.py",
+        "import illume_kit.train.stages",
+        "Layers point one way",
+        "illume_kit.eval is not allowed to import illume_kit.train",
+    ),
+    "plugins import model": (
+        "plugins/decoders/vq.py",
+        "import illume_kit.model.unified",
+        "Layers point one way",
+        "illume_kit.plugins is not allowed to import illume_kit.model",
+    ),
+    "core imports torch": (
+        "core/recipe.py",
+        "import torch",
+        "core imports no torch",
+        "illume_kit.core is not allowed to import torch",
+    ),
+    "siglip imports dualvitok": (
+        "plugins/tokenizers/siglip/model.py",
+        "import illume_kit.plugins.tokenizers.dualvitok.model",
+        "Tokenizer plugins share code",
+        "illume_kit.plugins.tokenizers.siglip is not allowed to import",
+    ),
 }
 
 
@@ -69,12 +90,21 @@ def test_breaking_a_layer_fails_naming_the_contract(tmp_path, case):
 
 
 def test_importing_every_core_module_loads_no_torch():
-    modules = sorted(f"illume_kit.core.{p.stem}" for p in (ROOT / "illume_kit" / "core").glob("*.py")
-                     if p.stem != "__init__")
-    code = (f"import importlib, sys\nfor m in {modules!r}:\n    importlib.import_module(m)\n"
-            "heavy = [m for m in ('torch', 'transformers', 'diffusers', 'open_clip') if m in sys.modules]\n"
-            "assert not heavy, heavy\n")
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                         capture_output=True, text=True, timeout=120)
+    modules = sorted(
+        f"illume_kit.core.{p.stem}" for p in (ROOT / "illume_kit" / "core").glob("*.py") if p.stem != "__init__"
+    )
+    code = (
+        f"import importlib, sys\nfor m in {modules!r}:\n    importlib.import_module(m)\n"
+        "heavy = [m for m in ('torch', 'transformers', 'diffusers', 'open_clip') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "illume_kit.core.manifest" in modules and "illume_kit.core.build" in modules

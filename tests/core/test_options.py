@@ -26,11 +26,23 @@ def test_shipped_options_are_typed_with_todays_defaults():
     r = load_recipe(MLLM)
     align, mllm = r.recipe.train.stages
     assert isinstance(mllm.options, MllmOptions) and isinstance(align.options, MllmOptions)
-    assert (mllm.options.qa_turns, mllm.options.loss_average, mllm.options.edit_target) == (6, "sample", "copy_unchanged")
+    assert (mllm.options.qa_turns, mllm.options.loss_average, mllm.options.edit_target) == (
+        6,
+        "sample",
+        "copy_unchanged",
+    )
     assert mllm.options.tasks == {"und": 2.0, "t2i": 1.0, "edit": 1.0}
-    assert (align.options.cfg_dropout, align.options.qa_turns, align.options.loss_average, align.options.edit_target,
-            align.options.cache_codes, align.options.retrain_text_tokenizer, align.options.text_corpus_items,
-            align.options.image_size, align.options.cache_data) == (0.1, 1, "token", "encoded", True, True, 400, None, True)
+    assert (
+        align.options.cfg_dropout,
+        align.options.qa_turns,
+        align.options.loss_average,
+        align.options.edit_target,
+        align.options.cache_codes,
+        align.options.retrain_text_tokenizer,
+        align.options.text_corpus_items,
+        align.options.image_size,
+        align.options.cache_data,
+    ) == (0.1, 1, "token", "encoded", True, True, 400, None, True)
     assert align.options.tasks == {"und": 1.0, "t2i": 1.0, "edit": 1.0}
     ev = r.recipe.eval.options
     assert isinstance(ev, EvalOptions)
@@ -48,9 +60,15 @@ def test_typo_in_stage_options_says_did_you_mean():
 
 
 def test_wrong_type_and_out_of_range_options():
-    text = problems(MLLM, "train.stages.1.options.qa_turns=many", "train.stages.0.options.cfg_dropout=1.5",
-                    "train.stages.1.options.loss_average=mean", "train.stages.1.options.tasks.i2t=1",
-                    "eval.options.top_p=0", "eval.options.batch_size=0")
+    text = problems(
+        MLLM,
+        "train.stages.1.options.qa_turns=many",
+        "train.stages.0.options.cfg_dropout=1.5",
+        "train.stages.1.options.loss_average=mean",
+        "train.stages.1.options.tasks.i2t=1",
+        "eval.options.top_p=0",
+        "eval.options.batch_size=0",
+    )
     assert "6 problems" in text
     assert "train.stages.1.options.qa_turns: Input should be a valid integer" in text and "'many'" in text
     assert "train.stages.0.options.cfg_dropout: Input should be less than or equal to 1 (got 1.5)" in text
@@ -88,10 +106,24 @@ def test_per_level_sampling_is_accepted_and_checked_per_level():
 
 def test_stage_kind_is_checked_and_picks_the_options(tmp_path):
     p = tmp_path / "r.yaml"
-    p.write_text(yaml.safe_dump({"extends": str(MLLM), "train": {"stages": [
-        {"name": "a", "target": "mlm"}, {"name": "b"}, {"name": "c", "target": "detokenizer", "stepz": 3}]}}))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "extends": str(MLLM),
+                "train": {
+                    "stages": [
+                        {"name": "a", "target": "mlm"},
+                        {"name": "b"},
+                        {"name": "c", "target": "detokenizer", "stepz": 3},
+                    ]
+                },
+            }
+        )
+    )
     text = problems(p)
-    assert "train.stages.0.target: invalid value 'mlm'" in text and "'teacher', 'tokenizer', 'detokenizer', 'mllm'" in text
+    assert (
+        "train.stages.0.target: invalid value 'mlm'" in text and "'teacher', 'tokenizer', 'detokenizer', 'mllm'" in text
+    )
     assert "train.stages.1.target: required value is missing" in text
     assert "train.stages.2.stepz: unknown key" in text and "Did you mean steps?" in text
 
@@ -125,20 +157,38 @@ def test_every_option_is_described_and_in_the_json_schema():
     assert defs["MllmStage"]["properties"]["options"]["$ref"] == "#/$defs/MllmOptions"
     assert defs["TokenizerStage"]["properties"]["options"]["$ref"] == "#/$defs/TokenizerOptions"
     assert set(defs["MllmOptions"]["properties"]) == set(MllmOptions.model_fields)
-    assert set(defs["TokenizerOptions"]["properties"]) == set(TokenizerOptions.model_fields) == {"image_size", "cache_data"}
+    assert (
+        set(defs["TokenizerOptions"]["properties"])
+        == set(TokenizerOptions.model_fields)
+        == {"image_size", "cache_data"}
+    )
     assert defs["MllmOptions"]["additionalProperties"] is False
     assert defs["EvalConfig"]["properties"]["options"]["$ref"] == "#/$defs/EvalOptions"
     assert defs["EvalOptions"]["properties"]["cfg"]["default"] == 2.0
 
 
 def test_validate_reports_both_option_typos_without_torch():
-    code = ("import sys\nfrom illume_kit.cli.main import main\n"
-            "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
-            "assert 'torch' not in sys.modules, 'imported torch'\nsys.exit(rc)")
+    code = (
+        "import sys\nfrom illume_kit.cli.main import main\n"
+        "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
+        "assert 'torch' not in sys.modules, 'imported torch'\nsys.exit(rc)"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    r = subprocess.run([sys.executable, "-c", code, "validate", "recipes/dualvitok_qwen2_mllm_tiny.yaml",
-                        "train.stages.1.options.cfg_dropot=0.1", "eval.options.tempreature=1"],
-                       capture_output=True, text=True, env=env, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "validate",
+            "recipes/dualvitok_qwen2_mllm_tiny.yaml",
+            "train.stages.1.options.cfg_dropot=0.1",
+            "eval.options.tempreature=1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     assert r.returncode == 2, r.stderr
     out = r.stdout + r.stderr
     assert "2 problems" in out and "Traceback" not in out and "imported torch" not in out

@@ -37,7 +37,9 @@ def test_changed_source_or_third_party_spec_is_rendered_live(monkeypatch):
     spec = get_registry().get("backbone", "qwen2")
     monkeypatch.setitem(params_digest._LOADED, "data", {params_digest.key(spec): {"fingerprint": "0" * 16}})
     assert params_digest.cached(spec) is None  # fingerprint of the files differs: not trusted
-    monkeypatch.setitem(params_digest._LOADED, "data", {params_digest.key(spec): {"fingerprint": params_digest.fingerprint(spec)}})
+    monkeypatch.setitem(
+        params_digest._LOADED, "data", {params_digest.key(spec): {"fingerprint": params_digest.fingerprint(spec)}}
+    )
     assert params_digest.cached(spec) is not None
     assert params_digest.cached(replace(spec, plugin="someone-else")) is None
     assert params_digest.fingerprint(replace(spec, params="other_pkg.params:P")) is None
@@ -45,10 +47,17 @@ def test_changed_source_or_third_party_spec_is_rendered_live(monkeypatch):
 
 @pytest.mark.parametrize("role,name", [("tokenizer", "dualvitok"), ("backbone", "qwen2")])
 def test_show_imports_neither_torch_nor_pydantic(role, name):
-    code = ("import sys; from illume_kit.cli.main import main; rc = main(sys.argv[1:]); "
-            "bad = [m for m in ('torch', 'pydantic') if m in sys.modules]; assert not bad, bad; sys.exit(rc)")
-    r = subprocess.run([sys.executable, "-c", code, "show", role, name], capture_output=True, text=True, cwd=ROOT,
-                       env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    code = (
+        "import sys; from illume_kit.cli.main import main; rc = main(sys.argv[1:]); "
+        "bad = [m for m in ('torch', 'pydantic') if m in sys.modules]; assert not bad, bad; sys.exit(rc)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, "show", role, name],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
     assert r.returncode == 0, r.stderr
     assert "params" in r.stdout and "presets" in r.stdout and "tiny" in r.stdout
 
@@ -57,5 +66,9 @@ def test_fingerprint_covers_the_illume_kit_modules_a_params_module_imports():
     spec = get_registry().get("tokenizer", "dualvitok")
     files = {f.relative_to(params_digest.PACKAGE).as_posix() for f in params_digest._source_files(spec)}
     # the shared base class and the teacher and discriminator params it imports: editing them must invalidate the entry
-    assert files == {"plugins/tokenizers/dualvitok/params.py", "core/params.py", "plugins/tokenizers/gan_params.py",
-                     "plugins/tokenizers/common/params.py"}
+    assert files == {
+        "plugins/tokenizers/dualvitok/params.py",
+        "core/params.py",
+        "plugins/tokenizers/gan_params.py",
+        "plugins/tokenizers/common/params.py",
+    }

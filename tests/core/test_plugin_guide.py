@@ -24,8 +24,13 @@ def guide_files() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory):
     files = guide_files()
-    assert {"patchvq/params.py", "patchvq/model.py", "patchvq/plugin.py", "tests/test_patchvq.py",
-            "patchvq_tiny.yaml"} <= set(files), sorted(files)
+    assert {
+        "patchvq/params.py",
+        "patchvq/model.py",
+        "patchvq/plugin.py",
+        "tests/test_patchvq.py",
+        "patchvq_tiny.yaml",
+    } <= set(files), sorted(files)
     root = tmp_path_factory.mktemp("patchvq")
     (root / "patchvq").mkdir()
     (root / "patchvq" / "__init__.py").write_text("")
@@ -60,8 +65,11 @@ def test_passes_the_conformance_suite_as_the_guide_runs_it(plugin):
     mod = importlib.util.module_from_spec(loc)
     loc.loader.exec_module(mod)
     ran = []
-    for role, test in (("tokenizer", mod.test_tokenizer), ("detokenizer", mod.test_with_vq),
-                       ("detokenizer", mod.test_with_diffusion)):
+    for role, test in (
+        ("tokenizer", mod.test_tokenizer),
+        ("detokenizer", mod.test_with_vq),
+        ("detokenizer", mod.test_with_diffusion),
+    ):
         for check in conformance.CHECKS[role]:
             test(check)
             ran.append(check.__name__)
@@ -69,14 +77,18 @@ def test_passes_the_conformance_suite_as_the_guide_runs_it(plugin):
     assert "tokenizer_capabilities" in ran and ran.count("detokenizer_decode") == 2
 
 
-DIFFUSION = ["detokenizer=diffusion", "detokenizer.preset=tiny", "detokenizer.params.output_scale=1",
-             "detokenizer.params.num_inference_steps=2"]
+DIFFUSION = [
+    "detokenizer=diffusion",
+    "detokenizer.preset=tiny",
+    "detokenizer.params.output_scale=1",
+    "detokenizer.params.num_inference_steps=2",
+]
 
 
 @pytest.mark.parametrize("detokenizer", [["detokenizer=vq"], DIFFUSION], ids=["vq", "diffusion"])
 def test_composes_with_both_detokenizers(plugin, detokenizer):
-    from illume_kit.model.compose import compose
     from illume_kit.core.recipe import load_recipe
+    from illume_kit.model.compose import compose
 
     root, _ = plugin
     resolved = load_recipe(root / "patchvq_tiny.yaml", detokenizer)
@@ -91,13 +103,18 @@ def test_composes_with_both_detokenizers(plugin, detokenizer):
 
 def test_trained_with_illume_kit_train(plugin, tmp_path):
     from illume_kit.cli.main import main
+    from illume_kit.core.recipe import load_recipe
     from illume_kit.model.checkpoint import load_checkpoint
     from illume_kit.model.compose import compose
-    from illume_kit.core.recipe import load_recipe
 
     root, _ = plugin
-    overrides = ["train.stages.0.steps=4", "train.stages.0.batch_size=4", "train.stages.0.warmup_steps=1",
-                 "data.params.num_samples=16", f"run.output_dir={tmp_path / 'run'}"]
+    overrides = [
+        "train.stages.0.steps=4",
+        "train.stages.0.batch_size=4",
+        "train.stages.0.warmup_steps=1",
+        "data.params.num_samples=16",
+        f"run.output_dir={tmp_path / 'run'}",
+    ]
     assert main(["train", str(root / "patchvq_tiny.yaml"), *overrides, "--quiet"]) == 0
     model, manifest = load_checkpoint(tmp_path / "run" / "checkpoint")
     assert manifest["components"]["tokenizer"]["name"] == "patchvq"

@@ -119,8 +119,9 @@ def test_builtins_come_through_their_entry_point(fake_eps):
     assert reg.get("detokenizer", "vq").plugin == "builtin" and reg.has("tokenizer", "goodtok")
 
 
-@pytest.mark.parametrize("env", [("ILLUME_KIT_DISABLE_PLUGINS", "builtin,illume-kit,good"),
-                                 ("ILLUME_KIT_LOAD_PLUGINS", "")])
+@pytest.mark.parametrize(
+    "env", [("ILLUME_KIT_DISABLE_PLUGINS", "builtin,illume-kit,good"), ("ILLUME_KIT_LOAD_PLUGINS", "")]
+)
 def test_builtins_are_never_disabled(fake_eps, monkeypatch, env):
     fake_eps += [_builtin_ep(), FakeEP("good", "illume-kit-good", good_module)]
     monkeypatch.setenv(*env)

@@ -30,11 +30,18 @@ class ToyBackboneParams(ComponentParams):
 class ToyPlugin:
     @hookimpl
     def illume_kit_components(self):
-        return [ComponentSpec("tokenizer", "toytok", target="x:y", params=ToyTokParams,
-                              presets={"tiny": {"width": 4}, "big": {"width": 64}}),
-                ComponentSpec("tokenizer", "toytok2", target="x:y", params=ToyTokParams),
-                ComponentSpec("quantizer", "toy-q", target="x:y", params=ToyQParams),
-                ComponentSpec("backbone", "toybb", target="x:y", params=ToyBackboneParams)]
+        return [
+            ComponentSpec(
+                "tokenizer",
+                "toytok",
+                target="x:y",
+                params=ToyTokParams,
+                presets={"tiny": {"width": 4}, "big": {"width": 64}},
+            ),
+            ComponentSpec("tokenizer", "toytok2", target="x:y", params=ToyTokParams),
+            ComponentSpec("quantizer", "toy-q", target="x:y", params=ToyQParams),
+            ComponentSpec("backbone", "toybb", target="x:y", params=ToyBackboneParams),
+        ]
 
 
 @pytest.fixture()
@@ -90,16 +97,21 @@ def test_cli_overrides_and_name_reset(tmp_path, reg):
 def test_a_child_that_renames_a_component_does_not_inherit_the_old_ones_params(tmp_path, reg):
     """The child's own params apply on the new component's defaults, not merged into the parent's."""
     write(tmp_path, "base.yaml", BASE)
-    child = write(tmp_path, "child.yaml", "extends: base.yaml\nname: child\n"
-                  "tokenizer: {name: toytok2, params: {width: 5}}\n")
+    child = write(
+        tmp_path, "child.yaml", "extends: base.yaml\nname: child\ntokenizer: {name: toytok2, params: {width: 5}}\n"
+    )
     tok = load_recipe(child, registry=reg).components["tokenizer"]
     assert tok.spec.name == "toytok2" and tok.preset is None
     assert (tok.params.width, tok.params.codebook_size) == (5, 16)  # not the parent's 32
 
 
 def test_three_mistakes_reported_at_once(tmp_path, reg):
-    p = write(tmp_path, "bad.yaml", BASE.replace("name: toybb", "name: toybbb")
-              .replace("codebook_size: 32", "codebook_sise: 32") + "train: {stages: [{name: a, target: tokenizer, steps: many}]}\n")
+    p = write(
+        tmp_path,
+        "bad.yaml",
+        BASE.replace("name: toybb", "name: toybbb").replace("codebook_size: 32", "codebook_sise: 32")
+        + "train: {stages: [{name: a, target: tokenizer, steps: many}]}\n",
+    )
     with pytest.raises(RecipeError) as ei:
         load_recipe(p, registry=reg)
     err = ei.value
@@ -114,8 +126,9 @@ def test_three_mistakes_reported_at_once(tmp_path, reg):
 def test_unknown_key_at_depth_and_nested_component(tmp_path, reg):
     p = write(tmp_path, "r.yaml", BASE + "model: {image_inputs: discrete}\n")
     with pytest.raises(RecipeError) as ei:
-        load_recipe(p, ["tokenizer.params.quantizer.name=toy-qq", "tokenizer.params.quantizer.params.dimm=3"],
-                    registry=reg)
+        load_recipe(
+            p, ["tokenizer.params.quantizer.name=toy-qq", "tokenizer.params.quantizer.params.dimm=3"], registry=reg
+        )
     text = str(ei.value)
     assert "model.image_inputs: unknown key" in text and "Did you mean image_input" in text
     assert "tokenizer.params.quantizer.name" in text and "toy-q" in text
@@ -170,7 +183,9 @@ def test_not_yaml_not_mapping_and_version(tmp_path, reg):
 def test_resolved_yaml_has_no_import_paths(tmp_path, reg):
     r = load_recipe(write(tmp_path, "r.yaml", BASE), registry=reg)
     text = r.to_yaml()
-    assert "toytok" in text and ":" not in "".join(l.split(":", 1)[1] for l in text.splitlines() if "target" in l)
+    assert "toytok" in text and ":" not in "".join(
+        line.split(":", 1)[1] for line in text.splitlines() if "target" in line
+    )
     assert "width: 4" in text
 
 

@@ -30,22 +30,27 @@ def test_shipped_recipe_validates(path):
             break
         header.append(line.lstrip("# "))
     own = str(path.relative_to(ROOT))
-    assert any(h.startswith("illume-kit ") and own in h for h in header), \
+    assert any(h.startswith("illume-kit ") and own in h for h in header), (
         f"{own}'s header must give the command that runs it"
+    )
     assert any(h.startswith("Prerequisites:") for h in header), f"{own}'s header must name its prerequisites"
 
 
 def test_validate_imports_no_torch():
-    code = ("import sys; from illume_kit.core.recipe import load_recipe; "
-            f"[load_recipe(p) for p in {[str(p) for p in RECIPES if 'examples' not in p.parts and 'sweeps' not in p.parts]!r}]; "
-            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]")
+    code = (
+        "import sys; from illume_kit.core.recipe import load_recipe; "
+        f"[load_recipe(p) for p in {[str(p) for p in RECIPES if 'examples' not in p.parts and 'sweeps' not in p.parts]!r}]; "
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
 
 
 # unified-model recipe -> the tokenizer recipe whose checkpoint it loads
-CHAINS = {"dualvitok_qwen2_mllm_tiny.yaml": "tokenizers/dualvitok_tiny_2x2.yaml",
-          "vqgan_qwen2_mllm_tiny.yaml": "tokenizers/vqgan_tiny_2x2.yaml"}
+CHAINS = {
+    "dualvitok_qwen2_mllm_tiny.yaml": "tokenizers/dualvitok_tiny_2x2.yaml",
+    "vqgan_qwen2_mllm_tiny.yaml": "tokenizers/vqgan_tiny_2x2.yaml",
+}
 
 
 @pytest.mark.parametrize("mllm,tok", CHAINS.items())

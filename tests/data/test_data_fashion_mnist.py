@@ -29,7 +29,9 @@ def test_reads_idx_round_trip(fake_root):
 
 
 def test_splits_and_items(fake_root):
-    mk = lambda **kw: FashionMNISTDataset(FashionMNISTParams(root=str(fake_root), val_size=5, image_size=32, **kw))
+    def mk(**kw):
+        return FashionMNISTDataset(FashionMNISTParams(root=str(fake_root), val_size=5, image_size=32, **kw))
+
     tr, va, te = mk(), mk(split="val"), mk(split="test")
     assert (len(tr), len(va), len(te)) == (25, 5, 10)
     assert set(tr.index) & set(va.index) == set()

@@ -49,6 +49,7 @@ def test_missing_or_empty_folder_errors_name_the_folder(tmp_path):
 
 def test_splits_partition_files(tmp_path):
     write_images(tmp_path, [(16, 16)] * 40)
+
     def files_of(split):
         p = ImageFolderParams(root=str(tmp_path), split=split, val_fraction=0.25, test_fraction=0.25)
         return set(ImageFolderDataset(p).files)

@@ -59,10 +59,30 @@ def test_attributes_are_exact_ground_truth():
 
 def test_pixels_match_attributes():
     """The centre pixel of a large object's cell has that object's colour (no jitter, no gradient)."""
-    sc = {"grid": 2, "background": "black", "shade": 0.0, "count": 2, "objects": [
-        {"shape": "square", "color": "red", "size": "large", "position": "top left", "cell": (0, 0), "offset": (0, 0)},
-        {"shape": "circle", "color": "blue", "size": "large", "position": "bottom right", "cell": (1, 1), "offset": (0, 0)},
-    ]}
+    sc = {
+        "grid": 2,
+        "background": "black",
+        "shade": 0.0,
+        "count": 2,
+        "objects": [
+            {
+                "shape": "square",
+                "color": "red",
+                "size": "large",
+                "position": "top left",
+                "cell": (0, 0),
+                "offset": (0, 0),
+            },
+            {
+                "shape": "circle",
+                "color": "blue",
+                "size": "large",
+                "position": "bottom right",
+                "cell": (1, 1),
+                "offset": (0, 0),
+            },
+        ],
+    }
     img = S.to_tensor(S.render(sc, 32)) * 255
     assert torch.allclose(img[:, 8, 8], torch.tensor(S.COLORS["red"], dtype=torch.float32), atol=2)
     assert torch.allclose(img[:, 24, 24], torch.tensor(S.COLORS["blue"], dtype=torch.float32), atol=2)
@@ -100,7 +120,20 @@ def test_vocabulary_constants_cover_captions_and_answers():
         words |= set(it["caption"].split()) | set(it["edit"]["instruction"].split())
         words |= {w for _, a in it["qa"] for w in a.split()}
     known = set(S.SHAPES) | set(S.SIZES) | set(S.COLORS) | {w for p in S.POSITIONS for w in p.split()}
-    known |= set(S.NUMBER_WORDS) | {"a", "at", "the", "and", "make", "move", "to", "add", "remove", "yes", "no", "nothing"}
+    known |= set(S.NUMBER_WORDS) | {
+        "a",
+        "at",
+        "the",
+        "and",
+        "make",
+        "move",
+        "to",
+        "add",
+        "remove",
+        "yes",
+        "no",
+        "nothing",
+    }
     assert words <= known, words - known
     assert len(words) < 50
 
@@ -131,9 +164,22 @@ def test_zero_jitter_centres_every_shape_and_keeps_the_scenes():
     jittered = ShapesDataset(ShapesParams(num_samples=40, grid=2, varied_background=False, edits=False))
     centred = ShapesDataset(ShapesParams(num_samples=40, grid=2, varied_background=False, edits=False, jitter=0.0))
     assert [jittered.scene(i) for i in range(40)] == [centred.scene(i) for i in range(40)]  # same draws
-    single = {"grid": 2, "background": "black", "shade": 0.0, "count": 1,
-              "objects": [{"shape": "square", "color": "red", "size": "small", "position": "top left",
-                           "cell": (0, 0), "offset": (0.5, -0.5)}]}
+    single = {
+        "grid": 2,
+        "background": "black",
+        "shade": 0.0,
+        "count": 1,
+        "objects": [
+            {
+                "shape": "square",
+                "color": "red",
+                "size": "small",
+                "position": "top left",
+                "cell": (0, 0),
+                "offset": (0.5, -0.5),
+            }
+        ],
+    }
     img = S.to_tensor(S.render(single, 64, 4, jitter=0.0))
     lit = img.sum(0) > 0.5
     rows, cols = lit.any(1).nonzero().flatten(), lit.any(0).nonzero().flatten()
@@ -163,5 +209,5 @@ def test_regions_name_what_each_cell_holds(grid):
             o = held.get(cell)
             assert r["text"] == (f"a {o['size']} {o['color']} {o['shape']}" if o else "nothing")
             # the box is where the pixels are: an empty cell is background, a held one is not
-            px = item["image"][:, round(y0 * 48):round(y1 * 48), round(x0 * 48):round(x1 * 48)]
+            px = item["image"][:, round(y0 * 48) : round(y1 * 48), round(x0 * 48) : round(x1 * 48)]
             assert (px.amax() - px.amin() > 0.2) == (o is not None)

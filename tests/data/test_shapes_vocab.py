@@ -16,11 +16,16 @@ ROOT = Path(__file__).resolve().parents[2]
 def pattern(template: str) -> re.Pattern:
     """A template as a regex whose slots take only listed words."""
     v = vocabulary()
-    words = {"shape": v["shapes"], "color": v["colors"], "size": v["sizes"],
-             "position": v["positions (grid 3)"], "to": v["positions (grid 3)"]}
+    words = {
+        "shape": v["shapes"],
+        "color": v["colors"],
+        "size": v["sizes"],
+        "position": v["positions (grid 3)"],
+        "to": v["positions (grid 3)"],
+    }
     out, last = "", 0
     for m in re.finditer(r"\{(\w+)\}", template):
-        out += re.escape(template[last:m.start()]) + "(?:" + "|".join(map(re.escape, words[m.group(1)])) + ")"
+        out += re.escape(template[last : m.start()]) + "(?:" + "|".join(map(re.escape, words[m.group(1)])) + ")"
         last = m.end()
     return re.compile(out + re.escape(template[last:]))
 
@@ -30,8 +35,9 @@ def test_every_text_of_the_world_matches_a_listed_pattern():
     questions = [pattern(q) for q, _ in QUESTIONS.values()]
     edits = [pattern(e) for e in EDITS.values()]
     caption = re.compile(f"{pattern(OBJECT).pattern}(?: and {pattern(OBJECT).pattern})*")
-    answers = set(v["shapes"] + v["colors"] + v["sizes"] + v["positions (grid 3)"] + v["numbers"]
-                  + ["yes", "no", "nothing"])
+    answers = set(
+        v["shapes"] + v["colors"] + v["sizes"] + v["positions (grid 3)"] + v["numbers"] + ["yes", "no", "nothing"]
+    )
     kinds = set()
     for grid in (2, 3):
         ds = ShapesDataset(ShapesParams(split="val", num_samples=60, grid=grid, image_size=16, supersample=1))
@@ -53,12 +59,19 @@ def test_the_world_says_color_not_colour():
 
 
 def test_show_lists_the_vocabulary_without_torch_under_both_role_names():
-    code = ("import sys; from illume_kit.cli.main import main; rc = main(sys.argv[1:]); "
-            "assert 'torch' not in sys.modules, 'imported torch'; sys.exit(rc)")
+    code = (
+        "import sys; from illume_kit.cli.main import main; rc = main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules, 'imported torch'; sys.exit(rc)"
+    )
     outs = []
     for role in ("dataset", "data"):
-        r = subprocess.run([sys.executable, "-c", code, "show", role, "shapes"], capture_output=True, text=True,
-                           cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
+        r = subprocess.run(
+            [sys.executable, "-c", code, "show", role, "shapes"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "COLUMNS": "200"},
+        )
         assert r.returncode == 0, r.stderr
         outs.append(r.stdout)
     assert outs[0] == outs[1]

@@ -26,8 +26,17 @@ def test_blocks_are_found():
     blocks = python_blocks(DOC.read_text())
     assert len(blocks) >= 5
     joined = "\n".join(blocks)
-    for name in ("load_recipe", "compose", "save_checkpoint", "load_checkpoint", ".encode(", ".decode(",
-                 "answer(", "generate_images(", "edit_images("):
+    for name in (
+        "load_recipe",
+        "compose",
+        "save_checkpoint",
+        "load_checkpoint",
+        ".encode(",
+        ".decode(",
+        "answer(",
+        "generate_images(",
+        "edit_images(",
+    ):
         assert name in joined, f"docs/python-api.md shows no {name}"
 
 
@@ -39,8 +48,10 @@ def test_python_api_snippets_run(tmp_path, monkeypatch):
     namespace: dict = {"__name__": "python_api_doc"}
     for i, block in enumerate(python_blocks(DOC.read_text())):
         if "checkpoints/" in block and not (CHECKPOINT / "illume_kit.json").is_file():
-            pytest.skip(f"block {i + 1} and later use the shipped checkpoint {CHECKPOINT.relative_to(ROOT)}, "
-                        "which is not in this checkout")
+            pytest.skip(
+                f"block {i + 1} and later use the shipped checkpoint {CHECKPOINT.relative_to(ROOT)}, "
+                "which is not in this checkout"
+            )
         exec(compile(block, f"{DOC.name} block {i + 1}", "exec"), namespace)
 
     # what the blocks say they produce

@@ -74,7 +74,7 @@ def _split_comment(line: str) -> tuple[str, str]:
         elif ch in "'\"":
             quote = ch
         elif ch == "#" and (i == 0 or line[i - 1].isspace()):
-            return line[:i].strip(), line[i + 1:].strip()
+            return line[:i].strip(), line[i + 1 :].strip()
     return line.strip(), ""
 
 
@@ -92,15 +92,18 @@ def readme_examples(text: str | None = None) -> list[Example]:
                 found.append(Example(part, stated, section, comment))
 
     lines = text.splitlines()
-    for i, line in enumerate(lines):
+    for _i, line in enumerate(lines):
         if line.startswith("```"):
             if in_block:
                 if lang in ("bash", "sh", ""):
                     for j, b in enumerate(block):
                         if b.strip().startswith("illume-kit "):
                             nxt = block[j + 1].strip() if j + 1 < len(block) else ""
-                            stated = nxt[1:].strip() if nxt.startswith("#") and not nxt[1:].strip().startswith(
-                                "illume-kit") else None
+                            stated = (
+                                nxt[1:].strip()
+                                if nxt.startswith("#") and not nxt[1:].strip().startswith("illume-kit")
+                                else None
+                            )
                             stated = stated.removeprefix("prints:").strip() if stated else stated
                             add(*_split_comment(b.strip())[:1], stated, _split_comment(b.strip())[1])
                 in_block, block = False, []
@@ -135,14 +138,26 @@ class Workspace:
             if (ROOT / name).exists():
                 (root / name).symlink_to(ROOT / name)
         self.done: dict[str, subprocess.CompletedProcess] = {}
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-                    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1"}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "COLUMNS": "200",
+            "NO_COLOR": "1",
+        }
 
     def run(self, argv: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
         key = shlex.join(argv)
         if key not in self.done:
-            self.done[key] = subprocess.run([sys.executable, "-m", "illume_kit.cli.main", *argv[1:]], cwd=self.root,
-                                            env=self.env, capture_output=True, text=True, timeout=timeout)
+            self.done[key] = subprocess.run(
+                [sys.executable, "-m", "illume_kit.cli.main", *argv[1:]],
+                cwd=self.root,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
         return self.done[key]
 
     def ok(self, argv: list[str]) -> subprocess.CompletedProcess:
@@ -390,11 +405,26 @@ def check_results(ws, ex):
         assert (ws.root / ex.argv[ex.argv.index("--plot") + 1]).is_file()
 
 
-CHECKS = {"plugins": check_plugins, "list": check_list, "show": check_show, "recipes": check_recipes,
-          "schema": check_schema, "validate": check_validate, "compose": check_compose, "inspect": check_inspect,
-          "train": check_train, "eval": check_eval, "convert": check_convert, "understand": check_understand,
-          "generate": check_generate, "edit": check_edit, "sweep plan": check_sweep_plan,
-          "sweep run": check_sweep_run, "sweep status": check_sweep_status, "results": check_results}
+CHECKS = {
+    "plugins": check_plugins,
+    "list": check_list,
+    "show": check_show,
+    "recipes": check_recipes,
+    "schema": check_schema,
+    "validate": check_validate,
+    "compose": check_compose,
+    "inspect": check_inspect,
+    "train": check_train,
+    "eval": check_eval,
+    "convert": check_convert,
+    "understand": check_understand,
+    "generate": check_generate,
+    "edit": check_edit,
+    "sweep plan": check_sweep_plan,
+    "sweep run": check_sweep_run,
+    "sweep status": check_sweep_status,
+    "results": check_results,
+}
 
 
 def _slow(ex: Example) -> bool:
@@ -415,16 +445,25 @@ def test_every_readme_command_has_a_check():
 
 
 def test_extraction_reads_blocks_tables_and_comments():
-    text = ("# A\n```bash\nillume-kit understand ck img.png \"what shape is at the top left?\"  # ask\n# prints: circle\n```\n"
-            "| `train` | `illume-kit train r.yaml && illume-kit eval runs/r/checkpoint -n 3` | x |\n")
+    text = (
+        '# A\n```bash\nillume-kit understand ck img.png "what shape is at the top left?"  # ask\n# prints: circle\n```\n'
+        "| `train` | `illume-kit train r.yaml && illume-kit eval runs/r/checkpoint -n 3` | x |\n"
+    )
     got = readme_examples(text)
-    assert [e.command for e in got] == ['illume-kit understand ck img.png "what shape is at the top left?"',
-                                         "illume-kit train r.yaml", "illume-kit eval runs/r/checkpoint -n 3"]
+    assert [e.command for e in got] == [
+        'illume-kit understand ck img.png "what shape is at the top left?"',
+        "illume-kit train r.yaml",
+        "illume-kit eval runs/r/checkpoint -n 3",
+    ]
     assert got[0].stated_output == "circle" and got[0].section == "A"
 
 
-@pytest.mark.parametrize("ex", [pytest.param(e, id=e.command[len("illume-kit "):][:80],
-                                             marks=[pytest.mark.slow] if _slow(e) else [])
-                                for e in EXAMPLES])
+@pytest.mark.parametrize(
+    "ex",
+    [
+        pytest.param(e, id=e.command[len("illume-kit ") :][:80], marks=[pytest.mark.slow] if _slow(e) else [])
+        for e in EXAMPLES
+    ],
+)
 def test_readme_command(ws, ex):
     CHECKS[ex.verb](ws, ex)

@@ -5,8 +5,16 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from illume_kit.eval.metrics import (CodebookStats, code_perplexity, codebook_usage, psnr, quantize_uint8,
-                                     reconstruction_metrics, semantic_cosine, ssim)
+from illume_kit.eval.metrics import (
+    CodebookStats,
+    code_perplexity,
+    codebook_usage,
+    psnr,
+    quantize_uint8,
+    reconstruction_metrics,
+    semantic_cosine,
+    ssim,
+)
 from illume_kit.eval.specs import BUILTIN_METRICS, MetricSpec, metric_spec
 
 
@@ -35,18 +43,36 @@ def test_psnr_matches_skimage(noise):
 def test_ssim_matches_skimage_gaussian(noise, c, data_range):
     x, y = pair(c=c, noise=noise, seed=1)
     got = ssim(x, y, data_range=data_range)
-    want = [structural_similarity(sk(a), sk(b), data_range=data_range, channel_axis=-1, gaussian_weights=True,
-                                  sigma=1.5, use_sample_covariance=False) for a, b in zip(x, y)]
+    want = [
+        structural_similarity(
+            sk(a),
+            sk(b),
+            data_range=data_range,
+            channel_axis=-1,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
+        for a, b in zip(x, y)
+    ]
     np.testing.assert_allclose(got.numpy(), want, atol=1e-3)
     assert torch.allclose(ssim(x, x), torch.ones(3), atol=1e-5)
 
 
 def test_ssim_on_a_smooth_real_image():
     from skimage import data
+
     img = torch.from_numpy(data.astronaut()[::8, ::8].copy()).permute(2, 0, 1)[None].float() / 255
     blurred = torch.nn.functional.avg_pool2d(img, 3, stride=1, padding=1, count_include_pad=False)
-    want = structural_similarity(sk(img[0]), sk(blurred[0]), data_range=1.0, channel_axis=-1,
-                                 gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    want = structural_similarity(
+        sk(img[0]),
+        sk(blurred[0]),
+        data_range=1.0,
+        channel_axis=-1,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+    )
     assert float(ssim(img, blurred)[0]) == pytest.approx(want, abs=1e-3)
     assert want < 0.95  # the blur is visible, so the comparison is not trivially 1 == 1
 
@@ -121,5 +147,6 @@ def test_metric_specs_goals_arrows_and_lookup():
 def test_specs_module_is_torch_free():
     import subprocess
     import sys
+
     code = "import sys, illume_kit.eval.specs; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

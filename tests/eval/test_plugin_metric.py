@@ -39,8 +39,15 @@ class Brightness:
 class MetricPlugin:
     @hookimpl
     def illume_kit_components(self):
-        return [ComponentSpec("metric", "brightness", target=Brightness, params=BrightnessParams,
-                              summary="mean pixel value of originals and reconstructions")]
+        return [
+            ComponentSpec(
+                "metric",
+                "brightness",
+                target=Brightness,
+                params=BrightnessParams,
+                summary="mean pixel value of originals and reconstructions",
+            )
+        ]
 
 
 @pytest.fixture()
@@ -68,9 +75,9 @@ def test_unknown_metric_family_is_reported_with_did_you_mean():
 
 def test_computed_by_illume_kit_eval(plugin, tmp_path, capsys, monkeypatch):
     from illume_kit.cli.main import main
+    from illume_kit.data.build import build_dataset
     from illume_kit.model.checkpoint import save_checkpoint
     from illume_kit.model.compose import compose
-    from illume_kit.data.build import build_dataset
 
     monkeypatch.setenv("COLUMNS", "200")
     resolved = load_recipe(RECIPE, OVERRIDES)
@@ -107,7 +114,13 @@ def test_builtin_task_families_share_one_task_evaluation(monkeypatch):
     ctx.cache["reconstruction"] = {"rec/psnr": 20.0, "code/usage/pixel": 0.5}  # the pass, already run
     metrics, goals = compute_metrics(ctx)
     assert calls == [["gen/accuracy", "und/accuracy", "edit/accuracy"]] and goals == {}
-    assert list(metrics) == ["rec/psnr", "code/usage/pixel", "und/accuracy", "probe/accuracy", "gen/accuracy",
-                             "edit/accuracy"]
+    assert list(metrics) == [
+        "rec/psnr",
+        "code/usage/pixel",
+        "und/accuracy",
+        "probe/accuracy",
+        "gen/accuracy",
+        "edit/accuracy",
+    ]
     ctx.cache.pop("tasks")
     assert list(compute_metrics(ctx, tasks=False)[0]) == ["rec/psnr", "code/usage/pixel"]

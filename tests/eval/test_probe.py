@@ -9,7 +9,16 @@ import torch
 
 import illume_kit.eval.probe as probe_module
 from illume_kit.eval.probe import (
-    WEIGHTS, ShapesProbe, cells, compare, corrupt, heldout_scenes, load_probe, read_scenes, score, to_side,
+    WEIGHTS,
+    ShapesProbe,
+    cells,
+    compare,
+    corrupt,
+    heldout_scenes,
+    load_probe,
+    read_scenes,
+    score,
+    to_side,
 )
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_probe.py"
@@ -67,7 +76,13 @@ def test_cells_cut_in_reading_order():
 def _obj(shape, color, cell, grid=3, size="small"):
     from illume_kit.data.shapes import GRID_POSITIONS
 
-    return {"shape": shape, "color": color, "size": size, "cell": cell, "position": GRID_POSITIONS[grid][cell[0]][cell[1]]}
+    return {
+        "shape": shape,
+        "color": color,
+        "size": size,
+        "cell": cell,
+        "position": GRID_POSITIONS[grid][cell[0]][cell[1]],
+    }
 
 
 def test_compare_and_score_are_exact():
@@ -78,8 +93,15 @@ def test_compare_and_score_are_exact():
     extra = {"grid": 3, "objects": same["objects"] + [_obj("square", "red", (2, 2))], "count": 3}
     assert compare(same, truth)["exact"] == 1
     assert compare(recolored, truth)["exact"] == 0 and compare(recolored, truth)["shape"] == 2
-    assert compare(moved, truth) == {"exact": 0, "count": 1, "objects": 2, "position": 1, "shape": 1, "colour": 1,
-                                     "size": 1}
+    assert compare(moved, truth) == {
+        "exact": 0,
+        "count": 1,
+        "objects": 2,
+        "position": 1,
+        "shape": 1,
+        "colour": 1,
+        "size": 1,
+    }
     assert compare(extra, truth)["exact"] == 0 and compare(extra, truth)["count"] == 0
     s = score([same, recolored, moved, extra], [truth] * 4)
     assert s["accuracy"] == 0.25 and s["count"] == 0.75

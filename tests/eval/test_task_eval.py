@@ -12,8 +12,8 @@ OVERRIDES = ["eval.options.batch_size=3", "eval.options.max_answer_tokens=3", "d
 
 @pytest.fixture(scope="module")
 def tiny():
-    from illume_kit.model.compose import compose
     from illume_kit.core.recipe import load_recipe
+    from illume_kit.model.compose import compose
 
     resolved = load_recipe(RECIPE, OVERRIDES)
     return compose(resolved), resolved
@@ -22,10 +22,22 @@ def tiny():
 def test_random_model_reports_every_metric_in_range(tiny, tmp_path):
     model, resolved = tiny
     model.train()
-    m = evaluate_tasks(model, resolved, ["und/accuracy", "gen/accuracy", "edit/accuracy", "rec/psnr"], 4,
-                       out_dir=tmp_path, quiet=True)
-    for k in ("und/accuracy", "gen/accuracy", "gen/accuracy_nocfg", "gen/shape", "gen/colour", "gen/position",
-              "gen/count", "gen/attributes", "gen/attributes_nocfg", "edit/accuracy", "probe/accuracy"):
+    m = evaluate_tasks(
+        model, resolved, ["und/accuracy", "gen/accuracy", "edit/accuracy", "rec/psnr"], 4, out_dir=tmp_path, quiet=True
+    )
+    for k in (
+        "und/accuracy",
+        "gen/accuracy",
+        "gen/accuracy_nocfg",
+        "gen/shape",
+        "gen/colour",
+        "gen/position",
+        "gen/count",
+        "gen/attributes",
+        "gen/attributes_nocfg",
+        "edit/accuracy",
+        "probe/accuracy",
+    ):
         assert k in m, (k, sorted(m))
     assert all(0.0 <= v <= 1.0 for v in m.values()), m
     assert not any(k.startswith("rec/") for k in m)
@@ -43,8 +55,8 @@ def test_only_wanted_families_run(tiny):
 
 
 def test_generation_is_seeded(tiny):
-    from illume_kit.eval.probe import load_probe
     from illume_kit.data.build import build_dataset
+    from illume_kit.eval.probe import load_probe
 
     model, resolved = tiny
     ds = build_dataset(resolved, "val")
@@ -73,8 +85,9 @@ def test_a_model_that_draws_the_truth_scores_high_and_one_that_copies_scores_zer
 
     monkeypatch.setattr(tasks, "_draw", truth_draw)
     monkeypatch.setattr("illume_kit.model.sampler.answer", answers)
-    m = evaluate_tasks(model, resolved, ["und/accuracy", "gen/accuracy", "edit/accuracy"], 12, quiet=True,
-                       dataset=items)
+    m = evaluate_tasks(
+        model, resolved, ["und/accuracy", "gen/accuracy", "edit/accuracy"], 12, quiet=True, dataset=items
+    )
     assert m["und/accuracy"] == 1.0 and m["und/accuracy/count"] == 1.0
     assert m["gen/accuracy"] >= 0.9 and m["gen/accuracy_nocfg"] >= 0.9 and m["edit/accuracy"] >= 0.9, m
     assert m["gen/attributes"] >= 0.9 and m["gen/attributes_nocfg"] >= 0.9, m
@@ -131,7 +144,18 @@ def test_text_helpers():
 def test_metric_specs_cover_every_reported_name():
     from illume_kit.eval.specs import metric_spec
 
-    for name in ("gen/accuracy_nocfg", "gen/shape", "gen/colour", "gen/size", "gen/position", "gen/count",
-                 "gen/attributes", "gen/attributes_nocfg", "probe/reconstruction_attributes",
-                 "probe/accuracy", "und/accuracy/count", "edit/accuracy/move"):
+    for name in (
+        "gen/accuracy_nocfg",
+        "gen/shape",
+        "gen/colour",
+        "gen/size",
+        "gen/position",
+        "gen/count",
+        "gen/attributes",
+        "gen/attributes_nocfg",
+        "probe/reconstruction_attributes",
+        "probe/accuracy",
+        "und/accuracy/count",
+        "edit/accuracy/move",
+    ):
         assert metric_spec(name).goal == "max"

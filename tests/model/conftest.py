@@ -1,7 +1,6 @@
 """Fixtures of the model tests: tiny unified models built from ``model_fakes``."""
 
 import pytest
-
 from model_fakes import make_model
 
 

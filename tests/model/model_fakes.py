@@ -16,12 +16,26 @@ def fake_tokenizer(names=("semantic", "pixel")):
     return FakeTokenizer(codebooks=[specs[n] for n in names], multiple=16)
 
 
-def make_model(names=("semantic", "pixel"), image_input="continuous", image_positions=0, output_positions="slot",
-               edit_order="image_first", level_order="coarse_first", **backbone):
+def make_model(
+    names=("semantic", "pixel"),
+    image_input="continuous",
+    image_positions=0,
+    output_positions="slot",
+    edit_order="image_first",
+    level_order="coarse_first",
+    **backbone,
+):
     torch.manual_seed(0)
     bb = Qwen2Backbone(Qwen2Backbone.Params(**{**QWEN2_PRESETS["tiny"], "new_rows_init": "normal", **backbone}))
-    opts = ModelOptions(image_input=image_input, resolution_step=16, max_resolution=128, image_positions=image_positions,
-                        output_positions=output_positions, edit_order=edit_order, level_order=level_order)
+    opts = ModelOptions(
+        image_input=image_input,
+        resolution_step=16,
+        max_resolution=128,
+        image_positions=image_positions,
+        output_positions=output_positions,
+        edit_order=edit_order,
+        level_order=level_order,
+    )
     return compose_assemble(fake_tokenizer(names), bb, VQDetokenizer(), opts).eval()
 
 

@@ -8,14 +8,16 @@ import pytest
 import torch
 
 from illume_kit.core.manifest import CheckpointError
+from illume_kit.core.recipe import load_recipe
 from illume_kit.model.checkpoint import load_checkpoint, save_checkpoint
 from illume_kit.model.compose import ComposeError, compose
-from illume_kit.core.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 FSQ_RECIPE = ROOT / "recipes/examples/fsq_qwen2_tiny.yaml"
 
-pytest.importorskip("illume_kit_fsq", reason="example plugin not installed (pip install -e examples/illume-kit-fsq-tokenizer)")
+pytest.importorskip(
+    "illume_kit_fsq", reason="example plugin not installed (pip install -e examples/illume-kit-fsq-tokenizer)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +51,13 @@ def test_compose_builds_layout_and_contracts(composed):
 def test_checkpoint_round_trip_identical_outputs(composed):
     _, model, folder = composed
     files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-    assert {"illume_kit.json", "recipe.yaml", "tokenizer/model.safetensors", "backbone/model.safetensors",
-            "projectors/model.safetensors"} <= files
+    assert {
+        "illume_kit.json",
+        "recipe.yaml",
+        "tokenizer/model.safetensors",
+        "backbone/model.safetensors",
+        "projectors/model.safetensors",
+    } <= files
     manifest = json.loads((folder / "illume_kit.json").read_text())
     assert manifest["components"]["tokenizer"]["dist"] == "illume-kit-fsq-tokenizer"
     assert manifest["vocab_layout"]["codebooks"][0]["name"] == "pixel"
@@ -88,7 +95,9 @@ def test_newer_format_and_missing_plugin(composed, tmp_path):
         load_checkpoint(bad)
     m["components"]["tokenizer"].update(name="fsq-conv", dist="illume-kit-fsq-tokenizer", dist_version="9.0")
     (bad / "illume_kit.json").write_text(json.dumps(m))
-    with pytest.raises(CheckpointError, match="written by illume-kit-fsq-tokenizer 9.0 but illume-kit-fsq-tokenizer 0.1.0"):
+    with pytest.raises(
+        CheckpointError, match="written by illume-kit-fsq-tokenizer 9.0 but illume-kit-fsq-tokenizer 0.1.0"
+    ):
         load_checkpoint(bad)
 
 
@@ -123,8 +132,8 @@ def test_incompatible_detokenizer_is_refused():
 
 
 def test_consumed_codebook_must_exist():
-    from illume_kit.model.compose import check_contracts
     from illume_kit.core.protocols import CodebookSpec
+    from illume_kit.model.compose import check_contracts
 
     class Tok:
         codebooks = (CodebookSpec("pixel", 10, 4, 16, 4),)

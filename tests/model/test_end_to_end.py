@@ -7,11 +7,11 @@ pytest.importorskip("illume_kit_fsq")
 
 
 def test_fsq_recipe_trains_a_step_and_generates_decodable_images():
-    from illume_kit.model.compose import compose
     from illume_kit.core.recipe import load_recipe
     from illume_kit.data.batching import collate
     from illume_kit.data.params import ShapesParams
     from illume_kit.data.shapes import ShapesDataset
+    from illume_kit.model.compose import compose
     from illume_kit.model.objective import mllm_step_fn, trainable_parameters
     from illume_kit.model.sampler import answer, decode_images, edit_images, generate_images
     from illume_kit.model.tasks import TaskMixer

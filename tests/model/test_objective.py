@@ -3,16 +3,19 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from model_fakes import image, make_model
+
 from illume_kit.model.objective import mllm_loss, trainable_parameters
 from illume_kit.model.sequence import IGNORE, assemble
 from illume_kit.model.tasks import edit_sample, t2i_sample, und_sample
 
 
 def samples():
-    return [und_sample(image(0), "what color?", "red"), t2i_sample(image(1, 32, 48), "a red circle"),
-            edit_sample(image(2, 32, 32), "make it blue", image(3, 32, 32))]
+    return [
+        und_sample(image(0), "what color?", "red"),
+        t2i_sample(image(1, 32, 48), "a red circle"),
+        edit_sample(image(2, 32, 32), "make it blue", image(3, 32, 32)),
+    ]
 
 
 def test_loss_is_ce_on_labels_with_task_splits(model2):
@@ -64,7 +67,9 @@ def test_groups_freeze_and_new_embedding_rows_only():
     opt.zero_grad()
     mllm_loss(m, samples())["loss"].backward()
     assert emb.grad[:n].abs().sum() > 0 and all(not p.requires_grad for p in m.projectors.parameters())
-    assert len(trainable_parameters(m, ["all"])) == len(list(m.backbone.parameters())) + len(list(m.projectors.parameters()))
+    assert len(trainable_parameters(m, ["all"])) == len(list(m.backbone.parameters())) + len(
+        list(m.projectors.parameters())
+    )
     with pytest.raises(ValueError, match="unknown trainable groups"):
         trainable_parameters(m, ["llm"])
 
@@ -80,7 +85,7 @@ def test_tiny_model_learns_a_repeated_sample_and_reproduces_it():
     batch = [t2i_sample(img, "a red circle at the top left"), und_sample(q, "what shape is at the center?", "star")]
     opt = torch.optim.AdamW(trainable_parameters(m, ["all"]), lr=3e-3)
     first = None
-    for step in range(120):
+    for _step in range(120):
         loss = mllm_loss(m, batch)["loss"]
         first = first if first is not None else float(loss.detach())
         opt.zero_grad()

@@ -4,13 +4,22 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from model_fakes import image, make_model
+
 from illume_kit.core.protocols import BackboneOutput
 from illume_kit.model.image_tokens import extract_images
-from illume_kit.model.sampler import (StructuredSampler, answer, decode_images, edit_images, filter_logits,
-                                      generate_images, guided_logprobs, image_template, sample_images,
-                                      sampling_table)
+from illume_kit.model.sampler import (
+    StructuredSampler,
+    answer,
+    decode_images,
+    edit_images,
+    filter_logits,
+    generate_images,
+    guided_logprobs,
+    image_template,
+    sample_images,
+    sampling_table,
+)
 from illume_kit.model.tasks import t2i_prompt
 
 MODELS = {}
@@ -26,8 +35,12 @@ sides = st.sampled_from([16, 32, 48, 64])
 
 
 @settings(max_examples=8, deadline=None)
-@given(n=st.sampled_from([1, 2]), sizes=st.lists(st.tuples(sides, sides), min_size=1, max_size=3),
-       cfg=st.sampled_from([1.0, 3.0]), seed=st.integers(0, 3))
+@given(
+    n=st.sampled_from([1, 2]),
+    sizes=st.lists(st.tuples(sides, sides), min_size=1, max_size=3),
+    cfg=st.sampled_from([1.0, 3.0]),
+    seed=st.integers(0, 3),
+)
 def test_every_image_has_exactly_the_requested_grid(n, sizes, cfg, seed):
     m = model(n)
     prompts = [f"a shape number {i}" * (i + 1) for i in range(len(sizes))]  # mixed prompt lengths
@@ -60,15 +73,19 @@ def test_cfg_one_equals_no_guidance_and_guidance_changes_samples(model2):
     lc, lu = torch.randn(3, 7), torch.randn(3, 7)
     torch.testing.assert_close(guided_logprobs(lc, lu, 1.0), torch.log_softmax(lc, -1))
     torch.testing.assert_close(guided_logprobs(lc, lu, 0.0), torch.log_softmax(lu, -1))
-    torch.testing.assert_close(guided_logprobs(lc, lu, 2.0),
-                               2 * torch.log_softmax(lc, -1) - torch.log_softmax(lu, -1))
+    torch.testing.assert_close(guided_logprobs(lc, lu, 2.0), 2 * torch.log_softmax(lc, -1) - torch.log_softmax(lu, -1))
 
 
 def test_rows_are_independent_of_their_batch(model2):
     """Greedy: a row decodes the same alone and next to rows with other prompts and sizes."""
     alone = generate_images(model2, ["a red circle"], [(32, 48)], cfg=2.0, temperature=0.0)[0]
-    mixed = generate_images(model2, ["another prompt, much longer than the first", "a red circle", "z"],
-                            [(64, 64), (32, 48), (16, 16)], cfg=2.0, temperature=0.0)[1]
+    mixed = generate_images(
+        model2,
+        ["another prompt, much longer than the first", "a red circle", "z"],
+        [(64, 64), (32, 48), (16, 16)],
+        cfg=2.0,
+        temperature=0.0,
+    )[1]
     assert all(torch.equal(alone[k], mixed[k]) for k in alone)
 
 
@@ -150,12 +167,14 @@ def test_errors(model2):
         generate_images(model2, ["x", "y"], [(16, 16)])
 
 
-@pytest.mark.parametrize("image_positions,output_positions,level_order",
-                         [(0, "slot", "coarse_first"), (8, "slot", "coarse_first"), (8, "next", "coarse_first"),
-                          (8, "slot", "fine_first")],
-                         ids=["1d", "2d", "2d-next", "2d-fine-first"])
-def test_greedy_codes_are_the_argmax_of_a_full_forward_of_the_same_sequence(image_positions, output_positions,
-                                                                             level_order):
+@pytest.mark.parametrize(
+    "image_positions,output_positions,level_order",
+    [(0, "slot", "coarse_first"), (8, "slot", "coarse_first"), (8, "next", "coarse_first"), (8, "slot", "fine_first")],
+    ids=["1d", "2d", "2d-next", "2d-fine-first"],
+)
+def test_greedy_codes_are_the_argmax_of_a_full_forward_of_the_same_sequence(
+    image_positions, output_positions, level_order
+):
     """The sampler's cached, step-by-step inputs (embeddings, positions, image position embeddings)
     are exactly what training's ``assemble`` builds: replaying the generated image as a training target
     gives logits whose argmax over each slot's codebook is the code the sampler chose."""
@@ -163,8 +182,9 @@ def test_greedy_codes_are_the_argmax_of_a_full_forward_of_the_same_sequence(imag
     from illume_kit.model.tasks import t2i_sample
 
     m = make_model(image_positions=image_positions, output_positions=output_positions, level_order=level_order)
-    assert [cb.name for cb in m.layout.codebooks] == (["pixel", "semantic"] if level_order == "fine_first"
-                                                      else ["semantic", "pixel"])
+    assert [cb.name for cb in m.layout.codebooks] == (
+        ["pixel", "semantic"] if level_order == "fine_first" else ["semantic", "pixel"]
+    )
     if image_positions:
         with torch.no_grad():  # make the position embeddings matter
             for p in m.projectors.values():
@@ -181,5 +201,5 @@ def test_greedy_codes_are_the_argmax_of_a_full_forward_of_the_same_sequence(imag
         ids = b.input_ids[0]
         for cb in m.layout.codebooks:
             at = ((ids >= cb.start) & (ids < cb.stop)).nonzero().flatten()
-            pred = logits[at - 1, cb.start:cb.stop].argmax(-1)
+            pred = logits[at - 1, cb.start : cb.stop].argmax(-1)
             assert torch.equal(pred, ids[at] - cb.start), cb.name

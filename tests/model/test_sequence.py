@@ -2,11 +2,22 @@
 
 import pytest
 import torch
-
 from model_fakes import image, make_model
-from illume_kit.model.sequence import (ASSISTANT_PREFIX, IGNORE, USER_PREFIX, ImageSequenceError, Sample, Tag,
-                                       TargetImage, assemble, encode_images, extract_images, image_block_ids,
-                                       parse_image_ids)
+
+from illume_kit.model.sequence import (
+    ASSISTANT_PREFIX,
+    IGNORE,
+    USER_PREFIX,
+    ImageSequenceError,
+    Sample,
+    Tag,
+    TargetImage,
+    assemble,
+    encode_images,
+    extract_images,
+    image_block_ids,
+    parse_image_ids,
+)
 from illume_kit.model.tasks import edit_sample, t2i_sample, und_sample
 
 
@@ -33,12 +44,12 @@ def test_understanding_block_layout_labels_and_features(names):
     for i in range(len(names)):
         assert blk.count(lay.level_start(i)) == blk.count(lay.level_end(i)) == 1
     # loss only on the answer and eos
-    assert (lab != IGNORE).sum() == len(ans) and lab[-len(ans):].tolist() == ans
+    assert (lab != IGNORE).sum() == len(ans) and lab[-len(ans) :].tolist() == ans
     # feature slots carry projector(features), every other position the token embedding
     enc = encode_images(m, [img])[0]
     emb = m.backbone.embed(ids[None])[0]
     start = len(prefix) + 1
-    for i, cb in enumerate(lay.codebooks):
+    for cb in lay.codebooks:
         h, w = grids[cb.name]
         proj = m.projectors[cb.name](enc["features"][cb.name])  # (h, w, d)
         start += 1  # level start
@@ -117,7 +128,10 @@ def test_parse_errors_name_position_and_token(model2):
     cases = {
         "missing eol": (ok[:14] + ok[15:], r"position 14: level 1 \('pixel'\) ends inside a row"),
         "short row": (ok[:9] + [pix, lay.eol] + ok[12:], r"row 1 of level 1 \('pixel'\) has 2 codes, row 0 has 1"),
-        "wrong codebook": (ok[:4] + [pix] + ok[5:], r"position 4: expected a code of codebook 'semantic'.*codebook 'pixel' code 0"),
+        "wrong codebook": (
+            ok[:4] + [pix] + ok[5:],
+            r"position 4: expected a code of codebook 'semantic'.*codebook 'pixel' code 0",
+        ),
         "trailing": (ok + [sem], r"position 17: 1 tokens after <end_of_image>"),
         "truncated": (ok[:-1], r"sequence ends at position 16, expected <end_of_image>"),
         "no soi": (ok[:2] + ok[3:], r"position 2: expected <start_of_image> .* got <start_of_level0>"),
@@ -174,8 +188,8 @@ def test_image_positions_add_row_and_column_embeddings_to_every_image_token(imag
             pj = m.projectors[cb.name]
             for r in range(h):
                 at = start + r * (w + 1)
-                torch.testing.assert_close(delta[row, at: at + w], pj.row_embed[r] + pj.col_embed[:w])
-                touched[at: at + w] = True
+                torch.testing.assert_close(delta[row, at : at + w], pj.row_embed[r] + pj.col_embed[:w])
+                touched[at : at + w] = True
             start += h * (w + 1) + 1
         assert (delta[row, ~touched] == 0).all()  # text, structure tokens, padding: untouched
     with pytest.raises(ValueError, match="image_positions=2"):
@@ -186,7 +200,7 @@ def test_image_position_tables_start_at_the_backbones_init_scale():
     """The row/column tables are added to code embeddings, so they are drawn at the same scale."""
     for std in (0.02, 0.1):
         m = make_model(image_input="discrete", image_positions=8, initializer_range=std)
-        codes = m.backbone.model.get_input_embeddings().weight[m.layout.codebooks[0].start:].detach()
+        codes = m.backbone.model.get_input_embeddings().weight[m.layout.codebooks[0].start :].detach()
         for pj in m.projectors.values():
             for table in (pj.row_embed, pj.col_embed):
                 assert table.std().item() == pytest.approx(std, rel=0.25)
@@ -221,8 +235,9 @@ def test_output_positions_next_moves_each_output_codes_position_onto_the_token_t
         for r in range(h):
             first = start + 1 + r * (w + 1)  # this row's first code; the token before it predicts it
             for c in range(w):
-                torch.testing.assert_close(b.inputs_embeds[0, first + c - 1] - base[first + c - 1],
-                                           pj.row_embed[r] + pj.col_embed[c])
+                torch.testing.assert_close(
+                    b.inputs_embeds[0, first + c - 1] - base[first + c - 1], pj.row_embed[r] + pj.col_embed[c]
+                )
             torch.testing.assert_close(b.inputs_embeds[0, first + w - 1], base[first + w - 1])  # predicts end-of-line
         start += 1 + h * (w + 1) + 1
 
@@ -310,7 +325,7 @@ def test_level_order_puts_the_named_level_first_in_ids_inputs_and_targets():
     target = image_block_ids(lay, codes, (64, 64))
     first = target.index(lay.level_start(0)) + 1
     assert target[first] == codes["pixel"][0, 0].item() + lay.codebook("pixel").start  # pixel codes come first
-    assert ids[-len(target) - 1:-1] == target
+    assert ids[-len(target) - 1 : -1] == target
     # the input image's first level holds the projected pixel features
     enc = encode_images(m, [src])[0]
     at = ids.index(lay.level_start(0)) + 1

@@ -4,20 +4,32 @@ import random
 
 import pytest
 import torch
-
 from model_fakes import image
+
 from illume_kit.data.batching import collate
 from illume_kit.data.params import ShapesParams
 from illume_kit.data.shapes import ShapesDataset
 from illume_kit.model.objective import mllm_loss
 from illume_kit.model.sequence import Tag, TargetImage
-from illume_kit.model.tasks import (EDIT_UNCOND, T2I_UNCOND, TaskMixer, edit_prompt, edit_sample, t2i_prompt,
-                                    task_texts, uncollate)
+from illume_kit.model.tasks import (
+    EDIT_UNCOND,
+    T2I_UNCOND,
+    TaskMixer,
+    edit_prompt,
+    edit_sample,
+    t2i_prompt,
+    task_texts,
+    uncollate,
+)
 
 
 def item(seed=0, edit=True):
-    it = {"image": image(seed, 32, 32), "caption": "a small red circle at the top left",
-          "qa": [("how many shapes are there?", "one"), ("is there a star?", "no")], "attributes": {}}
+    it = {
+        "image": image(seed, 32, 32),
+        "caption": "a small red circle at the top left",
+        "qa": [("how many shapes are there?", "one"), ("is there a star?", "no")],
+        "attributes": {},
+    }
     if edit:
         it["edit"] = {"instruction": "make the circle at the top left blue", "image": image(seed + 1, 32, 32)}
     return it
@@ -98,8 +110,8 @@ def test_multi_turn_understanding_labels_every_answer(model2):
     tok = model2.backbone.text_tokenizer
     q_ids = tok(s.turns[0][0][0], add_special_tokens=False)["input_ids"]
     row = batch.input_ids[0].tolist()
-    start = next(i for i in range(len(row)) if row[i:i + len(q_ids)] == q_ids)
-    assert not labelled[0, start:start + len(q_ids)].any()
+    start = next(i for i in range(len(row)) if row[i : i + len(q_ids)] == q_ids)
+    assert not labelled[0, start : start + len(q_ids)].any()
     with pytest.raises(ValueError, match="qa_turns"):
         TaskMixer(qa_turns=0)
 
@@ -168,8 +180,7 @@ def test_edit_target_copy_unchanged_makes_the_untouched_part_of_an_edit_a_copy(m
     def context_dependent(images):
         out = local(images)
         shift = (images.mean((1, 2, 3)) * 1000).long()[:, None, None]
-        return TokenizerOutput(codes={n: (c + shift) % sizes[n] for n, c in out.codes.items()},
-                               features=out.features)
+        return TokenizerOutput(codes={n: (c + shift) % sizes[n] for n, c in out.codes.items()}, features=out.features)
 
     monkeypatch.setattr(m.tokenizer, "encode", context_dependent)
     src = image(0, 64, 64)

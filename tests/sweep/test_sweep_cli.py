@@ -17,8 +17,9 @@ def cli(*args, check_torch=False, cwd=ROOT):
     if check_torch:
         code += "assert 'torch' not in sys.modules, 'imported torch'; "
     code += "sys.exit(rc)"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=ENV, cwd=cwd,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=ENV, cwd=cwd, check=False
+    )
 
 
 def test_plan_shows_runs_and_freezes_without_torch(write_sweep, tmp_path):
@@ -50,9 +51,15 @@ def test_plan_lists_every_bad_run_and_exits_2(write_sweep, tmp_path):
 def test_results_verb_formats(tmp_path):
     (tmp_path / "r1").mkdir()
     (tmp_path / "r1" / "run.json").write_text(json.dumps({"status": "done", "metrics": {"rec/psnr": 30.5}}))
-    plan = {"sweep": "x", "units": {}, "metrics": [],
-            "runs": [{"id": "r1", "label": "base", "overrides": {}, "axes": {}},
-                     {"id": "r2", "label": "other", "overrides": {"a": 1}, "axes": {"a": 1}}]}
+    plan = {
+        "sweep": "x",
+        "units": {},
+        "metrics": [],
+        "runs": [
+            {"id": "r1", "label": "base", "overrides": {}, "axes": {}},
+            {"id": "r2", "label": "other", "overrides": {"a": 1}, "axes": {"a": 1}},
+        ],
+    }
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     r = cli("results", str(tmp_path), "--format", "md", check_torch=True)
     assert r.returncode == 0, r.stderr
@@ -69,7 +76,7 @@ def test_real_sweep_two_runs_then_rerun_skips(write_sweep, tmp_path):
     """Two real runs (2 training steps each, then eval) as separate processes, two at a time (~35 s)."""
     pytest.importorskip("illume_kit_fsq")
     p = write_sweep(f"""
-        base: {ROOT / 'recipes/examples/fsq_qwen2_tiny.yaml'}
+        base: {ROOT / "recipes/examples/fsq_qwen2_tiny.yaml"}
         overrides:
           train.stages: [{{name: tok, target: tokenizer, steps: 2, batch_size: 2}}]
           eval: {{num_samples: 4, metrics: [rec/psnr]}}

@@ -11,8 +11,10 @@ from illume_kit.core.recipe import load_recipe
 from illume_kit.sweep.plan import SweepPlanError, plan_sweep
 from illume_kit.sweep.spec import SweepError
 
-STAGES = ("[{name: teacher, target: teacher, steps: 2}, {name: tokenizer, target: tokenizer, steps: 2}, "
-          "{name: mllm, target: mllm, steps: 2}]")
+STAGES = (
+    "[{name: teacher, target: teacher, steps: 2}, {name: tokenizer, target: tokenizer, steps: 2}, "
+    "{name: mllm, target: mllm, steps: 2}]"
+)
 
 
 def test_plan_reports_every_invalid_run_at_once_and_writes_nothing(write_sweep, tmp_path):
@@ -98,8 +100,9 @@ def test_mllm_sweep_shares_teacher_and_tokenizer_per_seed(write_sweep, tmp_path)
     t = load_recipe(out / "shared" / tok.key / "recipe.yaml")
     assert [s.name for s in t.recipe.train.stages] == ["tokenizer"] and t.components["tokenizer"].weights is None
     assert t.components["tokenizer"].params.teacher.pretrained == str(out / "shared" / teacher.key / "teacher")
-    assert load_recipe(out / "shared" / teacher.key / "recipe.yaml").recipe.run.output_dir == \
-        str(out / "shared" / teacher.key)
+    assert load_recipe(out / "shared" / teacher.key / "recipe.yaml").recipe.run.output_dir == str(
+        out / "shared" / teacher.key
+    )
     assert tok.upstream == [teacher.key] and sorted(tok.runs) == sorted(r.run_id for r in plan.runs if r.run.seed == 0)
 
 
@@ -146,7 +149,9 @@ def test_shared_stages_must_be_a_prefix_and_not_mllm(write_sweep, tmp_path):
 
 
 def test_a_stage_without_its_section_is_caught_at_plan_time(write_sweep, tmp_path):
-    p = write_sweep(f"base: {DUALVITOK}\nvariants: [{{name: v, overrides: {{tokenizer: {{name: vqgan}}, teacher: null}}}}]\n")
+    p = write_sweep(
+        f"base: {DUALVITOK}\nvariants: [{{name: v, overrides: {{tokenizer: {{name: vqgan}}, teacher: null}}}}]\n"
+    )
     with pytest.raises(SweepPlanError, match="no `teacher:` section"):
         plan_sweep(p, tmp_path / "o")
 
@@ -180,7 +185,13 @@ def test_shipped_sweeps_plan(name, tmp_path):
         assert {r.run.label for r in plan.runs} == {"dualvitok", "vqgan", "siglip"}
         # per seed: one teacher (dualvitok + siglip) and three tokenizers
         assert sorted(u.target for u in plan.units.values()) == ["teacher"] * 2 + ["tokenizer"] * 6
-        assert plan.spec.metric_names() == ["rec/psnr", "und/accuracy", "gen/accuracy", "edit/accuracy",
-                                            "probe/reconstruction", "sem/cosine"]
+        assert plan.spec.metric_names() == [
+            "rec/psnr",
+            "und/accuracy",
+            "gen/accuracy",
+            "edit/accuracy",
+            "probe/reconstruction",
+            "sem/cosine",
+        ]
     else:
         assert len(plan.runs) == 4 and len(plan.units) == 2

@@ -25,8 +25,16 @@ def sweep_dir(tmp_path):
     runs = []
     for rid, tok, seed, status, metrics in RUNS:
         ov = {"tokenizer.name": tok, "run.seed": seed}
-        runs.append({"id": rid, "label": f"tokenizer={tok}", "variant": None, "seed": seed, "overrides": ov,
-                     "axes": {"tokenizer.name": tok}})
+        runs.append(
+            {
+                "id": rid,
+                "label": f"tokenizer={tok}",
+                "variant": None,
+                "seed": seed,
+                "overrides": ov,
+                "axes": {"tokenizer.name": tok},
+            }
+        )
         folder = tmp_path / rid
         folder.mkdir()
         if status:
@@ -37,8 +45,12 @@ def sweep_dir(tmp_path):
         if metrics:
             (folder / "eval").mkdir()
             (folder / "eval" / "metrics.json").write_text(json.dumps({"metrics": metrics}))
-    plan = {"sweep": "demo", "runs": runs, "units": {},
-            "metrics": ["rec/psnr", {"name": "train/loss", "fmt": ".2f"}, "code/usage"]}
+    plan = {
+        "sweep": "demo",
+        "runs": runs,
+        "units": {},
+        "metrics": ["rec/psnr", {"name": "train/loss", "fmt": ".2f"}, "code/usage"],
+    }
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     return tmp_path
 
@@ -87,8 +99,14 @@ def test_csv_json_latex(sweep_dir):
     assert rows[1]["rec/psnr_best"] == "1" and rows[1]["rec/psnr_vs_baseline"] == "1"
     assert rows[2]["rec/psnr_n"] == "0" and rows[2]["rec/psnr_mean"] == ""
     data = json.loads(render(res, "json"))
-    assert data["rows"][0]["rec/psnr"] == {"mean": 21.0, "std": pytest.approx(math.sqrt(2)), "n": 2, "best": False,
-                                           "vs_baseline": None, "goal": "max"}
+    assert data["rows"][0]["rec/psnr"] == {
+        "mean": 21.0,
+        "std": pytest.approx(math.sqrt(2)),
+        "n": 2,
+        "best": False,
+        "vs_baseline": None,
+        "goal": "max",
+    }
     assert data["counts"]["failed"] == 1
     tex = render(res, "latex")
     assert r"\textbf{25.00 $\blacktriangle$}" in tex and r"rec/psnr $\uparrow$" in tex

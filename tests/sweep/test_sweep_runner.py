@@ -11,8 +11,10 @@ from sweep_fakes import DUALVITOK, VQGAN, FakeLauncher
 from illume_kit.sweep.plan import plan_sweep
 from illume_kit.sweep.runner import SweepRunner
 
-STAGES = ("[{name: teacher, target: teacher, steps: 2}, {name: tokenizer, target: tokenizer, steps: 2}, "
-          "{name: mllm, target: mllm, steps: 2}]")
+STAGES = (
+    "[{name: teacher, target: teacher, steps: 2}, {name: tokenizer, target: tokenizer, steps: 2}, "
+    "{name: mllm, target: mllm, steps: 2}]"
+)
 
 
 def planned(write_sweep, tmp_path, body: str, base=VQGAN):
@@ -35,8 +37,15 @@ def test_each_step_is_a_separate_cli_process(write_sweep, tmp_path):
     assert run(plan, sd, fake, jobs=2) == {"done": 2}
     rid = plan["runs"][0]["id"]
     train, ev = [c for c in fake.calls if Path(c[4]).parent.name == rid or c[4] == str(sd / rid / "checkpoint")]
-    assert train == [sys.executable, "-m", "illume_kit.cli.main", "train", str(sd / rid / "recipe.yaml"), "--resume",
-                     "--quiet"]
+    assert train == [
+        sys.executable,
+        "-m",
+        "illume_kit.cli.main",
+        "train",
+        str(sd / rid / "recipe.yaml"),
+        "--resume",
+        "--quiet",
+    ]
     assert ev[:5] == [sys.executable, "-m", "illume_kit.cli.main", "eval", str(sd / rid / "checkpoint")]
     assert ev[ev.index("-o") + 1] == str(sd / rid / "eval") and "--json" in ev
     s = state(sd, rid)
@@ -86,9 +95,12 @@ def test_ctrl_c_marks_running_runs_interrupted(write_sweep, tmp_path):
 
 
 def test_shared_units_run_once_before_their_runs(write_sweep, tmp_path):
-    plan, sd = planned(write_sweep, tmp_path,
-                       f"overrides: {{train.stages: {STAGES}}}\ngrid: {{model.image_input: [continuous, discrete]}}",
-                       base=DUALVITOK)
+    plan, sd = planned(
+        write_sweep,
+        tmp_path,
+        f"overrides: {{train.stages: {STAGES}}}\ngrid: {{model.image_input: [continuous, discrete]}}",
+        base=DUALVITOK,
+    )
     assert len(plan["units"]) == 2
     fake = FakeLauncher()
     assert run(plan, sd, fake, jobs=2) == {"done": 2}
@@ -104,8 +116,7 @@ def test_shared_units_run_once_before_their_runs(write_sweep, tmp_path):
 
 
 def test_a_failed_unit_fails_only_the_runs_that_need_it(write_sweep, tmp_path):
-    plan, sd = planned(write_sweep, tmp_path,
-                       f"overrides: {{train.stages: {STAGES}}}\nseeds: [0, 1]", base=DUALVITOK)
+    plan, sd = planned(write_sweep, tmp_path, f"overrides: {{train.stages: {STAGES}}}\nseeds: [0, 1]", base=DUALVITOK)
     seed0_teacher = plan["runs"][0]["units"][0]
     fake = FakeLauncher(fail={seed0_teacher: "train"})
     assert run(plan, sd, fake) == {"done": 1, "failed": 1}
@@ -124,14 +135,18 @@ def test_slurm_launcher_runs_steps_through_submitit(write_sweep, tmp_path):
     launcher = SlurmLauncher(tmp_path / "submitit", {"timeout_min": 5}, executor=executor)
     rid = plan["runs"][0]["id"]
     # a step that writes what train/eval would, through the real submit/poll/result path
-    script = ("import sys, os, json; a = sys.argv; "
-              "os.makedirs(a[3], exist_ok=True) if a[1] == 'eval' else None; "
-              "open(os.path.join(a[3], 'metrics.json'), 'w').write(json.dumps({'metrics': {'rec/psnr': 1.5}})) "
-              "if a[1] == 'eval' else print('trained')")
+    script = (
+        "import sys, os, json; a = sys.argv; "
+        "os.makedirs(a[3], exist_ok=True) if a[1] == 'eval' else None; "
+        "open(os.path.join(a[3], 'metrics.json'), 'w').write(json.dumps({'metrics': {'rec/psnr': 1.5}})) "
+        "if a[1] == 'eval' else print('trained')"
+    )
     runner = SweepRunner(plan, sd, launcher, poll_s=0.05)
     for t in runner.tasks:
-        t.steps = [("train", [sys.executable, "-c", script, "train", "x", "y"]),
-                   ("eval", [sys.executable, "-c", script, "eval", "x", str(sd / rid / "eval")])]
+        t.steps = [
+            ("train", [sys.executable, "-c", script, "train", "x", "y"]),
+            ("eval", [sys.executable, "-c", script, "eval", "x", str(sd / rid / "eval")]),
+        ]
     assert runner.run() == {"done": 1}
     assert state(sd, rid)["metrics"] == {"rec/psnr": 1.5}
     assert "trained" in (sd / rid / "logs" / "train.log").read_text()
@@ -164,8 +179,9 @@ def test_a_step_left_running_by_a_killed_sweep_is_not_started_twice(write_sweep,
     rid = plan["runs"][0]["id"]
     orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "illume_kit", "train"])
     try:
-        (sd / rid / "run.json").write_text(json.dumps({"status": "running", "stage": "train", "pid": orphan.pid,
-                                                       "host": platform.node()}))
+        (sd / rid / "run.json").write_text(
+            json.dumps({"status": "running", "stage": "train", "pid": orphan.pid, "host": platform.node()})
+        )
         with pytest.raises(SweepError, match=f"still running \\(pid {orphan.pid}\\)"):
             run(plan, sd, FakeLauncher())
     finally:
@@ -192,9 +208,19 @@ def test_status_from_another_process_shows_live_elapsed_and_dead_steps_as_interr
     os.utime(log, (started + 20, started + 20))
     try:
         for rid, pid in ((live, step.pid), (dead, 999_999_999)):
-            (sd / rid / "run.json").write_text(json.dumps({
-                "status": "running", "stage": "train", "pid": pid, "host": platform.node(), "wall_s": 10.0,
-                "started_epoch": started, "log": str(log)}))
+            (sd / rid / "run.json").write_text(
+                json.dumps(
+                    {
+                        "status": "running",
+                        "stage": "train",
+                        "pid": pid,
+                        "host": platform.node(),
+                        "wall_s": 10.0,
+                        "started_epoch": started,
+                        "log": str(log),
+                    }
+                )
+            )
         tasks = {t.id: t.seen_from_outside() for t in build_tasks(plan, sd)}
         assert tasks[live].status == "running" and 39 < tasks[live].elapsed() < 60  # not seconds since boot
         # earlier attempts (10 s) + the dead one up to its last write (20 s), not 0 and not "until now"

@@ -11,10 +11,12 @@ def spec(**kw) -> SweepSpec:
 
 
 def test_grid_times_zip_times_seeds_plus_variants():
-    s = spec(grid={"a": [1, 2], "b": ["x", "y", "z"]},
-             zip=[{"c": [10, 20], "d": [0.1, 0.2]}],
-             seeds=[0, 1],
-             variants=[{"name": "v1", "overrides": {"a": 9}}, {"name": "v2", "overrides": {"e": True}}])
+    s = spec(
+        grid={"a": [1, 2], "b": ["x", "y", "z"]},
+        zip=[{"c": [10, 20], "d": [0.1, 0.2]}],
+        seeds=[0, 1],
+        variants=[{"name": "v1", "overrides": {"a": 9}}, {"name": "v2", "overrides": {"e": True}}],
+    )
     runs, warnings = expand(s)
     assert len(runs) == 2 * 3 * 2 * 2 + 2 * 2 and not warnings
     grid = [r for r in runs if r.variant is None]
@@ -27,8 +29,10 @@ def test_grid_times_zip_times_seeds_plus_variants():
 
 
 def test_variants_alone_have_no_implicit_base_run_and_fixed_overrides_apply_everywhere():
-    s = spec(overrides={"train.stages.0.steps": 3}, variants=[{"name": "a", "overrides": {"x": 1}},
-                                                                {"name": "b", "overrides": {"x": 2}}])
+    s = spec(
+        overrides={"train.stages.0.steps": 3},
+        variants=[{"name": "a", "overrides": {"x": 1}}, {"name": "b", "overrides": {"x": 2}}],
+    )
     runs, _ = expand(s)
     assert [r.label for r in runs] == ["a", "b"]
     assert all(r.overrides["train.stages.0.steps"] == 3 for r in runs)
@@ -37,8 +41,11 @@ def test_variants_alone_have_no_implicit_base_run_and_fixed_overrides_apply_ever
 
 
 def test_exclude_drops_matching_runs_and_warns_on_entries_matching_nothing():
-    s = spec(grid={"a": [1, 2], "b": [1, 2]}, variants=[{"name": "v", "overrides": {"a": 1}}],
-             exclude=[{"a": 2, "b": 2}, {"variant": "v"}, {"a": 7}])
+    s = spec(
+        grid={"a": [1, 2], "b": [1, 2]},
+        variants=[{"name": "v", "overrides": {"a": 1}}],
+        exclude=[{"a": 2, "b": 2}, {"variant": "v"}, {"a": 7}],
+    )
     runs, warnings = expand(s)
     assert sorted((r.overrides["a"], r.overrides["b"]) for r in runs) == [(1, 1), (1, 2), (2, 1)]
     assert len(warnings) == 1 and "exclude[2]" in warnings[0]
@@ -47,8 +54,12 @@ def test_exclude_drops_matching_runs_and_warns_on_entries_matching_nothing():
 def test_run_ids_are_content_based_and_stable():
     a, _ = expand(spec(grid={"tokenizer": ["vqgan"], "model.image_input": ["discrete"]}, seeds=[0]))
     # same content written another way: dotted name, reordered keys, as a variant
-    b, _ = expand(spec(variants=[{"name": "x", "overrides": {"model": {"image_input": "discrete"},
-                                                              "tokenizer.name": "vqgan"}}], seeds=[0]))
+    b, _ = expand(
+        spec(
+            variants=[{"name": "x", "overrides": {"model": {"image_input": "discrete"}, "tokenizer.name": "vqgan"}}],
+            seeds=[0],
+        )
+    )
     assert a[0].run_id == b[0].run_id
     assert a[0].run_id == "2c4b2d8b"  # pinned: changing the id scheme would orphan existing sweep folders
     c, _ = expand(spec(grid={"tokenizer": ["vqgan"], "model.image_input": ["discrete"]}, seeds=[1]))
@@ -61,22 +72,37 @@ def test_duplicate_content_is_one_run_with_a_warning():
 
 
 def test_flatten_mappings_and_component_names():
-    assert flatten({"tokenizer": {"name": "vqgan", "preset": "tiny"}, "backbone": "qwen2",
-                    "train.stages": [{"name": "x"}], "teacher": None, "eval.options": {}}) == {
-        "tokenizer.name": "vqgan", "tokenizer.preset": "tiny", "backbone.name": "qwen2",
-        "train.stages": [{"name": "x"}], "teacher": None, "eval.options": {}}
+    assert flatten(
+        {
+            "tokenizer": {"name": "vqgan", "preset": "tiny"},
+            "backbone": "qwen2",
+            "train.stages": [{"name": "x"}],
+            "teacher": None,
+            "eval.options": {},
+        }
+    ) == {
+        "tokenizer.name": "vqgan",
+        "tokenizer.preset": "tiny",
+        "backbone.name": "qwen2",
+        "train.stages": [{"name": "x"}],
+        "teacher": None,
+        "eval.options": {},
+    }
 
 
-@pytest.mark.parametrize("body, needle", [
-    ("zip: [{a: [1, 2], b: [1]}]", "equal length"),
-    ("grid: {run.seed: [1, 2]}", "seeds:"),
-    ("grid: {a: [1]}\noverrides: {a: 2}", "a is set by overrides and grid"),
-    ("grid: {run.output_dir: [x]}", "set by the sweep"),
-    ("grdi: {a: [1]}", "grdi: unknown key"),
-    ("grid: {a: []}", "no values"),
-    ("variants: [{name: a}, {name: a}]", "unique"),
-    ("max_runs: 0", "max_runs"),
-])
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ("zip: [{a: [1, 2], b: [1]}]", "equal length"),
+        ("grid: {run.seed: [1, 2]}", "seeds:"),
+        ("grid: {a: [1]}\noverrides: {a: 2}", "a is set by overrides and grid"),
+        ("grid: {run.output_dir: [x]}", "set by the sweep"),
+        ("grdi: {a: [1]}", "grdi: unknown key"),
+        ("grid: {a: []}", "no values"),
+        ("variants: [{name: a}, {name: a}]", "unique"),
+        ("max_runs: 0", "max_runs"),
+    ],
+)
 def test_spec_errors_are_clear(write_sweep, body, needle):
     p = write_sweep(f"base: {__file__}\n{body}\n")
     with pytest.raises(SweepError) as e:

@@ -5,9 +5,9 @@ import sys
 
 import torch
 from safetensors.torch import save_file
+from train_toys import mlp, mse_step, regression_data
 
 from illume_kit.train import Trainer, TrainerConfig
-from train_toys import mlp, mse_step, regression_data
 
 if __name__ == "__main__":
     out, steps, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

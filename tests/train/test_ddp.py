@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from train_toys import mlp, mse_step, regression_data
 
 from illume_kit.train import Trainer, TrainerConfig
 from illume_kit.train.state import latest_checkpoint
-from train_toys import mlp, mse_step, regression_data
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
@@ -17,13 +17,31 @@ ROOT = HERE.parents[1]
 
 def test_torchrun_two_ranks_on_gloo_agree_and_match_one_process(tmp_path):
     steps, batch = 10, 8
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]), "OMP_NUM_THREADS": "1",
-                        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     env.pop("WORLD_SIZE", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(HERE / "ddp_train_script.py"), str(tmp_path), str(steps), str(batch)],
-        env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(HERE / "ddp_train_script.py"),
+            str(tmp_path),
+            str(steps),
+            str(batch),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     ckpt = latest_checkpoint(tmp_path / "checkpoints")

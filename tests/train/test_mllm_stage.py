@@ -23,22 +23,27 @@ def test_mllm_stage_keeps_tokenizer_outputs_unless_told_not_to(tmp_path):
     pytest.importorskip("illume_kit_fsq")
     from types import SimpleNamespace
 
-    from illume_kit.model.compose import compose
     from illume_kit.core.recipe import load_recipe
     from illume_kit.data.params import ShapesParams
     from illume_kit.data.shapes import ShapesDataset
-    from illume_kit.train.mllm_stage import stage_setup
+    from illume_kit.model.compose import compose
     from illume_kit.model.sequence import EncodeCache
+    from illume_kit.train.mllm_stage import stage_setup
 
     model = compose(load_recipe("recipes/examples/fsq_qwen2_tiny.yaml"))
     ds = ShapesDataset(ShapesParams(image_size=64, num_samples=4, supersample=1))
     items = [ds[i] for i in range(4)]
 
     def setup(**options):
-        stage = SimpleNamespace(name="mllm", target="mllm", trainable=None,
-                                options={"retrain_text_tokenizer": False, **options})
-        runner = SimpleNamespace(model=model, images=lambda s: items, stage_started=lambda s: False,
-                                 recipe=SimpleNamespace(train=SimpleNamespace(stages=[stage]), run=SimpleNamespace(seed=0)))
+        stage = SimpleNamespace(
+            name="mllm", target="mllm", trainable=None, options={"retrain_text_tokenizer": False, **options}
+        )
+        runner = SimpleNamespace(
+            model=model,
+            images=lambda s: items,
+            stage_started=lambda s: False,
+            recipe=SimpleNamespace(train=SimpleNamespace(stages=[stage]), run=SimpleNamespace(seed=0)),
+        )
         return stage_setup(runner, stage)
 
     _, step_fn, _, _ = setup()

@@ -3,8 +3,13 @@
 from illume_kit.cli.main import main
 
 RECIPE = "recipes/tokenizers/vqgan_tiny.yaml"
-SMALL = ["train.stages.0.steps=2", "train.stages.0.batch_size=2", "train.stages.0.warmup_steps=0",
-         "data.params.num_samples=8", "data.params.supersample=1"]
+SMALL = [
+    "train.stages.0.steps=2",
+    "train.stages.0.batch_size=2",
+    "train.stages.0.warmup_steps=0",
+    "data.params.num_samples=8",
+    "data.params.supersample=1",
+]
 
 
 def train(out, overrides=(), flags=()):

@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
+from train_toys import mlp, mse_step, regression_data
 
 from illume_kit.train.config import TrainerConfig
 from illume_kit.train.state import STATE_FILE, latest_checkpoint
 from illume_kit.train.trainer import Trainer
-from train_toys import mlp, mse_step, regression_data
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,15 +94,25 @@ def test_resuming_with_another_thread_count_warns(tmp_path):
 
 
 # a short mllm stage on the default recipe, with the image row/column embeddings on
-COMMAND = ["train", "recipes/dualvitok_qwen2_tiny.yaml", "model.image_positions=16", "data.params.num_samples=16",
-           "train.stages=[{name: mllm, target: mllm, trainable: [all], steps: 3, batch_size: 8, lr: 1.0e-3,"
-           " options: {text_corpus_items: 16}}]"]
+COMMAND = [
+    "train",
+    "recipes/dualvitok_qwen2_tiny.yaml",
+    "model.image_positions=16",
+    "data.params.num_samples=16",
+    "train.stages=[{name: mllm, target: mllm, trainable: [all], steps: 3, batch_size: 8, lr: 1.0e-3,"
+    " options: {text_corpus_items: 16}}]",
+]
 
 
 def train_cli(out):
     env = {**os.environ, "OMP_NUM_THREADS": "2"}  # the default on the 2-core machines this runs on
-    r = subprocess.run([sys.executable, "-m", "illume_kit.cli.main", *COMMAND, f"run.output_dir={out}", "--quiet"],
-                       capture_output=True, text=True, env=env, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "illume_kit.cli.main", *COMMAND, f"run.output_dir={out}", "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return out
 

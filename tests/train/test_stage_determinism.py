@@ -7,8 +7,13 @@ import torch
 from illume_kit.cli.main import main
 
 RECIPE = "recipes/tokenizers/siglip_tiny.yaml"
-SMALL = ["train.stages.0.steps=2", "train.stages.0.batch_size=4", "train.stages.0.warmup_steps=0",
-         "data.params.num_samples=8", "data.params.supersample=1"]
+SMALL = [
+    "train.stages.0.steps=2",
+    "train.stages.0.batch_size=4",
+    "train.stages.0.warmup_steps=0",
+    "data.params.num_samples=8",
+    "data.params.supersample=1",
+]
 
 
 def teacher_log(out):

@@ -2,16 +2,22 @@
 
 from pathlib import Path
 
+from train_toys import mlp, mse_step, regression_data
+
 from illume_kit.core.recipe import load_recipe
 from illume_kit.train.config import TrainerConfig
 from illume_kit.train.progress import Clock, PlainReporter, StageHeader, TrainCallback
 from illume_kit.train.stages import train
 from illume_kit.train.trainer import Trainer
-from train_toys import mlp, mse_step, regression_data
 
 RECIPE = "recipes/tokenizers/siglip_tiny.yaml"
-SMALL = ["train.stages.0.steps=3", "train.stages.0.batch_size=4", "train.stages.0.warmup_steps=0",
-         "data.params.num_samples=8", "data.params.supersample=1"]
+SMALL = [
+    "train.stages.0.steps=3",
+    "train.stages.0.batch_size=4",
+    "train.stages.0.warmup_steps=0",
+    "data.params.num_samples=8",
+    "data.params.supersample=1",
+]
 
 
 class Recorder:
@@ -87,6 +93,7 @@ def test_the_header_says_what_trains_how_long_and_where():
     h = StageHeader("gen", "mllm", "the unified model (all)", 500, Path("runs/x/stages/gen"), 2, 3)
     assert h.lines() == ["stage 2/3 'gen' (mllm): trains the unified model (all)", "  500 steps -> runs/x/stages/gen"]
     out = []
-    PlainReporter(stream=type("S", (), {"write": lambda self, t: out.append(t), "flush": lambda self: None})()
-                  ).stage_start(h)
+    PlainReporter(
+        stream=type("S", (), {"write": lambda self, t: out.append(t), "flush": lambda self: None})()
+    ).stage_start(h)
     assert "".join(out) == "\n".join(h.lines()) + "\n"

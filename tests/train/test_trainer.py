@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_toys import TinyAutoencoder, gan_steps, image_data, mlp, mse_step, noisy_step, regression_data, tiny_disc
 
 from illume_kit.train.config import TrainerConfig
 from illume_kit.train.state import STATE_FILE, latest_checkpoint
 from illume_kit.train.trainer import Trainer
-from train_toys import gan_steps, image_data, mlp, mse_step, noisy_step, regression_data, tiny_disc, TinyAutoencoder
 
 
 def cfg(**kw):
@@ -52,6 +52,7 @@ def crash_at(step_fn, at):
         if step == at:
             raise Crash
         return step_fn(model, batch, step, *rest)
+
     return fn
 
 
@@ -151,8 +152,9 @@ def test_trainable_prefixes_freeze_the_rest(tmp_path):
         Trainer(mlp(), mse_step, regression_data(), cfg(trainable=["encoder"]), quiet=True).fit()
     # a callable filter works too
     model = mlp()
-    Trainer(model, mse_step, regression_data(), cfg(steps=3), quiet=True,
-            trainable=lambda name, p: name.endswith("bias")).fit()
+    Trainer(
+        model, mse_step, regression_data(), cfg(steps=3), quiet=True, trainable=lambda name, p: name.endswith("bias")
+    ).fit()
     assert torch.equal(weights(model)["3.weight"], before["3.weight"])
     assert not torch.equal(weights(model)["3.bias"], before["3.bias"])
 
@@ -162,15 +164,29 @@ def test_discriminator_trains_after_disc_start_only():
     model, disc = TinyAutoencoder(), tiny_disc()
     step_fn, disc_fn = gan_steps(disc)
     d0 = weights(disc)
-    tr = Trainer(model, step_fn, image_data(), cfg(steps=3, disc_start=3, log_every=1), disc=disc,
-                 disc_step_fn=disc_fn, quiet=True)
+    tr = Trainer(
+        model,
+        step_fn,
+        image_data(),
+        cfg(steps=3, disc_start=3, log_every=1),
+        disc=disc,
+        disc_step_fn=disc_fn,
+        quiet=True,
+    )
     tr.fit()
     # the generator's adversarial term must not move the discriminator
     assert_bitwise(weights(disc), d0)
     assert "disc/loss" not in tr.history[-1]
 
-    tr = Trainer(model, step_fn, image_data(), cfg(steps=4, disc_start=1, log_every=1), disc=disc,
-                 disc_step_fn=disc_fn, quiet=True)
+    tr = Trainer(
+        model,
+        step_fn,
+        image_data(),
+        cfg(steps=4, disc_start=1, log_every=1),
+        disc=disc,
+        disc_step_fn=disc_fn,
+        quiet=True,
+    )
     tr.fit()
     assert not torch.equal(weights(disc)["0.weight"], d0["0.weight"])
     assert {"rec", "adv", "disc/loss"} <= tr.history[-1].keys()
@@ -196,7 +212,7 @@ def test_loader_factory_and_running_out():
     def factory(start, rank, world):
         data = regression_data()
         for s in range(start, 6):
-            yield data.tensors[0][s * 4:(s + 1) * 4], data.tensors[1][s * 4:(s + 1) * 4]
+            yield data.tensors[0][s * 4 : (s + 1) * 4], data.tensors[1][s * 4 : (s + 1) * 4]
 
     tr = Trainer(mlp(), mse_step, factory, cfg(steps=6), quiet=True)
     assert tr.fit()["step"] == 6

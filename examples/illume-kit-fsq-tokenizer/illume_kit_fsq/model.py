@@ -20,8 +20,14 @@ from illume_kit_fsq.params import FSQTokenizerParams
 class _Res(nn.Module):
     def __init__(self, c: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1),
-                                  nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1))
+        self.body = nn.Sequential(
+            nn.GroupNorm(8, c),
+            nn.SiLU(),
+            nn.Conv2d(c, c, 3, padding=1),
+            nn.GroupNorm(8, c),
+            nn.SiLU(),
+            nn.Conv2d(c, c, 3, padding=1),
+        )
 
     def forward(self, x):
         return x + self.body(x)
@@ -38,13 +44,22 @@ class FSQTokenizer(nn.Module):
             raise ValueError("downsample must be 8 or 16")
         c, s, d = params.channels, params.downsample // 4, len(params.levels)
         self.encoder = nn.Sequential(
-            nn.PixelUnshuffle(4), nn.Conv2d(48, c, 3, padding=1), _Res(c),
-            nn.Conv2d(c, c, 3, stride=s, padding=1) if s > 1 else nn.Identity(), _Res(c), nn.Conv2d(c, d, 1))
+            nn.PixelUnshuffle(4),
+            nn.Conv2d(48, c, 3, padding=1),
+            _Res(c),
+            nn.Conv2d(c, c, 3, stride=s, padding=1) if s > 1 else nn.Identity(),
+            _Res(c),
+            nn.Conv2d(c, d, 1),
+        )
         self.quantizer = FSQ(levels=list(params.levels))
         self.decoder = nn.Sequential(
-            nn.Conv2d(d, c, 3, padding=1), _Res(c),
-            nn.Upsample(scale_factor=s, mode="nearest") if s > 1 else nn.Identity(), _Res(c),
-            nn.Conv2d(c, 48, 3, padding=1), nn.PixelShuffle(4))
+            nn.Conv2d(d, c, 3, padding=1),
+            _Res(c),
+            nn.Upsample(scale_factor=s, mode="nearest") if s > 1 else nn.Identity(),
+            _Res(c),
+            nn.Conv2d(c, 48, 3, padding=1),
+            nn.PixelShuffle(4),
+        )
         self._codebooks = (CodebookSpec("pixel", math.prod(params.levels), d, params.downsample, d),)
 
     @property
@@ -66,8 +81,9 @@ class FSQTokenizer(nn.Module):
     def encode(self, images: torch.Tensor) -> TokenizerOutput:
         self.grid(images.shape[-2], images.shape[-1])
         z, zq, idx = self._quantize(images)
-        return TokenizerOutput(codes={"pixel": idx}, features={"pixel": z.permute(0, 2, 3, 1)},
-                               quantized={"pixel": zq}, losses={})
+        return TokenizerOutput(
+            codes={"pixel": idx}, features={"pixel": z.permute(0, 2, 3, 1)}, quantized={"pixel": zq}, losses={}
+        )
 
     def codes_to_maps(self, codes):
         c = codes["pixel"]

@@ -16,8 +16,9 @@ this module only adapts it to what the unified model needs:
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -121,10 +122,14 @@ class HFCausalLMBackbone(nn.Module):
 
     def _set_special_ids(self, config: PretrainedConfig) -> None:
         tok = self.text_tokenizer
-        config.bos_token_id, config.eos_token_id, config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+        config.bos_token_id, config.eos_token_id, config.pad_token_id = (
+            tok.bos_token_id,
+            tok.eos_token_id,
+            tok.pad_token_id,
+        )
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, **params: Any) -> "HFCausalLMBackbone":
+    def from_pretrained(cls, folder: str | Path, **params: Any) -> HFCausalLMBackbone:
         """Load a folder written by ``save_pretrained`` (or any local transformers folder of this family)."""
         return cls(cls.Params(pretrained=str(folder), **params))
 
@@ -211,7 +216,9 @@ class HFCausalLMBackbone(nn.Module):
                 "from backbone.text_vocab_size"
             )
         if present and not reloaded:
-            raise ValueError(f"the text tokenizer already has layout tokens {present[:5]}: they would not get the layout's ids")
+            raise ValueError(
+                f"the text tokenizer already has layout tokens {present[:5]}: they would not get the layout's ids"
+            )
         if not reloaded:
             tok.add_tokens(list(layout.special_tokens))
         self._check_token_ids(layout)
@@ -221,7 +228,9 @@ class HFCausalLMBackbone(nn.Module):
 
     def _check_token_ids(self, layout: VocabLayout) -> None:
         ids = self.text_tokenizer.convert_tokens_to_ids(list(layout.special_tokens))
-        wrong = [(t, got, layout.token_id(t)) for t, got in zip(layout.special_tokens, ids) if got != layout.token_id(t)]
+        wrong = [
+            (t, got, layout.token_id(t)) for t, got in zip(layout.special_tokens, ids) if got != layout.token_id(t)
+        ]
         if wrong:
             t, got, want = wrong[0]
             raise ValueError(
@@ -302,10 +311,17 @@ class HFCausalLMBackbone(nn.Module):
 def _rope_decoder_config(config_cls: type, p: Any, special_ids: dict) -> PretrainedConfig:
     """Qwen2 and Llama share one config vocabulary (GQA, RMSNorm, RoPE)."""
     return config_cls(
-        vocab_size=p.vocab_size, hidden_size=p.hidden_size, intermediate_size=p.intermediate_size,
-        num_hidden_layers=p.num_layers, num_attention_heads=p.num_heads, num_key_value_heads=p.num_kv_heads,
-        max_position_embeddings=p.max_position_embeddings, rms_norm_eps=p.rms_norm_eps,
-        tie_word_embeddings=p.tie_word_embeddings, initializer_range=p.initializer_range, **special_ids,
+        vocab_size=p.vocab_size,
+        hidden_size=p.hidden_size,
+        intermediate_size=p.intermediate_size,
+        num_hidden_layers=p.num_layers,
+        num_attention_heads=p.num_heads,
+        num_key_value_heads=p.num_kv_heads,
+        max_position_embeddings=p.max_position_embeddings,
+        rms_norm_eps=p.rms_norm_eps,
+        tie_word_embeddings=p.tie_word_embeddings,
+        initializer_range=p.initializer_range,
+        **special_ids,
         rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta},
     )
 
@@ -344,8 +360,16 @@ class GPT2Backbone(HFCausalLMBackbone):
     @classmethod
     def make_config(cls, p: GPT2Params, **special_ids: int | None) -> PretrainedConfig:
         return GPT2Config(
-            vocab_size=p.vocab_size, n_embd=p.hidden_size, n_layer=p.num_layers, n_head=p.num_heads,
-            n_inner=p.intermediate_size, n_positions=p.max_position_embeddings,
-            resid_pdrop=p.dropout, embd_pdrop=p.dropout, attn_pdrop=p.dropout,
-            tie_word_embeddings=p.tie_word_embeddings, initializer_range=p.initializer_range, **special_ids,
+            vocab_size=p.vocab_size,
+            n_embd=p.hidden_size,
+            n_layer=p.num_layers,
+            n_head=p.num_heads,
+            n_inner=p.intermediate_size,
+            n_positions=p.max_position_embeddings,
+            resid_pdrop=p.dropout,
+            embd_pdrop=p.dropout,
+            attn_pdrop=p.dropout,
+            tie_word_embeddings=p.tie_word_embeddings,
+            initializer_range=p.initializer_range,
+            **special_ids,
         )

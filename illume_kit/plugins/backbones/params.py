@@ -35,7 +35,9 @@ class _CausalLMParams(ComponentParams):
     num_layers: int = Field(default=2, ge=1, description="number of transformer blocks")
     num_heads: int = Field(default=4, ge=1, description="attention heads (hidden_size must divide by it)")
     intermediate_size: int = Field(default=512, ge=1, description="MLP inner width")
-    max_position_embeddings: int = Field(default=2048, ge=16, description="longest sequence the model is configured for")
+    max_position_embeddings: int = Field(
+        default=2048, ge=16, description="longest sequence the model is configured for"
+    )
     vocab_size: int = Field(
         default=512,
         ge=300,
@@ -44,8 +46,10 @@ class _CausalLMParams(ComponentParams):
     )
     dtype: DType = Field(default="float32", description="parameter dtype")
     initializer_range: float = Field(
-        default=0.02, gt=0, description="std of the normal init of a from-scratch model's weights (transformers' "
-        "config field of the same name; also the std of 'normal' new rows)"
+        default=0.02,
+        gt=0,
+        description="std of the normal init of a from-scratch model's weights (transformers' "
+        "config field of the same name; also the std of 'normal' new rows)",
     )
     new_rows_init: RowInit = Field(
         default="default",
@@ -93,35 +97,80 @@ class GPT2Params(_CausalLMParams):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="residual, embedding and attention dropout")
 
 
-_TINY = dict(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=512, max_position_embeddings=2048,
-             vocab_size=512, tie_word_embeddings=True)
+_TINY = dict(
+    hidden_size=128,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=512,
+    max_position_embeddings=2048,
+    vocab_size=512,
+    tie_word_embeddings=True,
+)
 
 QWEN2_PRESETS: dict[str, dict] = {
     "tiny": {**_TINY, "num_kv_heads": 2},
     # Qwen2.5-3B(-Instruct) config.json: the ILLUME+ 3B backbone.
-    "qwen2.5-3b": dict(hidden_size=2048, num_layers=36, num_heads=16, num_kv_heads=2, intermediate_size=11008,
-                       max_position_embeddings=32768, vocab_size=151936, tie_word_embeddings=True,
-                       rope_theta=1_000_000.0, rms_norm_eps=1e-6, dtype="bfloat16"),
+    "qwen2.5-3b": dict(
+        hidden_size=2048,
+        num_layers=36,
+        num_heads=16,
+        num_kv_heads=2,
+        intermediate_size=11008,
+        max_position_embeddings=32768,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        dtype="bfloat16",
+    ),
     # Qwen2.5-7B(-Instruct) config.json: the ILLUME+ 7B backbone.
-    "qwen2.5-7b": dict(hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4, intermediate_size=18944,
-                       max_position_embeddings=32768, vocab_size=152064, tie_word_embeddings=False,
-                       rope_theta=1_000_000.0, rms_norm_eps=1e-6, dtype="bfloat16"),
+    "qwen2.5-7b": dict(
+        hidden_size=3584,
+        num_layers=28,
+        num_heads=28,
+        num_kv_heads=4,
+        intermediate_size=18944,
+        max_position_embeddings=32768,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        dtype="bfloat16",
+    ),
 }
 QWEN2_PRESETS["official"] = dict(QWEN2_PRESETS["qwen2.5-3b"])
 
 LLAMA_PRESETS: dict[str, dict] = {
     "tiny": {**_TINY, "num_kv_heads": 2},
     # Llama-3.2-1B sizes (without its llama3 RoPE scaling: load the real folder via `pretrained` for that).
-    "llama-3.2-1b": dict(hidden_size=2048, num_layers=16, num_heads=32, num_kv_heads=8, intermediate_size=8192,
-                         max_position_embeddings=131072, vocab_size=128256, tie_word_embeddings=True,
-                         rope_theta=500_000.0, rms_norm_eps=1e-5, dtype="bfloat16"),
+    "llama-3.2-1b": dict(
+        hidden_size=2048,
+        num_layers=16,
+        num_heads=32,
+        num_kv_heads=8,
+        intermediate_size=8192,
+        max_position_embeddings=131072,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+        rope_theta=500_000.0,
+        rms_norm_eps=1e-5,
+        dtype="bfloat16",
+    ),
 }
 LLAMA_PRESETS["official"] = dict(LLAMA_PRESETS["llama-3.2-1b"])
 
 GPT2_PRESETS: dict[str, dict] = {
     "tiny": dict(_TINY),
     # GPT-2 small (124M).
-    "gpt2": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, max_position_embeddings=1024,
-                 vocab_size=50257, tie_word_embeddings=True, dropout=0.1),
+    "gpt2": dict(
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=1024,
+        vocab_size=50257,
+        tie_word_embeddings=True,
+        dropout=0.1,
+    ),
 }
 GPT2_PRESETS["official"] = dict(GPT2_PRESETS["gpt2"])

@@ -22,8 +22,9 @@ depends on the tokenizer's codebooks; ``save_pretrained`` writes native diffuser
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +58,9 @@ class DiffusionDetokenizer(nn.Module):
     @property
     def consumes(self) -> tuple[str, ...]:
         if self._names is None:
-            raise RuntimeError("diffusion detokenizer consumes all of the tokenizer's codebooks: attach(tokenizer) first")
+            raise RuntimeError(
+                "diffusion detokenizer consumes all of the tokenizer's codebooks: attach(tokenizer) first"
+            )
         return self._names
 
     @property
@@ -75,7 +78,9 @@ class DiffusionDetokenizer(nn.Module):
         names = tuple(self.params.consumes) if self.params.consumes else tuple(specs)
         unknown = [n for n in names if n not in specs]
         if unknown:
-            raise ValueError(f"diffusion detokenizer consumes {unknown}, not codebooks of this tokenizer ({', '.join(specs)})")
+            raise ValueError(
+                f"diffusion detokenizer consumes {unknown}, not codebooks of this tokenizer ({', '.join(specs)})"
+            )
         self._names = names
         self._strides = {n: specs[n].stride for n in names}
         self.cond_channels = sum(specs[n].code_dim for n in names)
@@ -97,14 +102,18 @@ class DiffusionDetokenizer(nn.Module):
         self._attached()
         missing = [n for n in self.consumes if n not in codes]
         if missing:
-            raise KeyError(f"codes lack codebooks {missing} consumed by the diffusion detokenizer (got {sorted(codes)})")
+            raise KeyError(
+                f"codes lack codebooks {missing} consumed by the diffusion detokenizer (got {sorted(codes)})"
+            )
         maps = self._tokenizer.codes_to_maps(codes)
         maps = {n: maps[n] for n in self.consumes}
         # finest level: most cells, then smallest stride; it fixes the grid and the pixel size
         finest = max(self.consumes, key=lambda n: (maps[n].shape[-2] * maps[n].shape[-1], -self._strides[n]))
         grid = tuple(maps[finest].shape[-2:])
         parts = [
-            m if tuple(m.shape[-2:]) == grid else F.interpolate(m.float(), size=grid, mode="bicubic", align_corners=False)
+            m
+            if tuple(m.shape[-2:]) == grid
+            else F.interpolate(m.float(), size=grid, mode="bicubic", align_corners=False)
             for m in maps.values()
         ]
         s = self._strides[finest]
@@ -242,7 +251,9 @@ class DiffusionDetokenizer(nn.Module):
             )
         kind, n = size_conditioning_kind(unet), len(self.params.output_sizes)
         if kind == "class" and unet.config.num_class_embeds != n:
-            raise ValueError(f"{unet_dir}: UNet knows {unet.config.num_class_embeds} output sizes, output_sizes lists {n}")
+            raise ValueError(
+                f"{unet_dir}: UNet knows {unet.config.num_class_embeds} output sizes, output_sizes lists {n}"
+            )
         if (folder / "vae" / "config.json").exists() and isinstance(self.space, VAESpace):
             self.space.load(folder / "vae")
         ref = next(self.denoiser.parameters())

@@ -55,7 +55,10 @@ class DiffusionDetokenizerParams(ComponentParams):
         "Empty = no size conditioning",
     )
     cond_drop_prob: float = Field(
-        default=0.1, ge=0.0, lt=1.0, description="training: probability of replacing a sample's code map with zeros (for CFG)"
+        default=0.1,
+        ge=0.0,
+        lt=1.0,
+        description="training: probability of replacing a sample's code map with zeros (for CFG)",
     )
     # --- where it denoises ------------------------------------------------------------------
     space: Literal["pixel", "vae"] = Field(
@@ -66,7 +69,8 @@ class DiffusionDetokenizerParams(ComponentParams):
         default=4, ge=1, description="pixel space only: pixel-unshuffle factor, so convs run at H/patch x W/patch"
     )
     vae_config: dict[str, Any] = Field(
-        default_factory=dict, description="space='vae': diffusers AutoencoderKL config (kwargs) when not loading weights"
+        default_factory=dict,
+        description="space='vae': diffusers AutoencoderKL config (kwargs) when not loading weights",
     )
     vae_pretrained: str | None = Field(
         default=None, description="space='vae': local diffusers AutoencoderKL folder (frozen); overrides vae_config"
@@ -83,7 +87,8 @@ class DiffusionDetokenizerParams(ComponentParams):
     )
     norm_num_groups: int = Field(default=8, ge=1, description="GroupNorm groups (must divide every channel count)")
     unet_config: dict[str, Any] = Field(
-        default_factory=dict, description="extra diffusers UNet kwargs, applied over the ones built from the fields above"
+        default_factory=dict,
+        description="extra diffusers UNet kwargs, applied over the ones built from the fields above",
     )
     pretrained: str | None = Field(
         default=None,
@@ -107,9 +112,13 @@ class DiffusionDetokenizerParams(ComponentParams):
         "image; easiest for a tiny UNet, which cannot carry many noise channels through a narrow first block)",
     )
     flow_shift: float = Field(default=1.0, gt=0, description="flow-match-euler: timestep shift (SD3 uses 3.0)")
-    num_inference_steps: int = Field(default=25, ge=1, description="default sampling steps (decode(steps=...) overrides)")
+    num_inference_steps: int = Field(
+        default=25, ge=1, description="default sampling steps (decode(steps=...) overrides)"
+    )
     guidance_scale: float = Field(
-        default=1.5, ge=0.0, description="default classifier-free guidance vs an all-zero code map; 1 = none (ILLUME+: 1.5)"
+        default=1.5,
+        ge=0.0,
+        description="default classifier-free guidance vs an all-zero code map; 1 = none (ILLUME+: 1.5)",
     )
     guidance_rescale: float = Field(default=0.0, ge=0.0, le=1.0, description="CFG rescale (Lin et al. 2023); 0 = off")
 
@@ -124,7 +133,7 @@ class DiffusionDetokenizerParams(ComponentParams):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "DiffusionDetokenizerParams":
+    def _consistent(self) -> DiffusionDetokenizerParams:
         if self.unet_type == "unet2d" and len(self.attention_levels) != len(self.block_out_channels):
             raise ValueError(
                 f"attention_levels has {len(self.attention_levels)} entries but block_out_channels has "
@@ -162,8 +171,12 @@ DIFFUSION_PRESETS: dict[str, dict[str, Any]] = {
     "tiny-latent": {
         "space": "vae",
         "vae_config": dict(
-            latent_channels=4, block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8,
-            down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+            latent_channels=4,
+            block_out_channels=[16, 32],
+            layers_per_block=1,
+            norm_num_groups=8,
+            down_block_types=["DownEncoderBlock2D"] * 2,
+            up_block_types=["UpDecoderBlock2D"] * 2,
         ),  # fmt: skip
     },
     # ILLUME+'s size class: SDXL VAE + SDXL UNet (zero text path, size index in the SDXL time ids).

@@ -9,7 +9,8 @@ not duplicated in the detokenizer's state_dict, and it refuses a semantic-only t
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,7 +56,9 @@ class VQDetokenizer(nn.Module):
     def decode(self, codes: Mapping[str, torch.Tensor], **sampling: Any) -> torch.Tensor:
         unknown = set(sampling) - _IGNORED_SAMPLING
         if unknown:
-            raise TypeError(f"unknown sampling options {sorted(unknown)} (vq accepts and ignores {sorted(_IGNORED_SAMPLING)})")
+            raise TypeError(
+                f"unknown sampling options {sorted(unknown)} (vq accepts and ignores {sorted(_IGNORED_SAMPLING)})"
+            )
         missing = [n for n in self.consumes if n not in codes]
         if missing:
             raise KeyError(f"codes lack codebooks {missing} (got {sorted(codes)})")

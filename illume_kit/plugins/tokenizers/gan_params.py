@@ -16,5 +16,6 @@ class PatchGANParams(ComponentParams):
     disc_layers: int = Field(3, ge=1, description="PatchGAN stride-2 layers")
     disc_norm: Literal["batch", "group", "none"] = Field("batch", description="PatchGAN normalisation")
     adaptive_disc_weight: bool = Field(
-        False, description="scale the GAN loss by VQGAN's adaptive weight (grad-norm ratio at the last layer; ILLUME+: off)"
+        False,
+        description="scale the GAN loss by VQGAN's adaptive weight (grad-norm ratio at the last layer; ILLUME+: off)",
     )

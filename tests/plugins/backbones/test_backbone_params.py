@@ -19,7 +19,9 @@ FAMILIES = [(Qwen2Params, QWEN2_PRESETS), (LlamaParams, LLAMA_PRESETS), (GPT2Par
 
 
 def test_params_module_imports_no_torch():
-    code = "import sys, illume_kit.plugins.backbones.params; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = (
+        "import sys, illume_kit.plugins.backbones.params; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
 
@@ -27,7 +29,7 @@ def test_params_module_imports_no_torch():
 @pytest.mark.parametrize("params_cls,presets", FAMILIES)
 def test_every_preset_validates_and_has_tiny_and_official(params_cls, presets):
     assert {"tiny", "official"} <= set(presets)
-    for name, values in presets.items():
+    for _name, values in presets.items():
         params_cls(**values)
     tiny = params_cls(**presets["tiny"])
     assert (tiny.hidden_size, tiny.num_layers, tiny.num_heads) == (128, 2, 4)

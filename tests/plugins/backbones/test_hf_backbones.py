@@ -45,8 +45,9 @@ def test_tiny_builds_fast_and_satisfies_the_protocol(family):
 
 
 def test_registry_targets_resolve_to_these_classes():
-    import yaml
     from importlib import resources
+
+    import yaml
 
     reg = yaml.safe_load(resources.files("illume_kit").joinpath("registry.yaml").read_text())["backbone"]
     for name, cls in zip(IDS, (Qwen2Backbone, LlamaBackbone, GPT2Backbone)):
@@ -89,8 +90,9 @@ def test_kv_cache_with_left_padding_mask_and_positions(family):
         for t in range(3, 7):
             mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
             step = torch.stack([seq[t], other[t + 3]])[:, None]
-            out = b(b.embed(step), attention_mask=mask, position_ids=torch.tensor([[t], [t + 3]]),
-                    past_key_values=cache)
+            out = b(
+                b.embed(step), attention_mask=mask, position_ids=torch.tensor([[t], [t + 3]]), past_key_values=cache
+            )
             got.append(out.logits[0, -1])
             cache = out.past_key_values
     torch.testing.assert_close(torch.stack(got), ref[2:7], atol=1e-4, rtol=1e-4)
@@ -177,8 +179,12 @@ def test_folder_of_another_family_is_rejected(tmp_path):
 
 @pytest.mark.parametrize(
     "cls,presets,name,billions",
-    [(Qwen2Backbone, QWEN2_PRESETS, "qwen2.5-3b", 3.09), (Qwen2Backbone, QWEN2_PRESETS, "qwen2.5-7b", 7.62),
-     (LlamaBackbone, LLAMA_PRESETS, "llama-3.2-1b", 1.24), (GPT2Backbone, GPT2_PRESETS, "gpt2", 0.124)],
+    [
+        (Qwen2Backbone, QWEN2_PRESETS, "qwen2.5-3b", 3.09),
+        (Qwen2Backbone, QWEN2_PRESETS, "qwen2.5-7b", 7.62),
+        (LlamaBackbone, LLAMA_PRESETS, "llama-3.2-1b", 1.24),
+        (GPT2Backbone, GPT2_PRESETS, "gpt2", 0.124),
+    ],
 )
 def test_official_presets_have_the_published_parameter_counts(cls, presets, name, billions):
     config = cls.make_config(cls.Params(**presets[name]))

@@ -104,7 +104,9 @@ def test_training_overfits_a_few_images(tok):
     def held_out_loss():
         det.eval()
         with torch.no_grad():
-            return sum(det.loss(images, codes, generator=torch.Generator().manual_seed(s))["loss"] for s in range(4)) / 4
+            return (
+                sum(det.loss(images, codes, generator=torch.Generator().manual_seed(s))["loss"] for s in range(4)) / 4
+            )
 
     before = held_out_loss()
     fit(det, images, codes, steps=30)
@@ -195,8 +197,9 @@ def test_sampling_reconstructs_after_training_on_clean_sample_target(tok):
     # flat 8x8 patches: the pixel codes (stride 8) carry what each patch looks like
     images = torch.rand(4, 3, 4, 4).repeat_interleave(8, -1).repeat_interleave(8, -2)
     codes = tok.encode(images).codes
-    det = make(tok, output_scale=1, cond_drop_prob=0.0, prediction_type="sample", scheduler="ddim",
-               block_out_channels=[64, 64])
+    det = make(
+        tok, output_scale=1, cond_drop_prob=0.0, prediction_type="sample", scheduler="ddim", block_out_channels=[64, 64]
+    )
     det.eval()
     before = float(psnr(images, det.decode(codes, steps=10, guidance=1.0, seed=0)).mean())
     fit(det, images, codes, steps=80)

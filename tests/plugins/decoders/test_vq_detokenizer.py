@@ -34,7 +34,7 @@ def test_refuses_a_semantic_only_tokenizer_naming_diffusion():
 def test_unattached_and_bad_inputs_are_clear_errors():
     det = VQDetokenizer()
     with pytest.raises(RuntimeError, match="attach"):
-        det.consumes
+        _ = det.consumes
     det.attach(FakeTokenizer())
     with pytest.raises(TypeError, match="temperature"):
         det.decode({}, temperature=1.0)

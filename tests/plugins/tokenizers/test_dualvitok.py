@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from illume_kit.core.protocols import CodebookSpec, VisualTokenizer
-from illume_kit.plugins.tokenizers.dualvitok.model import DualViTok
-from illume_kit.testing import conformance
-from illume_kit.plugins.tokenizers.dualvitok.params import PRESETS, DualViTokParams
 from illume_kit.plugins.tokenizers.common.teacher import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
     qwen2vl_patches,
     vit_input_size,
 )
+from illume_kit.plugins.tokenizers.dualvitok.model import DualViTok
+from illume_kit.plugins.tokenizers.dualvitok.params import PRESETS, DualViTokParams
+from illume_kit.testing import conformance
 
 
 def tiny(**overrides) -> DualViTok:
@@ -56,6 +56,7 @@ def test_params_reject_bad_widths():
 
 def test_official_parameter_counts(official_meta):
     """The released sizes (counted by instantiating the official classes), exactly."""
+
     def count(module):
         return sum(p.numel() for p in module.parameters())
 

@@ -49,9 +49,14 @@ def test_generator_loss_parts_and_gradients():
     expected = out["pixel_rec"] + out["pixel_vq"] + p.semantic_weight * (out["semantic_vq"] + out["semantic_rec"])
     assert torch.allclose(out["loss"].detach(), expected)
     out["loss"].backward()
-    for name in ("semantic_encoder.blocks.0.attn.qkv.weight", "semantic_decoder.proj_out.0.weight",
-                 "pixel_encoder.conv_in.weight", "pixel_decoder.conv_out.weight",
-                 "pixel_quantizer.vq.code_transform.weight", "semantic_quantizer.vq.code_transform.weight"):
+    for name in (
+        "semantic_encoder.blocks.0.attn.qkv.weight",
+        "semantic_decoder.proj_out.0.weight",
+        "pixel_encoder.conv_in.weight",
+        "pixel_decoder.conv_out.weight",
+        "pixel_quantizer.vq.code_transform.weight",
+        "semantic_quantizer.vq.code_transform.weight",
+    ):
         assert model.get_parameter(name).grad is not None, name
     assert all(q.grad is None for q in model.semantic_encoder.model.parameters())
     generator = {id(q) for q in model.generator_parameters()}

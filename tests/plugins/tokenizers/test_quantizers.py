@@ -111,8 +111,9 @@ def _fit_clusters(restart_after: int):
     """SimVQ on 24 tight clusters far from its initial codes: (eval usage, eval MSE, quantizer)."""
     torch.manual_seed(0)
     centers = torch.randn(24, 8) * 3 + 5
-    q = build_quantizer({"name": "simvq", "params": {"dim": 8, "codebook_size": 32,
-                                                      "restart_dead_codes_after": restart_after}})
+    q = build_quantizer(
+        {"name": "simvq", "params": {"dim": 8, "codebook_size": 32, "restart_dead_codes_after": restart_after}}
+    )
     opt = torch.optim.Adam(q.parameters(), 1e-2)
     g = torch.Generator().manual_seed(2)
     for _ in range(150):
@@ -177,7 +178,9 @@ def test_bad_input_shape_is_explained():
 
 
 def test_build_quantizer_from_ref_with_defaults():
-    q = build_quantizer(QuantizerRef(name="simvq", params={"codebook_size": 128}), defaults={"dim": 16, "codebook_size": 7})
+    q = build_quantizer(
+        QuantizerRef(name="simvq", params={"codebook_size": 128}), defaults={"dim": 16, "codebook_size": 7}
+    )
     assert isinstance(q, SimVQ) and q.dim == 16 and q.codebook_size == 128
     fsq = build_quantizer({"name": "fsq", "params": {"levels": [4, 4]}}, defaults={"dim": 6, "codebook_size": 9})
     assert isinstance(fsq, FSQ) and fsq.dim == 6 and fsq.codebook_size == 16

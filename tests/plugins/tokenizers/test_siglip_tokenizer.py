@@ -3,13 +3,11 @@
 import pytest
 import torch
 
-from illume_kit.model.compose import ComposeError
 from illume_kit.core.recipe import load_recipe
+from illume_kit.model.compose import ComposeError
 from illume_kit.plugins.tokenizers.siglip.model import SigLIPTokenizer
 from illume_kit.plugins.tokenizers.siglip.params import PRESETS, SigLIPTokenizerParams
 from illume_kit.testing import conformance
-
-
 
 
 def make():
@@ -46,13 +44,15 @@ def test_feature_reconstruction_learns():
 
 
 def test_validate_and_compose_refuse_vq_detokenizer(tmp_path):
-    from illume_kit.model.compose import check_contracts
     from illume_kit.core.recipe import RecipeError
+    from illume_kit.model.compose import check_contracts
     from illume_kit.plugins.decoders.vq import VQDetokenizer
 
     p = tmp_path / "r.yaml"
-    p.write_text("illume_kit: 1\nname: s\ntokenizer: {name: siglip, preset: tiny}\nbackbone: {name: qwen2, preset: tiny}\n"
-                 "detokenizer: {name: vq}\n")
+    p.write_text(
+        "illume_kit: 1\nname: s\ntokenizer: {name: siglip, preset: tiny}\nbackbone: {name: qwen2, preset: tiny}\n"
+        "detokenizer: {name: vq}\n"
+    )
     with pytest.raises(RecipeError, match="'vq' requires pixel_decoder.*work with it: diffusion"):
         load_recipe(p)
     with pytest.raises(ComposeError, match="semantic-only.*'diffusion'"):

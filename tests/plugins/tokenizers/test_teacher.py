@@ -9,10 +9,16 @@ from illume_kit.data.shapes import ShapesDataset
 from illume_kit.plugins.tokenizers.teacher.model import SemanticTeacher
 from illume_kit.plugins.tokenizers.teacher.params import PRESETS, TeacherParams
 
-SMALL = dict(image_size=32, patch_size=8, vision_width=64, vision_layers=2, text_width=64, text_layers=1,
-             embed_dim=64, context_length=16)
-
-
+SMALL = dict(
+    image_size=32,
+    patch_size=8,
+    vision_width=64,
+    vision_layers=2,
+    text_width=64,
+    text_layers=1,
+    embed_dim=64,
+    context_length=16,
+)
 
 
 def small(seed=0, **kw):
@@ -128,8 +134,11 @@ def test_region_embedding_of_the_whole_image_is_the_image_embedding():
 def test_region_loss_makes_each_cell_hold_its_own_object():
     """Trained on images alone, a cell's pooled patches do not name what is in it; with the region
     loss they do (held-out scenes)."""
-    data = ShapesDataset(ShapesParams(num_samples=64, grid=2, max_objects=2, varied_background=False, jitter=0.0,
-                                      edits=False, image_size=32))
+    data = ShapesDataset(
+        ShapesParams(
+            num_samples=64, grid=2, max_objects=2, varied_background=False, jitter=0.0, edits=False, image_size=32
+        )
+    )
     items = [data[i] for i in range(64)]
     x = torch.stack([it["image"] for it in items])
     caps, regions = [it["caption"] for it in items], [it["regions"] for it in items]
@@ -142,7 +151,7 @@ def test_region_loss_makes_each_cell_hold_its_own_object():
     for weight in (0.0, 1.0):
         m = small(region_weight=weight)
         opt = torch.optim.Adam(m.parameters(), lr=2e-3)
-        for step in range(40):
+        for _step in range(40):
             out = m.loss(x[:48], caps[:48], regions[:48])
             opt.zero_grad()
             out["loss"].backward()

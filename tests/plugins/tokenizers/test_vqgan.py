@@ -11,8 +11,6 @@ from illume_kit.plugins.tokenizers.vqgan.params import PRESETS, VQGANParams
 from illume_kit.testing import conformance
 
 
-
-
 def tiny(**kw):
     torch.manual_seed(0)
     return VQGAN(VQGANParams(**{**PRESETS["tiny"], **kw}))
@@ -24,8 +22,9 @@ def shapes_batch(n=4, size=32):
 
 
 def test_registry_record_resolves():
-    import yaml
     from importlib import resources
+
+    import yaml
 
     rec = yaml.safe_load(resources.files("illume_kit").joinpath("registry.yaml").read_text())["tokenizer"]["vqgan"]
     assert import_target(rec["target"]) is VQGAN and import_target(rec["params"]) is VQGANParams

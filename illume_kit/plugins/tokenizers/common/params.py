@@ -29,17 +29,23 @@ class TeacherParams(ComponentParams):
     mlp_ratio: int = Field(4, ge=1, description="qwen2vl-vit: MLP width / block width")
     hidden_size: int = Field(3584, ge=1, description="qwen2vl-vit: output width of the PatchMerger (feature_dim)")
     patch_size: int = Field(14, ge=1, description="qwen2vl-vit: patch side in pixels")
-    spatial_merge_size: int = Field(2, ge=1, description="qwen2vl-vit: PatchMerger window side (stride = patch x merge)")
+    spatial_merge_size: int = Field(
+        2, ge=1, description="qwen2vl-vit: PatchMerger window side (stride = patch x merge)"
+    )
     temporal_patch_size: int = Field(2, ge=1, description="qwen2vl-vit: frames per patch (a still image is duplicated)")
     siglip: dict[str, Any] = Field(
         default_factory=dict,
         description="siglip: the teacher's params (illume-kit teacher TeacherParams fields) when not loaded from a folder",
     )
     mean: list[float] | None = Field(
-        None, min_length=3, max_length=3,
+        None,
+        min_length=3,
+        max_length=3,
         description="qwen2vl-vit input normalisation mean (default OpenAI-CLIP); siglip uses its own",
     )
     std: list[float] | None = Field(
-        None, min_length=3, max_length=3,
+        None,
+        min_length=3,
+        max_length=3,
         description="qwen2vl-vit input normalisation std (default OpenAI-CLIP); siglip uses its own",
     )

@@ -15,6 +15,7 @@ def build_code_quantizer(ref: QuantizerRef, dim: int, size: int, role: str) -> n
     if q.dim != dim:
         raise ValueError(f"{role}_quantizer has dim {q.dim}, but the {role} code width is {dim}")
     if getattr(q, "num_levels", 1) != 1:
-        raise ValueError(f"{role}_quantizer {ref.name!r} returns several indices per token; a tokenizer codebook "
-                         "needs one")
+        raise ValueError(
+            f"{role}_quantizer {ref.name!r} returns several indices per token; a tokenizer codebook needs one"
+        )
     return q

@@ -36,7 +36,9 @@ def vision_blocks(width: int, heads: int, mlp_ratio: int, depth: int) -> tuple[n
     from transformers import Qwen2VLVisionConfig
     from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLVisionBlock, Qwen2VLVisionRotaryEmbedding
 
-    config = Qwen2VLVisionConfig(depth=depth, embed_dim=width, num_heads=heads, mlp_ratio=mlp_ratio, hidden_act="quick_gelu")
+    config = Qwen2VLVisionConfig(
+        depth=depth, embed_dim=width, num_heads=heads, mlp_ratio=mlp_ratio, hidden_act="quick_gelu"
+    )
     config._attn_implementation = "sdpa"
     return nn.ModuleList([Qwen2VLVisionBlock(config) for _ in range(depth)]), Qwen2VLVisionRotaryEmbedding(config)
 

@@ -49,8 +49,13 @@ def vit_input_size(height: int, width: int, factor: int) -> tuple[int, int]:
 
 
 def qwen2vl_patches(
-    images: torch.Tensor, size: tuple[int, int], patch: int, temporal: int, merge: int,
-    mean: tuple[float, ...], std: tuple[float, ...],
+    images: torch.Tensor,
+    size: tuple[int, int],
+    patch: int,
+    temporal: int,
+    merge: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """images (B, 3, H, W) in [0, 1] -> (B * gh * gw, 3 * temporal * patch**2) rows, grid_thw (B, 3)."""
     b, c = images.shape[:2]
@@ -105,9 +110,15 @@ class Teacher:
                 )
             else:
                 config = Qwen2VLVisionConfig(
-                    depth=p.depth, embed_dim=p.embed_dim, num_heads=p.num_heads, mlp_ratio=p.mlp_ratio,
-                    hidden_size=p.hidden_size, patch_size=p.patch_size, spatial_merge_size=p.spatial_merge_size,
-                    temporal_patch_size=p.temporal_patch_size, hidden_act="quick_gelu",
+                    depth=p.depth,
+                    embed_dim=p.embed_dim,
+                    num_heads=p.num_heads,
+                    mlp_ratio=p.mlp_ratio,
+                    hidden_size=p.hidden_size,
+                    patch_size=p.patch_size,
+                    spatial_merge_size=p.spatial_merge_size,
+                    temporal_patch_size=p.temporal_patch_size,
+                    hidden_act="quick_gelu",
                 )
                 config._attn_implementation = "sdpa"
                 model = Qwen2VisionTransformerPretrainedModel(config)
@@ -144,9 +155,16 @@ class Teacher:
             d["siglip"] = model.params.model_dump(mode="json")
         else:
             c = model.config
-            d.update(depth=c.depth, embed_dim=c.embed_dim, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio,
-                     hidden_size=c.hidden_size, patch_size=c.patch_size, spatial_merge_size=c.spatial_merge_size,
-                     temporal_patch_size=c.temporal_patch_size)
+            d.update(
+                depth=c.depth,
+                embed_dim=c.embed_dim,
+                num_heads=c.num_heads,
+                mlp_ratio=c.mlp_ratio,
+                hidden_size=c.hidden_size,
+                patch_size=c.patch_size,
+                spatial_merge_size=c.spatial_merge_size,
+                temporal_patch_size=c.temporal_patch_size,
+            )
         d["pretrained"] = None
         return d
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -38,7 +39,7 @@ def unwrap(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConversionError("expected a state dict of tensors (bare, or under 'ema', 'model' or 'state_dict')")
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -75,7 +76,8 @@ def convert_official(checkpoint: Mapping[str, Any], params: DualViTokParams | No
     missing = sorted(required - set(converted))
     mismatched = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {expected[k]}"
-        for k, v in converted.items() if k in expected and tuple(v.shape) != expected[k]
+        for k, v in converted.items()
+        if k in expected and tuple(v.shape) != expected[k]
     ]
     if unused or missing or mismatched:
         lines = ["checkpoint does not match the official DualViTok layout:"]
@@ -107,8 +109,8 @@ def instantiate_official(state_dict: Mapping[str, torch.Tensor], params: DualViT
     Avoids allocating and initialising 1.35B parameters before overwriting them. If the ViT keys are
     absent, ``params.teacher.pretrained`` must name the local Qwen2-VL vision folder.
     """
-    from illume_kit.plugins.tokenizers.dualvitok.model import DualViTok
     from illume_kit.plugins.tokenizers.common.teacher import Teacher
+    from illume_kit.plugins.tokenizers.dualvitok.model import DualViTok
     from illume_kit.plugins.tokenizers.gan import PatchGANDiscriminator
 
     params = params or _official_params()

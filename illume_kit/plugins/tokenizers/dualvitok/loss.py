@@ -41,7 +41,7 @@ def _no_grad_into(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return functional_call(module, params, (x,), strict=False)
 
 
-def generator_loss(model: "DualViTok", images: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+def generator_loss(model: DualViTok, images: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
     p = model.params
     out = model.forward_train(images)
     x = images * 2 - 1
@@ -73,7 +73,7 @@ def generator_loss(model: "DualViTok", images: torch.Tensor, step: int) -> dict[
     return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
 
 
-def discriminator_loss(model: "DualViTok", images: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+def discriminator_loss(model: DualViTok, images: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
     disc = model.discriminator
     if disc is None:
         raise RuntimeError("this DualViTok has no discriminator (disc_weight is 0)")

@@ -13,7 +13,7 @@ branch works in [-1, 1] like the original.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -40,27 +40,49 @@ class DualViTok(nn.Module):
         teacher = self.teacher = Teacher(p.teacher)
         # semantic branch
         self.semantic_encoder = SemanticEncoder(
-            teacher, p.semantic_width, p.semantic_heads, p.semantic_mlp_ratio, p.semantic_encoder_blocks, p.semantic_code_dim
+            teacher,
+            p.semantic_width,
+            p.semantic_heads,
+            p.semantic_mlp_ratio,
+            p.semantic_encoder_blocks,
+            p.semantic_code_dim,
         )
-        self.semantic_quantizer = build_code_quantizer(p.semantic_quantizer, p.semantic_code_dim,
-                                                       p.semantic_codebook_size, "semantic")
+        self.semantic_quantizer = build_code_quantizer(
+            p.semantic_quantizer, p.semantic_code_dim, p.semantic_codebook_size, "semantic"
+        )
         self.semantic_decoder = SemanticDecoder(
-            p.semantic_code_dim, p.semantic_width, p.semantic_heads, p.semantic_mlp_ratio, p.semantic_decoder_blocks,
+            p.semantic_code_dim,
+            p.semantic_width,
+            p.semantic_heads,
+            p.semantic_mlp_ratio,
+            p.semantic_decoder_blocks,
             teacher.width,
         )
         # pixel branch
         self.pixel_encoder = PixelEncoder(
-            p.encoder_channels, p.encoder_channel_mult, p.encoder_res_blocks, p.encoder_attn_levels, p.pixel_z_channels,
-            p.norm_groups, dc=p.dc_blocks, patchify=p.patchify,
+            p.encoder_channels,
+            p.encoder_channel_mult,
+            p.encoder_res_blocks,
+            p.encoder_attn_levels,
+            p.pixel_z_channels,
+            p.norm_groups,
+            dc=p.dc_blocks,
+            patchify=p.patchify,
         )
         self.pixel_quant_conv = nn.Conv2d(p.pixel_z_channels, p.pixel_code_dim, 1)
-        self.pixel_quantizer = build_code_quantizer(p.pixel_quantizer, p.pixel_code_dim, p.pixel_codebook_size,
-                                                    "pixel")
+        self.pixel_quantizer = build_code_quantizer(p.pixel_quantizer, p.pixel_code_dim, p.pixel_codebook_size, "pixel")
         zq = p.semantic_code_dim + p.pixel_code_dim
         self.pixel_post_quant_conv = nn.Conv2d(zq, zq, 1)
         self.pixel_decoder = PixelDecoder(
-            p.decoder_channels, p.decoder_channel_mult, p.decoder_res_blocks, p.decoder_attn_levels, zq, zq,
-            p.norm_groups, dc=p.dc_blocks, patchify=p.patchify,
+            p.decoder_channels,
+            p.decoder_channel_mult,
+            p.decoder_res_blocks,
+            p.decoder_attn_levels,
+            zq,
+            zq,
+            p.norm_groups,
+            dc=p.dc_blocks,
+            patchify=p.patchify,
         )
         # training-only parts: the discriminator is a submodule (its optimiser is separate, see
         # discriminator_parameters); LPIPS is a frozen metric kept out of the state dict.
@@ -79,10 +101,16 @@ class DualViTok(nn.Module):
     def codebooks(self) -> tuple[CodebookSpec, ...]:
         p = self.params
         return (
-            CodebookSpec("semantic", self.semantic_quantizer.codebook_size, p.semantic_code_dim,
-                         self.teacher.stride, self.teacher.width),
-            CodebookSpec("pixel", self.pixel_quantizer.codebook_size, p.pixel_code_dim,
-                         p.pixel_stride, p.pixel_z_channels),
+            CodebookSpec(
+                "semantic",
+                self.semantic_quantizer.codebook_size,
+                p.semantic_code_dim,
+                self.teacher.stride,
+                self.teacher.width,
+            ),
+            CodebookSpec(
+                "pixel", self.pixel_quantizer.codebook_size, p.pixel_code_dim, p.pixel_stride, p.pixel_z_channels
+            ),
         )
 
     def grid(self, height: int, width: int) -> dict[str, tuple[int, int]]:

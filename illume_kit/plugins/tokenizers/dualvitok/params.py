@@ -42,14 +42,19 @@ class DualViTokParams(PatchGANParams):
     )
 
     # pixel branch (MoVQ CNNs)
-    patchify: int = Field(1, ge=1, description="pixel-unshuffle factor before the encoder (and shuffle after the decoder)")
+    patchify: int = Field(
+        1, ge=1, description="pixel-unshuffle factor before the encoder (and shuffle after the decoder)"
+    )
     encoder_channels: int = Field(128, ge=1, description="pixel encoder base width (ch)")
     encoder_channel_mult: list[int] = Field(
-        default_factory=lambda: [1, 1, 2, 2, 4], min_length=1,
+        default_factory=lambda: [1, 1, 2, 2, 4],
+        min_length=1,
         description="pixel encoder width per level; len-1 downsamples (stride = patchify * 2**(len-1))",
     )
     encoder_res_blocks: int = Field(2, ge=1, description="ResBlocks per encoder level")
-    encoder_attn_levels: list[int] = Field(default_factory=lambda: [4], description="encoder levels with self-attention")
+    encoder_attn_levels: list[int] = Field(
+        default_factory=lambda: [4], description="encoder levels with self-attention"
+    )
     pixel_z_channels: int = Field(32, ge=1, description="encoder output width = LLM-side pixel feature width")
     pixel_code_dim: int = Field(32, ge=1, description="pixel code width (after the 1x1 quant conv)")
     pixel_codebook_size: int = Field(98304, ge=2, description="pixel codebook size (given to the quantizer)")
@@ -59,11 +64,14 @@ class DualViTokParams(PatchGANParams):
     )
     decoder_channels: int = Field(384, ge=1, description="pixel decoder base width (ch)")
     decoder_channel_mult: list[int] = Field(
-        default_factory=lambda: [1, 1, 2, 2, 4], min_length=1,
+        default_factory=lambda: [1, 1, 2, 2, 4],
+        min_length=1,
         description="pixel decoder width per level (same number of levels as the encoder)",
     )
     decoder_res_blocks: int = Field(2, ge=1, description="decoder uses this + 1 ResBlocks per level (taming)")
-    decoder_attn_levels: list[int] = Field(default_factory=lambda: [4], description="decoder levels with self-attention")
+    decoder_attn_levels: list[int] = Field(
+        default_factory=lambda: [4], description="decoder levels with self-attention"
+    )
     dc_blocks: bool = Field(True, description="DC-AE style space-to-channel down/up blocks with shortcuts")
     norm_groups: int = Field(32, ge=1, description="GroupNorm groups; must divide every CNN width")
 
@@ -78,7 +86,9 @@ class DualViTokParams(PatchGANParams):
 
     # losses (vq_loss.py::DualViTokLoss)
     recon_weight: float = Field(1.0, ge=0.0, description="weight of the pixel MSE (images in [-1, 1])")
-    perceptual_weight: float = Field(0.0, ge=0.0, description="weight of LPIPS (ILLUME+: 1.0; needs perceptual_weights)")
+    perceptual_weight: float = Field(
+        0.0, ge=0.0, description="weight of LPIPS (ILLUME+: 1.0; needs perceptual_weights)"
+    )
     perceptual_weights: str | None = Field(
         None, description="local .safetensors/.pt with VGG16 + LPIPS linear weights; random init if None (tests only)"
     )
@@ -107,11 +117,15 @@ class DualViTokParams(PatchGANParams):
             enc, zq = widths[len(self.encoder_channel_mult) - 1], self.semantic_code_dim + self.pixel_code_dim
             dec = self.decoder_channels * self.decoder_channel_mult[-1]
             if enc % self.pixel_z_channels:
-                raise ValueError(f"dc_blocks: the last encoder width {enc} must be a multiple of pixel_z_channels "
-                                 f"{self.pixel_z_channels}")
+                raise ValueError(
+                    f"dc_blocks: the last encoder width {enc} must be a multiple of pixel_z_channels "
+                    f"{self.pixel_z_channels}"
+                )
             if dec % zq:
-                raise ValueError(f"dc_blocks: the last decoder width {dec} must be a multiple of semantic_code_dim + "
-                                 f"pixel_code_dim = {zq}")
+                raise ValueError(
+                    f"dc_blocks: the last decoder width {dec} must be a multiple of semantic_code_dim + "
+                    f"pixel_code_dim = {zq}"
+                )
         return self
 
     @property
@@ -124,8 +138,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "official-fix256": {"pixel_drop_rate": 0.1, "pixel_drop_batch_rate": 0.1},
     "tiny": {
         "teacher": {
-            "depth": 2, "embed_dim": 64, "num_heads": 2, "mlp_ratio": 2, "hidden_size": 128,
-            "patch_size": 8, "spatial_merge_size": 2,
+            "depth": 2,
+            "embed_dim": 64,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "hidden_size": 128,
+            "patch_size": 8,
+            "spatial_merge_size": 2,
             "siglip": {"vision_width": 64, "vision_layers": 2, "text_width": 32, "text_layers": 1, "text_heads": 2},
         },
         "semantic_width": 64,

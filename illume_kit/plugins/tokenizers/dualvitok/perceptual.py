@@ -73,4 +73,3 @@ class LPIPS(nn.Module):
             b = b / (b.norm(dim=1, keepdim=True) + 1e-10)
             total = total + lin((a - b) ** 2).mean()
         return total
-

@@ -114,8 +114,18 @@ class Upsample(nn.Module):
 class PixelEncoder(nn.Module):
     """Images (B, 3, H, W) in [-1, 1] -> (B, z_channels, H/stride, W/stride)."""
 
-    def __init__(self, ch: int, ch_mult: list[int], num_res_blocks: int, attn_levels: list[int], z_channels: int,
-                 groups: int, dc: bool = True, patchify: int = 1, in_channels: int = 3):
+    def __init__(
+        self,
+        ch: int,
+        ch_mult: list[int],
+        num_res_blocks: int,
+        attn_levels: list[int],
+        z_channels: int,
+        groups: int,
+        dc: bool = True,
+        patchify: int = 1,
+        in_channels: int = 3,
+    ):
         super().__init__()
         self.patchify, self.dc = patchify, dc
         self.conv_in = nn.Conv2d(in_channels * patchify**2, ch, 3, 1, 1)
@@ -164,13 +174,26 @@ class PixelEncoder(nn.Module):
 class PixelDecoder(nn.Module):
     """(z (B, z_channels, h, w), zq (B, zq_channels, h, w)) -> images (B, 3, h*stride, w*stride) ~[-1, 1]."""
 
-    def __init__(self, ch: int, ch_mult: list[int], num_res_blocks: int, attn_levels: list[int], z_channels: int,
-                 zq_channels: int, groups: int, dc: bool = True, patchify: int = 1, out_channels: int = 3):
+    def __init__(
+        self,
+        ch: int,
+        ch_mult: list[int],
+        num_res_blocks: int,
+        attn_levels: list[int],
+        z_channels: int,
+        zq_channels: int,
+        groups: int,
+        dc: bool = True,
+        patchify: int = 1,
+        out_channels: int = 3,
+    ):
         super().__init__()
         self.patchify, self.dc = patchify, dc
         block_in = ch * ch_mult[-1]
         if dc and block_in % z_channels:
-            raise ValueError(f"DC shortcut needs the bottom width {block_in} to be a multiple of z_channels {z_channels}")
+            raise ValueError(
+                f"DC shortcut needs the bottom width {block_in} to be a multiple of z_channels {z_channels}"
+            )
         self.in_repeats = block_in // z_channels
         self.conv_in = nn.Conv2d(z_channels, block_in, 3, 1, 1)
         self.mid = nn.Module()

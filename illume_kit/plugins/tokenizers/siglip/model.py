@@ -8,7 +8,7 @@ what the paper argues about: no pixel branch.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +29,13 @@ class SigLIPTokenizer(nn.Module):
         super().__init__()
         p = self.params = params if params is not None else SigLIPTokenizerParams()
         self.teacher = Teacher(p.teacher)
-        self.semantic_encoder = SemanticEncoder(self.teacher, p.width, p.heads, p.mlp_ratio, p.encoder_blocks, p.code_dim)
+        self.semantic_encoder = SemanticEncoder(
+            self.teacher, p.width, p.heads, p.mlp_ratio, p.encoder_blocks, p.code_dim
+        )
         self.semantic_quantizer = build_code_quantizer(p.quantizer, p.code_dim, p.codebook_size, "semantic")
-        self.semantic_decoder = SemanticDecoder(p.code_dim, p.width, p.heads, p.mlp_ratio, p.decoder_blocks,
-                                                self.teacher.width)
+        self.semantic_decoder = SemanticDecoder(
+            p.code_dim, p.width, p.heads, p.mlp_ratio, p.decoder_blocks, self.teacher.width
+        )
 
     def checkpoint_params(self, params: dict) -> dict:
         """What a checkpoint's manifest records: the teacher written out, its weights being ours."""
@@ -40,14 +43,22 @@ class SigLIPTokenizer(nn.Module):
 
     @property
     def codebooks(self) -> tuple[CodebookSpec, ...]:
-        return (CodebookSpec("semantic", self.semantic_quantizer.codebook_size, self.params.code_dim,
-                             self.teacher.stride, self.teacher.width),)
+        return (
+            CodebookSpec(
+                "semantic",
+                self.semantic_quantizer.codebook_size,
+                self.params.code_dim,
+                self.teacher.stride,
+                self.teacher.width,
+            ),
+        )
 
     def grid(self, height: int, width: int) -> dict[str, tuple[int, int]]:
         s = self.teacher.stride
         if height < s or width < s or height % s or width % s:
-            raise ValueError(f"the siglip tokenizer needs image sides that are positive multiples of {s}, "
-                             f"got {height}x{width}")
+            raise ValueError(
+                f"the siglip tokenizer needs image sides that are positive multiples of {s}, got {height}x{width}"
+            )
         return {"semantic": self.teacher.grid(height, width)}
 
     def _encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -55,13 +66,22 @@ class SigLIPTokenizer(nn.Module):
         z, target, raw = self.semantic_encoder(images)
         b, h, w, _ = z.shape
         q = self.semantic_quantizer(z.reshape(b, h * w, -1).float())
-        return {"codes": q.indices.reshape(b, h, w), "raw": raw, "target": target, "vq": q.aux_loss,
-                "quantized": q.quantized.reshape(b, h, w, -1).permute(0, 3, 1, 2)}
+        return {
+            "codes": q.indices.reshape(b, h, w),
+            "raw": raw,
+            "target": target,
+            "vq": q.aux_loss,
+            "quantized": q.quantized.reshape(b, h, w, -1).permute(0, 3, 1, 2),
+        }
 
     def encode(self, images: torch.Tensor) -> TokenizerOutput:
         out = self._encode(images)
-        return TokenizerOutput(codes={"semantic": out["codes"]}, features={"semantic": out["raw"]},
-                               quantized={"semantic": out["quantized"]}, losses={"semantic_vq": out["vq"]})
+        return TokenizerOutput(
+            codes={"semantic": out["codes"]},
+            features={"semantic": out["raw"]},
+            quantized={"semantic": out["quantized"]},
+            losses={"semantic_vq": out["vq"]},
+        )
 
     def codes_to_maps(self, codes: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         c = codes["semantic"]
@@ -70,8 +90,9 @@ class SigLIPTokenizer(nn.Module):
         return {"semantic": q.reshape(b, h, w, -1).permute(0, 3, 1, 2)}
 
     def decode(self, codes: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError("the siglip tokenizer is semantic-only: decode its codes with the `diffusion` "
-                                  "detokenizer")
+        raise NotImplementedError(
+            "the siglip tokenizer is semantic-only: decode its codes with the `diffusion` detokenizer"
+        )
 
     def loss(self, images: torch.Tensor, step: int = 0) -> dict[str, torch.Tensor]:
         p = self.params

@@ -15,8 +15,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import open_clip
 import torch
@@ -36,12 +36,21 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 def build_clip(p: TeacherParams) -> open_clip.CLIP:
     """The open_clip model a ``TeacherParams`` describes (a custom config, no named model)."""
     vision = dict(
-        image_size=p.image_size, patch_size=p.patch_size, width=p.vision_width, layers=p.vision_layers,
-        head_width=p.vision_head_width, mlp_ratio=p.mlp_ratio, pool_type=p.vision_pool,
+        image_size=p.image_size,
+        patch_size=p.patch_size,
+        width=p.vision_width,
+        layers=p.vision_layers,
+        head_width=p.vision_head_width,
+        mlp_ratio=p.mlp_ratio,
+        pool_type=p.vision_pool,
     )
     text = dict(
-        context_length=p.context_length, vocab_size=49408, width=p.text_width, heads=p.text_heads,
-        layers=p.text_layers, mlp_ratio=p.mlp_ratio,
+        context_length=p.context_length,
+        vocab_size=49408,
+        width=p.text_width,
+        heads=p.text_heads,
+        layers=p.text_layers,
+        mlp_ratio=p.mlp_ratio,
     )
     return open_clip.CLIP(
         p.embed_dim, vision, text, init_logit_scale=p.init_logit_scale, init_logit_bias=p.init_logit_bias
@@ -187,11 +196,15 @@ class SemanticTeacher(nn.Module):
         out = {"loss": loss, "retrieval_accuracy": hit.float().mean(), "logit_scale": scale.detach()}
         if local:
             region, acc = self.region_loss(images, regions, feats)
-            out.update(loss=loss + self.params.region_weight * region, image_loss=loss.detach(),
-                       region_loss=region.detach(), region_accuracy=acc)
+            out.update(
+                loss=loss + self.params.region_weight * region,
+                image_loss=loss.detach(),
+                region_loss=region.detach(),
+                region_accuracy=acc,
+            )
         return out
 
-    def freeze(self) -> "SemanticTeacher":
+    def freeze(self) -> SemanticTeacher:
         """Eval mode, no gradients: how tokenizers use a trained teacher."""
         self.eval()
         self.requires_grad_(False)
@@ -217,7 +230,7 @@ class SemanticTeacher(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "SemanticTeacher":
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SemanticTeacher:
         """Rebuild from a folder written by ``save`` (weights via safetensors; no code is run)."""
         path = Path(path)
         cfg_file = path / CONFIG_FILE

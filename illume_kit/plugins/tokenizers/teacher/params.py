@@ -22,8 +22,10 @@ from illume_kit.core.params import ComponentParams
 
 class TeacherParams(ComponentParams):
     image_size: int = Field(
-        64, ge=8, description="training resolution; other sizes interpolate the position embeddings, and pixels "
-        "past the last whole patch are dropped (SigLIP so400m/14 at 384: a 27x27 grid)"
+        64,
+        ge=8,
+        description="training resolution; other sizes interpolate the position embeddings, and pixels "
+        "past the last whole patch are dropped (SigLIP so400m/14 at 384: a 27x27 grid)",
     )
     patch_size: int = Field(8, ge=1, description="ViT patch side in pixels = stride of the feature grid")
     vision_width: int = Field(128, ge=8, description="ViT width = feature_dim of encode_image")
@@ -41,14 +43,16 @@ class TeacherParams(ComponentParams):
     init_logit_scale: float = Field(math.log(10.0), description="log temperature at init (SigLIP: log 10)")
     init_logit_bias: float = Field(-10.0, description="logit bias at init (SigLIP: -10)")
     region_weight: float = Field(
-        0.0, ge=0.0, description="weight of a region-text sigmoid loss on items with `regions` (boxes with their own "
+        0.0,
+        ge=0.0,
+        description="weight of a region-text sigmoid loss on items with `regions` (boxes with their own "
         "text): each box's mean patch feature, projected, against every region text of the batch. The image loss "
         "alone lets every patch hold the whole scene; this one makes a patch hold what is under it (SigLIP 2 "
-        "adds local objectives for dense features too). 0 = the plain SigLIP loss"
+        "adds local objectives for dense features too). 0 = the plain SigLIP loss",
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "TeacherParams":
+    def _check(self) -> TeacherParams:
         if self.image_size < self.patch_size:
             raise ValueError(f"image_size {self.image_size} is smaller than patch_size {self.patch_size}")
         if self.vision_width % self.vision_head_width:

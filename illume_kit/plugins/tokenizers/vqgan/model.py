@@ -14,7 +14,7 @@ pixel-unshuffled first (and pixel-shuffled at the end) so the convs run at lower
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -41,13 +41,31 @@ class VQGAN(nn.Module):
         up = ["UpDecoderBlock2D"] * levels
         if p.attention:  # taming: attention at the lowest resolution
             down[-1], up[0] = "AttnDownEncoderBlock2D", "AttnUpDecoderBlock2D"
-        self.encoder = Encoder(io, p.z_channels, tuple(down), widths, p.num_res_blocks, p.norm_groups,
-                               "silu", double_z=False, mid_block_add_attention=p.attention)
+        self.encoder = Encoder(
+            io,
+            p.z_channels,
+            tuple(down),
+            widths,
+            p.num_res_blocks,
+            p.norm_groups,
+            "silu",
+            double_z=False,
+            mid_block_add_attention=p.attention,
+        )
         self.quant_conv = nn.Conv2d(p.z_channels, p.code_dim, 1)
         self.quantizer = build_quantizer(p.quantizer, {"dim": p.code_dim})
         self.post_quant_conv = nn.Conv2d(p.code_dim, p.z_channels, 1)
-        self.decoder = Decoder(p.z_channels, io, tuple(up), widths, p.num_res_blocks, p.norm_groups,
-                               "silu", "group", mid_block_add_attention=p.attention)
+        self.decoder = Decoder(
+            p.z_channels,
+            io,
+            tuple(up),
+            widths,
+            p.num_res_blocks,
+            p.norm_groups,
+            "silu",
+            "group",
+            mid_block_add_attention=p.attention,
+        )
         self.discriminator = (
             PatchGANDiscriminator(3, p.disc_width, p.disc_layers, p.disc_norm) if p.disc_weight > 0 else None
         )
@@ -140,8 +158,12 @@ class VQGAN(nn.Module):
         self._last = None
         real, fake = self.discriminator(images * 2 - 1), self.discriminator(rec.detach())
         d = hinge_d_loss(real, fake)
-        return {"loss": self.params.disc_weight * d, "d_loss": d.detach(),
-                "logits_real": real.mean().detach(), "logits_fake": fake.mean().detach()}
+        return {
+            "loss": self.params.disc_weight * d,
+            "d_loss": d.detach(),
+            "logits_real": real.mean().detach(),
+            "logits_fake": fake.mean().detach(),
+        }
 
     def generator_parameters(self) -> Iterator[nn.Parameter]:
         """Everything but the discriminator (the tokenizer's own optimizer)."""

@@ -54,7 +54,7 @@ class VQGANParams(PatchGANParams):
         return self.patch_size * 2 ** (len(self.channel_mult) - 1)
 
     @model_validator(mode="after")
-    def _check(self) -> "VQGANParams":
+    def _check(self) -> VQGANParams:
         widths = [self.channels * m for m in self.channel_mult]
         bad = [w for w in widths if w % self.norm_groups]
         if bad:
