@@ -95,15 +95,13 @@ def check_size(model, size: tuple[int, int]) -> None:
 
 def load_image(path: str | Path, size: tuple[int, int]):
     """An image file -> float (3, H, W) in [0, 1], center-cropped to the aspect of ``size`` and resized."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
+    from illume_kit.data.images import load_rgb
     from illume_kit.data.shapes import to_tensor
 
     h, w = size
-    try:
-        img = Image.open(path).convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{path}: not an image Pillow can read ({type(exc).__name__})") from None
+    img = load_rgb(path)  # its declared size checked against the pixel budget before decoding
     W, H = img.size
     if W * h > H * w:  # too wide: crop the sides
         cw = round(H * w / h)

@@ -141,7 +141,7 @@ def cmd_recipes(args) -> int:
         t.add_column(col, overflow="fold")
     for name, path in shipped_recipes():
         try:
-            desc = (yamlio.safe_load(path.read_text()) or {}).get("description", "")
+            desc = (yamlio.load_file(path) or {}).get("description", "")
         except Exception:
             desc = "[red]unreadable[/]"
         t.add_row(name, str(desc))

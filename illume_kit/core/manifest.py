@@ -98,4 +98,4 @@ def resolve_manifest(manifest: dict[str, Any], registry: Registry) -> dict[str, 
 
 
 def load_recipe_yaml(folder: str | Path) -> dict:
-    return yamlio.safe_load((Path(folder) / "recipe.yaml").read_text())
+    return yamlio.load_file(Path(folder) / "recipe.yaml")

@@ -47,7 +47,8 @@ class Problem:
     def __str__(self) -> str:
         where = f" (set in {self.source})" if self.source else ""
         hint = f" {self.hint}" if self.hint else ""
-        return f"{self.path or '<recipe>'}: {self.message}{where}.{hint}".replace("..", ".")
+        body = f"{self.path or '<recipe>'}: {self.message}{where}"
+        return f"{body}{'' if body.endswith('.') else '.'}{hint}"
 
 
 class RecipeError(Exception):
@@ -102,12 +103,23 @@ def _leaves(node: Any, prefix: str = "") -> Iterable[str]:
         yield prefix
 
 
+def _missing_leaves(node: Any, prefix: str = "") -> Iterable[str]:
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            yield from _missing_leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    elif node == "???" and prefix:
+        yield prefix
+
+
 def _read_yaml(path: Path, via: str, problems: list[Problem]) -> dict | None:
     if not path.is_file():
         problems.append(Problem("extends" if via else "", f"recipe file {str(path)!r} does not exist", via))
         return None
     try:
-        data = yamlio.safe_load(path.read_text())
+        data = yamlio.safe_load(path.read_text(), str(path))
+    except yamlio.YamlError as exc:
+        problems.append(Problem("", str(exc), via))
+        return None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -211,6 +223,13 @@ def _merge(
             continue
         for leaf in _leaves(data):
             prov[leaf] = source
+        # OmegaConf's merge keeps an earlier value under a later `???`; the later layer asks for the
+        # value to be given, so it stays required
+        for leaf in _missing_leaves(data):
+            try:
+                OmegaConf.update(cfg, leaf, "???", merge=True, force_add=True)
+            except Exception:  # a key OmegaConf cannot address; the merged value stands
+                pass
     set_keys = {k for k, _ in sets}
     for key, value in sets:
         sec, _, rest = key.partition(".")
@@ -426,6 +445,8 @@ def pydantic_problems(
         elif err["type"] == "literal_error":
             msg = f"invalid value {err.get('input')!r}"
             hint = err["msg"].replace("Input should be", "Valid:")
+        elif err["type"] == "value_error":
+            msg = err["msg"].removeprefix("Value error, ")
         elif err["type"] == "union_tag_invalid":
             msg = f"invalid value {ctx.get('tag')!r}"
             hint = f"Valid: {ctx.get('expected_tags')}"

@@ -7,9 +7,10 @@ against the named component's own ``Params`` model.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_serializer, field_validator
 
 from illume_kit.core.options import (
     DetokenizerOptions,
@@ -72,23 +73,40 @@ class ModelOptions(_Strict):
     max_resolution: int = Field(1024, ge=1, description="largest resolution tag")
 
 
-Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+Beta = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+# torch.manual_seed takes 64 bits, numpy's seed 32; the data loaders derive per-epoch seeds from it
+MAX_SEED = 2**32 - 1
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# a name is one path component: letters, digits, '.', '_', '-', not starting with '.'
+NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+NAME_RULE = "letters, digits, '.', '_' and '-', not starting with '.' (it names a folder)"
+
+
+def check_name(v: str, what: str = "name") -> str:
+    if not NAME_RE.fullmatch(v) or len(v) > 128:
+        raise ValueError(f"{what} {v!r} is not a safe name: use {NAME_RULE}, at most 128 characters")
+    return v
 
 
 class Stage(_Strict):
     name: str = Field(description="stage name, unique in the recipe")
     target: Literal["teacher", "tokenizer", "detokenizer", "mllm"] = Field(description="what this stage trains")
-    steps: int = Field(100, ge=0, description="optimisation steps")
+    steps: int = Field(100, ge=1, description="optimisation steps")
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(3e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(3e-4, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1)")
-    grad_clip: float | None = Field(1.0, description="max grad norm (null: off)")
+    grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False, description="max grad norm, > 0 (null: off)")
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "cosine"] = "cosine"
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: only at the end)")
     trainable: list[str] = Field(default_factory=list, description="parameter groups trained (mllm stages)")
     options: StageOptions = Field(default_factory=StageOptions, description="options of this kind of stage")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "stage name")  # the stage's folder under the run's output_dir
 
     # A stage dumps its options as the recipe gave them, defaults left out: the dump keys the sweep's
     # content-addressed shared stages and is written back into frozen recipes.
@@ -132,14 +150,21 @@ class EvalConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    seed: int = 0
-    output_dir: str = Field("runs/default", description="where checkpoints and results go")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description=f"seed of every random choice, 0..{MAX_SEED}")
+    output_dir: str = Field("runs/default", min_length=1, description="where checkpoints and results go")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE_RE.fullmatch(v):
+            raise ValueError(f"unknown device {v!r} (valid: auto, cpu, cuda, cuda:N, mps)")
+        return v
 
 
 class Recipe(_Strict):
     illume_kit: Literal[1] = Field(description="recipe schema version")
-    name: str = Field(description="recipe name, used in output paths")
+    name: str = Field(description=f"recipe name, used in output paths: {NAME_RULE}")
     description: str = ""
     tokenizer: ComponentChoice
     backbone: ComponentChoice
@@ -151,6 +176,11 @@ class Recipe(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     sweep: dict[str, Any] | None = Field(None, description="optional sweep block (see `illume-kit sweep`)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "recipe name")
 
 
 # component sections of a recipe and the registry role each names

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from illume_kit.data.images import load_rgb, open_image
 from illume_kit.data.params import ImageFolderParams
 from illume_kit.data.shapes import to_tensor
 
@@ -99,15 +100,14 @@ class ImageFolderDataset(Dataset):
     def size_of(self, index: int) -> tuple[int, int]:
         """(H, W) of item ``index`` without decoding the pixels."""
         if index not in self._sizes:
-            with Image.open(self.root / self.files[index]) as img:
+            with open_image(self.root / self.files[index]) as img:
                 self._sizes[index] = target_size(img.width, img.height, self.params)
         return self._sizes[index]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rel = self.files[index]
-        with Image.open(self.root / rel) as img:
-            img = img.convert("RGB")
-            size = target_size(img.width, img.height, self.params)
-            self._sizes[index] = size
-            image = to_tensor(resize_crop(img, size))
+        img = load_rgb(self.root / rel)  # its declared size checked against the pixel budget first
+        size = target_size(img.width, img.height, self.params)
+        self._sizes[index] = size
+        image = to_tensor(resize_crop(img, size))
         return {"image": image, "caption": self.captions.get(rel, ""), "file": rel}

@@ -50,7 +50,7 @@ def records(data: dict[str, dict[str, dict[str, Any]]]) -> list[ComponentSpec]:
 @hookimpl
 def illume_kit_components() -> list[ComponentSpec]:
     text = resources.files("illume_kit").joinpath("registry.yaml").read_text()
-    return records(yamlio.safe_load(text) or {})
+    return records(yamlio.safe_load(text, "illume_kit/registry.yaml") or {})
 
 
 @hookimpl

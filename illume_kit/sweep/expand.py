@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,6 +85,14 @@ def _matches(entry: dict[str, Any], run: ExpandedRun) -> bool:
         elif k not in run.overrides or run.overrides[k] != v:
             return False
     return True
+
+
+def count_runs(spec: SweepSpec) -> int:
+    """How many runs ``expand`` would list before excludes and duplicates drop any: computed from
+    the axis lengths, so a sweep too large to expand is refused without building its product."""
+    lengths = [len(v) for v in spec.grid.values()] + [len(next(iter(g.values()))) for g in spec.zip]
+    combos = (math.prod(lengths) if lengths or not spec.variants else 0) + len(spec.variants)
+    return combos * max(1, len(spec.seeds))
 
 
 def expand(spec: SweepSpec) -> tuple[list[ExpandedRun], list[str]]:

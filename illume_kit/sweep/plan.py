@@ -27,11 +27,13 @@ from typing import Any
 
 from illume_kit.core.recipe import Problem, RecipeError, load_recipe
 from illume_kit.core.schema import COMPONENT_ROLES
-from illume_kit.sweep.expand import ExpandedRun, expand
+from illume_kit.sweep.expand import ExpandedRun, count_runs, expand
 from illume_kit.sweep.shared import SharedUnit, UnitPlanner, freeze, yaml_value
 from illume_kit.sweep.spec import SEED_KEY, SweepError, SweepSpec, load_sweep
 
 PLAN_FILE = "plan.json"
+# the most runs a plan lists: each is validated and frozen to disk, so more is a typo, not a sweep
+HARD_MAX_RUNS = 100_000
 RUN_FILE = "run.json"
 UNIT_FILE = "unit.json"
 
@@ -198,6 +200,14 @@ def plan_sweep(sweep_file: str | Path, sweep_dir: str | Path | None = None, forc
     problems = _check_metrics(spec)
     if problems:
         raise SweepError(f"{sweep_file}: " + "; ".join(problems))
+    total = count_runs(spec)  # before anything is expanded
+    if total > HARD_MAX_RUNS or (total > spec.max_runs and not force):
+        also = (
+            f"; a sweep expands to at most {HARD_MAX_RUNS} runs, whatever max_runs or --force say"
+            if total > HARD_MAX_RUNS
+            else "; raise max_runs or pass --force"
+        )
+        raise SweepError(f"{sweep_file}: {total} runs exceed max_runs={spec.max_runs}{also}")
     runs, warnings = expand(spec)
     if len(runs) > spec.max_runs and not force:
         raise SweepError(

@@ -38,7 +38,7 @@ from pydantic import (
 )
 
 from illume_kit.core import yamlio
-from illume_kit.core.schema import COMPONENT_ROLES
+from illume_kit.core.schema import COMPONENT_ROLES, check_name
 
 RESERVED = {"variant"}  # exclude entries may name a variant
 SEED_KEY = "run.seed"
@@ -105,6 +105,11 @@ class SweepSpec(_Strict):
         description="submitit executor parameters for "
         "--launcher slurm, e.g. {slurm_partition: gpu, timeout_min: 120, gpus_per_node: 1}",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return v if v is None else check_name(v, "sweep name")
 
     @field_validator("grid")
     @classmethod
@@ -204,7 +209,9 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
     if not path.is_file():
         raise SweepError(f"sweep file {str(path)!r} does not exist")
     try:
-        data = yamlio.safe_load(path.read_text()) or {}
+        data = yamlio.safe_load(path.read_text(), str(path)) or {}
+    except yamlio.YamlError as exc:
+        raise SweepError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise SweepError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -234,5 +241,8 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
         if not base.is_file():
             raise SweepError(f"{path}: base recipe {spec.base!r} not found (looked in {path.parent})")
     if spec.name is None:
-        spec = spec.model_copy(update={"name": path.stem})
+        try:
+            spec = spec.model_copy(update={"name": check_name(path.stem, "sweep name (the file's stem)")})
+        except ValueError as exc:
+            raise SweepError(f"{path}: {exc}; give the sweep a `name:`") from None
     return spec, base.resolve()

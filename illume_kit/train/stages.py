@@ -54,7 +54,20 @@ UNCHECKED = ("eval", "description")  # may change between attempts without touch
 
 
 class OutputDirError(ValueError):
-    """The output folder holds a run of another recipe."""
+    """The output folder holds a run of another recipe, or cannot be a folder."""
+
+
+def check_output_dir(out: Path) -> None:
+    """``run.output_dir`` must be a folder or creatable as one: not a file, nor under a file."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == out else f"is under {p}, which is a file"
+                raise OutputDirError(
+                    f"run.output_dir: {out} {what}; a run writes a folder there. "
+                    "Pick another folder with run.output_dir=..."
+                )
+            return
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -134,6 +147,7 @@ class StageRunner:
         the earlier ones): the folder must hold this recipe's run, or none. Otherwise an earlier run
         is moved aside (returned) and the run starts clean."""
         out, moved = self.out, None
+        check_output_dir(out)
         if out.exists() and _has_run(out):
             stored = out / SNAPSHOT
             if not stored.is_file():  # runs written before the snapshot existed
