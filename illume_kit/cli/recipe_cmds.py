@@ -16,7 +16,18 @@ def _overrides_arg(p) -> None:
     )
 
 
+def allow_large(args) -> None:
+    """``--allow-large``: the memory estimate is not a refusal, here and in any process started from here."""
+    if getattr(args, "allow_large", False):
+        import os
+
+        from illume_kit.core.footprint import ENV
+
+        os.environ[ENV] = "1"
+
+
 def cmd_validate(args) -> int:
+    allow_large(args)
     from illume_kit.core.recipe import load_recipe
 
     r = load_recipe(args.recipe, args.overrides)
@@ -156,6 +167,7 @@ def cmd_compose(args) -> int:
     from illume_kit.model.checkpoint import save_checkpoint
     from illume_kit.model.compose import compose
 
+    allow_large(args)
     resolved = load_recipe(args.recipe, args.overrides)
     model = compose(resolved)
     info = describe(model, resolved)
@@ -199,10 +211,20 @@ def register(sub) -> None:
     p = sub.add_parser("validate", help="check a recipe and report every problem at once (no torch)")
     _overrides_arg(p)
     p.add_argument("--print-recipe", action="store_true", help="print the resolved recipe")
+    p.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="build even when the recipe's memory estimate exceeds this machine's memory (or ILLUME_KIT_ALLOW_LARGE=1)",
+    )
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("compose", help="build the unified model of a recipe and print what was built")
     _overrides_arg(p)
     p.add_argument("-o", "--output", help="write a checkpoint folder here")
+    p.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="build even when the recipe's memory estimate exceeds this machine's memory (or ILLUME_KIT_ALLOW_LARGE=1)",
+    )
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     p.set_defaults(func=cmd_compose)
     p = sub.add_parser("inspect", help="read a checkpoint folder, check plugins, load it and describe it")

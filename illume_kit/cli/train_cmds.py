@@ -7,8 +7,10 @@ import json
 
 def cmd_train(args) -> int:
     from illume_kit.cli.output import console
+    from illume_kit.cli.recipe_cmds import allow_large
     from illume_kit.core.recipe import load_recipe
 
+    allow_large(args)
     resolved = load_recipe(args.recipe, args.overrides)
     if not resolved.recipe.train.stages:
         raise ValueError(f"{resolved.origin}: `train.stages` is empty: nothing to train")
@@ -51,5 +53,10 @@ def register(sub) -> None:
     )
     p.add_argument("--until", type=int, help="stop the current stage at this step (checkpointed), for testing resume")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="build even when the recipe's memory estimate exceeds this machine's memory (or ILLUME_KIT_ALLOW_LARGE=1)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)

@@ -16,6 +16,8 @@ Task = Literal["und", "t2i", "edit"]
 EditTarget = Literal["encoded", "copy_unchanged"]
 LossAverage = Literal["token", "sample"]
 TASKS: tuple[str, ...] = get_args(Task)
+# the largest image side a recipe may ask for; past it a single image is gigabytes of activations
+MAX_IMAGE_SIZE = 16384
 # sampling settings, each one number for every level or a mapping from level (text, a codebook's name)
 Temperature = Annotated[float, Field(ge=0.0)]
 TopK = Annotated[int, Field(ge=0)]
@@ -32,8 +34,9 @@ class StageOptions(_Options):
     image_size: int | None = Field(
         None,
         ge=1,
+        le=MAX_IMAGE_SIZE,
         description="train at this image size (the dataset's image_size for this stage; "
-        "null: the recipe's data.params.image_size)",
+        f"null: the recipe's data.params.image_size; <= {MAX_IMAGE_SIZE})",
     )
     cache_data: bool = Field(
         True, description="keep each dataset item once built instead of rendering it again every epoch"

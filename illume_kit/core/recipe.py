@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
-from illume_kit.core import yamlio
+from illume_kit.core import footprint, yamlio
 from illume_kit.core.options import STAGE_OPTIONS
 from illume_kit.core.params import ComponentRef
 from illume_kit.core.registry import ComponentSpec, Registry, RegistryError, UnknownComponent
@@ -706,6 +706,11 @@ def load_recipe(
         check_compatibility(comps, registry, prov, problems)  # only between components that resolved
     if components and registry is not None:
         check_metric_names(data, registry, prov, problems)
+    if not problems and comps:
+        too_large = footprint.check(data, {sec: rc.params for sec, rc in comps.items()})
+        if too_large is not None:
+            key, msg = too_large
+            problems.append(Problem(key, msg, source_of(key, prov)))
     if problems:
         raise RecipeError(origin, problems)
     return ResolvedRecipe(recipe, data, comps, origin=origin)

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
+from illume_kit.core.options import MAX_IMAGE_SIZE
 from illume_kit.core.params import ComponentParams
 from illume_kit.data.shapes_vocab import vocabulary
 
@@ -19,7 +20,9 @@ Split = Literal["train", "val", "test"]
 
 
 class DatasetParams(ComponentParams):
-    image_size: int = Field(64, ge=8, description="side of the (square) images served, in pixels")
+    image_size: int = Field(
+        64, ge=8, le=MAX_IMAGE_SIZE, description=f"side of the (square) images served, in pixels (<= {MAX_IMAGE_SIZE})"
+    )
     split: Split = Field("train", description="which disjoint split to serve: train, val or test")
     num_samples: int | None = Field(None, ge=1, description="number of items to expose; None = the whole split")
     seed: int = Field(0, description="seed for every random choice (scene sampling, subset selection)")

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import math
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 

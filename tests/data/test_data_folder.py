@@ -72,3 +72,14 @@ def test_mixed_sizes_batch_by_size_and_collate_refuses_mixing(tmp_path):
     with pytest.raises(ValueError, match="SizeGroupedBatchSampler"):
         other = next(i for i in range(len(ds)) if ds.size_of(i) != ds.size_of(0))
         collate([ds[0], ds[other]])
+
+
+def test_an_image_past_the_pixel_budget_is_refused_before_decoding(tmp_path, monkeypatch):
+    write_images(tmp_path, [(40, 30), (64, 64)])
+    monkeypatch.setenv("ILLUME_KIT_MAX_IMAGE_PIXELS", "2000")  # 40x30 fits, 64x64 does not
+    ds = ImageFolderDataset(ImageFolderParams(root=str(tmp_path), image_size=32))
+    assert ds[0]["image"].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match=r"img1\.png: the image is 64x64 = .* past the limit of 0\.002 Mpx"):
+        ds[1]
+    with pytest.raises(ValueError, match="ILLUME_KIT_MAX_IMAGE_PIXELS"):
+        ds.size_of(1)

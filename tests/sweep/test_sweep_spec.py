@@ -125,3 +125,25 @@ def test_base_is_relative_to_the_sweep_file_and_a_recipe_may_carry_its_own_sweep
     assert base == (tmp_path / "r.yaml").resolve() and s.grid == {"a": [1]}
     with pytest.raises(SweepError, match="base recipe 'nope.yaml' not found"):
         load_sweep(write_sweep("base: nope.yaml\n", "other.yaml"))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"grid": {"a": [1, 2, 3], "b": [1, 2]}, "seeds": [0, 1]},
+        {"zip": [{"a": [1, 2], "b": [3, 4]}], "variants": [{"name": "v", "overrides": {"c": 1}}]},
+        {"variants": [{"name": "v"}, {"name": "w", "overrides": {"c": 2}}], "seeds": [5]},
+        {},
+    ],
+)
+def test_count_runs_matches_expand_without_expanding(kw):
+    from illume_kit.sweep.expand import count_runs
+
+    s = spec(**kw)
+    assert count_runs(s) == len(expand(s)[0])
+
+
+@pytest.mark.parametrize("name", ["../up", "a/b", ".hidden", ""])
+def test_sweep_name_is_one_safe_path_component(name):
+    with pytest.raises(Exception, match="not a safe name"):
+        SweepSpec(name=name, base="x.yaml")
