@@ -48,14 +48,14 @@ def open_image(path: str | Path, budget: int | None = None):
 
     budget = pixel_budget() if budget is None else budget
     # PIL's own bomb check (at twice its limit) would refuse inside open() without saying the size:
-    # the header is read with it off, the size checked here, and decoding stays bounded by the budget
-    Image.MAX_IMAGE_PIXELS = None
+    # the header is read with it off and the size checked here, against the budget
+    pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
         img = Image.open(path)
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"{path}: not an image Pillow can read ({type(exc).__name__})") from None
     finally:
-        Image.MAX_IMAGE_PIXELS = budget
+        Image.MAX_IMAGE_PIXELS = pil_limit
     try:
         check_size(path, *img.size, budget=budget)
     except ImageTooLarge:
@@ -69,7 +69,7 @@ def load_rgb(path: str | Path, budget: int | None = None):
     img = open_image(path, budget)
     with img:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings():  # the size was checked against our budget, not PIL's
                 from PIL import Image
 
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
