@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from illume_kit.core import yamlio
-from illume_kit.core.atomic import atomic_write_text
+from illume_kit.core.atomic import atomic_write_text, remove_stale_temps
 from illume_kit.core.build import build_component
 from illume_kit.core.manifest import MANIFEST
 from illume_kit.core.protocols import Adversarial
@@ -190,6 +190,11 @@ class StageRunner:
         moved = self.claim_output(continuing=resume or bool(only))
         if moved is not None:
             self.callback.message(f"{self.out}: an earlier run was moved to {moved}")
+        stale = remove_stale_temps(self.out, depth=4)  # out/stages/<stage>/checkpoints/.step_*.tmp-*
+        if stale:
+            self.callback.message(
+                f"{self.out}: removed {len(stale)} temporary folder(s) left by a writer that was killed"
+            )
         results = {}
         todo = []
         for stage in stages:
