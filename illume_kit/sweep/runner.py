@@ -60,39 +60,19 @@ class SweepInterrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise SweepInterrupted(signum)
-
-
-def _handle(handler) -> dict:
-    """Set ``handler`` for the stop signals (main thread only: elsewhere Python cannot); returns the old ones."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-
-
 @contextlib.contextmanager
 def _signals(handler) -> Iterator[None]:
-    """``handler`` for the stop signals inside the block, the previous handlers after it."""
-    old = _handle(handler)
+    """``handler`` for the stop signals inside the block, the previous handlers after it (main thread
+    only: Python sets handlers nowhere else)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def _deferred_signals() -> Iterator[None]:
-    """Hold the stop signals while a step starts, so none lands between the start and its record."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class SweepLock:
@@ -324,7 +304,8 @@ class SweepRunner:
         self.launcher, self.jobs, self.poll_s = launcher, max(1, jobs), poll_s
         self.grace_s = grace_s
         self.lock = SweepLock(self.sweep_dir) if lock else None
-        self._hurry = False
+        self._stopping = self._hurry = self._deferring = False
+        self._pending: int | None = None
         self.cwd = Path(cwd or Path.cwd())
         self.tasks = build_tasks(plan, self.sweep_dir, python)
         self.by_id = {t.id: t for t in self.tasks}
@@ -338,7 +319,7 @@ class SweepRunner:
         t.log_offset = log.stat().st_size if log.is_file() else 0
         t.record.update(stage=name, log=str(log))
         t.save()
-        with _deferred_signals():
+        with self._deferred():  # no stop between starting the step and holding its job
             t.job = self.launcher.start(cmd, log, self.cwd)
             t.record.update(pid=getattr(t.job, "pid", None), host=platform.node())
         t.save()
@@ -394,8 +375,25 @@ class SweepRunner:
         return True
 
     # -- stopping -------------------------------------------------------------------------------
-    def _hurry_up(self, signum, frame) -> None:
-        self._hurry = True  # a second signal while stopping: no more grace
+    def _on_signal(self, signum, frame) -> None:
+        if self._stopping:
+            self._hurry = True  # a second signal while stopping: no more grace
+        elif self._deferring:
+            self._pending = signum
+        else:
+            raise SweepInterrupted(signum)
+
+    @contextlib.contextmanager
+    def _deferred(self) -> Iterator[None]:
+        """A stop signal inside the block takes effect at its end."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+            if self._pending is not None:
+                signum, self._pending = self._pending, None
+                raise SweepInterrupted(signum)
 
     def _stop_running(self) -> list[str]:
         """End every step this runner started (SIGTERM, SIGKILL after the grace period) and record
@@ -421,13 +419,13 @@ class SweepRunner:
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> dict[str, int]:
         """Run everything not done; raises ``SweepInterrupted`` when stopped by a signal (or Ctrl-C)."""
-        with self.lock if self.lock is not None else contextlib.nullcontext(), _signals(_raise_interrupt):
-            self._hurry = False
+        with self.lock if self.lock is not None else contextlib.nullcontext(), _signals(self._on_signal):
+            self._stopping = self._hurry = False
             try:
                 self._check_left_running()
                 return self._loop()
             except KeyboardInterrupt as exc:
-                _handle(self._hurry_up)
+                self._stopping = True
                 signum = getattr(exc, "signum", signal.SIGINT)
                 stopped = self._stop_running()
                 with contextlib.suppress(Exception):

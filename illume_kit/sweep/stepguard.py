@@ -9,7 +9,7 @@ it needs only the standard library, and importing the package would cost every s
 - Elsewhere: run the command as a child in this process group and look at the parent every half
   second; once the sweep is gone, end the group (SIGTERM, then SIGKILL after a grace period).
 
-Signals the sweep blocked while starting the step are unblocked for the step.
+The stop signals are unblocked for the step: a step that inherited them blocked could not be stopped.
 """
 
 from __future__ import annotations

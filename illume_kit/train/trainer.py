@@ -11,9 +11,11 @@ with the discriminator frozen (``step_fn`` may call ``disc`` for its adversarial
 from ``disc_start`` on, updates the discriminator on the model's outputs ``out`` (detached).
 
 Exact resume: the data order is a function of (seed, step) (``train.data``), and checkpoints hold
-weights, optimizer and scheduler states, the step and every rank's RNG states. Stopping at step k
-and resuming to N gives bitwise the weights of an uninterrupted N-step run (on CPU; on CUDA only
-with ``torch.use_deterministic_algorithms(True)``, since some kernels are not deterministic).
+weights, optimizer and scheduler states, the step, every rank's RNG states and the last logged row.
+Stopping at step k and resuming to N gives bitwise the weights of an uninterrupted N-step run (on
+CPU; on CUDA only with ``torch.use_deterministic_algorithms(True)``, since some kernels are not
+deterministic). A resumed run first drops the ``metrics.jsonl`` rows logged after its checkpoint
+(all of them when it has none), so every step is logged once.
 
 Reproducible runs: on CPU the loop runs with ``torch.use_deterministic_algorithms(True)``
 (``deterministic_kernels``), so two runs of the same command at the same torch thread count give

@@ -279,6 +279,40 @@ def test_a_step_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
 
 
 @linux_only
+def test_a_signal_while_a_step_starts_still_ends_that_step(tmp_path):
+    """The stop waits until the runner holds the new step's job, so the step cannot slip past it."""
+    from illume_kit.sweep.launchers import LocalLauncher
+    from illume_kit.sweep.plan import plan_sweep
+    from illume_kit.sweep.runner import SweepInterrupted, SweepRunner
+
+    (tmp_path / "child.py").write_text(CHILD)
+    (tmp_path / "sweep.yaml").write_text(f"base: {VQGAN}\nseeds: [0]\n")
+    plan = plan_sweep(tmp_path / "sweep.yaml", tmp_path / "out")
+    plan.write()
+    started = []
+
+    class SignalledWhileStarting(LocalLauncher):
+        def start(self, cmd, log, cwd):
+            job = super().start(cmd, log, cwd)
+            started.append(job)
+            os.kill(os.getpid(), signal.SIGINT)  # lands before the runner has recorded the job
+            return job
+
+    runner = SweepRunner(plan.to_json(), plan.sweep_dir, SignalledWhileStarting(), poll_s=0.05, grace_s=10.0)
+    (task,) = runner.tasks
+    task.steps = [("train", [sys.executable, str(tmp_path / "child.py"), str(task.folder), "illume_kit"])]
+    try:
+        with pytest.raises(SweepInterrupted) as exc:
+            runner.run()
+        assert exc.value.signum == signal.SIGINT and exc.value.interrupted == [task.id]
+        assert started and started[0].poll() is not None  # ended by the runner, not left behind
+        rec = json.loads((task.folder / "run.json").read_text())
+        assert rec["status"] == "interrupted" and rec["pid"] == started[0].pid
+    finally:
+        kill_all([j.pid for j in started])
+
+
+@linux_only
 def test_a_rerun_that_finds_a_live_step_refuses_naming_its_pid(hostile):
     from illume_kit.sweep.launchers import LocalLauncher
 
