@@ -353,6 +353,53 @@ def test_a_second_sweep_run_in_a_busy_folder_refuses_naming_the_runner(sweep):
     assert len([rid for rid in sweep.run_ids() if (sweep.out / rid / "logs").exists()]) == 1  # nothing new started
 
 
+# a runner stand-in: starts CHILD through the guard with the parent-death signal unavailable (the
+# path other systems take), prints the guard's pid, then waits to be killed
+NO_PDEATHSIG_RUNNER = textwrap.dedent("""
+    import os, subprocess, sys, time
+    guard, child, folder = sys.argv[1:4]
+    code = (
+        "import sys; sys.path.insert(0, sys.argv.pop(1)); import stepguard; "
+        "stepguard.die_with_parent = lambda *a: False; sys.exit(stepguard.main(sys.argv[1:]))"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code, os.path.dirname(guard), str(os.getpid()), sys.executable, child, folder],
+        start_new_session=True,
+    )
+    print(p.pid, flush=True)
+    time.sleep(120)
+""")
+
+
+@linux_only
+def test_without_a_parent_death_signal_the_guard_ends_the_step_when_the_sweep_dies(tmp_path):
+    from illume_kit.sweep.launchers import GUARD
+
+    (tmp_path / "child.py").write_text(CHILD)
+    (tmp_path / "runner.py").write_text(NO_PDEATHSIG_RUNNER)
+    runner = subprocess.Popen(
+        [sys.executable, str(tmp_path / "runner.py"), str(GUARD), str(tmp_path / "child.py"), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    pids = [runner.pid]
+    try:
+        guard = int(runner.stdout.readline())
+        pids.append(guard)
+        pid_file = tmp_path / "child.pid"
+        assert wait_until(lambda: pid_file.is_file() and pid_file.read_text(), 60)
+        child = int(pid_file.read_text())
+        pids.append(child)
+        assert child != guard and alive(child) and os.getpgid(child) == guard  # the guard waits beside it
+        runner.kill()
+        runner.wait(timeout=10)
+        assert wait_until(lambda: not alive(child) and not alive(guard), 5.0)
+    finally:
+        kill_all(pids)
+        runner.wait(timeout=10)
+
+
 def test_the_step_guard_starts_nothing_when_its_sweep_is_already_gone(tmp_path):
     from illume_kit.sweep.launchers import GUARD
 
