@@ -76,14 +76,51 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
+    """Exit status: 0 all done, 1 some run failed, 2 bad input (or another runner / a left step in
+    the folder), 128 + signal number when stopped by a signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
+    import signal
+
+    from illume_kit.cli.output import err_console
+    from illume_kit.sweep.runner import SweepInterrupted
+
+    try:
+        return _run(args)
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, SweepInterrupted) else int(signal.SIGINT)
+        ended = exc.interrupted if isinstance(exc, SweepInterrupted) else []
+        what = f"{len(ended)} running run(s) ended and marked interrupted" if ended else "no run was running"
+        again = f"illume-kit sweep run {args.file}" + (f" -o {args.output}" if args.output else "")
+        err_console.print(
+            f"sweep {args.file}: stopped by {signal.Signals(signum).name}; {what}; rerun `{again}` to resume",
+            markup=False,
+        )
+        return 128 + signum
+
+
+def _run(args) -> int:
+    import contextlib
+
+    from illume_kit.sweep.runner import SweepLock
+
+    with contextlib.ExitStack() as stack:
+        # one runner per folder, taken before planning where the folder exists (planning rewrites
+        # the frozen recipes), else as soon as planning has made it
+        before = _sweep_dir(args).resolve()
+        held = stack.enter_context(SweepLock(before)) if before.is_dir() else None
+        plan = _plan(args)
+        if plan is None:
+            return 2
+        if held is None or held.path.parent != plan.sweep_dir:
+            stack.enter_context(SweepLock(plan.sweep_dir))
+        return _run_planned(args, plan)
+
+
+def _run_planned(args, plan) -> int:
     from illume_kit.cli.output import console
     from illume_kit.sweep.display import runs_table, task_rows
     from illume_kit.sweep.launchers import make_launcher
     from illume_kit.sweep.runner import SweepRunner
 
-    plan = _plan(args)
-    if plan is None:
-        return 2
     data = plan.to_json()
     launcher = make_launcher(args.launcher, plan.sweep_dir, plan.spec.slurm)
     metric_names = plan.spec.metric_names()
@@ -102,7 +139,7 @@ def cmd_run(args) -> int:
     def update(tasks) -> None:
         live.update(runs_table(task_rows(tasks), metric_names, title))
 
-    runner = SweepRunner(data, plan.sweep_dir, launcher, jobs=args.jobs, on_change=None)
+    runner = SweepRunner(data, plan.sweep_dir, launcher, jobs=args.jobs, on_change=None, lock=False)
     use_live = not args.no_live and console.is_terminal
     if use_live:
         from rich.live import Live

@@ -5,16 +5,20 @@ call inside the sweep process: a crash, an out-of-memory kill or a leaked CUDA c
 of one run, and the sweep records it and goes on. A launcher only has to start a command with its
 output going to a log file and say when it has finished:
 
-- ``local``: a subprocess on this machine (the runner keeps ``--jobs`` of them going);
+- ``local``: a subprocess on this machine (the runner keeps ``--jobs`` of them going), in a process
+  group of its own (a Ctrl-C in the terminal reaches the sweep, which ends its steps itself), started
+  through ``stepguard`` so that it ends when the sweep process dies, even by ``kill -9``;
 - ``slurm``: a job submitted through submitit (optional dependency, imported only when used);
   ``SlurmLauncher(executor=submitit.LocalExecutor(...))`` runs the same code path without a cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -24,7 +28,12 @@ class Job(Protocol):
     def poll(self) -> int | None:
         """None while running, else the exit status."""
 
-    def kill(self) -> None: ...
+    def kill(self) -> None:
+        """End the step now (a local step: SIGKILL to its process group)."""
+
+
+# optional on a Job: ``terminate()`` asks the step to end (SIGTERM to its process group); the runner
+# calls it on every running step first, waits a grace period, then calls ``kill()`` on the rest.
 
 
 class Launcher(Protocol):
@@ -44,29 +53,39 @@ class LocalJob:
             self._log.close()
         return rc
 
-    def kill(self) -> None:
+    def _signal(self, sig: int) -> None:
+        # only while not reaped: until then the pid (and so the group id) cannot be reused
         if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)  # the step and anything it started
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)  # the step and anything it started
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
         self.poll()
+
+
+GUARD = Path(__file__).with_name("stepguard.py")
 
 
 class LocalLauncher:
     name = "local"
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
 
     def start(self, cmd: Sequence[str], log: Path, cwd: Path) -> LocalJob:
         log.parent.mkdir(parents=True, exist_ok=True)
         f = open(log, "a")  # noqa: SIM115 -- stays open while the step runs; LocalJob.poll closes it
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
+        guarded = [self.python, "-I", str(GUARD), str(os.getpid()), *cmd]
         proc = subprocess.Popen(
-            list(cmd), cwd=cwd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            guarded, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
         return LocalJob(proc, f)
 
@@ -113,6 +132,9 @@ class SlurmJob:
             return int(self.job.result())
         except Exception:  # noqa: BLE001 -- the job itself died (node failure, timeout, cancel): a failed step
             return 1
+
+    def terminate(self) -> None:
+        self.job.cancel(check=False)
 
     def kill(self) -> None:
         self.job.cancel(check=False)

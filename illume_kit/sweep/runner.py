@@ -11,17 +11,29 @@ A rerun skips what says ``done`` and starts everything else from its first step:
 skips stages whose ``done.json`` exists and continues an interrupted stage from its last trainer
 checkpoint, and ``eval`` is cheap to repeat. A failed run is retried by a rerun; a failed shared
 unit fails the runs that need it (with its error) and no others.
+
+Processes: SIGINT, SIGTERM or SIGHUP stop the runner cleanly: it sends SIGTERM to the process group
+of every running step, SIGKILL to those still alive after ``grace_s`` (at once on a second signal),
+records their runs as interrupted and raises ``SweepInterrupted`` (``sweep run`` exits 128 + the
+signal number: 130, 143, 129). Steps die with the runner even when it is killed outright
+(``stepguard``). One runner works in a sweep folder at a time (``.runner.lock``, an advisory lock
+the system drops when its holder dies); a rerun that finds a step of an earlier runner still alive
+refuses, naming its pid.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +44,83 @@ from illume_kit.sweep.spec import SweepError
 
 TAIL_LINES = 25
 CLI = ("-m", "illume_kit.cli.main")
+LOCK_FILE = ".runner.lock"
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """The runner was stopped by ``signum``; its running steps were ended and marked interrupted."""
+
+    def __init__(self, signum: int, interrupted: Sequence[str] = ()) -> None:
+        self.signum, self.interrupted = int(signum), list(interrupted)
+        super().__init__(signal.Signals(self.signum).name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@contextlib.contextmanager
+def _signals(handler) -> Iterator[None]:
+    """``handler`` for the stop signals inside the block, the previous handlers after it (main thread
+    only: Python sets handlers nowhere else)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class SweepLock:
+    """One runner per sweep folder: an advisory lock on ``<sweep_dir>/.runner.lock`` holding the pid.
+
+    The system drops the lock when its holder dies (also by ``kill -9``); where advisory locks do not
+    exist (Windows) it always succeeds.
+    """
+
+    def __init__(self, sweep_dir: str | Path) -> None:
+        self.path = Path(sweep_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = read_json(self.path)
+            os.close(fd)
+            pid = holder.get("pid", "?")
+            raise SweepError(
+                f"{self.path.parent}: another `sweep run` (pid {pid}) is working in this sweep folder; "
+                f"wait for it, or stop it with `kill {pid}` (it ends its steps and marks them interrupted), "
+                "then rerun"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(), "started_at": _now()}).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock; the file stays, naming the last holder
+            self._fd = None
+
+    def __enter__(self) -> SweepLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def _now() -> str:
@@ -208,9 +297,15 @@ class SweepRunner:
         python: str = sys.executable,
         poll_s: float = 0.5,
         on_change: Callable[[Sequence[Task]], None] | None = None,
+        grace_s: float = 10.0,
+        lock: bool = True,
     ) -> None:
         self.sweep_dir = Path(sweep_dir)
         self.launcher, self.jobs, self.poll_s = launcher, max(1, jobs), poll_s
+        self.grace_s = grace_s
+        self.lock = SweepLock(self.sweep_dir) if lock else None
+        self._stopping = self._hurry = self._deferring = False
+        self._pending: int | None = None
         self.cwd = Path(cwd or Path.cwd())
         self.tasks = build_tasks(plan, self.sweep_dir, python)
         self.by_id = {t.id: t for t in self.tasks}
@@ -224,8 +319,9 @@ class SweepRunner:
         t.log_offset = log.stat().st_size if log.is_file() else 0
         t.record.update(stage=name, log=str(log))
         t.save()
-        t.job = self.launcher.start(cmd, log, self.cwd)
-        t.record.update(pid=getattr(t.job, "pid", None), host=platform.node())
+        with self._deferred():  # no stop between starting the step and holding its job
+            t.job = self.launcher.start(cmd, log, self.cwd)
+            t.record.update(pid=getattr(t.job, "pid", None), host=platform.node())
         t.save()
 
     def _start(self, t: Task) -> None:
@@ -278,63 +374,115 @@ class SweepRunner:
             self._finish(t)
         return True
 
+    # -- stopping -------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        if self._stopping:
+            self._hurry = True  # a second signal while stopping: no more grace
+        elif self._deferring:
+            self._pending = signum
+        else:
+            raise SweepInterrupted(signum)
+
+    @contextlib.contextmanager
+    def _deferred(self) -> Iterator[None]:
+        """A stop signal inside the block takes effect at its end."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+            if self._pending is not None:
+                signum, self._pending = self._pending, None
+                raise SweepInterrupted(signum)
+
+    def _stop_running(self) -> list[str]:
+        """End every step this runner started (SIGTERM, SIGKILL after the grace period) and record
+        their runs as interrupted; returns their ids."""
+        mine = [t for t in self.tasks if t.status == "running" and t.t0]
+        jobs = [t.job for t in mine if t.job is not None]
+        for job in jobs:
+            getattr(job, "terminate", job.kill)()
+        deadline = time.monotonic() + self.grace_s
+        while not self._hurry and time.monotonic() < deadline and any(j.poll() is None for j in jobs):
+            time.sleep(0.05)
+        for job in jobs:
+            if job.poll() is None:
+                job.kill()
+        for t in mine:
+            t.job = None
+            self._close_wall(t)
+            t.record.update(status="interrupted", finished_at=_now())
+            t.record.pop("started_epoch", None)
+            t.save()
+        return [t.id for t in mine]
+
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> dict[str, int]:
+        """Run everything not done; raises ``SweepInterrupted`` when stopped by a signal (or Ctrl-C)."""
+        with self.lock if self.lock is not None else contextlib.nullcontext(), _signals(self._on_signal):
+            self._stopping = self._hurry = False
+            try:
+                self._check_left_running()
+                return self._loop()
+            except KeyboardInterrupt as exc:
+                self._stopping = True
+                signum = getattr(exc, "signum", signal.SIGINT)
+                stopped = self._stop_running()
+                with contextlib.suppress(Exception):
+                    self.on_change(self.tasks)
+                raise SweepInterrupted(signum, stopped) from None
+
+    def _check_left_running(self) -> None:
+        """What a killed sweep left "running" is interrupted now, unless its step still runs."""
+        for t in self.tasks:
+            if t.status != "running":
+                continue
+            pid = t.record.get("pid")
+            if t.record.get("host") == platform.node() and local_step_alive(pid):
+                raise SweepError(
+                    f"{t.folder}: its {t.record.get('stage')} step is still running (pid {pid}), left by "
+                    "a sweep run that was killed; it was not started a second time. Wait for it to finish, "
+                    f"or stop it and what it started with `kill -TERM -{pid}` (its process group), then rerun"
+                )
+            t.mark_interrupted()
+            t.save()
+
+    def _loop(self) -> dict[str, int]:
         todo = [t for t in self.tasks if t.status != "done"]
         running: list[Task] = []
-        for t in todo:  # what a killed sweep left "running" is interrupted now, unless its step still runs
-            if t.status == "running":
-                if t.record.get("host") == platform.node() and local_step_alive(t.record.get("pid")):
-                    raise SweepError(
-                        f"{t.folder}: its {t.record.get('stage')} step is still running (pid "
-                        f"{t.record['pid']}), left by a sweep that was killed or is still going; "
-                        "wait for it or end it, then rerun"
-                    )
-                t.mark_interrupted()
-                t.save()
         self.on_change(self.tasks)
-        try:
-            while todo or running:
-                moved = False
-                for t in list(running):
-                    if self._poll(t):
-                        moved = True
-                        if t.status != "running":
-                            running.remove(t)
-                for t in list(todo):
-                    if len(running) >= self.jobs:
-                        break
-                    deps = [self.by_id[d] for d in t.deps if d in self.by_id]
-                    bad = [d for d in deps if d.status == "failed"]
-                    if bad:
-                        d = bad[0]
-                        self._fail(
-                            t,
-                            f"shared stage {d.record.get('unit_stage')!r} (shared/{d.id}) failed:\n"
-                            f"{d.record.get('error') or ''}",
-                        )
-                        todo.remove(t)
-                        moved = True
-                    elif all(d.status == "done" for d in deps):
-                        todo.remove(t)
-                        self._start(t)
-                        moved = True
-                        if t.status == "running":
-                            running.append(t)
-                self.on_change(self.tasks)
-                if running and not moved:
-                    time.sleep(self.poll_s)
-                elif todo and not running and not moved:
-                    raise RuntimeError("sweep cannot progress: tasks wait on shared units that are not planned")
-        except KeyboardInterrupt:
-            for t in running:
-                if t.job is not None:
-                    t.job.kill()
-                self._close_wall(t)
-                t.record.update(status="interrupted")
-                t.save()
+        while todo or running:
+            moved = False
+            for t in list(running):
+                if self._poll(t):
+                    moved = True
+                    if t.status != "running":
+                        running.remove(t)
+            for t in list(todo):
+                if len(running) >= self.jobs:
+                    break
+                deps = [self.by_id[d] for d in t.deps if d in self.by_id]
+                bad = [d for d in deps if d.status == "failed"]
+                if bad:
+                    d = bad[0]
+                    self._fail(
+                        t,
+                        f"shared stage {d.record.get('unit_stage')!r} (shared/{d.id}) failed:\n"
+                        f"{d.record.get('error') or ''}",
+                    )
+                    todo.remove(t)
+                    moved = True
+                elif all(d.status == "done" for d in deps):
+                    todo.remove(t)
+                    self._start(t)
+                    moved = True
+                    if t.status == "running":
+                        running.append(t)
             self.on_change(self.tasks)
-            raise
+            if running and not moved:
+                time.sleep(self.poll_s)
+            elif todo and not running and not moved:
+                raise RuntimeError("sweep cannot progress: tasks wait on shared units that are not planned")
         return self.summary()
 
     def summary(self) -> dict[str, int]:

@@ -13,6 +13,11 @@ The unified model is composed after the teacher stage (tokenizers load the teach
 After every stage the whole model is written to ``<output_dir>/checkpoint``; with ``resume`` a stage
 that finished is skipped, and an interrupted one resumes from its trainer checkpoint.
 
+A stage is finished when ``stages/<name>/done.json`` holds its final metrics. Its trainer's final
+checkpoint holds them too (the last logged row), so a run killed after that checkpoint and before
+the marker, resumed, trains no further step and writes the marker with the same metrics. Every start
+removes the temporary folders writers killed mid-checkpoint left in the output folder.
+
 An output folder belongs to one recipe: ``<output_dir>/run_recipe.yaml`` keeps the resolved recipe it
 was started with. Resuming (or rerunning single stages) under a recipe that differs in anything but
 ``eval``/``description`` is refused, naming the keys, because the stored weights and done-markers
@@ -32,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from illume_kit.core import yamlio
-from illume_kit.core.atomic import atomic_write_text
+from illume_kit.core.atomic import atomic_write_text, remove_stale_temps
 from illume_kit.core.build import build_component
 from illume_kit.core.manifest import MANIFEST
 from illume_kit.core.protocols import Adversarial
@@ -204,6 +209,11 @@ class StageRunner:
         moved = self.claim_output(continuing=resume or bool(only))
         if moved is not None:
             self.callback.message(f"{self.out}: an earlier run was moved to {moved}")
+        stale = remove_stale_temps(self.out, depth=4)  # out/stages/<stage>/checkpoints/.step_*.tmp-*
+        if stale:
+            self.callback.message(
+                f"{self.out}: removed {len(stale)} temporary folder(s) left by a writer that was killed"
+            )
         results = {}
         todo = []
         for stage in stages:

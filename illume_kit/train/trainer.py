@@ -11,9 +11,11 @@ with the discriminator frozen (``step_fn`` may call ``disc`` for its adversarial
 from ``disc_start`` on, updates the discriminator on the model's outputs ``out`` (detached).
 
 Exact resume: the data order is a function of (seed, step) (``train.data``), and checkpoints hold
-weights, optimizer and scheduler states, the step and every rank's RNG states. Stopping at step k
-and resuming to N gives bitwise the weights of an uninterrupted N-step run (on CPU; on CUDA only
-with ``torch.use_deterministic_algorithms(True)``, since some kernels are not deterministic).
+weights, optimizer and scheduler states, the step, every rank's RNG states and the last logged row.
+Stopping at step k and resuming to N gives bitwise the weights of an uninterrupted N-step run (on
+CPU; on CUDA only with ``torch.use_deterministic_algorithms(True)``, since some kernels are not
+deterministic). A resumed run first drops the ``metrics.jsonl`` rows logged after its checkpoint
+(all of them when it has none), so every step is logged once.
 
 Reproducible runs: on CPU the loop runs with ``torch.use_deterministic_algorithms(True)``
 (``deterministic_kernels``), so two runs of the same command at the same torch thread count give
@@ -40,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from illume_kit.core.atomic import atomic_write_text, remove_stale_temps
 from illume_kit.train import distributed as D
 from illume_kit.train import optim as O
 from illume_kit.train.config import TrainerConfig
@@ -209,6 +212,7 @@ class Trainer:
         self._trainable = trainable if trainable is not None else (self.cfg.trainable or None)
         self.step = 0
         self.history: list[dict[str, float]] = []
+        self._resumed_row: dict[str, float] = {}
 
     # ------------------------------------------------------------------ paths
     @staticmethod
@@ -250,6 +254,9 @@ class Trainer:
             )
         self._groups = {"model": gen, "disc": disc}
         self.step = 0
+        self._resumed_row: dict[str, float] = {}
+        if dist.is_main and self.output_dir is not None:
+            remove_stale_temps(self.output_dir, depth=2)  # what a writer killed mid-checkpoint left
         if resume:
             self._resume()
         self.model.train()
@@ -299,7 +306,12 @@ class Trainer:
             progress.close()
             if self.step >= cfg.steps:  # finished: end the process group if we started it
                 D.teardown(self.dist)
-        return self.history[-1] if self.history else {}
+        return self.last_row()
+
+    def last_row(self) -> dict[str, float]:
+        """The row logged last, also when it was logged before the checkpoint this run resumed from
+        (a run resumed at its final step trains no step, and still reports its final metrics)."""
+        return dict(self.history[-1]) if self.history else dict(self._resumed_row)
 
     # ------------------------------------------------------------------ pieces
     def _callback(self, main: bool) -> TrainCallback:
@@ -391,6 +403,8 @@ class Trainer:
             "data_position": self.step * self.cfg.batch_size * self.dist.world_size,
             "config": self.cfg.model_dump(mode="json"),
             "rng": D.gather_objects(capture_rng(), self.dist),
+            # the last logged row, so a run resumed at its final step still reports its final metrics
+            "last_row": self.last_row(),
         }
         for name, g in self._groups.items():
             if g is not None:
@@ -414,6 +428,9 @@ class Trainer:
     def _resume(self) -> None:
         folder = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir is not None else None
         if folder is None:
+            # killed before its first checkpoint: the run starts over, so do the rows it logged
+            if self.dist.is_main and self.output_dir is not None:
+                truncate_metrics(self.output_dir / "metrics.jsonl", 0)
             return
         modules = {"model": self.model} | ({"disc": self.disc} if self.disc is not None else {})
         state = load_checkpoint(folder, modules, map_location=self.device)
@@ -433,6 +450,7 @@ class Trainer:
                 g.opt.load_state_dict(state[f"{name}/optimizer"])
                 g.sched.load_state_dict(state[f"{name}/scheduler"])
         self.step = int(state["step"])
+        self._resumed_row = dict(state.get("last_row") or {})  # checkpoints of earlier versions lack it
         threads = state.get("torch_threads")  # checkpoints of earlier versions lack it
         if threads is not None and threads != torch.get_num_threads():
             warnings.warn(
@@ -450,14 +468,23 @@ class Trainer:
             )
             seed_everything(self.cfg.seed + self.dist.rank + 7919 * self.step)
         if self.dist.is_main and self.output_dir is not None:
-            _truncate_jsonl(self.output_dir / "metrics.jsonl", self.step)
+            truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
 
 
-def _truncate_jsonl(path: Path, step: int) -> None:
-    """Drop rows logged after ``step`` by the interrupted run (they will be logged again)."""
+def truncate_metrics(path: Path, step: int) -> int:
+    """Drop the rows an interrupted run logged after ``step`` (the resumed run logs them again), and
+    a row torn by a kill mid-write; the file is replaced atomically. Returns how many were dropped."""
     if not path.is_file():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    keep = [line for line in rows if json.loads(line).get("step", 0) <= step]
-    if len(keep) != len(rows):
-        path.write_text("".join(line + "\n" for line in keep))
+        return 0
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    keep = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step", 0), (int, float)) and row.get("step", 0) <= step:
+            keep.append(line)
+    if len(keep) != len(lines) or path.read_bytes()[-1:] not in (b"\n", b""):
+        atomic_write_text(path, "".join(line + "\n" for line in keep))
+    return len(lines) - len(keep)
