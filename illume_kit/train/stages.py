@@ -46,7 +46,7 @@ from illume_kit.train import mllm_stage
 from illume_kit.train.config import TrainerConfig
 from illume_kit.train.progress import PlainReporter, StageHeader, TrainCallback
 from illume_kit.train.state import latest_checkpoint
-from illume_kit.train.trainer import Trainer
+from illume_kit.train.trainer import NonFiniteLoss, Trainer
 
 CHECKPOINT = "checkpoint"
 SNAPSHOT = "run_recipe.yaml"  # not recipe.yaml: a sweep keeps its frozen (input) recipe there
@@ -258,7 +258,15 @@ class StageRunner:
             callback=self.callback,
             **extra,
         )
-        last = trainer.fit(resume=resume, until=until)
+        try:
+            last = trainer.fit(resume=resume, until=until)
+        except NonFiniteLoss as exc:
+            i = self.recipe.train.stages.index(stage)
+            exc.where = (
+                f"{self.resolved.origin}: stage {stage.name!r} (train.stages.{i}: lr={stage.lr:g}, "
+                f"weight_decay={stage.weight_decay:g}, grad_clip={stage.grad_clip}, warmup_steps={stage.warmup_steps})"
+            )
+            raise
         if until is not None and trainer.step < cfg.steps:
             return {"status": "interrupted", "step": trainer.step}
         logged = {k: float(v) for k, v in (last or {}).items() if isinstance(v, (int, float)) and k != "step"}
