@@ -15,6 +15,17 @@ import math
 import re
 from pathlib import Path
 
+from illume_kit.cli.args import (
+    check_device_available,
+    check_output_file,
+    device,
+    finite_float,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    probability,
+    seed,
+)
 from illume_kit.core.options import EvalOptions
 from illume_kit.eval.sampling import GUIDANCE, task_sampling
 
@@ -37,7 +48,7 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 
 def _check_output(path: str) -> Path:
-    out = Path(path)
+    out = check_output_file(path)
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"-o {path}: the output must end in one of {', '.join(IMAGE_SUFFIXES)}")
     return out
@@ -102,6 +113,11 @@ def load_image(path: str | Path, size: tuple[int, int]):
     h, w = size
     try:
         img = Image.open(path).convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise ValueError(
+            f"{path}: too large to decode ({exc}); valid: at most {Image.MAX_IMAGE_PIXELS:,} pixels, "
+            "so downscale it first"
+        ) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"{path}: not an image Pillow can read ({type(exc).__name__})") from None
     W, H = img.size
@@ -121,12 +137,10 @@ def _load_model(args):
 
     from illume_kit.model.checkpoint import load_checkpoint
 
+    target = check_device_available(args.device)  # before the (slow) load
     model, _ = load_checkpoint(args.checkpoint)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(args.seed)
-    return model.to(device).eval()
+    return model.to(target).eval()
 
 
 def save_images(images, path: Path) -> Path:
@@ -168,8 +182,6 @@ def cmd_understand(args) -> int:
 def cmd_generate(args) -> int:
     out = _check_output(args.output)
     size = parse_size(args.size) or recipe_image_size(args.checkpoint)
-    if args.num < 1:
-        raise ValueError(f"--num {args.num}: need at least one image")
     model = _load_model(args)
     check_size(model, size)
     from illume_kit.cli.output import console
@@ -205,22 +217,22 @@ def cmd_edit(args) -> int:
 def _common(p, size_help: str) -> None:
     p.add_argument("checkpoint", help="a checkpoint folder (from `compose -o` or training)")
     p.add_argument("--size", help=size_help)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N | mps")
 
 
 def _sampling_args(p, verb: str) -> None:
     key, scale = GUIDANCE[verb]
     p.add_argument(
         "--cfg",
-        type=float,
+        type=finite_float,
         help=f"classifier-free guidance scale, 1 = off (default: the recipe's eval.options.{key}, else {scale})",
     )
     p.add_argument(
-        "--temperature", type=float, help="0 = greedy (default: the recipe's eval.options.temperature, else 1)"
+        "--temperature", type=nonnegative_float, help="0 = greedy (default: the recipe's eval.options.temperature, else 1)"
     )
-    p.add_argument("--top-k", type=int, help="default: the recipe's eval.options.top_k, else off")
-    p.add_argument("--top-p", type=float, help="default: the recipe's eval.options.top_p, else 1")
+    p.add_argument("--top-k", type=nonnegative_int, help="default: the recipe's eval.options.top_k, else off")
+    p.add_argument("--top-p", type=probability, help="default: the recipe's eval.options.top_p, else 1")
 
 
 def register(sub) -> None:
@@ -228,15 +240,15 @@ def register(sub) -> None:
     _common(p, "resize the image to HxW first (default: the recipe's image size)")
     p.add_argument("image", help="a png/jpg image")
     p.add_argument("question")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=positive_int, default=32, help="longest answer, in tokens")
     p.set_defaults(func=cmd_understand)
 
     p = sub.add_parser("generate", help="generate an image from a caption")
     _common(p, "image size HxW (default: the recipe's image size)")
     p.add_argument("caption")
     p.add_argument("-o", "--output", required=True, help="output image (png/jpg); with --num > 1 a grid")
-    p.add_argument("--num", type=int, default=1, help="images to draw (written as one grid)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num", type=positive_int, default=1, help="images to draw (written as one grid)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
     _sampling_args(p, "generate")
     p.set_defaults(func=cmd_generate)
 
