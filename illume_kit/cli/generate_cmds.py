@@ -31,6 +31,8 @@ from illume_kit.eval.sampling import GUIDANCE, task_sampling
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DEFAULT_SIZE = 64
+# longer text is refused before the model loads: no backbone illume-kit composes serves that many positions
+MAX_PROMPT_CHARS = 10_000
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -71,6 +73,95 @@ def recipe_image_size(checkpoint: str | Path) -> tuple[int, int]:
     except (OSError, ValueError, AttributeError):
         side = DEFAULT_SIZE
     return side, side
+
+
+def check_text(text: str, what: str) -> str:
+    """Refuse text far longer than any backbone serves, before the model loads."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"the {what} is {len(text):,} characters long; valid: at most {MAX_PROMPT_CHARS:,} characters "
+            "(and, once the model is loaded, what fits in its backbone's positions)"
+        )
+    return text
+
+
+def trained_record(checkpoint: str | Path) -> tuple[set[str] | None, list[tuple[int, int]], str]:
+    """(words, image sizes, where they come from) of what the checkpoint was trained on.
+
+    The checkpoint's own record (``vocabulary.json``, manifest ``trained_sizes``); for a checkpoint
+    without one, its recipe: the shapes world's words when it trained on that world, and the
+    recipe's image sizes (``data.params.image_size``, an mllm stage's ``options.image_size``).
+    """
+    from illume_kit.core.coverage import read_trained_sizes, read_vocabulary
+    from illume_kit.core.manifest import load_recipe_yaml, read_manifest
+
+    folder = Path(checkpoint)
+    vocab, source = read_vocabulary(folder), f"recorded in {folder / 'vocabulary.json'}"
+    sizes = read_trained_sizes(read_manifest(folder))
+    try:
+        recipe = load_recipe_yaml(folder) or {}
+        data = recipe.get("data") or {}
+        params = data.get("params") or {}
+        stages = (recipe.get("train") or {}).get("stages") or []
+    except (OSError, ValueError, AttributeError):
+        return vocab, sizes or [], source
+    if vocab is None and data.get("name") == "shapes":
+        from illume_kit.data.shapes_vocab import words
+        from illume_kit.model.tasks import task_texts
+
+        from illume_kit.core.coverage import vocabulary_of
+
+        vocab = words(params.get("grid")) | set(vocabulary_of(task_texts([])))
+        source = "the words of the shapes world, which its recipe trained on"
+    if sizes is None:
+        sides = [params.get("image_size") or DEFAULT_SIZE]
+        sides += [(st.get("options") or {}).get("image_size") for st in stages if st.get("target") == "mllm"]
+        sizes = list(dict.fromkeys((int(v), int(v)) for v in sides if isinstance(v, int)))
+    return vocab, sizes, source
+
+
+def warn_unfamiliar(checkpoint: str | Path, what: str, text: str, size: tuple[int, int], size_given: bool) -> None:
+    """Warn (the command goes on) when ``text`` uses words, or ``size`` is a size, the checkpoint
+    was not trained on."""
+    from illume_kit.cli.output import warn
+    from illume_kit.core.coverage import unseen
+
+    vocab, sizes, source = trained_record(checkpoint)
+    new = unseen(text, vocab) if vocab is not None else []
+    if new:
+        warn(
+            f"the {what} uses words this checkpoint never saw in training: {', '.join(new)} "
+            f"(its training texts use {len(vocab)} words, {source}); expect them to be ignored"
+        )
+    if sizes and size not in sizes:
+        flag = "--size " if size_given else "the image size "
+        trained = ", ".join(f"{h}x{w}" for h, w in sizes)
+        warn(f"{flag}{size[0]}x{size[1]} is not a size this checkpoint was trained at ({trained}); expect worse results")
+
+
+def check_fits(model, what: str, text: str, prompt_of, answer: int, answer_what: str, answer_fix: str) -> None:
+    """ValueError when the prompt with ``text`` and an answer of ``answer`` tokens needs more
+    positions than the backbone serves, naming the limit (``answer_fix``: what would be valid when
+    even an empty text does not fit, given the positions left for the answer)."""
+    from illume_kit.model.sampler import max_positions, sequence_length
+
+    limit = max_positions(model)
+    if limit is None:
+        return
+    total = sequence_length(model, prompt_of(text), answer)
+    if total <= limit:
+        return
+    fixed = sequence_length(model, prompt_of(""), answer)
+    if fixed >= limit:
+        raise ValueError(
+            f"{answer_what} with the chat template take {fixed} positions, more than the {limit} this model's "
+            f"backbone serves (max_position_embeddings); valid: {answer_fix.format(room=limit - (total - answer))}"
+        )
+    raise ValueError(
+        f"the {what} is {total - fixed} tokens long; valid: at most {limit - fixed} tokens for this model "
+        f"(its backbone serves {limit} positions, max_position_embeddings, and {answer_what} with the chat "
+        f"template take {fixed}): shorten the {what}"
+    )
 
 
 # what a verb samples with when neither the command line nor the recipe's eval.options says
@@ -168,25 +259,50 @@ def _sampling(args, verb: str) -> dict:
 
 
 def cmd_understand(args) -> int:
+    check_text(args.question, "question")
     _check_image(args.image)
     size = parse_size(args.size) or recipe_image_size(args.checkpoint)
+    warn_unfamiliar(args.checkpoint, "question", args.question, size, args.size is not None)
     image = load_image(args.image, size)
     model = _load_model(args)
     check_size(model, size)
     from illume_kit.model.sampler import answer
+    from illume_kit.model.tasks import und_prompt
 
+    check_fits(
+        model,
+        "question",
+        args.question,
+        lambda q: und_prompt(image, q),
+        args.max_new_tokens,
+        f"the {size[0]}x{size[1]} image and --max-new-tokens {args.max_new_tokens}",
+        "--max-new-tokens at most {room}",
+    )
     print(answer(model, [image], [args.question], max_new_tokens=args.max_new_tokens)[0])
     return 0
 
 
 def cmd_generate(args) -> int:
+    check_text(args.caption, "caption")
     out = _check_output(args.output)
     size = parse_size(args.size) or recipe_image_size(args.checkpoint)
+    warn_unfamiliar(args.checkpoint, "caption", args.caption, size, args.size is not None)
     model = _load_model(args)
     check_size(model, size)
     from illume_kit.cli.output import console
-    from illume_kit.model.sampler import decode_images, generate_images
+    from illume_kit.model.sampler import decode_images, generate_images, image_template
+    from illume_kit.model.tasks import t2i_prompt
 
+    template = len(image_template(model, size, 0))
+    check_fits(
+        model,
+        "caption",
+        args.caption,
+        lambda c: t2i_prompt(c, size),
+        template,
+        f"a {size[0]}x{size[1]} image",
+        "a smaller --size",
+    )
     sampling = _sampling(args, "generate")
     images = []
     for b, lo in enumerate(range(0, args.num, args.batch_size)):
@@ -199,15 +315,28 @@ def cmd_generate(args) -> int:
 
 
 def cmd_edit(args) -> int:
+    check_text(args.instruction, "instruction")
     out = _check_output(args.output)
     _check_image(args.image)
     size = parse_size(args.size) or recipe_image_size(args.checkpoint)
+    warn_unfamiliar(args.checkpoint, "instruction", args.instruction, size, args.size is not None)
     image = load_image(args.image, size)
     model = _load_model(args)
     check_size(model, size)
     from illume_kit.cli.output import console
-    from illume_kit.model.sampler import decode_images, edit_images
+    from illume_kit.model.sampler import decode_images, edit_images, image_template
+    from illume_kit.model.tasks import edit_prompt
 
+    order = getattr(model, "edit_order", "image_first")
+    check_fits(
+        model,
+        "instruction",
+        args.instruction,
+        lambda t: edit_prompt(image, t, order=order),
+        len(image_template(model, size, 0)),
+        f"the source and the edited {size[0]}x{size[1]} image",
+        "a smaller --size",
+    )
     codes = edit_images(model, [image], [args.instruction], seed=args.seed, **_sampling(args, "edit"))
     save_images([im.float().cpu() for im in decode_images(model, codes)], out)
     console.print(f"[green]wrote[/] {out}")
