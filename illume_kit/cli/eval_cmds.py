@@ -7,7 +7,6 @@ from pathlib import Path
 
 from illume_kit.cli.args import check_output_dir, key_value, positive_int
 
-
 # what a detokenizer whose decode takes **sampling accepts: the options of the Detokenizer protocol
 # (a deterministic decoder accepts and ignores them)
 COMMON_DECODE_OPTIONS = ("guidance", "guidance_rescale", "seed", "steps")
@@ -111,10 +110,20 @@ def cmd_eval(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on held-out data (reconstruction, codebooks, tasks)")
     p.add_argument("checkpoint", help="a checkpoint folder (e.g. runs/NAME/checkpoint)")
-    p.add_argument("--data", action="append", type=key_value, metavar="KEY=VALUE", help="override a dataset param, e.g. image_size=64")
+    p.add_argument(
+        "--data",
+        action="append",
+        type=key_value,
+        metavar="KEY=VALUE",
+        help="override a dataset param, e.g. image_size=64",
+    )
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("-n", "--num-samples", type=positive_int, help="held-out samples (default: the recipe's eval.num_samples)")
-    p.add_argument("--decode", action="append", type=key_value, metavar="KEY=VALUE", help="detokenizer options, e.g. steps=25")
+    p.add_argument(
+        "-n", "--num-samples", type=positive_int, help="held-out samples (default: the recipe's eval.num_samples)"
+    )
+    p.add_argument(
+        "--decode", action="append", type=key_value, metavar="KEY=VALUE", help="detokenizer options, e.g. steps=25"
+    )
     p.add_argument("-o", "--output", help="folder for metrics.json and the PNG grid (default: next to the checkpoint)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true")

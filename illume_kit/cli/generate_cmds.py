@@ -106,10 +106,9 @@ def trained_record(checkpoint: str | Path) -> tuple[set[str] | None, list[tuple[
     except (OSError, ValueError, AttributeError):
         return vocab, sizes or [], source
     if vocab is None and data.get("name") == "shapes":
+        from illume_kit.core.coverage import vocabulary_of
         from illume_kit.data.shapes_vocab import words
         from illume_kit.model.tasks import task_texts
-
-        from illume_kit.core.coverage import vocabulary_of
 
         vocab = words(params.get("grid")) | set(vocabulary_of(task_texts([])))
         source = "the words of the shapes world, which its recipe trained on"
@@ -136,7 +135,9 @@ def warn_unfamiliar(checkpoint: str | Path, what: str, text: str, size: tuple[in
     if sizes and size not in sizes:
         flag = "--size " if size_given else "the image size "
         trained = ", ".join(f"{h}x{w}" for h, w in sizes)
-        warn(f"{flag}{size[0]}x{size[1]} is not a size this checkpoint was trained at ({trained}); expect worse results")
+        warn(
+            f"{flag}{size[0]}x{size[1]} is not a size this checkpoint was trained at ({trained}); expect worse results"
+        )
 
 
 def check_fits(model, what: str, text: str, prompt_of, answer: int, answer_what: str, answer_fix: str) -> None:
@@ -262,7 +263,6 @@ def cmd_understand(args) -> int:
     check_text(args.question, "question")
     _check_image(args.image)
     size = parse_size(args.size) or recipe_image_size(args.checkpoint)
-    warn_unfamiliar(args.checkpoint, "question", args.question, size, args.size is not None)
     image = load_image(args.image, size)
     model = _load_model(args)
     check_size(model, size)
@@ -278,6 +278,7 @@ def cmd_understand(args) -> int:
         f"the {size[0]}x{size[1]} image and --max-new-tokens {args.max_new_tokens}",
         "--max-new-tokens at most {room}",
     )
+    warn_unfamiliar(args.checkpoint, "question", args.question, size, args.size is not None)
     print(answer(model, [image], [args.question], max_new_tokens=args.max_new_tokens)[0])
     return 0
 
@@ -286,7 +287,6 @@ def cmd_generate(args) -> int:
     check_text(args.caption, "caption")
     out = _check_output(args.output)
     size = parse_size(args.size) or recipe_image_size(args.checkpoint)
-    warn_unfamiliar(args.checkpoint, "caption", args.caption, size, args.size is not None)
     model = _load_model(args)
     check_size(model, size)
     from illume_kit.cli.output import console
@@ -303,6 +303,7 @@ def cmd_generate(args) -> int:
         f"a {size[0]}x{size[1]} image",
         "a smaller --size",
     )
+    warn_unfamiliar(args.checkpoint, "caption", args.caption, size, args.size is not None)
     sampling = _sampling(args, "generate")
     images = []
     for b, lo in enumerate(range(0, args.num, args.batch_size)):
@@ -319,7 +320,6 @@ def cmd_edit(args) -> int:
     out = _check_output(args.output)
     _check_image(args.image)
     size = parse_size(args.size) or recipe_image_size(args.checkpoint)
-    warn_unfamiliar(args.checkpoint, "instruction", args.instruction, size, args.size is not None)
     image = load_image(args.image, size)
     model = _load_model(args)
     check_size(model, size)
@@ -337,6 +337,7 @@ def cmd_edit(args) -> int:
         f"the source and the edited {size[0]}x{size[1]} image",
         "a smaller --size",
     )
+    warn_unfamiliar(args.checkpoint, "instruction", args.instruction, size, args.size is not None)
     codes = edit_images(model, [image], [args.instruction], seed=args.seed, **_sampling(args, "edit"))
     save_images([im.float().cpu() for im in decode_images(model, codes)], out)
     console.print(f"[green]wrote[/] {out}")
@@ -358,7 +359,9 @@ def _sampling_args(p, verb: str) -> None:
         help=f"classifier-free guidance scale, 1 = off (default: the recipe's eval.options.{key}, else {scale})",
     )
     p.add_argument(
-        "--temperature", type=nonnegative_float, help="0 = greedy (default: the recipe's eval.options.temperature, else 1)"
+        "--temperature",
+        type=nonnegative_float,
+        help="0 = greedy (default: the recipe's eval.options.temperature, else 1)",
     )
     p.add_argument("--top-k", type=nonnegative_int, help="default: the recipe's eval.options.top_k, else off")
     p.add_argument("--top-p", type=probability, help="default: the recipe's eval.options.top_p, else 1")

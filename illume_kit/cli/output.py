@@ -59,7 +59,9 @@ def _oserror_text(exc: OSError) -> str | None:
     if isinstance(exc, IsADirectoryError):
         return f"{where}is a folder, where a file is expected: name a file (or a path that does not exist yet)"
     if isinstance(exc, NotADirectoryError):
-        return f"{where}a part of this path is a file, where a folder is expected: pick a path whose parents are folders"
+        return (
+            f"{where}a part of this path is a file, where a folder is expected: pick a path whose parents are folders"
+        )
     if isinstance(exc, FileExistsError):
         return f"{where}already exists and is in the way (a file where a folder goes, or the reverse): pick another path or move it"
     if isinstance(exc, PermissionError):

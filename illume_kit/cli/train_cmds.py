@@ -51,7 +51,9 @@ def register(sub) -> None:
         action="store_true",
         help="skip finished stages and continue an interrupted one from its last checkpoint",
     )
-    p.add_argument("--until", type=positive_int, help="stop the current stage at this step (checkpointed), for testing resume")
+    p.add_argument(
+        "--until", type=positive_int, help="stop the current stage at this step (checkpointed), for testing resume"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)

@@ -44,10 +44,10 @@ def read_vocabulary(folder: str | Path) -> set[str] | None:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}): expected {{\"words\": [\"a\", ...]}}") from None
+        raise CheckpointError(f'{path} is not valid JSON ({exc}): expected {{"words": ["a", ...]}}') from None
     got = data.get("words") if isinstance(data, dict) else None
     if not isinstance(got, list) or not all(isinstance(w, str) for w in got):
-        raise CheckpointError(f"{path}: expected {{\"words\": [\"a\", ...]}} (a list of strings under 'words')")
+        raise CheckpointError(f'{path}: expected {{"words": ["a", ...]}} (a list of strings under \'words\')')
     return set(got)
 
 
