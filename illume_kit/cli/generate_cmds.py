@@ -3,8 +3,12 @@
 Inputs are checked before the (slow) model load where possible: a missing image, a malformed
 ``--size`` or an output name Pillow cannot write fail at once with one line (exit status 2); a size
 the tokenizer cannot grid (not a multiple of its stride) or without a resolution tag fails right
-after the load, naming the valid sizes. Input images are center-cropped to the target aspect and
-resized to ``--size`` (default: the recipe's ``data.params.image_size``).
+after the load, naming the valid sizes. Text over ``MAX_PROMPT_CHARS`` is refused before the load;
+after it, a prompt whose sequence (with the image and the answer) needs more positions than the
+backbone serves is refused with the limit. Words, or a size, the checkpoint did not train on
+(``illume_kit.core.coverage``; for a checkpoint without that record, its recipe's shapes world and
+image size) only warn. Input images are center-cropped to the target aspect and resized to
+``--size`` (default: the recipe's ``data.params.image_size``).
 
 Torch-free at import: ``illume-kit --help`` must not pay for torch.
 """
