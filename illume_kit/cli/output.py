@@ -148,7 +148,7 @@ def report_failure(exc: BaseException, debug: bool = False) -> int:
     sys.stderr.write("".join(traceback.format_exception(exc)))
     sys.stderr.write(
         f"\nThis is a bug in illume-kit {illume_kit.__version__} (or in a plugin it runs): please report it, "
-        "with the traceback above and the command line (--debug shows the traceback of any failure)\n"
+        "with the traceback above and the command line that caused it\n"
     )
     sys.stderr.flush()
     return 1
