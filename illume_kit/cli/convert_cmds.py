@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from illume_kit.cli.args import check_output_dir
+
 
 def _dualvitok_official(src: str, out: str) -> dict:
     from illume_kit.core.plugins import get_registry
@@ -41,6 +43,7 @@ CONVERTERS = {"dualvitok-official": _dualvitok_official}
 def cmd_convert(args) -> int:
     from illume_kit.cli.output import console
 
+    check_output_dir(args.output, "output")
     info = CONVERTERS[args.kind](args.source, args.output)
     console.print(
         f"[green]converted[/] {args.source} -> {args.output}: {info['tensors']} tensors, "

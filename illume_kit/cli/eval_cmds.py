@@ -3,18 +3,70 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+from illume_kit.cli.args import check_output_dir, key_value, positive_int
+
+# what a detokenizer whose decode takes **sampling accepts: the options of the Detokenizer protocol
+# (a deterministic decoder accepts and ignores them)
+COMMON_DECODE_OPTIONS = ("guidance", "guidance_rescale", "seed", "steps")
 
 
-def _kv(pairs: list[str]) -> dict:
+def _kv(pairs: list[tuple[str, str]] | None) -> dict:
     from illume_kit.core import yamlio
 
-    out = {}
-    for p in pairs or []:
-        k, eq, v = p.partition("=")
-        if not eq:
-            raise ValueError(f"--data {p!r}: expected KEY=VALUE (a param of the recipe's dataset)")
-        out[k] = yamlio.safe_load(v)
-    return out
+    return {k: yamlio.safe_load(v) for k, v in pairs or []}
+
+
+def decode_option_names(detokenizer_cls) -> list[str]:
+    """The keyword options ``detokenizer_cls.decode`` takes (what ``--decode KEY=V`` may name)."""
+    import inspect
+
+    params = inspect.signature(detokenizer_cls.decode).parameters.values()
+    named = {
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("self", "codes", "generator")
+    }
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        named |= set(COMMON_DECODE_OPTIONS)
+    return sorted(named)
+
+
+def check_overrides(checkpoint: str, data: dict, decode: dict) -> None:
+    """ValueError naming an unknown ``--data`` or ``--decode`` key and the valid ones, before the
+    checkpoint's weights load."""
+    from illume_kit.core.manifest import read_manifest
+
+    folder = Path(checkpoint)
+    manifest = read_manifest(folder)
+    if data:
+        from illume_kit.core.recipe import load_recipe
+
+        rc = load_recipe(folder / "recipe.yaml").components.get("data")
+        if rc is None:
+            raise ValueError(f"--data: {folder / 'recipe.yaml'} has no `data:` section to override")
+        valid = sorted(k for k in type(rc.params).model_fields if k != "split")
+        for key in data:
+            if key not in valid:
+                hint = " (the split is --split)" if key == "split" else ""
+                raise ValueError(
+                    f"--data {key}=...: {key!r} is not a param of dataset {rc.spec.name!r}{hint}; "
+                    f"valid keys: {', '.join(valid)}"
+                )
+    if decode:
+        from illume_kit.core.plugins import get_registry
+
+        rec = (manifest.get("components") or {}).get("detokenizer")
+        if not isinstance(rec, dict) or not rec.get("name"):
+            raise ValueError(f"--decode: the checkpoint {folder} has no detokenizer to pass options to")
+        valid = decode_option_names(get_registry().get("detokenizer", rec["name"]).load())
+        for key in decode:
+            if key not in valid:
+                raise ValueError(
+                    f"--decode {key}=...: detokenizer {rec['name']!r} takes no option {key!r}; "
+                    f"valid keys: {', '.join(valid) or 'none'}"
+                )
 
 
 def cmd_eval(args) -> int:
@@ -24,14 +76,18 @@ def cmd_eval(args) -> int:
     from illume_kit.eval.evaluate import evaluate
     from illume_kit.eval.specs import MetricSpec, metric_spec
 
+    data, decode = _kv(args.data), _kv(args.decode)
+    check_overrides(args.checkpoint, data, decode)
+    if args.output:
+        check_output_dir(args.output)
     result = evaluate(
         args.checkpoint,
-        _kv(args.data),
+        data,
         args.num_samples,
         args.split,
         args.output,
         quiet=args.quiet,
-        decode_options=_kv(args.decode),
+        decode_options=decode,
     )
     if args.json:
         print(json.dumps(result, indent=2))
@@ -54,10 +110,20 @@ def cmd_eval(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on held-out data (reconstruction, codebooks, tasks)")
     p.add_argument("checkpoint", help="a checkpoint folder (e.g. runs/NAME/checkpoint)")
-    p.add_argument("--data", action="append", metavar="KEY=VALUE", help="override a dataset param, e.g. image_size=64")
+    p.add_argument(
+        "--data",
+        action="append",
+        type=key_value,
+        metavar="KEY=VALUE",
+        help="override a dataset param, e.g. image_size=64",
+    )
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("-n", "--num-samples", type=int, help="held-out samples (default: the recipe's eval.num_samples)")
-    p.add_argument("--decode", action="append", metavar="KEY=VALUE", help="detokenizer options, e.g. steps=25")
+    p.add_argument(
+        "-n", "--num-samples", type=positive_int, help="held-out samples (default: the recipe's eval.num_samples)"
+    )
+    p.add_argument(
+        "--decode", action="append", type=key_value, metavar="KEY=VALUE", help="detokenizer options, e.g. steps=25"
+    )
     p.add_argument("-o", "--output", help="folder for metrics.json and the PNG grid (default: next to the checkpoint)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true")

@@ -3,8 +3,12 @@
 Inputs are checked before the (slow) model load where possible: a missing image, a malformed
 ``--size`` or an output name Pillow cannot write fail at once with one line (exit status 2); a size
 the tokenizer cannot grid (not a multiple of its stride) or without a resolution tag fails right
-after the load, naming the valid sizes. Input images are center-cropped to the target aspect and
-resized to ``--size`` (default: the recipe's ``data.params.image_size``).
+after the load, naming the valid sizes. Text over ``MAX_PROMPT_CHARS`` is refused before the load;
+after it, a prompt whose sequence (with the image and the answer) needs more positions than the
+backbone serves is refused with the limit. Words, or a size, the checkpoint did not train on
+(``illume_kit.core.coverage``; for a checkpoint without that record, its recipe's shapes world and
+image size) only warn. Input images are center-cropped to the target aspect and resized to
+``--size`` (default: the recipe's ``data.params.image_size``).
 
 Torch-free at import: ``illume-kit --help`` must not pay for torch.
 """
@@ -15,11 +19,24 @@ import math
 import re
 from pathlib import Path
 
+from illume_kit.cli.args import (
+    check_device_available,
+    check_output_file,
+    device,
+    finite_float,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    probability,
+    seed,
+)
 from illume_kit.core.options import EvalOptions
 from illume_kit.eval.sampling import GUIDANCE, task_sampling
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DEFAULT_SIZE = 64
+# longer text is refused before the model loads: no backbone illume-kit composes serves that many positions
+MAX_PROMPT_CHARS = 10_000
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -37,7 +54,7 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 
 def _check_output(path: str) -> Path:
-    out = Path(path)
+    out = check_output_file(path)
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"-o {path}: the output must end in one of {', '.join(IMAGE_SUFFIXES)}")
     return out
@@ -60,6 +77,96 @@ def recipe_image_size(checkpoint: str | Path) -> tuple[int, int]:
     except (OSError, ValueError, AttributeError):
         side = DEFAULT_SIZE
     return side, side
+
+
+def check_text(text: str, what: str) -> str:
+    """Refuse text far longer than any backbone serves, before the model loads."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"the {what} is {len(text):,} characters long; valid: at most {MAX_PROMPT_CHARS:,} characters "
+            "(and, once the model is loaded, what fits in its backbone's positions)"
+        )
+    return text
+
+
+def trained_record(checkpoint: str | Path) -> tuple[set[str] | None, list[tuple[int, int]], str]:
+    """(words, image sizes, where they come from) of what the checkpoint was trained on.
+
+    The checkpoint's own record (``vocabulary.json``, manifest ``trained_sizes``); for a checkpoint
+    without one, its recipe: the shapes world's words when it trained on that world, and the
+    recipe's image sizes (``data.params.image_size``, an mllm stage's ``options.image_size``).
+    """
+    from illume_kit.core.coverage import read_trained_sizes, read_vocabulary
+    from illume_kit.core.manifest import load_recipe_yaml, read_manifest
+
+    folder = Path(checkpoint)
+    vocab, source = read_vocabulary(folder), f"recorded in {folder / 'vocabulary.json'}"
+    sizes = read_trained_sizes(read_manifest(folder))
+    try:
+        recipe = load_recipe_yaml(folder) or {}
+        data = recipe.get("data") or {}
+        params = data.get("params") or {}
+        stages = (recipe.get("train") or {}).get("stages") or []
+    except (OSError, ValueError, AttributeError):
+        return vocab, sizes or [], source
+    if vocab is None and data.get("name") == "shapes":
+        from illume_kit.core.coverage import vocabulary_of
+        from illume_kit.data.shapes_vocab import words
+        from illume_kit.model.tasks import task_texts
+
+        vocab = words(params.get("grid")) | set(vocabulary_of(task_texts([])))
+        source = "the words of the shapes world, which its recipe trained on"
+    if sizes is None:
+        sides = [params.get("image_size") or DEFAULT_SIZE]
+        sides += [(st.get("options") or {}).get("image_size") for st in stages if st.get("target") == "mllm"]
+        sizes = list(dict.fromkeys((int(v), int(v)) for v in sides if isinstance(v, int)))
+    return vocab, sizes, source
+
+
+def warn_unfamiliar(checkpoint: str | Path, what: str, text: str, size: tuple[int, int], size_given: bool) -> None:
+    """Warn (the command goes on) when ``text`` uses words, or ``size`` is a size, the checkpoint
+    was not trained on."""
+    from illume_kit.cli.output import warn
+    from illume_kit.core.coverage import unseen
+
+    vocab, sizes, source = trained_record(checkpoint)
+    new = unseen(text, vocab) if vocab is not None else []
+    if new:
+        warn(
+            f"the {what} uses words this checkpoint never saw in training: {', '.join(new)} "
+            f"(its training texts use {len(vocab)} words, {source}); expect them to be ignored"
+        )
+    if sizes and size not in sizes:
+        flag = "--size " if size_given else "the image size "
+        trained = ", ".join(f"{h}x{w}" for h, w in sizes)
+        warn(
+            f"{flag}{size[0]}x{size[1]} is not a size this checkpoint was trained at ({trained}); expect worse results"
+        )
+
+
+def check_fits(model, what: str, text: str, prompt_of, answer: int, answer_what: str, answer_fix: str) -> None:
+    """ValueError when the prompt with ``text`` and an answer of ``answer`` tokens needs more
+    positions than the backbone serves, naming the limit (``answer_fix``: what would be valid when
+    even an empty text does not fit, given the positions left for the answer)."""
+    from illume_kit.model.sampler import max_positions, sequence_length
+
+    limit = max_positions(model)
+    if limit is None:
+        return
+    total = sequence_length(model, prompt_of(text), answer)
+    if total <= limit:
+        return
+    fixed = sequence_length(model, prompt_of(""), answer)
+    if fixed >= limit:
+        raise ValueError(
+            f"{answer_what} with the chat template take {fixed} positions, more than the {limit} this model's "
+            f"backbone serves (max_position_embeddings); valid: {answer_fix.format(room=limit - (total - answer))}"
+        )
+    raise ValueError(
+        f"the {what} is {total - fixed} tokens long; valid: at most {limit - fixed} tokens for this model "
+        f"(its backbone serves {limit} positions, max_position_embeddings, and {answer_what} with the chat "
+        f"template take {fixed}): shorten the {what}"
+    )
 
 
 # what a verb samples with when neither the command line nor the recipe's eval.options says
@@ -119,12 +226,10 @@ def _load_model(args):
 
     from illume_kit.model.checkpoint import load_checkpoint
 
+    target = check_device_available(args.device)  # before the (slow) load
     model, _ = load_checkpoint(args.checkpoint)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(args.seed)
-    return model.to(device).eval()
+    return model.to(target).eval()
 
 
 def save_images(images, path: Path) -> Path:
@@ -152,27 +257,50 @@ def _sampling(args, verb: str) -> dict:
 
 
 def cmd_understand(args) -> int:
+    check_text(args.question, "question")
     _check_image(args.image)
     size = parse_size(args.size) or recipe_image_size(args.checkpoint)
     image = load_image(args.image, size)
     model = _load_model(args)
     check_size(model, size)
     from illume_kit.model.sampler import answer
+    from illume_kit.model.tasks import und_prompt
 
+    check_fits(
+        model,
+        "question",
+        args.question,
+        lambda q: und_prompt(image, q),
+        args.max_new_tokens,
+        f"the {size[0]}x{size[1]} image and --max-new-tokens {args.max_new_tokens}",
+        "--max-new-tokens at most {room}",
+    )
+    warn_unfamiliar(args.checkpoint, "question", args.question, size, args.size is not None)
     print(answer(model, [image], [args.question], max_new_tokens=args.max_new_tokens)[0])
     return 0
 
 
 def cmd_generate(args) -> int:
+    check_text(args.caption, "caption")
     out = _check_output(args.output)
     size = parse_size(args.size) or recipe_image_size(args.checkpoint)
-    if args.num < 1:
-        raise ValueError(f"--num {args.num}: need at least one image")
     model = _load_model(args)
     check_size(model, size)
     from illume_kit.cli.output import console
-    from illume_kit.model.sampler import decode_images, generate_images
+    from illume_kit.model.sampler import decode_images, generate_images, image_template
+    from illume_kit.model.tasks import t2i_prompt
 
+    template = len(image_template(model, size, 0))
+    check_fits(
+        model,
+        "caption",
+        args.caption,
+        lambda c: t2i_prompt(c, size),
+        template,
+        f"a {size[0]}x{size[1]} image",
+        "a smaller --size",
+    )
+    warn_unfamiliar(args.checkpoint, "caption", args.caption, size, args.size is not None)
     sampling = _sampling(args, "generate")
     images = []
     for b, lo in enumerate(range(0, args.num, args.batch_size)):
@@ -185,6 +313,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_edit(args) -> int:
+    check_text(args.instruction, "instruction")
     out = _check_output(args.output)
     _check_image(args.image)
     size = parse_size(args.size) or recipe_image_size(args.checkpoint)
@@ -192,8 +321,20 @@ def cmd_edit(args) -> int:
     model = _load_model(args)
     check_size(model, size)
     from illume_kit.cli.output import console
-    from illume_kit.model.sampler import decode_images, edit_images
+    from illume_kit.model.sampler import decode_images, edit_images, image_template
+    from illume_kit.model.tasks import edit_prompt
 
+    order = getattr(model, "edit_order", "image_first")
+    check_fits(
+        model,
+        "instruction",
+        args.instruction,
+        lambda t: edit_prompt(image, t, order=order),
+        len(image_template(model, size, 0)),
+        f"the source and the edited {size[0]}x{size[1]} image",
+        "a smaller --size",
+    )
+    warn_unfamiliar(args.checkpoint, "instruction", args.instruction, size, args.size is not None)
     codes = edit_images(model, [image], [args.instruction], seed=args.seed, **_sampling(args, "edit"))
     save_images([im.float().cpu() for im in decode_images(model, codes)], out)
     console.print(f"[green]wrote[/] {out}")
@@ -203,22 +344,24 @@ def cmd_edit(args) -> int:
 def _common(p, size_help: str) -> None:
     p.add_argument("checkpoint", help="a checkpoint folder (from `compose -o` or training)")
     p.add_argument("--size", help=size_help)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N | mps")
 
 
 def _sampling_args(p, verb: str) -> None:
     key, scale = GUIDANCE[verb]
     p.add_argument(
         "--cfg",
-        type=float,
+        type=finite_float,
         help=f"classifier-free guidance scale, 1 = off (default: the recipe's eval.options.{key}, else {scale})",
     )
     p.add_argument(
-        "--temperature", type=float, help="0 = greedy (default: the recipe's eval.options.temperature, else 1)"
+        "--temperature",
+        type=nonnegative_float,
+        help="0 = greedy (default: the recipe's eval.options.temperature, else 1)",
     )
-    p.add_argument("--top-k", type=int, help="default: the recipe's eval.options.top_k, else off")
-    p.add_argument("--top-p", type=float, help="default: the recipe's eval.options.top_p, else 1")
+    p.add_argument("--top-k", type=nonnegative_int, help="default: the recipe's eval.options.top_k, else off")
+    p.add_argument("--top-p", type=probability, help="default: the recipe's eval.options.top_p, else 1")
 
 
 def register(sub) -> None:
@@ -226,15 +369,15 @@ def register(sub) -> None:
     _common(p, "resize the image to HxW first (default: the recipe's image size)")
     p.add_argument("image", help="a png/jpg image")
     p.add_argument("question")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=positive_int, default=32, help="longest answer, in tokens")
     p.set_defaults(func=cmd_understand)
 
     p = sub.add_parser("generate", help="generate an image from a caption")
     _common(p, "image size HxW (default: the recipe's image size)")
     p.add_argument("caption")
     p.add_argument("-o", "--output", required=True, help="output image (png/jpg); with --num > 1 a grid")
-    p.add_argument("--num", type=int, default=1, help="images to draw (written as one grid)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num", type=positive_int, default=1, help="images to draw (written as one grid)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
     _sampling_args(p, "generate")
     p.set_defaults(func=cmd_generate)
 

@@ -2,8 +2,10 @@
 
 Each verb module exposes ``register(subparsers)`` and must stay torch-free at import time:
 ``--help``, ``plugins``, ``list``, ``show``, ``validate`` never import torch.
-Errors a user can fix (bad recipe, unknown component, bad checkpoint) print one clear report and
-exit with status 2, without a traceback (``--debug`` shows it).
+Failures a user can fix (a bad recipe, flag or file, an unknown component, a bad checkpoint, too
+little memory, a training run whose loss stopped being finite) print one message and exit with
+status 2, without a traceback (``--debug`` or ``ILLUME_KIT_DEBUG=1`` shows it); anything else is a
+bug: its traceback, then a line asking to report it (status 1). Ctrl-C prints "interrupted" (130).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         prog="illume-kit",
         description="Compose, train and evaluate unified multimodal LLMs (ILLUME+-style) from YAML recipes.",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also: ILLUME_KIT_DEBUG=1)")
     parser.add_argument("--strict", action="store_true", help="a plugin that fails to load is an error")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for mod in _modules_for(argv):
@@ -52,6 +54,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command line; returns the exit status (0 ok, 2 a failure the user can fix, 1 a bug,
+    130 interrupted)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     # illume-kit uses no pydantic plugins; looking for them scans every installed distribution's
@@ -64,15 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.strict:
         os.environ["ILLUME_KIT_STRICT_PLUGINS"] = "1"
-    from illume_kit.cli.output import user_error
+    from illume_kit.cli.output import debug_enabled, report_failure
 
     try:
         return int(args.func(args) or 0)
-    except Exception as exc:  # user-fixable errors -> status 2
-        code = user_error(exc, debug=args.debug)
-        if code is None:
-            raise
-        return code
+    except Exception as exc:  # expected failures -> one message, status 2; a bug -> its traceback
+        return report_failure(exc, debug=debug_enabled(args.debug))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from illume_kit.cli.args import check_output_dir
+
 
 def _overrides_arg(p) -> None:
     p.add_argument("recipe", help="recipe YAML (a path, or a shipped recipe name from `illume-kit recipes`)")
@@ -169,6 +171,8 @@ def cmd_compose(args) -> int:
 
     allow_large(args)
     resolved = load_recipe(args.recipe, args.overrides)
+    if args.output:
+        check_output_dir(args.output)
     model = compose(resolved)
     info = describe(model, resolved)
     if args.output:

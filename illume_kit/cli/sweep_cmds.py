@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from illume_kit.cli.args import check_output_dir, positive_int
+
 
 def _sweep_dir(args, spec=None) -> Path:
     if args.output:
@@ -31,6 +33,8 @@ def _plan(args):
     from illume_kit.sweep.plan import SweepPlanError, plan_sweep
     from illume_kit.sweep.shared import yaml_value
 
+    if args.output:
+        check_output_dir(args.output)
     try:
         plan = plan_sweep(args.file, args.output, force=args.force)
     except SweepPlanError as exc:
@@ -211,7 +215,7 @@ def register(sub) -> None:
     q.set_defaults(func=cmd_plan)
     q = verbs.add_parser("run", help="plan, then train and evaluate every run (skips finished runs, resumes others)")
     common(q, force)
-    q.add_argument("-j", "--jobs", type=int, default=1, help="runs at a time (default 1)")
+    q.add_argument("-j", "--jobs", type=positive_int, default=1, help="runs at a time (default 1)")
     q.add_argument(
         "--launcher",
         choices=["local", "slurm"],

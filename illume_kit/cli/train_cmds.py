@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from illume_kit.cli.args import positive_int
+
 
 def cmd_train(args) -> int:
     from illume_kit.cli.output import console
@@ -51,7 +53,9 @@ def register(sub) -> None:
         action="store_true",
         help="skip finished stages and continue an interrupted one from its last checkpoint",
     )
-    p.add_argument("--until", type=int, help="stop the current stage at this step (checkpointed), for testing resume")
+    p.add_argument(
+        "--until", type=positive_int, help="stop the current stage at this step (checkpointed), for testing resume"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--allow-large",

@@ -69,3 +69,25 @@ def vocabulary() -> dict[str, list[str]]:
         "questions": [f"{q}  -> {a}" for q, a in QUESTIONS.values()],
         "edit instructions": list(EDITS.values()),
     }
+
+
+def words(grid: int | None = None) -> set[str]:
+    """Every word the world's texts can use (captions, questions, answers, edit instructions), with
+    the positions of ``grid`` only when given. What a checkpoint trained on the world has seen when
+    it records no vocabulary of its own."""
+    import re
+
+    grids = [grid] if grid in GRID_POSITIONS else list(GRID_POSITIONS)
+    texts = [
+        *SHAPES,
+        *COLOR_NAMES,
+        *SIZES,
+        *NUMBER_WORDS,
+        "yes no nothing",
+        OBJECT,
+        CAPTION_JOIN,
+        *(q for q, _ in QUESTIONS.values()),
+        *EDITS.values(),
+        *(p for g in grids for row in GRID_POSITIONS[g] for p in row),
+    ]
+    return {w for t in texts for w in re.findall(r"[^\W_]+", re.sub(r"\{\w+\}", " ", t).lower())}

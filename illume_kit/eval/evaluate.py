@@ -143,7 +143,9 @@ def evaluate(
     model, manifest = load_checkpoint(checkpoint)
     resolved = load_recipe(checkpoint / "recipe.yaml")
     recipe = resolved.recipe
-    n = num_samples or recipe.eval.num_samples
+    n = recipe.eval.num_samples if num_samples is None else int(num_samples)
+    if n < 1:
+        raise ValueError(f"num_samples {num_samples}: evaluation needs at least one sample")
     overrides = dict(data_overrides or {})
     dataset = build_dataset(resolved, split, **overrides)
     out_dir = Path(output) if output else checkpoint.parent / "eval"

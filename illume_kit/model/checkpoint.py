@@ -63,8 +63,11 @@ def save_component(
     return Path(folder)
 
 
-def save_checkpoint(model, resolved, folder: str | Path, extra: dict | None = None) -> Path:
-    """Write ``model`` (a UnifiedModel) composed from ``resolved`` (a ResolvedRecipe) to ``folder``."""
+def save_checkpoint(
+    model, resolved, folder: str | Path, extra: dict | None = None, files: dict[str, str] | None = None
+) -> Path:
+    """Write ``model`` (a UnifiedModel) composed from ``resolved`` (a ResolvedRecipe) to ``folder``;
+    ``extra``: keys added to the manifest; ``files``: file name -> text, written beside it."""
     recipe_text = resolved.to_yaml()
     comps = {}
     for sec in SECTIONS:
@@ -100,6 +103,8 @@ def save_checkpoint(model, resolved, folder: str | Path, extra: dict | None = No
                 save_module(part, tmp / sec)
         save_module(model.projectors, tmp / "projectors")
         (tmp / "recipe.yaml").write_text(recipe_text)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return Path(folder)
 

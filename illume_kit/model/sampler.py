@@ -34,7 +34,7 @@ import torch
 
 from illume_kit.core.protocols import IncrementalCache
 from illume_kit.model.image_tokens import parse_image_ids
-from illume_kit.model.sequence import Ids, Part, Sample, assemble
+from illume_kit.model.sequence import ASSISTANT_PREFIX, USER_PREFIX, Ids, Part, Sample, Tag, assemble, text_ids_fn
 from illume_kit.model.tasks import edit_prompt, t2i_prompt, und_prompt
 
 
@@ -84,6 +84,36 @@ def image_template(model: Any, size: tuple[int, int], eos: int | None) -> list[i
         out.append(lay.level_end(i))
     out.append(lay.eoi)
     return out + ([eos] if eos is not None else [])
+
+
+def max_positions(model: Any) -> int | None:
+    """The most positions the backbone serves (its config's ``max_position_embeddings``, GPT-2's
+    ``n_positions``); None when it declares none."""
+    config = getattr(getattr(model.backbone, "model", None), "config", None)
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    value = getattr(getattr(model.backbone, "params", None), "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def sequence_length(model: Any, prompt: Sequence[Part], answer: int) -> int:
+    """Positions one exchange takes: ``USER: {prompt}\nASSISTANT: `` as assembled for the model, plus
+    ``answer`` tokens (a generated image's template, or the longest text answer)."""
+    text_ids = text_ids_fn(model.backbone.text_tokenizer)
+    n = len(text_ids(USER_PREFIX)) + len(text_ids(ASSISTANT_PREFIX)) + answer
+    for part in prompt:
+        if isinstance(part, str):
+            n += len(text_ids(part))
+        elif isinstance(part, Tag):
+            n += 2
+        elif isinstance(part, Ids):
+            n += len(part.ids)
+        else:  # an image the model reads (a tensor or InputImage): its block, without tags
+            image = part if isinstance(part, torch.Tensor) else part.image
+            n += model.layout.image_length(model.tokenizer.grid(*image.shape[-2:]), with_tags=False)
+    return n
 
 
 def guided_logprobs(logits_c: torch.Tensor, logits_u: torch.Tensor, scale: float) -> torch.Tensor:

@@ -38,6 +38,30 @@ def load_module(module, folder: Path, what: str, filename: str = "model.safetens
             f"(missing: {', '.join(sorted(missing)[:5]) or 'none'}; "
             f"unexpected: {', '.join(sorted(unexpected)[:5]) or 'none'})"
         )
+    check_finite(module, what, path)
+
+
+def check_finite(module, what: str, path: Path) -> None:
+    """CheckpointError naming the first tensor that holds NaN or infinity (one pass over the weights).
+
+    Parameters must be finite; buffers may hold -inf (attention masks) but never NaN. A model with
+    such weights answers with nothing or fails inside sampling, far from the cause: a training run
+    that diverged, or a damaged file.
+    """
+    import torch
+
+    tensors = [(n, t, True) for n, t in module.named_parameters()] + [(n, t, False) for n, t in module.named_buffers()]
+    for name, t, param in tensors:
+        if not t.is_floating_point():
+            continue
+        bad = ~torch.isfinite(t) if param else torch.isnan(t)
+        if bool(bad.any()):
+            kind = "NaN" if bool(torch.isnan(t).any()) else "infinite values"
+            raise CheckpointError(
+                f"{what}: the checkpoint's weights are not finite: tensor {name!r} in {path} holds {kind}. "
+                "Weights trained past a diverging loss, or a damaged file: use an earlier checkpoint of the run "
+                "(stages/<stage>/checkpoints) or train again with a smaller lr"
+            )
 
 
 def load_component_weights(module, path: str | Path, section: str) -> None:

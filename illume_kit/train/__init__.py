@@ -8,7 +8,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {"Trainer": "illume_kit.train.trainer", "TrainerConfig": "illume_kit.train.config"}
+_EXPORTS = {
+    "NonFiniteLoss": "illume_kit.train.trainer",
+    "Trainer": "illume_kit.train.trainer",
+    "TrainerConfig": "illume_kit.train.config",
+}
 __all__ = sorted(_EXPORTS)
 
 

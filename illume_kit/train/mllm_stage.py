@@ -35,6 +35,10 @@ def stage_setup(runner: StageRunner, stage: Stage):
     data = runner.images(stage)
     first_mllm = next(s for s in runner.recipe.train.stages if s.target == "mllm").name == stage.name
     started = runner.stage_started(stage)
+    # the text tokenizer's corpus is also what the checkpoint records as the words it trained on
+    items = [data[i] for i in range(min(len(data), opts.text_corpus_items))]
+    texts = sorted(task_texts(items))
+    runner.note_trained(texts, {tuple(it["image"].shape[-2:]) for it in items if hasattr(it.get("image"), "shape")})
     if (
         opts.retrain_text_tokenizer
         and first_mllm
@@ -42,8 +46,7 @@ def stage_setup(runner: StageRunner, stage: Stage):
         and isinstance(model.backbone, RetrainsTextTokenizer)
         and not getattr(model.backbone.params, "pretrained", None)
     ):
-        n = min(len(data), opts.text_corpus_items)
-        model.backbone.retrain_text_tokenizer(sorted(task_texts(data[i] for i in range(n))))
+        model.backbone.retrain_text_tokenizer(texts)
     groups = stage.trainable or ["all"]
     trainable_parameters(model, groups)
     model.encode_cache = EncodeCache(keep_features=model.image_input != "discrete") if opts.cache_codes else None

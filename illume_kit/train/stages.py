@@ -39,7 +39,15 @@ import torch.nn.functional as F
 from illume_kit.core import yamlio
 from illume_kit.core.atomic import atomic_write_text, remove_stale_temps
 from illume_kit.core.build import build_component
-from illume_kit.core.manifest import MANIFEST
+from illume_kit.core.coverage import (
+    TRAINED_SIZES,
+    VOCABULARY,
+    read_trained_sizes,
+    read_vocabulary,
+    vocabulary_json,
+    vocabulary_of,
+)
+from illume_kit.core.manifest import MANIFEST, read_manifest
 from illume_kit.core.protocols import Adversarial
 from illume_kit.core.recipe import ResolvedRecipe
 from illume_kit.core.schema import Stage
@@ -51,7 +59,7 @@ from illume_kit.train import mllm_stage
 from illume_kit.train.config import TrainerConfig
 from illume_kit.train.progress import PlainReporter, StageHeader, TrainCallback
 from illume_kit.train.state import latest_checkpoint
-from illume_kit.train.trainer import Trainer
+from illume_kit.train.trainer import NonFiniteLoss, Trainer
 
 CHECKPOINT = "checkpoint"
 SNAPSHOT = "run_recipe.yaml"  # not recipe.yaml: a sweep keeps its frozen (input) recipe there
@@ -145,6 +153,9 @@ class StageRunner:
         )
         self._model = None
         self._reuse_checkpoint = True
+        # what the mllm stages of this process trained on (words of the task texts, image sizes)
+        self.trained_words: set[str] = set()
+        self.trained_sizes: set[tuple[int, int]] = set()
 
     # -- the output folder ------------------------------------------------------------------
     def claim_output(self, continuing: bool) -> Path | None:
@@ -192,11 +203,25 @@ class StageRunner:
             self._model.train()
         return self._model
 
+    def note_trained(self, texts, sizes) -> None:
+        """Record what an mllm stage trains on: saved with the checkpoint (``illume_kit.core.coverage``)."""
+        self.trained_words.update(vocabulary_of(texts))
+        self.trained_sizes.update((int(h), int(w)) for h, w in sizes)
+
     def save_model(self) -> Path:
         # the thread count changes float sums, so it is part of what reproduces a run
-        return save_checkpoint(
-            self.model, self.resolved, self.out / CHECKPOINT, extra={"torch_threads": torch.get_num_threads()}
-        )
+        extra: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
+        files = {}
+        words, sizes = set(self.trained_words), set(self.trained_sizes)
+        ck = self.out / CHECKPOINT
+        if self._reuse_checkpoint and (ck / MANIFEST).is_file():  # stages of earlier attempts count too
+            words |= read_vocabulary(ck) or set()
+            sizes |= set(read_trained_sizes(read_manifest(ck)) or [])
+        if words:
+            files[VOCABULARY] = vocabulary_json(words)
+        if sizes:
+            extra[TRAINED_SIZES] = [list(s) for s in sorted(sizes)]
+        return save_checkpoint(self.model, self.resolved, ck, extra=extra, files=files)
 
     # -- stages -----------------------------------------------------------------------------
     def run(self, only: list[str] | None = None, resume: bool = True, until: int | None = None) -> dict[str, dict]:
@@ -282,7 +307,15 @@ class StageRunner:
             callback=self.callback,
             **extra,
         )
-        last = trainer.fit(resume=resume, until=until)
+        try:
+            last = trainer.fit(resume=resume, until=until)
+        except NonFiniteLoss as exc:
+            i = self.recipe.train.stages.index(stage)
+            exc.where = (
+                f"{self.resolved.origin}: stage {stage.name!r} (train.stages.{i}: lr={stage.lr:g}, "
+                f"weight_decay={stage.weight_decay:g}, grad_clip={stage.grad_clip}, warmup_steps={stage.warmup_steps})"
+            )
+            raise
         if until is not None and trainer.step < cfg.steps:
             return {"status": "interrupted", "step": trainer.step}
         logged = {k: float(v) for k, v in (last or {}).items() if isinstance(v, (int, float)) and k != "step"}

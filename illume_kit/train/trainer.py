@@ -112,6 +112,26 @@ def _scalars(out: Mapping[str, Any], prefix: str = "") -> dict[str, torch.Tensor
     return {prefix + k: v.detach().float() for k, v in out.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
 
 
+class NonFiniteLoss(FloatingPointError):
+    """A step's loss is NaN or infinite: the training diverged (or its inputs hold NaN).
+
+    Names the step and every scalar term the step reported; ``where`` (set by the caller that knows
+    it, e.g. the recipe stage) says which settings to change.
+    """
+
+    def __init__(self, who: str, step: int, terms: Mapping[str, float], where: str = "") -> None:
+        self.who, self.step, self.terms, self.where = who, step, dict(terms), where
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in self.terms.items())
+        return (
+            f"{self.where or self.who}: the loss is not finite at step {self.step} ({shown}): the training "
+            "diverged. A finite loss needs a smaller learning rate (lr), a finite weight_decay, grad_clip set "
+            "(a positive number), or warmup_steps; check the data for NaN too"
+        )
+
+
 def _check_loss(out: Mapping[str, Any], step: int, who: str) -> torch.Tensor:
     if not isinstance(out, Mapping) or "loss" not in out:
         raise KeyError(
@@ -122,7 +142,7 @@ def _check_loss(out: Mapping[str, Any], step: int, who: str) -> torch.Tensor:
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise ValueError(f"{who}: 'loss' must be a scalar tensor, got {getattr(loss, 'shape', type(loss))}")
     if not torch.isfinite(loss.detach()):
-        raise FloatingPointError(f"{who}: loss is {loss.item()} at step {step}")
+        raise NonFiniteLoss(who, step, {k: float(v) for k, v in _scalars(out).items()})
     return loss
 
 
