@@ -75,7 +75,7 @@ class LayoutRecord(BaseModel):
         return self
 
 
-def layout_error(exc: ValidationError, prefix: str = "") -> str:
+def validation_summary(exc: ValidationError, prefix: str = "") -> str:
     """The first problems of a pydantic error, each as ``key.path: message``."""
     parts = []
     for e in exc.errors()[:3]:
@@ -224,7 +224,7 @@ class VocabLayout:
         try:
             rec = LayoutRecord.model_validate(d)
         except ValidationError as exc:
-            raise ValueError(f"bad vocab layout: {layout_error(exc, 'vocab_layout')}") from None
+            raise ValueError(f"bad vocab layout: {validation_summary(exc, 'vocab_layout')}") from None
         return cls(
             text_vocab_size=rec.text_vocab_size,
             structure=tuple(rec.structure),

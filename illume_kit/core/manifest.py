@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 import illume_kit
 from illume_kit.core import yamlio
-from illume_kit.core.layout import LayoutRecord, layout_error
+from illume_kit.core.layout import LayoutRecord, validation_summary
 from illume_kit.core.registry import ROLES, Registry, RegistryError, UnknownComponent
 from illume_kit.core.schema import ModelOptions
 
@@ -162,7 +162,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     try:
         ManifestRecord.model_validate(manifest)
     except ValidationError as exc:
-        raise CheckpointError(f"{path}: {layout_error(exc)}") from None
+        raise CheckpointError(f"{path}: {validation_summary(exc)}") from None
     return manifest
 
 
@@ -197,7 +197,7 @@ def resolve_manifest(manifest: dict[str, Any], registry: Registry, where: str | 
         except ValidationError as exc:
             raise CheckpointError(
                 f"{where}: components.{sec}.params do not validate against {spec.name!r}: "
-                f"{layout_error(exc, f'components.{sec}.params')}"
+                f"{validation_summary(exc, f'components.{sec}.params')}"
             ) from None
         except Exception as exc:
             raise CheckpointError(
