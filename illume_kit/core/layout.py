@@ -75,13 +75,27 @@ class LayoutRecord(BaseModel):
         return self
 
 
+_KINDS = {"dict_type": "a mapping", "model_type": "a mapping", "list_type": "a list", "int_type": "an integer"}
+
+
+def _problem(e: dict) -> str:
+    if e["type"] == "missing":
+        return "is missing"
+    if e["type"] in _KINDS:
+        return f"must be {_KINDS[e['type']]}, got {type(e['input']).__name__}"
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+    if e["type"] in bounds:
+        limit = next(iter((e.get("ctx") or {}).values()), "?")
+        return f"must be {bounds[e['type']]} {limit}, got {e['input']!r:.40}"
+    return e["msg"].removeprefix("Value error, ")
+
+
 def validation_summary(exc: ValidationError, prefix: str = "") -> str:
-    """The first problems of a pydantic error, each as ``key.path: message``."""
+    """The first problems of a pydantic error, each as ``key.path: what is wrong``."""
     parts = []
     for e in exc.errors()[:3]:
-        loc = ".".join(str(x) for x in (*([prefix] if prefix else []), *e["loc"])) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
+        loc = ".".join(str(x) for x in (*([prefix] if prefix else []), *e["loc"]))
+        parts.append(f"{loc}: {_problem(e)}" if loc else _problem(e))
     more = len(exc.errors()) - 3
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 

@@ -83,6 +83,8 @@ class ManifestRecord(BaseModel):
 
     @model_validator(mode="after")
     def _layout_fits_options(self) -> ManifestRecord:
+        if self.kind != "component" and self.vocab_layout is None:
+            raise ValueError("vocab_layout is missing (a composed model's checkpoint records it)")
         if self.model is None or self.vocab_layout is None:
             return self
         step, tags = self.model.resolution_step, len(self.vocab_layout.resolution_tags) // 2

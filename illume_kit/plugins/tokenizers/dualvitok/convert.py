@@ -15,6 +15,7 @@ import functools
 import pickle
 import pickletools
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -147,12 +148,18 @@ def _torch_load(path: Path) -> Any:
     if path.stat().st_size == 0:
         raise ConversionError(f"{path} is empty (expected the released pytorch_model.bin or a .safetensors file)")
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's protocol warning: the error below says what matters
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return _load_weights_only(path)
     except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError, TypeError, AttributeError) as exc:
         raise _unreadable(path, exc) from None
+
+
+def _load_weights_only(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_official_file(path: str, params: DualViTokParams | None = None) -> dict[str, torch.Tensor]:
