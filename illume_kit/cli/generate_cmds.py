@@ -106,7 +106,9 @@ def recipe_sampling(checkpoint: str | Path, verb: str) -> dict:
         # only the keys eval reads: a stored recipe may predate the typed options
         return task_sampling({k: v for k, v in opts.items() if k in EvalOptions.model_fields}, verb)
     except ValidationError as exc:
-        raise CheckpointError(f"{Path(checkpoint) / 'recipe.yaml'}: {validation_summary(exc, 'eval.options')}") from None
+        raise CheckpointError(
+            f"{Path(checkpoint) / 'recipe.yaml'}: {validation_summary(exc, 'eval.options')}"
+        ) from None
 
 
 def check_size(model, size: tuple[int, int]) -> None:

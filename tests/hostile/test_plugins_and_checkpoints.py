@@ -81,7 +81,11 @@ MANIFEST_DEFECTS = [
     ("missing-params", _drop("components.backbone.params"), "components.backbone.params"),
     ("params-a-list", _set("components.tokenizer.params", [1, 2]), "components.tokenizer.params"),
     ("params-wrong-value", _set("components.backbone.params.hidden_size", "wide"), "components.backbone.params"),
-    ("unknown-section", _set("components.wizard", {"name": "x", "role": "metric", "dist": "d", "params": {}}), "wizard"),
+    (
+        "unknown-section",
+        _set("components.wizard", {"name": "x", "role": "metric", "dist": "d", "params": {}}),
+        "wizard",
+    ),
     ("format-a-string", _set("format", "1"), "format"),
     ("layout-a-string", _set("vocab_layout", "garbage"), "vocab_layout"),
     ("layout-missing", _drop("vocab_layout"), "vocab_layout"),
@@ -123,7 +127,7 @@ def test_a_very_deep_manifest_is_refused_before_parsing(hostile):
 def test_a_huge_manifest_is_refused_unread(hostile):
     ck = copy_checkpoint(hostile.cwd)
     with (ck / MANIFEST).open("w") as f:
-        f.write('{"format": 1, "pad": "' + "x" * (64 * 1024 * 1024) + '"}')
+        f.write('{"format": 1, "pad": "' + "x" * (5 * 1024 * 1024) + '"}')
     hostile("inspect", "ck", "--manifest-only", offender=(f"ck/{MANIFEST}", "bytes"))
 
 
@@ -205,7 +209,9 @@ class RunsCode:
 def test_convert_refuses_a_pickle_with_code_and_never_runs_it(hostile):
     marker = hostile.cwd / "ran"
     (hostile.cwd / "evil.bin").write_bytes(pickle.dumps({"w": RunsCode(marker)}))
-    r = hostile("convert", "dualvitok-official", "evil.bin", "out", offender=("evil.bin", "will not run", "safetensors"))
+    r = hostile(
+        "convert", "dualvitok-official", "evil.bin", "out", offender=("evil.bin", "will not run", "safetensors")
+    )
     assert "weights_only" not in r.stdout + r.stderr
     assert not marker.exists() and not (hostile.cwd / "out").exists()
 
@@ -253,7 +259,7 @@ def test_convert_refuses_a_state_dict_of_another_network(hostile):
 
 # ---------------------------------------------------------------- plugins
 
-CLASH_PLUGIN = '''
+CLASH_PLUGIN = """
 from illume_kit import hookimpl
 from illume_kit.core.registry import ComponentSpec
 
@@ -264,9 +270,9 @@ def illume_kit_components():
         ComponentSpec("tokenizer", "dualvitok", target="clashing_plugin:Nothing", summary="an impostor"),
         ComponentSpec("metric", "clash-metric", target="clashing_plugin:Nothing"),
     ]
-'''
+"""
 
-HALF_PLUGIN = '''
+HALF_PLUGIN = """
 from illume_kit import hookimpl
 from illume_kit.core.registry import ComponentSpec
 
@@ -279,14 +285,17 @@ def illume_kit_components():
 @hookimpl
 def illume_kit_recipes():
     raise OSError("recipes folder missing")
-'''
+"""
 
 
 def install_fake_plugins(cwd: Path) -> dict:
     """Two distributions by .dist-info folders on PYTHONPATH: one clashing with the built-ins, one
     whose second hook raises."""
     site = cwd / "site"
-    for dist, module, text in (("clashing-plugin", "clashing_plugin", CLASH_PLUGIN), ("half-plugin", "half_plugin", HALF_PLUGIN)):
+    for dist, module, text in (
+        ("clashing-plugin", "clashing_plugin", CLASH_PLUGIN),
+        ("half-plugin", "half_plugin", HALF_PLUGIN),
+    ):
         info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
         info.mkdir(parents=True)
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
