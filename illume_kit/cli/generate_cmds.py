@@ -67,15 +67,39 @@ def _check_image(path: str) -> Path:
     return p
 
 
-def recipe_image_size(checkpoint: str | Path) -> tuple[int, int]:
-    """The image size the checkpoint's recipe trained on (``data.params.image_size``), else 64."""
+def _checkpoint_recipe(checkpoint: str | Path) -> dict | None:
+    """The checkpoint's ``recipe.yaml`` (None when there is none); CheckpointError when it is bad."""
     from illume_kit.core.manifest import load_recipe_yaml
 
-    try:
-        data = load_recipe_yaml(checkpoint).get("data") or {}
-        side = int((data.get("params") or {}).get("image_size") or DEFAULT_SIZE)
-    except (OSError, ValueError, AttributeError):
-        side = DEFAULT_SIZE
+    if not (Path(checkpoint) / "recipe.yaml").exists():
+        return None
+    return load_recipe_yaml(checkpoint)
+
+
+def _mapping_at(recipe: dict, checkpoint: str | Path, *keys: str) -> dict:
+    from illume_kit.core.manifest import CheckpointError
+
+    node = recipe
+    for i, key in enumerate(keys):
+        node = node.get(key) or {}
+        if not isinstance(node, dict):
+            where = ".".join(keys[: i + 1])
+            raise CheckpointError(f"{Path(checkpoint) / 'recipe.yaml'}: {where} must be a mapping, got {node!r:.60}")
+    return node
+
+
+def recipe_image_size(checkpoint: str | Path) -> tuple[int, int]:
+    """The image size the checkpoint's recipe trained on (``data.params.image_size``), else 64."""
+    from illume_kit.core.manifest import CheckpointError
+
+    recipe = _checkpoint_recipe(checkpoint)
+    if recipe is None:
+        return DEFAULT_SIZE, DEFAULT_SIZE
+    side = _mapping_at(recipe, checkpoint, "data", "params").get("image_size") or DEFAULT_SIZE
+    if not isinstance(side, int) or isinstance(side, bool) or side < 1:
+        raise CheckpointError(
+            f"{Path(checkpoint) / 'recipe.yaml'}: data.params.image_size is {side!r:.60}, expected a positive integer"
+        )
     return side, side
 
 
@@ -176,14 +200,22 @@ SAMPLING_DEFAULTS = {verb: task_sampling({}, verb) for verb in GUIDANCE}
 def recipe_sampling(checkpoint: str | Path, verb: str) -> dict:
     """The sampling the checkpoint's recipe evaluates ``verb`` with (``eval.options``, read by
     :func:`illume_kit.eval.sampling.task_sampling`), over :data:`SAMPLING_DEFAULTS`."""
-    from illume_kit.core.manifest import load_recipe_yaml
+    from pydantic import ValidationError
 
+    from illume_kit.core.layout import validation_summary
+    from illume_kit.core.manifest import CheckpointError
+
+    recipe = _checkpoint_recipe(checkpoint)
+    if recipe is None:
+        return dict(SAMPLING_DEFAULTS[verb])
+    opts = _mapping_at(recipe, checkpoint, "eval", "options")
     try:
-        opts = (load_recipe_yaml(checkpoint).get("eval") or {}).get("options") or {}
         # only the keys eval reads: a stored recipe may predate the typed options
         return task_sampling({k: v for k, v in opts.items() if k in EvalOptions.model_fields}, verb)
-    except (OSError, ValueError, AttributeError):
-        return dict(SAMPLING_DEFAULTS[verb])
+    except ValidationError as exc:
+        raise CheckpointError(
+            f"{Path(checkpoint) / 'recipe.yaml'}: {validation_summary(exc, 'eval.options')}"
+        ) from None
 
 
 def check_size(model, size: tuple[int, int]) -> None:

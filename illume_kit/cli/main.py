@@ -46,7 +46,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         description="Compose, train and evaluate unified multimodal LLMs (ILLUME+-style) from YAML recipes.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks (also: ILLUME_KIT_DEBUG=1)")
-    parser.add_argument("--strict", action="store_true", help="a plugin that fails to load is an error")
+    parser.add_argument("--strict", action="store_true", help="a failed or clashing plugin is an error")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for mod in _modules_for(argv):
         importlib.import_module(mod).register(sub)

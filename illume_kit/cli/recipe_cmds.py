@@ -190,12 +190,13 @@ def cmd_compose(args) -> int:
 def cmd_inspect(args) -> int:
     from illume_kit.cli.output import console
     from illume_kit.core.manifest import read_manifest
-    from illume_kit.model.checkpoint import load_checkpoint
 
-    manifest = read_manifest(args.checkpoint)
+    manifest = read_manifest(args.checkpoint)  # a bad manifest is reported before torch is imported
     if args.manifest_only:
         print(json.dumps(manifest, indent=2))
         return 0
+    from illume_kit.model.checkpoint import load_checkpoint
+
     model, manifest = load_checkpoint(args.checkpoint)
     info = describe(model, None, manifest, own=_trained_size(args.checkpoint), own_label="trained size")
     info["format"] = manifest["format"]

@@ -15,6 +15,7 @@ def _registry():
 
 
 def cmd_plugins(args) -> int:
+    from rich.markup import escape
     from rich.table import Table
 
     from illume_kit.cli.output import console
@@ -29,12 +30,21 @@ def cmd_plugins(args) -> int:
     for col in ("plugin", "distribution", "version", "status", "components"):
         t.add_column(col)
     for i in infos:
-        status = {"ok": "[green]ok[/]", "disabled": "[yellow]disabled[/]"}.get(i.status, f"[red]failed[/]: {i.reason}")
-        t.add_row(i.name, i.dist, i.version, status, ", ".join(i.components))
+        status = {
+            "ok": "[green]ok[/]",
+            "disabled": "[yellow]disabled[/]",
+            "conflict": f"[yellow]conflict[/]: {escape(i.reason)}",
+        }.get(i.status, f"[red]failed[/]: {escape(i.reason)}")
+        t.add_row(escape(i.name), escape(i.dist), escape(i.version), status, ", ".join(i.components))
     console.print(t)
     if reg.failed:
         console.print(
             f"[yellow]{len(reg.failed)} plugin(s) failed to load; the rest work. Use --strict to make this an error.[/]"
+        )
+    if reg.conflicts:
+        console.print(
+            f"[yellow]{len(reg.conflicts)} plugin(s) provide names another plugin already serves; those "
+            "components are withdrawn, the rest work. Use --strict to make this an error.[/]"
         )
     return 0
 

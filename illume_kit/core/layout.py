@@ -15,8 +15,89 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 FORMAT = 1
+
+
+class CodebookRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(min_length=1)
+    size: int = Field(ge=1)
+    start: int = Field(ge=0)
+
+
+class LayoutRecord(BaseModel):
+    """The stored form of a layout (``VocabLayout.to_dict``), checked against what ``build`` gives:
+    ranges in order, each starting where the previous ends, and the structure tokens and
+    resolution tags of its codebook count and tag step."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    format: int = FORMAT
+    text_vocab_size: int = Field(ge=1)
+    structure: list[str]
+    structure_start: int = Field(ge=0)
+    resolution_tags: list[str] = Field(min_length=2)
+    resolution_start: int = Field(ge=0)
+    resolution_step: int = Field(64, ge=1)
+    codebooks: list[CodebookRecord] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LayoutRecord:
+        if self.format > FORMAT:
+            raise ValueError(f"format {self.format} is newer than this illume-kit understands ({FORMAT})")
+        names = [c.name for c in self.codebooks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"codebook names repeat: {names}")
+        n = len(self.resolution_tags) // 2
+        expected = VocabLayout.build(
+            self.text_vocab_size,
+            [(c.name, c.size) for c in self.codebooks],
+            self.resolution_step,
+            max(n, 1) * self.resolution_step,
+        ).to_dict()
+        for key, want in expected.items():
+            have = getattr(self, key)
+            if key == "codebooks":
+                have = [c.model_dump() for c in have]
+                for i, (h, w) in enumerate(zip(have, want, strict=False)):
+                    for k in ("start",):
+                        if h[k] != w[k]:
+                            raise ValueError(
+                                f"codebooks.{i}.start is {h[k]}, expected {w[k]}: each codebook's ids start "
+                                "where the previous range ends (no gaps, no overlaps)"
+                            )
+            elif have != want:
+                shown = have if not isinstance(have, list) else f"a list of {len(have)}"
+                raise ValueError(f"{key} is {shown}, expected {want if not isinstance(want, list) else want[:4]}")
+        return self
+
+
+_KINDS = {"dict_type": "a mapping", "model_type": "a mapping", "list_type": "a list", "int_type": "an integer"}
+
+
+def _problem(e: dict) -> str:
+    if e["type"] == "missing":
+        return "is missing"
+    if e["type"] in _KINDS:
+        return f"must be {_KINDS[e['type']]}, got {type(e['input']).__name__}"
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+    if e["type"] in bounds:
+        limit = next(iter((e.get("ctx") or {}).values()), "?")
+        return f"must be {bounds[e['type']]} {limit}, got {e['input']!r:.40}"
+    return e["msg"].removeprefix("Value error, ")
+
+
+def validation_summary(exc: ValidationError, prefix: str = "") -> str:
+    """The first problems of a pydantic error, each as ``key.path: what is wrong``."""
+    parts = []
+    for e in exc.errors()[:3]:
+        loc = ".".join(str(x) for x in (*([prefix] if prefix else []), *e["loc"]))
+        parts.append(f"{loc}: {_problem(e)}" if loc else _problem(e))
+    more = len(exc.errors()) - 3
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
 @dataclass(frozen=True)
@@ -152,17 +233,20 @@ class VocabLayout:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> VocabLayout:
-        if d.get("format", FORMAT) > FORMAT:
-            raise ValueError(f"vocab layout format {d['format']} is newer than this illume-kit understands ({FORMAT})")
+    def from_dict(cls, d: Any) -> VocabLayout:
+        """A stored layout, validated (ValueError naming the key path otherwise)."""
+        try:
+            rec = LayoutRecord.model_validate(d)
+        except ValidationError as exc:
+            raise ValueError(f"bad vocab layout: {validation_summary(exc, 'vocab_layout')}") from None
         return cls(
-            text_vocab_size=int(d["text_vocab_size"]),
-            structure=tuple(d["structure"]),
-            structure_start=int(d["structure_start"]),
-            resolution_tags=tuple(d["resolution_tags"]),
-            resolution_start=int(d["resolution_start"]),
-            codebooks=tuple(CodebookRange(c["name"], int(c["size"]), int(c["start"])) for c in d["codebooks"]),
-            resolution_step=int(d.get("resolution_step", 64)),
+            text_vocab_size=rec.text_vocab_size,
+            structure=tuple(rec.structure),
+            structure_start=rec.structure_start,
+            resolution_tags=tuple(rec.resolution_tags),
+            resolution_start=rec.resolution_start,
+            codebooks=tuple(CodebookRange(c.name, c.size, c.start) for c in rec.codebooks),
+            resolution_step=rec.resolution_step,
         )
 
     def rows(self) -> Iterable[tuple[str, int, int]]:

@@ -2,8 +2,17 @@
 
 pluggy's own ``load_setuptools_entrypoints`` stops at the first plugin that fails to import; here
 every entry point is loaded and every hook implementation called inside its own ``try``, so a broken
-plugin is listed as failed with a one-line reason and the CLI keeps working
-(``ILLUME_KIT_STRICT_PLUGINS=1`` or ``--strict`` turns failures into errors).
+plugin is listed as failed with a one-line reason and the CLI keeps working. A failed plugin (its
+import or any of its hooks raised, or a hook returned something other than its records) has all of
+its components and recipe folders withdrawn, those of its other hooks included.
+
+Name clashes: plugins are ranked, the built-in plugin first, then third parties by distribution
+name and entry-point name. A component whose name (or alias) a higher-ranked plugin already serves
+is withdrawn and its plugin listed with status ``conflict``, naming the component and the other
+distribution; its other components keep working. The same holds for two distributions declaring
+one entry-point name: the lower-ranked is not loaded.
+
+``ILLUME_KIT_STRICT_PLUGINS=1`` or ``--strict`` turns failures and clashes into errors.
 
 Environment switches: ``ILLUME_KIT_DISABLE_PLUGINS=a,b`` skips entry points by name or distribution;
 ``ILLUME_KIT_LOAD_PLUGINS=a,b`` loads only those (empty string: none). Both select third-party
@@ -23,7 +32,7 @@ import pluggy
 
 import illume_kit
 from illume_kit.core import hookspecs
-from illume_kit.core.registry import ComponentSpec, DuplicateComponent, Registry, RegistryError
+from illume_kit.core.registry import ComponentSpec, DuplicateComponent, RecipeSource, Registry, RegistryError
 
 GROUP = "illume_kit"
 BUILTIN = "builtin"
@@ -40,7 +49,7 @@ class PluginInfo:
     name: str
     dist: str
     version: str
-    status: str = "ok"  # ok | failed | disabled
+    status: str = "ok"  # ok | failed | disabled | conflict (some components withdrawn: see reason)
     reason: str = ""
     components: list[str] = field(default_factory=list)
 
@@ -48,6 +57,12 @@ class PluginInfo:
 def _one_line(exc: BaseException) -> str:
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def _rank(info: PluginInfo) -> tuple:
+    """Which provider keeps a clashing name: the built-in plugin, then distributions by name."""
+    builtin = info.name == BUILTIN and info.dist == BUILTIN_DIST
+    return (not builtin, info.dist.lower(), info.name)
 
 
 def _csv_env(name: str) -> set[str] | None:
@@ -96,19 +111,23 @@ class PluginManager:
     def _load_entry_points(self) -> None:
         disabled = _csv_env("ILLUME_KIT_DISABLE_PLUGINS") or set()
         only = _csv_env("ILLUME_KIT_LOAD_PLUGINS")
+        found = []
         for ep in metadata.entry_points(group=GROUP):
             dist = ep.dist.name if ep.dist else "?"
             version = ep.dist.version if ep.dist else "?"
-            info = PluginInfo(ep.name, dist, version)
-            builtin = ep.name == BUILTIN and dist == BUILTIN_DIST
-            chosen = (
-                ep.name not in disabled and dist not in disabled and (only is None or ep.name in only or dist in only)
-            )
+            found.append((PluginInfo(ep.name, dist, version), ep))
+        for info, ep in sorted(found, key=lambda f: _rank(f[0])):
+            builtin = info.name == BUILTIN and info.dist == BUILTIN_DIST
+            chosen = info.name not in disabled and info.dist not in disabled
+            chosen = chosen and (only is None or info.name in only or info.dist in only)
             if not (builtin or chosen):
                 info.status, info.reason = "disabled", "disabled by environment"
-                self.infos[ep.name] = info
+                self.infos.setdefault(info.name, info)
                 continue
-            if self.pm.has_plugin(ep.name):
+            if self.pm.has_plugin(info.name):
+                other = self.infos[info.name]
+                if other.dist != info.dist:  # one entry-point name, two distributions
+                    self._name_clash(info, other)
                 continue
             try:
                 plugin = ep.load()
@@ -116,37 +135,77 @@ class PluginManager:
             except Exception as exc:  # a plugin must never take the CLI down
                 self._fail(info, exc)
 
+    def _name_clash(self, info: PluginInfo, other: PluginInfo) -> None:
+        if self.strict:
+            raise PluginError(
+                f"plugin name {info.name!r} is declared by two distributions: {other.dist} {other.version} "
+                f"and {info.dist} {info.version}; uninstall one, or disable one with ILLUME_KIT_DISABLE_PLUGINS"
+            )
+        info.status = "conflict"
+        info.reason = f"not loaded: the plugin name {info.name!r} is taken by {other.dist} {other.version}"
+        self.infos[f"{info.name} ({info.dist})"] = info
+
+    def _conflict(self, info: PluginInfo, spec: ComponentSpec, name: str, other: ComponentSpec) -> None:
+        if self.strict:
+            raise DuplicateComponent(
+                f"{spec.role} {name!r} is provided by two distributions: {other.dist} ({other.plugin}) and "
+                f"{spec.dist} ({spec.plugin}); uninstall one, or disable one with ILLUME_KIT_DISABLE_PLUGINS"
+            )
+        why = "built-in components take precedence" if other.dist == BUILTIN_DIST else "ranked first by name"
+        note = f"{spec.role} {name!r} withdrawn: also provided by {other.dist} ({other.plugin}), {why}"
+        info.status = "conflict"
+        info.reason = f"{info.reason}; {note}" if info.reason else note
+
     # -- collection --------------------------------------------------------------------
     def _impls(self, hook: str) -> Iterator[tuple[PluginInfo, Any]]:
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
             info = self._meta.get(id(impl.plugin)) or self.infos.get(impl.plugin_name)
             yield info or PluginInfo(impl.plugin_name, "?", "?"), impl.function
 
+    def _collect(self) -> dict[str, tuple[PluginInfo, list[ComponentSpec], list[RecipeSource]]]:
+        """Every ok plugin's records, a plugin whose hook fails marked failed (records dropped)."""
+        out: dict[str, tuple[PluginInfo, list[ComponentSpec], list[RecipeSource]]] = {}
+        for hook, kind in (("illume_kit_components", ComponentSpec), ("illume_kit_recipes", RecipeSource)):
+            for info, fn in self._impls(hook):
+                if info.status != "ok":
+                    continue
+                try:
+                    records = list(fn() or ())
+                    for rec in records:
+                        if not isinstance(rec, kind):
+                            raise PluginError(f"{hook} must return {kind.__name__} records, got {rec!r}")
+                except Exception as exc:
+                    self._fail(info, exc)
+                    continue
+                entry = out.setdefault(info.name, (info, [], []))
+                entry[1 if kind is ComponentSpec else 2].extend(records)
+        return out
+
     def build_registry(self) -> Registry:
+        for info in self.infos.values():  # a rebuild (a plugin added or removed) ranks afresh
+            if info.status == "conflict" and self._meta.get(id(self.pm.get_plugin(info.name))) is info:
+                info.status, info.reason = "ok", ""
+            if info.status == "ok":
+                info.components = []
         reg = Registry()
-        for info, fn in self._impls("illume_kit_components"):
-            if info.status != "ok":
-                continue
-            try:
-                specs = list(fn() or ())
-                for spec in specs:
-                    if not isinstance(spec, ComponentSpec):
-                        raise PluginError(f"illume_kit_components must return ComponentSpec records, got {spec!r}")
-            except Exception as exc:
-                self._fail(info, exc)
+        collected = self._collect()
+        for info, specs, sources in sorted(collected.values(), key=lambda e: _rank(e[0])):
+            if info.status == "failed":  # a later hook failed: nothing of this plugin is served
                 continue
             for spec in specs:
                 spec = replace(spec, dist=info.dist, dist_version=info.version, plugin=info.name)
-                reg.add(spec)  # DuplicateComponent names both distributions
+                hit = reg.clash(spec)
+                if hit is not None:
+                    self._conflict(info, spec, *hit)
+                    continue
+                reg.add(spec)
                 info.components.append(f"{spec.role}:{spec.name}")
-        for info, fn in self._impls("illume_kit_recipes"):
-            if info.status == "ok":
-                try:
-                    reg.recipe_sources.extend(replace(s, dist=info.dist) for s in (fn() or ()))
-                except Exception as exc:
-                    self._fail(info, exc)
+            reg.recipe_sources.extend(replace(s, dist=info.dist) for s in sources)
         reg.failed = [
             f"{i.name} ({i.dist} {i.version}): {i.reason}" for i in self.infos.values() if i.status == "failed"
+        ]
+        reg.conflicts = [
+            f"{i.name} ({i.dist} {i.version}): {i.reason}" for i in self.infos.values() if i.status == "conflict"
         ]
         return reg
 

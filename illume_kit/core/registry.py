@@ -136,19 +136,27 @@ class Registry:
         self._specs: dict[str, dict[str, ComponentSpec]] = {r: {} for r in ROLES}
         self._aliases: dict[str, dict[str, str]] = {r: {} for r in ROLES}
         self.failed: list[str] = []
+        self.conflicts: list[str] = []
         self.recipe_sources: list[RecipeSource] = []
 
-    def add(self, spec: ComponentSpec) -> None:
-        table = self._specs[spec.role]
-        names = (spec.name, *spec.aliases)
-        for n in names:
-            other = table.get(n) or table.get(self._aliases[spec.role].get(n, ""))
+    def clash(self, spec: ComponentSpec) -> tuple[str, ComponentSpec] | None:
+        """The first of ``spec``'s names (or aliases) already served, with the record serving it."""
+        table, aliases = self._specs[spec.role], self._aliases[spec.role]
+        for n in (spec.name, *spec.aliases):
+            other = table.get(n) or table.get(aliases.get(n, ""))
             if other is not None:
-                raise DuplicateComponent(
-                    f"{spec.role} {n!r} is provided by two distributions: {other.dist} ({other.plugin}) and "
-                    f"{spec.dist} ({spec.plugin}); uninstall one, or disable one with ILLUME_KIT_DISABLE_PLUGINS"
-                )
-        table[spec.name] = spec
+                return n, other
+        return None
+
+    def add(self, spec: ComponentSpec) -> None:
+        hit = self.clash(spec)
+        if hit is not None:
+            n, other = hit
+            raise DuplicateComponent(
+                f"{spec.role} {n!r} is provided by two distributions: {other.dist} ({other.plugin}) and "
+                f"{spec.dist} ({spec.plugin}); uninstall one, or disable one with ILLUME_KIT_DISABLE_PLUGINS"
+            )
+        self._specs[spec.role][spec.name] = spec
         for a in spec.aliases:
             self._aliases[spec.role][a] = spec.name
 

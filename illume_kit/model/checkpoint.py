@@ -21,7 +21,7 @@ from illume_kit.core.plugins import get_registry
 from illume_kit.core.protocols import CheckpointParams, LoadsExtra
 from illume_kit.core.registry import Registry
 from illume_kit.core.schema import ModelOptions
-from illume_kit.model.compose import assemble, build_component
+from illume_kit.model.compose import assemble, build_component, build_layout
 from illume_kit.model.weights import load_component_weights, load_module, save_module
 
 __all__ = ["load_checkpoint", "load_component_weights", "save_checkpoint", "save_component"]
@@ -109,27 +109,54 @@ def save_checkpoint(
     return Path(folder)
 
 
+def _layout_mismatch(stored: VocabLayout, computed: VocabLayout) -> str:
+    """Which key of the stored vocab layout differs from the one the components give, and how."""
+    have, want = stored.to_dict(), computed.to_dict()
+    key = next((k for k in want if have.get(k) != want[k]), "codebooks")
+    if key == "codebooks":
+        h = [(c["name"], c["size"]) for c in have["codebooks"]]
+        w = [(c["name"], c["size"]) for c in want["codebooks"]]
+        detail = f"codebooks (name, size) are {h}, the tokenizer's are {w}"
+    elif isinstance(want[key], list):
+        detail = f"{key} has {len(have[key])} entries, the components give {len(want[key])}"
+    else:
+        detail = f"{key} is {have[key]}, the components give {want[key]}"
+    return (
+        f"vocab_layout does not match its components: {detail}; "
+        "the layout was written for different components or params"
+    )
+
+
 def load_checkpoint(folder: str | Path, registry: Registry | None = None, weights: bool = True):
     """Rebuild the UnifiedModel saved in ``folder``; returns (model, manifest)."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    where = folder / MANIFEST
     registry = registry or get_registry()
-    resolved = resolve_manifest(manifest, registry)
+    resolved = resolve_manifest(manifest, registry, where)
     if manifest.get("kind") == "component":
         raise CheckpointError(
             f"{folder} holds a single component ({', '.join(resolved)}), not a composed model: "
             f"use it from a recipe as `<section>: {{..., weights: {folder}}}`"
         )
     if "tokenizer" not in resolved or "backbone" not in resolved:
-        raise CheckpointError(f"{folder / MANIFEST}: a checkpoint needs a tokenizer and a backbone")
+        raise CheckpointError(f"{where}: a checkpoint needs a tokenizer and a backbone")
+    if manifest.get("vocab_layout") is None:
+        raise CheckpointError(f"{where}: vocab_layout is missing (a composed model's checkpoint records it)")
+    try:  # read_manifest checked both; these only convert
+        options = ModelOptions.model_validate(manifest.get("model", {}))
+        layout = VocabLayout.from_dict(manifest["vocab_layout"])
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: {str(exc).splitlines()[0]}") from None
     parts = {}
     for sec, (spec, params) in resolved.items():
         part = build_component(spec, params)
         if isinstance(part, LoadsExtra) and (folder / sec).is_dir():
             part.load_extra(folder / sec)
         parts[sec] = part
-    options = ModelOptions.model_validate(manifest.get("model", {}))
-    layout = VocabLayout.from_dict(manifest["vocab_layout"])
+    computed = build_layout(parts["tokenizer"], parts["backbone"], options)
+    if computed != layout:
+        raise CheckpointError(f"{where}: {_layout_mismatch(layout, computed)}")
     names = {sec: spec.name for sec, (spec, _) in resolved.items()}
     model = assemble(parts["tokenizer"], parts["backbone"], parts.get("detokenizer"), options, layout, names)
     if weights:

@@ -86,10 +86,113 @@ def test_hook_that_raises_is_isolated(fake_eps):
     assert reg.has("backbone", "qwen2")
 
 
-def test_two_plugins_one_name_names_both(fake_eps):
-    fake_eps += [FakeEP("a", "dist-a", good_module), FakeEP("b", "dist-b", good_module)]
+def test_two_plugins_one_name_under_strict_names_both(fake_eps):
+    fake_eps += [FakeEP("b", "dist-b", good_module), FakeEP("a", "dist-a", good_module)]
     with pytest.raises(DuplicateComponent, match=r"provided by two distributions: dist-a \(a\) and dist-b \(b\)"):
-        PluginManager().build_registry()
+        PluginManager(strict=True).build_registry()
+
+
+def two_component_module(name, other):
+    m = types.SimpleNamespace()
+
+    @hookimpl
+    def illume_kit_components():
+        return [
+            ComponentSpec("tokenizer", name, target=f"{other}:Tok", summary=other),
+            ComponentSpec("metric", f"{other}-metric", target=f"{other}:Metric"),
+        ]
+
+    m.illume_kit_components = illume_kit_components
+    return m
+
+
+@pytest.mark.parametrize("order", [("a", "b"), ("b", "a")])
+def test_a_clash_withdraws_the_later_providers_component_only(fake_eps, order):
+    mods = {"a": lambda: two_component_module("sharedtok", "a"), "b": lambda: two_component_module("sharedtok", "b")}
+    fake_eps += [FakeEP(k, f"dist-{k}", mods[k]) for k in order]  # discovery order does not matter
+    pm = PluginManager()
+    reg = pm.build_registry()
+    assert reg.get("tokenizer", "sharedtok").dist == "dist-a" and reg.get("tokenizer", "sharedtok").summary == "a"
+    assert reg.has("metric", "a-metric") and reg.has("metric", "b-metric")  # b's other component still works
+    assert pm.infos["a"].status == "ok" and pm.infos["b"].status == "conflict"
+    assert pm.infos["b"].components == ["metric:b-metric"]
+    assert "tokenizer 'sharedtok' withdrawn: also provided by dist-a (a)" in pm.infos["b"].reason
+    assert reg.conflicts == [f"b (dist-b 1.2.3): {pm.infos['b'].reason}"] and not reg.failed
+
+
+def test_builtins_win_a_clash_with_a_third_party(fake_eps):
+    m = types.SimpleNamespace()
+
+    @hookimpl
+    def illume_kit_components():
+        return [ComponentSpec("backbone", "own", target="x:y", aliases=("qwen2",))]
+
+    m.illume_kit_components = illume_kit_components
+    fake_eps += [FakeEP("aaa", "aaa-first-by-name", lambda: m), _builtin_ep()]
+    pm = PluginManager()
+    reg = pm.build_registry()
+    assert reg.get("backbone", "qwen2").dist == "illume-kit" and not reg.has("backbone", "own")
+    assert pm.infos["aaa"].status == "conflict" and pm.infos["aaa"].components == []
+    assert "backbone 'qwen2' withdrawn: also provided by illume-kit (builtin)" in pm.infos["aaa"].reason
+    assert "built-in components take precedence" in pm.infos["aaa"].reason
+
+
+def test_one_entry_point_name_from_two_distributions(fake_eps):
+    fake_eps += [FakeEP("same", "dist-z", _boom), FakeEP("same", "dist-m", good_module)]
+    pm = PluginManager()
+    assert pm.infos["same"].dist == "dist-m" and pm.infos["same"].status == "ok"
+    clash = pm.infos["same (dist-z)"]
+    assert clash.status == "conflict" and "plugin name 'same' is taken by dist-m 1.2.3" in clash.reason
+    assert pm.build_registry().has("tokenizer", "goodtok")
+    with pytest.raises(PluginError, match="declared by two distributions: dist-m 1.2.3 and dist-z 1.2.3"):
+        PluginManager(strict=True)
+
+
+def test_a_conflict_clears_when_the_winner_goes():
+    with registered(two_component_module("sharedtok", "x"), name="x", dist="dist-x"):
+        with registered(two_component_module("sharedtok", "y"), name="y", dist="dist-y") as reg:
+            pm = plugins.get_manager()
+            assert reg.get("tokenizer", "sharedtok").dist == "dist-x" and pm.infos["y"].status == "conflict"
+            pm.unregister("x")
+            reg = pm.build_registry()
+            assert reg.get("tokenizer", "sharedtok").dist == "dist-y" and pm.infos["y"].status == "ok"
+            assert pm.infos["y"].components == ["tokenizer:sharedtok", "metric:y-metric"]
+            pm.register(two_component_module("sharedtok", "x"), plugins.PluginInfo("x", "dist-x", "0.0.1"))
+
+
+def test_a_later_failing_hook_withdraws_the_components_of_the_earlier(fake_eps):
+    m = types.SimpleNamespace()
+
+    @hookimpl
+    def illume_kit_components():
+        return [ComponentSpec("tokenizer", "halfdone", target="x:y")]
+
+    @hookimpl
+    def illume_kit_recipes():
+        raise OSError("recipes folder missing")
+
+    m.illume_kit_components, m.illume_kit_recipes = illume_kit_components, illume_kit_recipes
+    fake_eps.append(FakeEP("half", "illume-kit-half", lambda: m))
+    pm = PluginManager()
+    reg = pm.build_registry()
+    assert pm.infos["half"].status == "failed" and "recipes folder missing" in pm.infos["half"].reason
+    assert not reg.has("tokenizer", "halfdone") and pm.infos["half"].components == []
+    assert reg.has("tokenizer", "dualvitok")
+
+
+def test_a_bad_recipe_record_fails_the_plugin(fake_eps):
+    m = good_module()
+
+    @hookimpl
+    def illume_kit_recipes():
+        return ["/some/folder"]
+
+    m.illume_kit_recipes = illume_kit_recipes
+    fake_eps.append(FakeEP("badrec", "illume-kit-badrec", lambda: m))
+    pm = PluginManager()
+    reg = pm.build_registry()
+    assert pm.infos["badrec"].status == "failed" and "must return RecipeSource records" in pm.infos["badrec"].reason
+    assert not reg.has("tokenizer", "goodtok") and "/some/folder" not in [s.path for s in reg.recipe_sources]
 
 
 def test_disable_and_allow_list(fake_eps, monkeypatch):

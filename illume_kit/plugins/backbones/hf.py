@@ -75,7 +75,11 @@ class HFCausalLMBackbone(nn.Module):
         cfg = self.model.config
         self._text_vocab_size = int(getattr(cfg, TEXT_VOCAB_KEY, None) or len(self.text_tokenizer))
         stored = getattr(cfg, LAYOUT_KEY, None)
-        self.vocab_layout: VocabLayout | None = VocabLayout.from_dict(stored) if stored else None
+        try:
+            self.vocab_layout: VocabLayout | None = VocabLayout.from_dict(stored) if stored else None
+        except ValueError as exc:
+            where = f"{p.pretrained}/config.json" if p.pretrained else "the backbone config"
+            raise ValueError(f"{where}: {LAYOUT_KEY}: {exc}") from None
         setattr(cfg, TEXT_VOCAB_KEY, self._text_vocab_size)
         if self.vocab_layout is not None:
             self._check_token_ids(self.vocab_layout)

@@ -101,8 +101,56 @@ def test_load_official_file_uses_safe_loading(tmp_path):
     assert torch.equal(out["pixel_quantizer.vq.code_transform.weight"], marker)
     evil = tmp_path / "evil.bin"
     torch.save({"model": sd, "x": datetime.datetime(2025, 1, 1)}, evil)  # not on the weights_only allow-list
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ConversionError, match=r"holds Python code or objects \(datetime.datetime\)") as err:
         load_official_file(str(evil))
+    assert "weights_only" not in str(err.value) and err.value.__cause__ is None
+    assert "safetensors" in str(err.value) and "will not run code" in str(err.value)
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_a_pickle_with_code_is_refused_and_never_run(tmp_path, protocol):
+    marker = tmp_path / "ran"
+    bare = tmp_path / "bare.bin"
+    bare.write_bytes(pickle.dumps({"w": RunsCode(marker)}, protocol=protocol))
+    zipped = tmp_path / "zipped.bin"
+    torch.save({"w": RunsCode(marker)}, zipped)
+    for path in (bare, zipped):
+        with pytest.raises(ConversionError, match=r"holds Python code or objects \((posix|nt).system\)") as err:
+            load_official_file(str(path))
+        assert "weights_only" not in str(err.value) and err.value.__cause__ is None
+    assert not marker.exists()
+
+
+def test_files_that_are_not_checkpoints(tmp_path):
+    import zipfile
+
+    cases = {
+        "empty.bin": (b"", "is empty"),
+        "noise.bin": (bytes(range(256)) * 4, "neither a torch checkpoint nor a .safetensors file"),
+        "text.bin": (b"hello\n", "neither a torch checkpoint nor a .safetensors file"),
+        "noise.safetensors": (b"\x05" * 64, "not a readable .safetensors file"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ConversionError, match=message):
+            load_official_file(str(tmp_path / name))
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:
+        z.writestr("notes.txt", "hi")
+    with pytest.raises(ConversionError, match="a zip archive but not a torch checkpoint"):
+        load_official_file(str(tmp_path / "other.zip"))
+    torch.save({"foo.weight": torch.zeros(2)}, tmp_path / "other_net.bin")
+    with pytest.raises(ConversionError, match=r"(?s)other_net.bin: .*1 unused keys: foo.weight.*missing keys: pixel_"):
+        load_official_file(str(tmp_path / "other_net.bin"))
 
 
 def test_instantiate_official_assigns_without_init(converted):

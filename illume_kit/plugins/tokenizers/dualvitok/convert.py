@@ -12,8 +12,13 @@ file; ``instantiate_official`` gives it a fresh initialisation.
 from __future__ import annotations
 
 import functools
+import pickle
+import pickletools
 import re
+import warnings
+import zipfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -89,18 +94,92 @@ def convert_official(checkpoint: Mapping[str, Any], params: DualViTokParams | No
     return converted
 
 
+# pickle opcodes that import a name or call/build an object: a weights-only load allows only
+# torch's own tensor rebuilders among them, so a refused pickle holding these carries code or objects
+_CODE_OPS = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _pickle_globals(path: Path) -> list[str] | None:
+    """The names the first pickle in ``path`` imports (None: not a pickle). Parses, never loads."""
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        with path.open("rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if isinstance(arg, str):
+                    strings = [*strings[-1:], arg]
+                if op.name == "GLOBAL":
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":
+                    names.append(".".join(strings[-2:]))
+                elif op.name in _CODE_OPS and not names:
+                    names.append(op.name)
+    except Exception:  # any parse failure: not a pickle
+        return None
+    return names
+
+
+def _refused(path: Path, what: str) -> ConversionError:
+    return ConversionError(
+        f"{path} {what}, which a weights-only load refuses; illume-kit will not run code or build objects from a "
+        "weights file. Obtain the weights as a .safetensors file, or as a plain state dict of tensors "
+        "saved with torch.save"
+    )
+
+
+def _unreadable(path: Path, exc: BaseException) -> ConversionError:
+    """One message for a file torch.load refused: code/objects in it, or not a checkpoint at all."""
+    text = str(exc)
+    if zipfile.is_zipfile(path):
+        if "GLOBAL" in text or "global" in text:
+            named = re.search(r"GLOBAL ([\w.]+)", text)
+            return _refused(path, "holds Python code or objects" + (f" ({named.group(1)})" if named else ""))
+        return ConversionError(f"{path} is a zip archive but not a torch checkpoint (no data.pkl in one folder)")
+    names = _pickle_globals(path)
+    if names is None:
+        return ConversionError(f"{path} is neither a torch checkpoint nor a .safetensors file")
+    if names:
+        shown = ", ".join(dict.fromkeys(names[:3]))
+        return _refused(path, f"is a pickle that holds Python code or objects ({shown})")
+    return _refused(path, "is a pickle in a form torch's weights-only loader does not read")
+
+
+def _torch_load(path: Path) -> Any:
+    if path.stat().st_size == 0:
+        raise ConversionError(f"{path} is empty (expected the released pytorch_model.bin or a .safetensors file)")
+    try:
+        with warnings.catch_warnings():  # torch's protocol warning: the error below says what matters
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return _load_weights_only(path)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _load_weights_only(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_official_file(path: str, params: DualViTokParams | None = None) -> dict[str, torch.Tensor]:
     """Read a released checkpoint file (torch pickle with ``weights_only=True``, or .safetensors) and convert it."""
+    src = Path(path)
     if str(path).endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        checkpoint = load_file(str(path))
-    else:
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return convert_official(checkpoint, params)
+            checkpoint = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConversionError(f"{path} is not a readable .safetensors file: {first}") from None
+    else:
+        checkpoint = _torch_load(src)
+    try:
+        return convert_official(checkpoint, params)
+    except ConversionError as exc:
+        raise ConversionError(f"{path}: {exc}") from None
 
 
 def instantiate_official(state_dict: Mapping[str, torch.Tensor], params: DualViTokParams | None = None):
