@@ -35,6 +35,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from illume_kit.core.build import building_on_meta
 from illume_kit.core.layout import VocabLayout
 from illume_kit.core.protocols import BackboneOutput
 from illume_kit.plugins.backbones.params import GPT2Params, LlamaParams, Qwen2Params
@@ -115,9 +116,17 @@ class HFCausalLMBackbone(nn.Module):
                 f"{self.model_type!r} models; pick the backbone whose family matches the folder"
             )
         p = self.params
-        model = self.model_cls.from_pretrained(
-            str(path), local_files_only=True, dtype=getattr(torch, p.dtype), attn_implementation=p.attn_implementation
-        )
+        if building_on_meta():  # compose --meta: the folder's architecture, no weights read
+            model = self.model_cls._from_config(
+                config, dtype=getattr(torch, p.dtype), attn_implementation=p.attn_implementation
+            )
+        else:
+            model = self.model_cls.from_pretrained(
+                str(path),
+                local_files_only=True,
+                dtype=getattr(torch, p.dtype),
+                attn_implementation=p.attn_implementation,
+            )
         return model, load_text_tokenizer(path)
 
     def _set_special_ids(self, config: PretrainedConfig) -> None:
@@ -244,13 +253,15 @@ class HFCausalLMBackbone(nn.Module):
         rows = -(-total // multiple) * multiple
         from transformers.utils import logging as hf_logging
 
+        # a model on the meta device (compose --meta) has shapes but no values to initialise rows from
+        on_meta = self.model.get_input_embeddings().weight.is_meta
         level = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the mean-resizing notice is noise for every compose
         try:
-            self.model.resize_token_embeddings(rows, mean_resizing=(how == "default"))
+            self.model.resize_token_embeddings(rows, mean_resizing=(how == "default" and not on_meta))
         finally:
             hf_logging.set_verbosity(level)
-        if how == "default":
+        if how == "default" or on_meta:
             return
         start = self.text_vocab_size
         weights = [self.model.get_input_embeddings().weight]

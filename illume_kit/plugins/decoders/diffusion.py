@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from illume_kit.core.build import building_on_meta
 from illume_kit.core.protocols import CodeMaps
 from illume_kit.plugins.decoders.params import DiffusionDetokenizerParams
 from illume_kit.plugins.decoders.schedules import TrainingProcess, make_scheduler
@@ -242,7 +243,10 @@ class DiffusionDetokenizer(nn.Module):
         if not (unet_dir / "config.json").exists():
             raise FileNotFoundError(f"{folder} is not a diffusers folder: no config.json in it or in its unet/")
         cls = unet_class(json.loads((unet_dir / "config.json").read_text()).get("_class_name", "UNet2DModel"))
-        unet = cls.from_pretrained(str(unet_dir), local_files_only=True)
+        if building_on_meta():  # compose --meta: the folder's architecture, no weights read
+            unet = cls.from_config(cls.load_config(str(unet_dir), local_files_only=True))
+        else:
+            unet = cls.from_pretrained(str(unet_dir), local_files_only=True)
         want_in = self.space.channels + self.cond_channels
         if (unet.config.in_channels, unet.config.out_channels) != (want_in, self.space.channels):
             raise ValueError(

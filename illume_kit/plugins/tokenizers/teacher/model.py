@@ -230,8 +230,9 @@ class SemanticTeacher(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SemanticTeacher:
-        """Rebuild from a folder written by ``save`` (weights via safetensors; no code is run)."""
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", weights: bool = True) -> SemanticTeacher:
+        """Rebuild from a folder written by ``save`` (weights via safetensors; no code is run).
+        ``weights=False`` builds the architecture only (its config), for a model on the meta device."""
         path = Path(path)
         cfg_file = path / CONFIG_FILE
         if not cfg_file.is_file() or not (path / WEIGHTS_FILE).is_file():
@@ -243,5 +244,7 @@ class SemanticTeacher(nn.Module):
         if config.get("format") != FORMAT:
             raise ValueError(f"semantic teacher: {str(cfg_file)!r} is not a {FORMAT} config")
         teacher = cls(TeacherParams(**config["params"]))
+        if not weights:
+            return teacher
         load_model(teacher.clip, str(path / WEIGHTS_FILE), strict=True, device=str(device))
         return teacher.to(device)
