@@ -49,6 +49,27 @@ def _trained_size(folder) -> tuple[int, int] | None:
         return None
 
 
+def _built_params(part, params: dict) -> dict:
+    """The params of what was built: a component that records its loaded architecture in checkpoints
+    (``checkpoint_params``) shows its real sizes; the folders it came from stay as the recipe set them."""
+    from illume_kit.core.protocols import CheckpointParams
+
+    if not isinstance(part, CheckpointParams):
+        return params
+
+    def keep_sources(view: dict, given: dict) -> dict:
+        out = {}
+        for k, v in view.items():
+            g = given.get(k)
+            if isinstance(v, dict) and isinstance(g, dict):
+                out[k] = keep_sources(v, g)
+            else:
+                out[k] = g if v is None and g is not None else v
+        return out
+
+    return keep_sources(part.checkpoint_params(params), params)
+
+
 def describe(
     model, resolved, manifest: dict | None = None, own: tuple[int, int] | None = None, own_label: str = "recipe"
 ) -> dict:
@@ -63,7 +84,7 @@ def describe(
             continue
         if resolved is not None:
             rc = resolved.components[sec]
-            spec, preset, params = rc.spec, rc.preset, rc.params_dict
+            spec, preset, params = rc.spec, rc.preset, _built_params(part, rc.params_dict)
             prov = {"name": spec.name, "dist": spec.dist, "version": spec.dist_version}
         else:
             rec = manifest["components"][sec]

@@ -13,14 +13,6 @@ class ComposeError(RegistryError):
     pass
 
 
-def building_on_meta() -> bool:
-    """True inside ``with torch.device("meta")``: components then build from config alone and read
-    no weight file (``compose --meta``). Imports torch only when called."""
-    import torch
-
-    return torch.get_default_device().type == "meta"
-
-
 def build_component(spec: ComponentSpec, params: BaseModel) -> Any:
     try:
         cls = spec.load()

@@ -31,12 +31,17 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from illume_kit.core.build import building_on_meta
 from illume_kit.core.protocols import CodeMaps
 from illume_kit.plugins.decoders.params import DiffusionDetokenizerParams
 from illume_kit.plugins.decoders.schedules import TrainingProcess, make_scheduler
 from illume_kit.plugins.decoders.spaces import PixelSpace, VAESpace
 from illume_kit.plugins.decoders.unet import build_unet, call_unet, size_conditioning_kind, unet_class
+from illume_kit.plugins.meta import building_on_meta
+
+
+def _init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A diffusers model config as JSON-ready constructor kwargs (its private ``_*`` keys dropped)."""
+    return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}))
 
 
 class DiffusionDetokenizer(nn.Module):
@@ -90,6 +95,28 @@ class DiffusionDetokenizer(nn.Module):
         self.denoiser = build_unet(self.params, ch + self.cond_channels, ch)
         if self.params.pretrained:
             self.load_pretrained(self.params.pretrained)
+
+    def checkpoint_params(self, params: dict) -> dict:
+        """What a checkpoint's manifest records: the architectures loaded from ``pretrained`` /
+        ``vae_pretrained`` written out in place of the folders (their weights are in the checkpoint)."""
+        p = self.params
+        out = dict(params)
+        if p.vae_pretrained or (p.pretrained and isinstance(self.space, VAESpace)):
+            out.update(vae_config=_init_kwargs(self.space.vae.config), vae_pretrained=None)
+        if p.pretrained and self.denoiser is not None:
+            cfg = _init_kwargs(self.denoiser.config)
+            out.update(
+                unet_type="unet2d-condition" if hasattr(self.denoiser.config, "cross_attention_dim") else "unet2d",
+                unet_config=cfg,
+                block_out_channels=list(cfg["block_out_channels"]),
+                attention_levels=["Attn" in t for t in cfg["down_block_types"]],
+                pretrained=None,
+            )
+            if isinstance(cfg.get("layers_per_block"), int):
+                out["layers_per_block"] = cfg["layers_per_block"]
+            if isinstance(cfg.get("norm_num_groups"), int):
+                out["norm_num_groups"] = cfg["norm_num_groups"]
+        return out
 
     # ---- conditioning ---------------------------------------------------------------------------
     def _attached(self) -> nn.Module:

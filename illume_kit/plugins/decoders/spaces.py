@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from illume_kit.core.build import building_on_meta
+from illume_kit.plugins.meta import building_on_meta
 
 
 class PixelSpace(nn.Module):

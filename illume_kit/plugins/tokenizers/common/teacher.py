@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from illume_kit.core.build import building_on_meta
+from illume_kit.plugins.meta import building_on_meta
 from illume_kit.plugins.tokenizers.common.params import TeacherParams
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
