@@ -114,3 +114,6 @@ def test_shipped_open_clip_config_builds_offline_on_meta():
     assert 190e6 < sum(p.numel() for p in teacher.clip.parameters()) < 210e6
     with pytest.raises(ValueError, match="ships a config"):
         SemanticTeacher(SigLIPParams(open_clip_model="no-such-model"))
+    bad = {**TINY_SIGLIP, "vision_cfg": {**TINY_SIGLIP["vision_cfg"], "timm_model_name": "no_such_vit"}}
+    with pytest.raises(ValueError, match="does not build"):
+        SemanticTeacher(SigLIPParams(open_clip_config=bad))

@@ -61,7 +61,11 @@ def _open_clip_architecture(p: TeacherParams) -> nn.Module:
     unknown = sorted(set(cfg) - allowed)
     if unknown:
         raise ValueError(f"teacher open_clip architecture: unsupported keys {unknown} (valid: {sorted(allowed)})")
-    return cls(vision_cfg=vision, text_cfg=text, **cfg)
+    try:
+        return cls(vision_cfg=vision, text_cfg=text, **cfg)
+    except (TypeError, RuntimeError) as exc:  # an unknown cfg field or timm model name
+        what = p.open_clip_model or "open_clip_config"
+        raise ValueError(f"teacher open_clip architecture {what!r} does not build: {exc}") from exc
 
 
 def _dynamic_size(trunk: nn.Module) -> None:
