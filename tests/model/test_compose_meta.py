@@ -28,3 +28,20 @@ def test_unset_missing_turns_open_values_into_null():
     assert resolved.components["tokenizer"].weights is None
     assert resolved.components["backbone"].params.pretrained is None
     assert resolved.components["backbone"].params.vocab_size == 151_665
+
+
+def test_meta_reads_only_the_architecture_of_a_pretrained_folder(tmp_path):
+    from illume_kit.plugins.backbones.hf import Qwen2Backbone
+    from illume_kit.plugins.backbones.params import Qwen2Params
+
+    folder = tmp_path / "qwen"
+    Qwen2Backbone(Qwen2Params(hidden_size=64, num_layers=3, num_heads=4, intermediate_size=96)).save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"not weights")  # never read on meta
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "extends: [base/tiny.yaml]\nname: m\ntokenizer: {name: dualvitok, preset: tiny}\n"
+        f"backbone: {{name: qwen2, preset: tiny, params: {{pretrained: {folder}}}}}\n"
+    )
+    model = compose(load_recipe(recipe), meta=True)
+    assert model.backbone.hidden_size == 64 and len(model.backbone.model.model.layers) == 3
+    assert all(p.is_meta for p in model.backbone.parameters())
