@@ -19,8 +19,9 @@ def _overrides_arg(p) -> None:
 
 
 def allow_large(args) -> None:
-    """``--allow-large``: the memory estimate is not a refusal, here and in any process started from here."""
-    if getattr(args, "allow_large", False):
+    """``--allow-large``: the memory estimate is not a refusal, here and in any process started from here.
+    ``--meta`` allocates nothing, so it is never refused either."""
+    if getattr(args, "allow_large", False) or getattr(args, "meta", False):
         import os
 
         from illume_kit.core.footprint import ENV
@@ -62,12 +63,33 @@ def _trained_size(folder) -> tuple[int, int] | None:
         return None
 
 
+def _built_params(part, params: dict) -> dict:
+    """The params of what was built: a component that records its loaded architecture in checkpoints
+    (``checkpoint_params``) shows its real sizes; the folders it came from stay as the recipe set them."""
+    from illume_kit.core.protocols import CheckpointParams
+
+    if not isinstance(part, CheckpointParams):
+        return params
+
+    def keep_sources(view: dict, given: dict) -> dict:
+        out = {}
+        for k, v in view.items():
+            g = given.get(k)
+            if isinstance(v, dict) and isinstance(g, dict):
+                out[k] = keep_sources(v, g)
+            else:
+                out[k] = g if v is None and g is not None else v
+        return out
+
+    return keep_sources(part.checkpoint_params(params), params)
+
+
 def describe(
     model, resolved, manifest: dict | None = None, own: tuple[int, int] | None = None, own_label: str = "recipe"
 ) -> dict:
     """Everything `compose` prints, as data (also the --json output). ``own``: the image size to
     budget first (default: the recipe's data size), shown as ``own_label``."""
-    from illume_kit.model.unified import count_params
+    from illume_kit.model.unified import count_params, tensor_memory
 
     comps = {}
     for sec in ("tokenizer", "backbone", "detokenizer"):
@@ -76,19 +98,32 @@ def describe(
             continue
         if resolved is not None:
             rc = resolved.components[sec]
-            spec, preset, params = rc.spec, rc.preset, rc.params_dict
+            spec, preset, params = rc.spec, rc.preset, _built_params(part, rc.params_dict)
             prov = {"name": spec.name, "dist": spec.dist, "version": spec.dist_version}
         else:
             rec = manifest["components"][sec]
             preset, params = rec.get("preset"), rec["params"]
             prov = {"name": rec["name"], "dist": rec["dist"], "version": rec["dist_version"]}
         total, trainable = count_params(part)
-        comps[sec] = {**prov, "preset": preset, "params": params, "parameters": total, "trainable": trainable}
+        nbytes, dtypes = tensor_memory(part)
+        comps[sec] = {
+            **prov,
+            "preset": preset,
+            "params": params,
+            "parameters": total,
+            "trainable": trainable,
+            "dtypes": dtypes,
+            "bytes": nbytes,
+            "parts": {n: count_params(m)[0] for n, m in part.named_children() if count_params(m)[0]},
+        }
     total, trainable = count_params(model.projectors)
+    nbytes, dtypes = tensor_memory(model.projectors)
     comps["projectors"] = {
         "name": "mlp",
         "parameters": total,
         "trainable": trainable,
+        "dtypes": dtypes,
+        "bytes": nbytes,
         "per_codebook": {k: f"{v.in_dim}->{v.out_dim}" for k, v in model.projectors.items()},
     }
     if own is None and resolved is not None:
@@ -119,6 +154,10 @@ def describe(
         "vocab_layout": [{"what": w, "start": a, "stop": b, "count": b - a} for w, a, b in model.layout.rows()],
         "vocab_size": model.layout.total_size,
         "token_budget": budget,
+        "total": {
+            "parameters": sum(c["parameters"] for c in comps.values()),
+            "bytes": sum(c["bytes"] for c in comps.values()),
+        },
     }
 
 
@@ -135,7 +174,10 @@ def print_tree(info: dict) -> None:
         if c.get("dist"):
             label += f"  from {c['dist']} {c['version']}"
         label += f"  — {c['parameters']:,} params ({c['trainable']:,} trainable)"
+        label += f", {'/'.join(c['dtypes']) or 'no params'}, {_human_bytes(c['bytes'])}"
         node = root.add(label)
+        if c.get("parts"):
+            node.add("parts: " + ", ".join(f"{k} {v:,}" for k, v in c["parts"].items()))
         if c.get("params"):
             flat = ", ".join(f"{k}={v}" for k, v in c["params"].items())
             node.add(f"[dim]{flat}[/]")
@@ -160,21 +202,36 @@ def print_tree(info: dict) -> None:
                 f"{b['size']}{' (' + b['label'] + ')' if b['own'] else ''}: {grids} = {b['codes']} codes, "
                 f"{b['tokens']} tokens with structure"
             )
+    total = info["total"]
+    root.add(f"[cyan]total[/] {total['parameters']:,} params, {_human_bytes(total['bytes'])} of weights")
     console.print(root)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n} B"
 
 
 def cmd_compose(args) -> int:
     from illume_kit.cli.output import console
-    from illume_kit.core.recipe import load_recipe
+    from illume_kit.core.recipe import Problem, RecipeError, load_recipe
     from illume_kit.model.checkpoint import save_checkpoint
     from illume_kit.model.compose import compose
 
     allow_large(args)
-    resolved = load_recipe(args.recipe, args.overrides)
+    if args.meta and args.output:
+        raise RecipeError(
+            args.recipe, [Problem("--output", "--meta builds no weights, so it cannot write a checkpoint")]
+        )
+    resolved = load_recipe(args.recipe, args.overrides, unset_missing=args.meta)
     if args.output:
         check_output_dir(args.output)
-    model = compose(resolved)
+    model = compose(resolved, meta=args.meta)
     info = describe(model, resolved)
+    info["meta"] = args.meta
     if args.output:
         out = save_checkpoint(model, resolved, args.output)
         info["checkpoint"] = str(out)
@@ -197,16 +254,18 @@ def cmd_inspect(args) -> int:
         return 0
     from illume_kit.model.checkpoint import load_checkpoint
 
-    model, manifest = load_checkpoint(args.checkpoint)
+    model, manifest = load_checkpoint(args.checkpoint, weights=not args.meta, meta=args.meta)
     info = describe(model, None, manifest, own=_trained_size(args.checkpoint), own_label="trained size")
     info["format"] = manifest["format"]
     info["written_by"] = manifest.get("illume_kit_version")
+    info["meta"] = args.meta
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         console.print(
             f"checkpoint {Path(args.checkpoint)} (format {manifest['format']}, illume-kit "
-            f"{manifest.get('illume_kit_version')}, created {manifest.get('created')}): weights load"
+            f"{manifest.get('illume_kit_version')}, created {manifest.get('created')}): "
+            + ("built on the meta device, weights not read" if args.meta else "weights load")
         )
         print_tree(info)
     return 0
@@ -231,9 +290,18 @@ def register(sub) -> None:
         help="build even when the recipe's memory estimate exceeds this machine's memory (or ILLUME_KIT_ALLOW_LARGE=1)",
     )
     p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.add_argument(
+        "--meta",
+        action="store_true",
+        help="build on the meta device: sizes, dtypes and memory without allocating or reading weights "
+        "(`???` weight folders may stay unset)",
+    )
     p.set_defaults(func=cmd_compose)
     p = sub.add_parser("inspect", help="read a checkpoint folder, check plugins, load it and describe it")
     p.add_argument("checkpoint")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--meta", action="store_true", help="build on the meta device from the manifest, without reading weights"
+    )
     p.add_argument("--manifest-only", action="store_true", help="print the manifest without loading weights")
     p.set_defaults(func=cmd_inspect)

@@ -233,6 +233,16 @@ class Adversarial(Protocol):
 
 
 @runtime_checkable
+class TrainingOnlyWeights(Protocol):
+    """Component whose state holds parts only training uses (a GAN discriminator). A weights file
+    given as a recipe's ``weights:`` may lack them (released inference weights never carry them:
+    they keep their fresh initialisation) or carry them when this build has none (they are dropped);
+    every other key must match exactly."""
+
+    training_only_prefixes: tuple[str, ...]
+
+
+@runtime_checkable
 class CheckpointParams(Protocol):
     """Rewrite the params a checkpoint manifest records (drop what the saved weights make redundant)."""
 

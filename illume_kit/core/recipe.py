@@ -266,12 +266,15 @@ def source_of(path: str, prov: Mapping[str, str]) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # 3. resolution, key by key, so every bad interpolation is reported
-def _resolve(cfg: DictConfig, prov: Mapping[str, str], problems: list[Problem]) -> dict:
+def _resolve(cfg: DictConfig, prov: Mapping[str, str], problems: list[Problem], unset_missing: bool = False) -> dict:
     out: dict = {}
 
     def walk(node: Any, prefix: str, dst: dict) -> None:
         for key in node.keys():
             path = f"{prefix}.{key}" if prefix else str(key)
+            if OmegaConf.is_missing(node, key) and unset_missing:
+                dst[key] = None
+                continue
             if OmegaConf.is_missing(node, key):
                 problems.append(
                     Problem(
@@ -664,9 +667,16 @@ def _missing_recipe(path: Path, registry: Registry | None) -> Problem:
 
 
 def load_recipe(
-    path: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None, components: bool = True
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    registry: Registry | None = None,
+    components: bool = True,
+    unset_missing: bool = False,
 ) -> ResolvedRecipe:
-    """Load, override, resolve and validate a recipe; raise ``RecipeError`` with every problem."""
+    """Load, override, resolve and validate a recipe; raise ``RecipeError`` with every problem.
+
+    ``unset_missing``: required ``???`` values become null instead of problems (``compose --meta``,
+    which reads no weight folder, builds recipes whose folders are left open)."""
     if registry is None and components:
         from illume_kit.core.plugins import get_registry
 
@@ -685,7 +695,7 @@ def load_recipe(
     if problems:  # a file that cannot be read makes every later message noise
         raise RecipeError(origin, problems)
     cfg, prov = _merge(layers, sets, deletes, problems)
-    data = _resolve(cfg, prov, problems)
+    data = _resolve(cfg, prov, problems, unset_missing)
     if "illume_kit" in data and data["illume_kit"] != 1:
         v = data["illume_kit"]
         problems.append(

@@ -127,9 +127,18 @@ def _layout_mismatch(stored: VocabLayout, computed: VocabLayout) -> str:
     )
 
 
-def load_checkpoint(folder: str | Path, registry: Registry | None = None, weights: bool = True):
-    """Rebuild the UnifiedModel saved in ``folder``; returns (model, manifest)."""
-    folder = Path(folder)
+def load_checkpoint(folder: str | Path, registry: Registry | None = None, weights: bool = True, meta: bool = False):
+    """Rebuild the UnifiedModel saved in ``folder``; returns (model, manifest). ``meta``: on the meta
+    device, from the manifest alone (no weights are read)."""
+    if meta:
+        import torch
+
+        with torch.device("meta"):
+            return _load_checkpoint(Path(folder), registry, weights=False)
+    return _load_checkpoint(Path(folder), registry, weights)
+
+
+def _load_checkpoint(folder: Path, registry: Registry | None, weights: bool):
     manifest = read_manifest(folder)
     where = folder / MANIFEST
     registry = registry or get_registry()

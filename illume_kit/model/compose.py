@@ -112,8 +112,18 @@ def assemble(
     return model
 
 
-def compose(resolved: ResolvedRecipe):
-    """Build every component of a validated recipe and assemble the unified model."""
+def compose(resolved: ResolvedRecipe, meta: bool = False):
+    """Build every component of a validated recipe and assemble the unified model.
+
+    ``meta``: build on torch's meta device, reading no weights (every tensor has a shape and a dtype
+    but no storage): the sizes of an official-scale recipe in seconds, without its memory."""
+    if meta:
+        with torch.device("meta"):
+            return _compose(resolved, load_weights=False)
+    return _compose(resolved, load_weights=True)
+
+
+def _compose(resolved: ResolvedRecipe, load_weights: bool):
     torch.manual_seed(resolved.recipe.run.seed)
     comps = resolved.components
     parts = {
@@ -124,12 +134,12 @@ def compose(resolved: ResolvedRecipe):
     names = {sec: comps[sec].spec.name for sec in parts}
     # the tokenizer loads first (detokenizers size themselves from it in attach); the backbone and the
     # detokenizer load after assembly, when the vocab is extended and the denoiser exists
-    if comps["tokenizer"].weights:
+    if load_weights and comps["tokenizer"].weights:
         load_component_weights(parts["tokenizer"], comps["tokenizer"].weights, "tokenizer")
     model = assemble(
         parts["tokenizer"], parts["backbone"], parts.get("detokenizer"), resolved.recipe.model, names=names
     )
     for sec in ("backbone", "detokenizer"):
-        if sec in parts and comps[sec].weights:
+        if load_weights and sec in parts and comps[sec].weights:
             load_component_weights(parts[sec], comps[sec].weights, sec)
     return model

@@ -15,6 +15,25 @@ from illume_kit.model.projector import MLPProjector
 from illume_kit.model.tasks import check_edit_order
 
 
+def tensor_memory(module: nn.Module | None) -> tuple[int, dict[str, int]]:
+    """(bytes, {dtype: parameters}) of a module's parameters and buffers, each tensor once:
+    numel x element size, so a model on the meta device is sized without allocating it."""
+    if module is None:
+        return 0, {}
+    seen: set[int] = set()
+    total = 0
+    dtypes: dict[str, int] = {}
+    for t in (*module.parameters(), *module.buffers()):
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+        if isinstance(t, nn.Parameter):
+            name = str(t.dtype).removeprefix("torch.")
+            dtypes[name] = dtypes.get(name, 0) + t.numel()
+    return total, dtypes
+
+
 def count_params(module: nn.Module | None) -> tuple[int, int]:
     """(total, trainable) parameters, counting tied tensors once."""
     if module is None:

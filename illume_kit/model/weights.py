@@ -1,7 +1,9 @@
 """Component weights as safetensors: one ``model.safetensors`` per component folder.
 
 Strict loading: a file that misses a key of the module, or has one it lacks, is refused with the
-first few names of each, so a checkpoint of other components or params never loads silently.
+first few names of each, so a checkpoint of other components or params never loads silently. The one
+exception is a recipe's ``weights:`` file and a component's training-only parts
+(``TrainingOnlyWeights``, e.g. a discriminator): released inference weights do not carry them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from illume_kit.core.manifest import CheckpointError
-from illume_kit.core.protocols import SavesExtra
+from illume_kit.core.protocols import SavesExtra, TrainingOnlyWeights
 
 
 def save_module(module, folder: Path) -> None:
@@ -22,7 +24,10 @@ def save_module(module, folder: Path) -> None:
         module.save_extra(folder)
 
 
-def load_module(module, folder: Path, what: str, filename: str = "model.safetensors") -> None:
+def load_module(
+    module, folder: Path, what: str, filename: str = "model.safetensors", optional: tuple[str, ...] = ()
+) -> None:
+    """Load ``folder/filename`` into ``module``, strictly except for keys under the ``optional`` prefixes."""
     path = folder / filename
     if not path.is_file():
         raise CheckpointError(f"{what}: weight file {path} is missing")
@@ -32,6 +37,8 @@ def load_module(module, folder: Path, what: str, filename: str = "model.safetens
         raise CheckpointError(
             f"{what}: weight file {path} is corrupt or does not fit: {str(exc).splitlines()[0]}"
         ) from exc
+    missing = [k for k in missing if not k.startswith(optional)]
+    unexpected = [k for k in unexpected if not k.startswith(optional)]
     if missing or unexpected:
         raise CheckpointError(
             f"{what}: weight file {path} does not match the component "
@@ -68,10 +75,11 @@ def load_component_weights(module, path: str | Path, section: str) -> None:
     """Load a component's weights from a ``.safetensors`` file, a component folder holding
     ``model.safetensors``, or a checkpoint folder holding ``<section>/model.safetensors``."""
     path = Path(path).expanduser()
+    optional = tuple(module.training_only_prefixes) if isinstance(module, TrainingOnlyWeights) else ()
     if path.is_dir():
         sub = path / section if (path / section / "model.safetensors").is_file() else path
-        load_module(module, sub, f"{section} weights")
+        load_module(module, sub, f"{section} weights", optional=optional)
         return
     if not path.is_file():
         raise CheckpointError(f"{section}.weights: {path} does not exist (a .safetensors file or a checkpoint folder)")
-    load_module(module, path.parent, f"{section} weights", path.name)
+    load_module(module, path.parent, f"{section} weights", path.name, optional=optional)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from illume_kit.core.recipe import load_recipe
+from illume_kit.core.recipe import RecipeError, load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "base" not in p.parts)
@@ -22,7 +22,11 @@ def test_shipped_recipe_validates(path):
         pytest.importorskip("illume_kit_fsq")
     if "sweeps" in path.parts:
         pytest.skip("sweep files are validated by the sweep tests")
-    r = load_recipe(path)
+    try:
+        r = load_recipe(path)
+    except RecipeError as exc:  # a recipe of released weights leaves their folders open (`???`)
+        assert exc.problems and all("(???)" in p.message for p in exc.problems), str(exc)
+        r = load_recipe(path, unset_missing=True)
     assert r.recipe.name
     header = []
     for line in path.read_text().splitlines():
@@ -39,7 +43,7 @@ def test_shipped_recipe_validates(path):
 def test_validate_imports_no_torch():
     code = (
         "import sys; from illume_kit.core.recipe import load_recipe; "
-        f"[load_recipe(p) for p in {[str(p) for p in RECIPES if 'examples' not in p.parts and 'sweeps' not in p.parts]!r}]; "
+        f"[load_recipe(p, unset_missing=True) for p in {[str(p) for p in RECIPES if 'examples' not in p.parts and 'sweeps' not in p.parts]!r}]; "
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -43,10 +43,16 @@ from illume_kit.plugins.backbones.text_tokenizer import (
     load_text_tokenizer,
     train_text_tokenizer,
 )
+from illume_kit.plugins.meta import building_on_meta
 
 # Extra keys this module keeps in the transformers config.json.
 TEXT_VOCAB_KEY = "illume_text_vocab_size"
 LAYOUT_KEY = "illume_vocab_layout"
+# config keys a recorded architecture leaves out: where it came from, code it might name, and this
+# module's own keys (set again when the rebuilt backbone is extended)
+_UNPORTABLE_CONFIG_KEYS = frozenset(
+    {"_name_or_path", "auto_map", "architectures", "transformers_version", TEXT_VOCAB_KEY, LAYOUT_KEY}
+)
 
 
 class HFCausalLMBackbone(nn.Module):
@@ -60,8 +66,18 @@ class HFCausalLMBackbone(nn.Module):
         super().__init__()
         self.params = params if params is not None else self.Params()
         p = self.params
+        self._source_config: dict[str, Any] | None = None  # the architecture a checkpoint records
         if p.pretrained:
             self.model, self.text_tokenizer = self._load(Path(p.pretrained).expanduser())
+            self._source_config = self.model.config.to_dict()
+        elif p.architecture:
+            # a checkpoint of a pretrained model: its architecture, the text tokenizer comes from load_extra
+            self.text_tokenizer = default_text_tokenizer(p.vocab_size)
+            config = self._architecture_config(p.architecture)
+            self.model = self.model_cls._from_config(
+                config, dtype=getattr(torch, p.dtype), attn_implementation=p.attn_implementation
+            )
+            self._source_config = config.to_dict()
         else:
             self.text_tokenizer = default_text_tokenizer(p.vocab_size)
             tok = self.text_tokenizer
@@ -119,10 +135,47 @@ class HFCausalLMBackbone(nn.Module):
                 f"{self.model_type!r} models; pick the backbone whose family matches the folder"
             )
         p = self.params
-        model = self.model_cls.from_pretrained(
-            str(path), local_files_only=True, dtype=getattr(torch, p.dtype), attn_implementation=p.attn_implementation
-        )
+        if building_on_meta():  # compose --meta: the folder's architecture, no weights read
+            model = self.model_cls._from_config(
+                config, dtype=getattr(torch, p.dtype), attn_implementation=p.attn_implementation
+            )
+        else:
+            model = self.model_cls.from_pretrained(
+                str(path),
+                local_files_only=True,
+                dtype=getattr(torch, p.dtype),
+                attn_implementation=p.attn_implementation,
+            )
         return model, load_text_tokenizer(path)
+
+    def _architecture_config(self, arch: dict[str, Any]) -> PretrainedConfig:
+        if arch.get("model_type", self.model_type) != self.model_type:
+            raise ValueError(
+                f"backbone architecture is a {arch.get('model_type')!r} config but {type(self).__name__} builds "
+                f"{self.model_type!r} models"
+            )
+        # the family's own config class reads it: a config never selects code (no auto_map)
+        kept = {k: v for k, v in arch.items() if k not in _UNPORTABLE_CONFIG_KEYS}
+        return self.model_cls.config_class.from_dict(kept)
+
+    def checkpoint_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """What a checkpoint's manifest records: a ``pretrained`` model's architecture and real sizes in
+        place of its folder (the weights and the text tokenizer are in the checkpoint)."""
+        if self._source_config is None:
+            return params
+        cfg = self.model.config
+        arch = {k: v for k, v in self._source_config.items() if k not in _UNPORTABLE_CONFIG_KEYS}
+        sizes = {
+            "hidden_size": cfg.hidden_size,
+            "num_layers": cfg.num_hidden_layers,
+            "num_heads": cfg.num_attention_heads,
+            "intermediate_size": getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None),
+            "max_position_embeddings": cfg.max_position_embeddings,
+            "num_kv_heads": getattr(cfg, "num_key_value_heads", None),
+            "tie_word_embeddings": getattr(cfg, "tie_word_embeddings", None),
+        }
+        sizes = {k: v for k, v in sizes.items() if v is not None and k in params}
+        return {**params, **sizes, "vocab_size": self.text_vocab_size, "pretrained": None, "architecture": arch}
 
     def _set_special_ids(self, config: PretrainedConfig) -> None:
         tok = self.text_tokenizer
@@ -248,13 +301,15 @@ class HFCausalLMBackbone(nn.Module):
         rows = -(-total // multiple) * multiple
         from transformers.utils import logging as hf_logging
 
+        # a model on the meta device (compose --meta) has shapes but no values to initialise rows from
+        on_meta = self.model.get_input_embeddings().weight.is_meta
         level = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the mean-resizing notice is noise for every compose
         try:
-            self.model.resize_token_embeddings(rows, mean_resizing=(how == "default"))
+            self.model.resize_token_embeddings(rows, mean_resizing=(how == "default" and not on_meta))
         finally:
             hf_logging.set_verbosity(level)
-        if how == "default":
+        if how == "default" or on_meta:
             return
         start = self.text_vocab_size
         weights = [self.model.get_input_embeddings().weight]

@@ -13,7 +13,7 @@ the weights exist locally (ILLUME+ 3B/7B use Qwen2.5-3B/7B-Instruct, reference Â
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -30,6 +30,12 @@ class _CausalLMParams(ComponentParams):
         default=None,
         description="local transformers folder (model + tokenizer) loaded with local_files_only=True; "
         "None builds from the size fields below with a freshly trained byte-level BPE text tokenizer",
+    )
+    architecture: dict[str, Any] | None = Field(
+        default=None,
+        description="the transformers config (config.json keys) to build instead of the size fields: what a "
+        "checkpoint of a `pretrained` model records, so loading it needs no folder (its weights and text "
+        "tokenizer are in the checkpoint). None = build from the size fields",
     )
     hidden_size: int = Field(default=128, ge=8, description="width of the residual stream")
     num_layers: int = Field(default=2, ge=1, description="number of transformer blocks")

@@ -36,6 +36,12 @@ from illume_kit.plugins.decoders.params import DiffusionDetokenizerParams
 from illume_kit.plugins.decoders.schedules import TrainingProcess, make_scheduler
 from illume_kit.plugins.decoders.spaces import PixelSpace, VAESpace
 from illume_kit.plugins.decoders.unet import build_unet, call_unet, size_conditioning_kind, unet_class
+from illume_kit.plugins.meta import building_on_meta
+
+
+def _init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A diffusers model config as JSON-ready constructor kwargs (its private ``_*`` keys dropped)."""
+    return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}))
 
 
 class DiffusionDetokenizer(nn.Module):
@@ -89,6 +95,28 @@ class DiffusionDetokenizer(nn.Module):
         self.denoiser = build_unet(self.params, ch + self.cond_channels, ch)
         if self.params.pretrained:
             self.load_pretrained(self.params.pretrained)
+
+    def checkpoint_params(self, params: dict) -> dict:
+        """What a checkpoint's manifest records: the architectures loaded from ``pretrained`` /
+        ``vae_pretrained`` written out in place of the folders (their weights are in the checkpoint)."""
+        p = self.params
+        out = dict(params)
+        if p.vae_pretrained or (p.pretrained and isinstance(self.space, VAESpace)):
+            out.update(vae_config=_init_kwargs(self.space.vae.config), vae_pretrained=None)
+        if p.pretrained and self.denoiser is not None:
+            cfg = _init_kwargs(self.denoiser.config)
+            out.update(
+                unet_type="unet2d-condition" if hasattr(self.denoiser.config, "cross_attention_dim") else "unet2d",
+                unet_config=cfg,
+                block_out_channels=list(cfg["block_out_channels"]),
+                attention_levels=["Attn" in t for t in cfg["down_block_types"]],
+                pretrained=None,
+            )
+            if isinstance(cfg.get("layers_per_block"), int):
+                out["layers_per_block"] = cfg["layers_per_block"]
+            if isinstance(cfg.get("norm_num_groups"), int):
+                out["norm_num_groups"] = cfg["norm_num_groups"]
+        return out
 
     # ---- conditioning ---------------------------------------------------------------------------
     def _attached(self) -> nn.Module:
@@ -242,7 +270,10 @@ class DiffusionDetokenizer(nn.Module):
         if not (unet_dir / "config.json").exists():
             raise FileNotFoundError(f"{folder} is not a diffusers folder: no config.json in it or in its unet/")
         cls = unet_class(json.loads((unet_dir / "config.json").read_text()).get("_class_name", "UNet2DModel"))
-        unet = cls.from_pretrained(str(unet_dir), local_files_only=True)
+        if building_on_meta():  # compose --meta: the folder's architecture, no weights read
+            unet = cls.from_config(cls.load_config(str(unet_dir), local_files_only=True))
+        else:
+            unet = cls.from_pretrained(str(unet_dir), local_files_only=True)
         want_in = self.space.channels + self.cond_channels
         if (unet.config.in_channels, unet.config.out_channels) != (want_in, self.space.channels):
             raise ValueError(

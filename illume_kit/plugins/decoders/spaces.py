@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from illume_kit.plugins.meta import building_on_meta
+
 
 class PixelSpace(nn.Module):
     def __init__(self, patch_size: int) -> None:
@@ -38,7 +40,9 @@ class VAESpace(nn.Module):
         super().__init__()
         from diffusers import AutoencoderKL
 
-        if pretrained is not None:
+        if pretrained is not None and building_on_meta():  # compose --meta: the folder's config, no weights
+            self.vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(pretrained), local_files_only=True))
+        elif pretrained is not None:
             self.vae = AutoencoderKL.from_pretrained(str(pretrained), local_files_only=True)
         else:
             self.vae = AutoencoderKL(**(config or {}))
@@ -48,7 +52,11 @@ class VAESpace(nn.Module):
         from diffusers import AutoencoderKL
 
         ref = next(self.vae.parameters())
-        vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True).to(ref.device, ref.dtype)
+        if building_on_meta():
+            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(folder), local_files_only=True))
+        else:
+            vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
+        vae = vae.to(ref.device, ref.dtype)
         self.vae = vae.requires_grad_(False)
 
     @property

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from illume_kit.plugins.meta import building_on_meta
 from illume_kit.plugins.tokenizers.common.params import TeacherParams
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -105,9 +106,14 @@ class Teacher:
             if p.pretrained:
                 if not Path(p.pretrained).is_dir():
                     raise FileNotFoundError(f"teacher.pretrained: {p.pretrained!r} is not a local folder")
-                model = Qwen2VisionTransformerPretrainedModel.from_pretrained(
-                    p.pretrained, local_files_only=True, attn_implementation="sdpa"
-                )
+                if building_on_meta():  # compose --meta: the folder's architecture, no weights read
+                    config = Qwen2VLVisionConfig.from_pretrained(p.pretrained, local_files_only=True)
+                    config._attn_implementation = "sdpa"
+                    model = Qwen2VisionTransformerPretrainedModel(config)
+                else:
+                    model = Qwen2VisionTransformerPretrainedModel.from_pretrained(
+                        p.pretrained, local_files_only=True, attn_implementation="sdpa"
+                    )
             else:
                 config = Qwen2VLVisionConfig(
                     depth=p.depth,
@@ -130,10 +136,11 @@ class Teacher:
             from illume_kit.plugins.tokenizers.teacher.params import TeacherParams as SigLIPParams
 
             if p.pretrained and Path(p.pretrained).is_dir():
-                model = SemanticTeacher.load(p.pretrained)  # a folder written by SemanticTeacher.save
+                # a folder written by SemanticTeacher.save (on meta: its config only)
+                model = SemanticTeacher.load(p.pretrained, weights=not building_on_meta())
             else:
                 model = SemanticTeacher(SigLIPParams(**p.siglip))
-                if p.pretrained:
+                if p.pretrained and not building_on_meta():
                     state = _load_state(p.pretrained)
                     state = {k.removeprefix("clip."): v for k, v in state.items()}
                     model.clip.load_state_dict(state, strict=True)

@@ -33,6 +33,8 @@ class DualViTok(nn.Module):
     Params = DualViTokParams
     PRESETS = PRESETS
     has_pixel_decoder = True
+    # the discriminator only trains: inference weights (a converted release) may come without it
+    training_only_prefixes = ("discriminator.",)
 
     def __init__(self, params: DualViTokParams | None = None):
         super().__init__()

@@ -11,6 +11,7 @@ bicubically resampling the learned position embeddings (the grid follows the ima
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -33,8 +34,56 @@ FORMAT = "illume-kit-semantic-teacher"
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
-def build_clip(p: TeacherParams) -> open_clip.CLIP:
-    """The open_clip model a ``TeacherParams`` describes (a custom config, no named model)."""
+def _open_clip_architecture(p: TeacherParams) -> nn.Module:
+    """An open_clip architecture by its shipped config name or a config dict, randomly initialised:
+    a timm tower is built with ``pretrained=False`` and an HF text tower is refused (both would download)."""
+    if p.open_clip_model:
+        cfg = open_clip.get_model_config(p.open_clip_model)
+        if cfg is None:
+            raise ValueError(
+                f"teacher open_clip_model {p.open_clip_model!r} is not an architecture open_clip ships a config for "
+                f"(e.g. {', '.join(m for m in open_clip.list_models() if 'SigLIP' in m)[:200]})"
+            )
+    else:
+        cfg = p.open_clip_config
+    cfg = copy.deepcopy(dict(cfg))
+    custom = cfg.pop("custom_text", False)
+    vision, text = dict(cfg.pop("vision_cfg", {})), dict(cfg.pop("text_cfg", {}))
+    if text.get("hf_model_name"):
+        raise ValueError(
+            "teacher open_clip architecture: a Hugging Face text tower (text_cfg.hf_model_name) is not supported"
+        )
+    vision["timm_model_pretrained"] = False
+    for key in ("hf_tokenizer_name", "tokenizer_kwargs"):  # the tokenizer is not part of the model
+        text.pop(key, None)
+    cls = open_clip.CustomTextCLIP if custom else open_clip.CLIP
+    allowed = {"embed_dim", "quick_gelu", "init_logit_scale", "init_logit_bias", "nonscalar_logit_scale"}
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ValueError(f"teacher open_clip architecture: unsupported keys {unknown} (valid: {sorted(allowed)})")
+    try:
+        return cls(vision_cfg=vision, text_cfg=text, **cfg)
+    except (TypeError, RuntimeError) as exc:  # an unknown cfg field or timm model name
+        what = p.open_clip_model or "open_clip_config"
+        raise ValueError(f"teacher open_clip architecture {what!r} does not build: {exc}") from exc
+
+
+def _dynamic_size(trunk: nn.Module) -> None:
+    """Let a timm ViT take any image size, position embeddings resampled to the grid (timm's own
+    ``dynamic_img_size`` path, which the released SigLIP configs leave off)."""
+    from timm.layers import Format
+
+    trunk.dynamic_img_size = True
+    trunk.patch_embed.strict_img_size = False
+    trunk.patch_embed.flatten = False
+    trunk.patch_embed.output_fmt = Format.NHWC
+
+
+def build_clip(p: TeacherParams) -> nn.Module:
+    """The open_clip model a ``TeacherParams`` describes: a named or given open_clip architecture, or
+    ``open_clip.CLIP`` from the size fields."""
+    if p.open_clip_model or p.open_clip_config:
+        return _open_clip_architecture(p)
     vision = dict(
         image_size=p.image_size,
         patch_size=p.patch_size,
@@ -64,22 +113,27 @@ class SemanticTeacher(nn.Module):
         super().__init__()
         self.params = p = params if params is not None else TeacherParams()
         self.clip = build_clip(p)
-        self.tokenizer = SimpleTokenizer(context_length=p.context_length)
+        self._trunk = getattr(self.clip.visual, "trunk", None)  # a timm tower (open_clip TimmModel)
+        if self._trunk is not None:
+            _dynamic_size(self._trunk)
+        text = getattr(self.clip, "text", self.clip)  # CustomTextCLIP keeps its text tower apart
+        self.tokenizer = SimpleTokenizer(context_length=getattr(text, "context_length", None) or p.context_length)
         self.siglip = SigLipLoss()
-        self.register_buffer("mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = p.image_mean or OPENAI_DATASET_MEAN, p.image_std or OPENAI_DATASET_STD
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def feature_dim(self) -> int:
-        return self.params.vision_width
+        return self._trunk.num_features if self._trunk is not None else self.params.vision_width
 
     @property
     def patch_size(self) -> int:
-        return self.params.patch_size
+        return self._trunk.patch_embed.patch_size[0] if self._trunk is not None else self.params.patch_size
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Patch grid (rows, cols); like open_clip's patch conv, pixels past the last whole patch are dropped."""
-        s = self.params.patch_size
+        s = self.patch_size
         if height < s or width < s:
             raise ValueError(f"semantic teacher: image sides must be at least the patch size {s}, got {height}x{width}")
         return height // s, width // s
@@ -93,6 +147,10 @@ class SemanticTeacher(nn.Module):
         """images (B, 3, H, W) in [0, 1] -> final patch features (B, H//patch, W//patch, vision_width)."""
         v = self.clip.visual
         gh, gw = self.grid(images.shape[-2], images.shape[-1])
+        if self._trunk is not None:  # timm ViT: its final-norm tokens after the prefix (class/register) tokens
+            s = self.patch_size
+            tokens = self._trunk.forward_features(self._prepare(images)[..., : gh * s, : gw * s])
+            return tokens[:, self._trunk.num_prefix_tokens :].reshape(images.shape[0], gh, gw, -1)
         x = v.conv1(self._prepare(images))
         b, c = x.shape[:2]
         x = x.flatten(2).transpose(1, 2)
@@ -108,6 +166,12 @@ class SemanticTeacher(nn.Module):
         return x[:, 1:].reshape(b, gh, gw, c)
 
     def tokenize(self, captions: Sequence[str]) -> torch.Tensor:
+        vocab = getattr(self.clip, "vocab_size", None) or getattr(getattr(self.clip, "text", None), "vocab_size", None)
+        if vocab is not None and vocab != self.tokenizer.vocab_size:
+            raise ValueError(
+                f"semantic teacher: its text tower has a {vocab}-token vocabulary, but captions are read with the "
+                f"CLIP BPE ({self.tokenizer.vocab_size} tokens); this teacher encodes images only"
+            )
         return self.tokenizer(list(captions)).to(self.mean.device)
 
     def embed_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -230,8 +294,9 @@ class SemanticTeacher(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SemanticTeacher:
-        """Rebuild from a folder written by ``save`` (weights via safetensors; no code is run)."""
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", weights: bool = True) -> SemanticTeacher:
+        """Rebuild from a folder written by ``save`` (weights via safetensors; no code is run).
+        ``weights=False`` builds the architecture only (its config), for a model on the meta device."""
         path = Path(path)
         cfg_file = path / CONFIG_FILE
         if not cfg_file.is_file() or not (path / WEIGHTS_FILE).is_file():
@@ -243,5 +308,7 @@ class SemanticTeacher(nn.Module):
         if config.get("format") != FORMAT:
             raise ValueError(f"semantic teacher: {str(cfg_file)!r} is not a {FORMAT} config")
         teacher = cls(TeacherParams(**config["params"]))
+        if not weights:
+            return teacher
         load_model(teacher.clip, str(path / WEIGHTS_FILE), strict=True, device=str(device))
         return teacher.to(device)

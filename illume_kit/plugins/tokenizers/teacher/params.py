@@ -13,7 +13,7 @@ tokenizer, which ships inside the wheel (no hub download).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -42,6 +42,30 @@ class TeacherParams(ComponentParams):
     embed_dim: int = Field(64, ge=8, description="shared image-text embedding width")
     init_logit_scale: float = Field(math.log(10.0), description="log temperature at init (SigLIP: log 10)")
     init_logit_bias: float = Field(-10.0, description="logit bias at init (SigLIP: -10)")
+    open_clip_model: str | None = Field(
+        None,
+        description="an architecture open_clip ships a config for (e.g. ViT-B-16-SigLIP, ViT-SO400M-14-SigLIP-384: "
+        "a timm vision tower in a CustomTextCLIP), built instead of the size fields above with random weights "
+        "and nothing downloaded; its weights come from a file (`teacher.pretrained`). Captions need the CLIP "
+        "BPE: a text tower with another vocabulary encodes images only",
+    )
+    open_clip_config: dict[str, Any] | None = Field(
+        None,
+        description="the same as an open_clip model config dict (embed_dim, vision_cfg, text_cfg, custom_text), "
+        "for an architecture open_clip does not name",
+    )
+    image_mean: list[float] | None = Field(
+        None,
+        min_length=3,
+        max_length=3,
+        description="input normalisation mean (default OpenAI-CLIP; SigLIP releases: 0.5)",
+    )
+    image_std: list[float] | None = Field(
+        None,
+        min_length=3,
+        max_length=3,
+        description="input normalisation std (default OpenAI-CLIP; SigLIP releases: 0.5)",
+    )
     region_weight: float = Field(
         0.0,
         ge=0.0,
@@ -57,6 +81,8 @@ class TeacherParams(ComponentParams):
             raise ValueError(f"image_size {self.image_size} is smaller than patch_size {self.patch_size}")
         if self.vision_width % self.vision_head_width:
             raise ValueError(f"vision_width {self.vision_width} must be a multiple of vision_head_width")
+        if self.open_clip_model and self.open_clip_config:
+            raise ValueError("give open_clip_model or open_clip_config, not both")
         if self.text_width % self.text_heads:
             raise ValueError(f"text_width {self.text_width} must be a multiple of text_heads {self.text_heads}")
         return self

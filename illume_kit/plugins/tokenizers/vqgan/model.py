@@ -30,6 +30,8 @@ from illume_kit.plugins.tokenizers.vqgan.params import VQGANParams
 class VQGAN(nn.Module):
     Params = VQGANParams
     has_pixel_decoder = True
+    # the discriminator only trains: inference weights (a converted release) may come without it
+    training_only_prefixes = ("discriminator.",)
 
     def __init__(self, params: VQGANParams | None = None):
         super().__init__()

@@ -1,0 +1,64 @@
+"""`compose --meta` / `inspect --meta`: official-size recipes sized on the meta device, nothing allocated."""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+CKPT = ROOT / "checkpoints" / "dualvitok_qwen2_mllm_tiny"
+
+
+def run(*args):
+    code = "import sys; from illume_kit.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=ENV, cwd=ROOT)
+
+
+def test_official_3b_recipe_sizes_on_meta():
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    r = run("compose", "--meta", "--json", "recipes/illume_plus/illume_plus_3b.yaml")
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    comps = info["components"]
+    assert info["meta"] is True
+    # released sizes: DualViTok 1.35B, Qwen2.5-3B with 131,111 image/structure rows added, SDXL UNet 2.57B + VAE
+    assert 1.34e9 < comps["tokenizer"]["parameters"] < 1.36e9
+    assert 3.34e9 < comps["backbone"]["parameters"] < 3.37e9
+    assert 2.55e9 < comps["detokenizer"]["parts"]["denoiser"] < 2.58e9
+    assert 83e6 < comps["detokenizer"]["parts"]["space"] < 84e6
+    assert comps["backbone"]["dtypes"] == {"bfloat16": comps["backbone"]["parameters"]}
+    # 2 bytes a parameter (the tied head counted once) plus the RoPE frequency buffer
+    assert 0 < comps["backbone"]["bytes"] - 2 * comps["backbone"]["parameters"] < 10_000
+    assert info["total"]["bytes"] == sum(c["bytes"] for c in comps.values())
+    # ILLUME+'s hard-coded ids: codes start at 151,704 (semantic) and 184,472 (pixel)
+    starts = {row["what"]: row["start"] for row in info["vocab_layout"]}
+    assert starts["codebook semantic"] == 151_704 and starts["codebook pixel"] == 184_472
+    if peak_kib > before:  # the child's peak only shows when it exceeds earlier children's
+        assert peak_kib < 2 * 1024 * 1024, f"peak RSS {peak_kib} KiB"
+
+
+def test_without_meta_the_open_folders_are_required():
+    r = run("compose", "recipes/illume_plus/illume_plus_3b.yaml")
+    assert r.returncode == 2
+    assert "tokenizer.weights" in r.stderr and "???" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_meta_writes_no_checkpoint(tmp_path):
+    r = run("compose", "--meta", "dualvitok_qwen2_tiny", "-o", str(tmp_path / "ck"))
+    assert r.returncode == 2 and "--meta" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "ck").exists()
+
+
+def test_inspect_meta_matches_the_loaded_checkpoint():
+    meta, real = run("inspect", "--meta", "--json", str(CKPT)), run("inspect", "--json", str(CKPT))
+    assert meta.returncode == 0 and real.returncode == 0, meta.stderr + real.stderr
+    m, r = json.loads(meta.stdout), json.loads(real.stdout)
+    assert m["meta"] is True and r["meta"] is False
+    for sec in ("tokenizer", "backbone", "detokenizer", "projectors"):
+        for key in ("parameters", "bytes", "dtypes", "parts"):
+            assert m["components"][sec].get(key) == r["components"][sec].get(key), (sec, key)
+    assert m["total"] == r["total"] and m["total"]["parameters"] > 0
