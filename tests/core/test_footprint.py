@@ -40,11 +40,18 @@ def test_every_shipped_recipe_fits_in_a_small_machine():
 
     reg = get_registry()
     for name, path in shipped_recipes(reg):
-        if name.startswith("sweeps/"):
+        if name.startswith(("sweeps/", "illume_plus/")):  # official-size recipes are for GPU machines
             continue
         r = load_recipe(path, registry=reg)
         est = footprint.estimate(r.data, {s: rc.params for s, rc in r.components.items()})
         assert est.total < 2e9, (name, footprint.human(est.total))
+
+
+def test_the_official_size_recipe_is_refused_by_a_small_machine_without_the_override(monkeypatch):
+    monkeypatch.delenv(footprint.ENV, raising=False)
+    monkeypatch.setattr(footprint, "machine_memory", lambda: 8 * 2**30)
+    with pytest.raises(RecipeError, match="--allow-large"):
+        load_recipe("recipes/illume_plus/illume_plus_3b.yaml", unset_missing=True)
 
 
 def test_refused_past_memory_with_the_key_and_the_override(monkeypatch):
