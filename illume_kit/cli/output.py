@@ -27,7 +27,8 @@ class _LazyConsole:
 
 
 console = _LazyConsole()
-err_console = _LazyConsole(stderr=True)
+# messages are not hard-wrapped: the terminal wraps them, and a path or key stays one piece to copy
+err_console = _LazyConsole(stderr=True, soft_wrap=True)
 
 
 # errno values that are about the machine or the paths a user gave, not about illume-kit's code
