@@ -77,11 +77,10 @@ def main() -> int:
     sys.path.insert(0, str(root / "ILLUME"))
     import numpy as np
     import torch
+    from illume.data import aspect_ratio_utils as aru  # the reference code, from its path
+    from illume.data import data_utils as du
     from PIL import Image
     from safetensors.torch import save_file
-
-    from illume.data import aspect_ratio_utils as aru  # noqa: the official module, from its path
-    from illume.data import data_utils as du
 
     spec = importlib.util.spec_from_file_location(
         "official_movq", root / "vision_tokenizer" / "tokenizer" / "movqgan" / "image_processing_movqgan.py"

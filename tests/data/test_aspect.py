@@ -38,7 +38,9 @@ def test_anchor_and_sizes_match_official(case):
         assert case[fit]["output"] == case["anchor"]
 
 
-@pytest.mark.parametrize("case", RECORD["native_cases"], ids=lambda c: f"{c['max_pixels']}-{c['size'][0]}x{c['size'][1]}")
+@pytest.mark.parametrize(
+    "case", RECORD["native_cases"], ids=lambda c: f"{c['max_pixels']}-{c['size'][0]}x{c['size'][1]}"
+)
 def test_native_size_matches_official(case):
     h, w = case["size"]
     got = aspect.native_size(h, w, case["min_pixels"], case["max_pixels"], case["factor"])
