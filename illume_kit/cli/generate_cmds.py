@@ -8,7 +8,12 @@ after it, a prompt whose sequence (with the image and the answer) needs more pos
 backbone serves is refused with the limit. Words, or a size, the checkpoint did not train on
 (``illume_kit.core.coverage``; for a checkpoint without that record, its recipe's shapes world and
 image size) only warn. Input images are center-cropped to the target aspect and resized to
-``--size`` (default: the recipe's ``data.params.image_size``).
+``--size`` (default: the recipe's ``data.params.image_size``). With ``--preprocess official`` (or the
+recipe's ``eval.options.preprocess``) images are sized as the released ILLUME+ sizes them
+(``illume_kit.data.aspect``): ``understand`` keeps the image's aspect within the pixel bounds
+(``--size HxW``: at most H*W pixels), ``generate`` and ``edit`` work at an aspect-ratio anchor
+(``--size N``: the anchor table of base N; ``--size HxW``: that anchor); an anchor the model has no
+resolution tag or tokenizer grid for is refused with the valid anchors of its base.
 
 Torch-free at import: ``illume-kit --help`` must not pay for torch.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import get_args
 
 from illume_kit.cli.args import (
     check_device_available,
@@ -30,7 +36,7 @@ from illume_kit.cli.args import (
     probability,
     seed,
 )
-from illume_kit.core.options import EvalOptions
+from illume_kit.core.options import EvalOptions, Preprocess
 from illume_kit.eval.sampling import GUIDANCE, task_sampling
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -232,6 +238,131 @@ def check_size(model, size: tuple[int, int]) -> None:
         ) from None
 
 
+def recipe_eval_options(checkpoint: str | Path) -> EvalOptions:
+    """The checkpoint's recipe ``eval.options`` (defaults when it has no recipe); CheckpointError when bad."""
+    from pydantic import ValidationError
+
+    from illume_kit.core.layout import validation_summary
+    from illume_kit.core.manifest import CheckpointError
+
+    recipe = _checkpoint_recipe(checkpoint)
+    if recipe is None:
+        return EvalOptions()
+    opts = _mapping_at(recipe, checkpoint, "eval", "options")
+    try:
+        return EvalOptions.model_validate({k: v for k, v in opts.items() if k in EvalOptions.model_fields})
+    except ValidationError as exc:
+        raise CheckpointError(
+            f"{Path(checkpoint) / 'recipe.yaml'}: {validation_summary(exc, 'eval.options')}"
+        ) from None
+
+
+def _preprocess(args) -> tuple[str, EvalOptions]:
+    """The sizing rule (``--preprocess``, else the recipe's ``eval.options.preprocess``) and the options."""
+    opts = recipe_eval_options(args.checkpoint)
+    return args.preprocess or opts.preprocess, opts
+
+
+def size_multiple(model) -> int:
+    """Sides of an image this model takes are multiples of this: its tokenizer strides and its
+    resolution-tag step."""
+    steps = [cb.stride for cb in model.tokenizer.codebooks] + [model.layout.resolution_step]
+    return math.lcm(*steps)
+
+
+def _fits(model, size: tuple[int, int]) -> bool:
+    try:
+        check_size(model, size)
+    except ValueError:
+        return False
+    return True
+
+
+def anchor_of(text: str | None, default_base: int) -> tuple[int, tuple[int, int] | None]:
+    """``--size`` under official preprocessing -> (base, the anchor it names or None).
+
+    ``N``: the anchor table of base N; ``HxW``: that anchor, which must be one of some base's table.
+    """
+    from illume_kit.data.aspect import RATIOS_512, anchors, check_base
+
+    if text is None:
+        return check_base(default_base), None
+    m = re.fullmatch(r"\s*(\d+)\s*", str(text))
+    if m:
+        try:
+            return check_base(int(m.group(1))), None
+        except ValueError as exc:
+            raise ValueError(f"--size {text}: {exc}") from None
+    h, w = parse_size(text)
+    for rh, rw in RATIOS_512:
+        if (h * 512) % rh == 0 and h * 512 // rh * rw == w * 512:
+            base = h * 512 // rh
+            try:
+                if (h, w) in anchors(check_base(base)):
+                    return base, (h, w)
+            except ValueError:
+                continue
+    table = ", ".join(f"{a}x{b}" for a, b in anchors(check_base(default_base)))
+    raise ValueError(
+        f"--size {text}: not an aspect-ratio anchor; give a base (a multiple of 8, e.g. {default_base}) "
+        f"or one of its anchors, e.g. at base {default_base}: {table}"
+    )
+
+
+def check_anchor(model, base: int, anchor: tuple[int, int]) -> None:
+    """ValueError naming the valid anchors of ``base`` unless the model takes ``anchor``."""
+    from illume_kit.data.aspect import anchors
+
+    if _fits(model, anchor):
+        return
+    valid = [a for a in anchors(base) if _fits(model, a)]
+    listed = ", ".join(f"{h}x{w}" for h, w in valid) or "none (try another base)"
+    raise ValueError(
+        f"--size: anchor {anchor[0]}x{anchor[1]} (base {base}) does not fit this model "
+        f"(resolution tags every {model.layout.resolution_step} up to "
+        f"{len(model.layout.resolution_tags) // 2 * model.layout.resolution_step}, sides multiples of "
+        f"{size_multiple(model)}); valid anchors at base {base}: {listed}"
+    )
+
+
+def official_understand_image(args, model, opts: EvalOptions):
+    """The question's image at its own aspect, within the pixel bounds, sides on the model's multiple."""
+    from illume_kit.data.aspect import native_resize
+    from illume_kit.data.images import load_rgb
+    from illume_kit.data.shapes import to_tensor
+
+    given = parse_size(args.size)
+    if given is not None:
+        max_pixels = given[0] * given[1]
+    elif opts.max_pixels is not None:
+        max_pixels = opts.max_pixels
+    else:
+        side = recipe_image_size(args.checkpoint)
+        max_pixels = side[0] * side[1]
+    min_pixels = min(opts.min_pixels, max_pixels)
+    img = native_resize(load_rgb(args.image), min_pixels, max_pixels, size_multiple(model))
+    return to_tensor(img), (img.height, img.width)
+
+
+def official_anchor(args, model, opts: EvalOptions, source=None) -> tuple[int, int]:
+    """The anchor ``generate`` (``source`` None: the base's square unless ``--size`` names one) or
+    ``edit`` (the one nearest ``source``'s aspect among those the model takes) works at; refused
+    unless the model takes it."""
+    from illume_kit.data.aspect import anchors, nearest_anchor
+
+    default = opts.anchor_base or recipe_image_size(args.checkpoint)[0]
+    base, anchor = anchor_of(args.size, default)
+    if anchor is None and source is not None:
+        # every anchor of the released tables fits the released model; a smaller model may take
+        # only some of them, and an edit snaps among those
+        valid = [a for a in anchors(base) if _fits(model, a)]
+        anchor = nearest_anchor(source.height, source.width, table=valid) if valid else (base, base)
+    elif anchor is None:
+        anchor = (base, base)
+    check_anchor(model, base, anchor)
+    return anchor
+
+
 def load_image(path: str | Path, size: tuple[int, int]):
     """An image file -> float (3, H, W) in [0, 1], center-cropped to the aspect of ``size`` and resized."""
     from PIL import Image
@@ -292,8 +423,13 @@ def cmd_understand(args) -> int:
     check_text(args.question, "question")
     _check_image(args.image)
     size = parse_size(args.size) or recipe_image_size(args.checkpoint)
-    image = load_image(args.image, size)
-    model = _load_model(args)
+    mode, opts = _preprocess(args)
+    if mode == "official":
+        model = _load_model(args)
+        image, size = official_understand_image(args, model, opts)
+    else:
+        image = load_image(args.image, size)
+        model = _load_model(args)
     check_size(model, size)
     from illume_kit.model.sampler import answer
     from illume_kit.model.tasks import und_prompt
@@ -315,9 +451,15 @@ def cmd_understand(args) -> int:
 def cmd_generate(args) -> int:
     check_text(args.caption, "caption")
     out = _check_output(args.output)
-    size = parse_size(args.size) or recipe_image_size(args.checkpoint)
-    model = _load_model(args)
-    check_size(model, size)
+    mode, opts = _preprocess(args)
+    if mode == "official":
+        anchor_of(args.size, opts.anchor_base or recipe_image_size(args.checkpoint)[0])  # before the load
+        model = _load_model(args)
+        size = official_anchor(args, model, opts)
+    else:
+        size = parse_size(args.size) or recipe_image_size(args.checkpoint)
+        model = _load_model(args)
+        check_size(model, size)
     from illume_kit.cli.output import console
     from illume_kit.model.sampler import decode_images, generate_images, image_template
     from illume_kit.model.tasks import t2i_prompt
@@ -348,10 +490,22 @@ def cmd_edit(args) -> int:
     check_text(args.instruction, "instruction")
     out = _check_output(args.output)
     _check_image(args.image)
-    size = parse_size(args.size) or recipe_image_size(args.checkpoint)
-    image = load_image(args.image, size)
-    model = _load_model(args)
-    check_size(model, size)
+    mode, opts = _preprocess(args)
+    if mode == "official":
+        from illume_kit.data.aspect import snap
+        from illume_kit.data.images import load_rgb
+        from illume_kit.data.shapes import to_tensor
+
+        anchor_of(args.size, opts.anchor_base or recipe_image_size(args.checkpoint)[0])  # before the load
+        source = load_rgb(args.image)
+        model = _load_model(args)
+        size = official_anchor(args, model, opts, source)
+        image = to_tensor(snap(source, size, "pad"))
+    else:
+        size = parse_size(args.size) or recipe_image_size(args.checkpoint)
+        image = load_image(args.image, size)
+        model = _load_model(args)
+        check_size(model, size)
     from illume_kit.cli.output import console
     from illume_kit.model.sampler import decode_images, edit_images, image_template
     from illume_kit.model.tasks import edit_prompt
@@ -378,6 +532,12 @@ def _common(p, size_help: str) -> None:
     p.add_argument("--size", help=size_help)
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument(
+        "--preprocess",
+        choices=get_args(Preprocess),
+        help="plain: crop and resize to --size; official: size images as the released ILLUME+ does "
+        "(default: the recipe's eval.options.preprocess, else plain)",
+    )
 
 
 def _sampling_args(p, verb: str) -> None:
@@ -398,14 +558,22 @@ def _sampling_args(p, verb: str) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("understand", help="answer a question about an image")
-    _common(p, "resize the image to HxW first (default: the recipe's image size)")
+    _common(
+        p,
+        "resize the image to HxW first (default: the recipe's image size); "
+        "with --preprocess official: at most H*W pixels at the image's own aspect",
+    )
     p.add_argument("image", help="a png/jpg image")
     p.add_argument("question")
     p.add_argument("--max-new-tokens", type=positive_int, default=32, help="longest answer, in tokens")
     p.set_defaults(func=cmd_understand)
 
     p = sub.add_parser("generate", help="generate an image from a caption")
-    _common(p, "image size HxW (default: the recipe's image size)")
+    _common(
+        p,
+        "image size HxW (default: the recipe's image size); with --preprocess official: "
+        "an anchor base N (the square anchor) or an anchor HxW",
+    )
     p.add_argument("caption")
     p.add_argument("-o", "--output", required=True, help="output image (png/jpg); with --num > 1 a grid")
     p.add_argument("--num", type=positive_int, default=1, help="images to draw (written as one grid)")
@@ -414,7 +582,11 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("edit", help="edit an image according to an instruction")
-    _common(p, "resize the image to HxW first; the edit has this size (default: the recipe's image size)")
+    _common(
+        p,
+        "resize the image to HxW first; the edit has this size (default: the recipe's image size); "
+        "with --preprocess official: an anchor base N (the anchor nearest the image's aspect) or an anchor HxW",
+    )
     p.add_argument("image", help="a png/jpg image")
     p.add_argument("instruction")
     p.add_argument("-o", "--output", required=True, help="output image (png/jpg)")

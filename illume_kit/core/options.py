@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 Task = Literal["und", "t2i", "edit"]
 EditTarget = Literal["encoded", "copy_unchanged"]
 LossAverage = Literal["token", "sample"]
+Preprocess = Literal["plain", "official"]
 TASKS: tuple[str, ...] = get_args(Task)
 # the largest image side a recipe may ask for; past it a single image is gigabytes of activations
 MAX_IMAGE_SIZE = 16384
@@ -145,6 +146,29 @@ class EvalOptions(_Options):
         default_factory=dict,
         description="keyword options of the detokenizer's decode, e.g. {steps: 25} for the diffusion detokenizer",
     )
+    preprocess: Preprocess = Field(
+        "plain",
+        description="how `understand`, `generate` and `edit` size images: plain (center-crop and resize to "
+        "the one size, default the recipe's image size) or official (the released ILLUME+: understanding keeps "
+        "the image's aspect within min_pixels..max_pixels; generation and editing snap to the nearest "
+        "aspect-ratio anchor of anchor_base, illume_kit.data.aspect)",
+    )
+    anchor_base: int | None = Field(
+        None,
+        ge=8,
+        multiple_of=8,
+        description="preprocess official: the base side of the anchor table (released: 256, 384, 512, 768 "
+        "or 1024; 512 is the released table itself); null: the recipe's image size",
+    )
+    min_pixels: int = Field(
+        32 * 32, ge=1, description="preprocess official: fewest pixels an understanding image is resized to"
+    )
+    max_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="preprocess official: most pixels an understanding image is resized to (released: "
+        "768*768); null: the square of the recipe's image size",
+    )
 
 
 __all__ = [
@@ -159,4 +183,5 @@ __all__ = [
     "Task",
     "EditTarget",
     "LossAverage",
+    "Preprocess",
 ]
