@@ -431,14 +431,14 @@ def cmd_understand(args) -> int:
         image = load_image(args.image, size)
         model = _load_model(args)
     check_size(model, size)
+    from illume_kit.model.prompts import style_of
     from illume_kit.model.sampler import answer
-    from illume_kit.model.tasks import und_prompt
 
     check_fits(
         model,
         "question",
         args.question,
-        lambda q: und_prompt(image, q),
+        lambda q: style_of(model).und_prompt(image, q),
         args.max_new_tokens,
         f"the {size[0]}x{size[1]} image and --max-new-tokens {args.max_new_tokens}",
         "--max-new-tokens at most {room}",
@@ -461,15 +461,15 @@ def cmd_generate(args) -> int:
         model = _load_model(args)
         check_size(model, size)
     from illume_kit.cli.output import console
+    from illume_kit.model.prompts import style_of
     from illume_kit.model.sampler import decode_images, generate_images, image_template
-    from illume_kit.model.tasks import t2i_prompt
 
     template = len(image_template(model, size, 0))
     check_fits(
         model,
         "caption",
         args.caption,
-        lambda c: t2i_prompt(c, size),
+        lambda c: style_of(model).t2i_prompt(c, size),
         template,
         f"a {size[0]}x{size[1]} image",
         "a smaller --size",
@@ -507,15 +507,15 @@ def cmd_edit(args) -> int:
         model = _load_model(args)
         check_size(model, size)
     from illume_kit.cli.output import console
+    from illume_kit.model.prompts import style_of
     from illume_kit.model.sampler import decode_images, edit_images, image_template
-    from illume_kit.model.tasks import edit_prompt
 
     order = getattr(model, "edit_order", "image_first")
     check_fits(
         model,
         "instruction",
         args.instruction,
-        lambda t: edit_prompt(image, t, order=order),
+        lambda t: style_of(model).edit_prompt(image, t, order=order),
         len(image_template(model, size, 0)),
         f"the source and the edited {size[0]}x{size[1]} image",
         "a smaller --size",

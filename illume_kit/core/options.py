@@ -16,6 +16,7 @@ Task = Literal["und", "t2i", "edit"]
 EditTarget = Literal["encoded", "copy_unchanged"]
 LossAverage = Literal["token", "sample"]
 Preprocess = Literal["plain", "official"]
+PromptStyleName = Literal["plain", "chat_template", "official"]  # model.prompt_style: illume_kit.model.prompts
 TASKS: tuple[str, ...] = get_args(Task)
 # the largest image side a recipe may ask for; past it a single image is gigabytes of activations
 MAX_IMAGE_SIZE = 16384

@@ -16,6 +16,7 @@ from illume_kit.core.options import (
     DetokenizerOptions,
     EvalOptions,
     MllmOptions,
+    PromptStyleName,
     StageOptions,
     TeacherOptions,
     TokenizerOptions,
@@ -61,6 +62,13 @@ class ModelOptions(_Strict):
         description="editing prompt: the source image then the instruction (ILLUME+), or the "
         "instruction first, so the source sits a fixed number of tokens before the target and copying its "
         "unchanged cells is a fixed-offset lookup",
+    )
+    prompt_style: PromptStyleName = Field(
+        "plain",
+        description="text around every prompt and answer, in training and inference alike: plain "
+        "(USER:/ASSISTANT: turns, for backbones trained from scratch), chat_template (the backbone "
+        "tokenizer's own chat template) or official (ILLUME+'s Qwen2 chat turns and its generation and "
+        "editing prompts)",
     )
     level_order: Literal["coarse_first", "fine_first"] = Field(
         "coarse_first",

@@ -20,6 +20,7 @@ from illume_kit.core.layout import VocabLayout
 from illume_kit.core.protocols import Attaches, ExpectsCodebooks, TextVocab
 from illume_kit.core.recipe import ResolvedRecipe
 from illume_kit.core.schema import ModelOptions
+from illume_kit.model.prompts import PromptStyleError
 from illume_kit.model.unified import UnifiedModel
 from illume_kit.model.weights import load_component_weights
 
@@ -92,17 +93,21 @@ def assemble(
         )
     layout = computed
     backbone.extend_vocab(layout)
-    model = UnifiedModel(
-        tokenizer,
-        backbone,
-        detokenizer,
-        layout,
-        options.image_input,
-        options.projector_hidden,
-        options.image_positions,
-        options.output_positions,
-        options.edit_order,
-    )
+    try:
+        model = UnifiedModel(
+            tokenizer,
+            backbone,
+            detokenizer,
+            layout,
+            options.image_input,
+            options.projector_hidden,
+            options.image_positions,
+            options.output_positions,
+            options.edit_order,
+            options.prompt_style,
+        )
+    except PromptStyleError as exc:
+        raise ComposeError(str(exc)) from exc
     for cb in tokenizer.codebooks:
         if model.projectors[cb.name].in_dim != cb.feature_dim:
             raise ComposeError(

@@ -34,8 +34,8 @@ import torch
 
 from illume_kit.core.protocols import IncrementalCache
 from illume_kit.model.image_tokens import parse_image_ids
-from illume_kit.model.sequence import ASSISTANT_PREFIX, USER_PREFIX, Ids, Part, Sample, Tag, assemble, text_ids_fn
-from illume_kit.model.tasks import edit_prompt, t2i_prompt, und_prompt
+from illume_kit.model.prompts import style_of
+from illume_kit.model.sequence import Ids, Part, Sample, Tag, assemble, join_text, text_ids_fn
 
 
 @dataclass(frozen=True)
@@ -99,11 +99,13 @@ def max_positions(model: Any) -> int | None:
 
 
 def sequence_length(model: Any, prompt: Sequence[Part], answer: int) -> int:
-    """Positions one exchange takes: ``USER: {prompt}\nASSISTANT: `` as assembled for the model, plus
-    ``answer`` tokens (a generated image's template, or the longest text answer)."""
+    """Positions one exchange takes: the user turn (``prompt`` in the model's prompt style) as assembled
+    for the model, plus ``answer`` tokens (a generated image's template, or the longest text answer)."""
     text_ids = text_ids_fn(model.backbone.text_tokenizer)
-    n = len(text_ids(USER_PREFIX)) + len(text_ids(ASSISTANT_PREFIX)) + answer
-    for part in prompt:
+    style = style_of(model)
+    parts = style.user_turn(prompt, 0)
+    n = answer
+    for part in join_text(parts) if style.join_text else parts:
         if isinstance(part, str):
             n += len(text_ids(part))
         elif isinstance(part, Tag):
@@ -259,7 +261,7 @@ class StructuredSampler:
         self._use_top_p = any(s.top_p < 1 for s in self.sampling)
         self._draws = any(s.temperature > 0 for s in self.sampling)
         tok = model.backbone.text_tokenizer
-        self.eos = int(tok.eos_token_id)
+        self.eos = int(style_of(model).stop_id(tok))  # what ends an answer in the model's prompt style
         self.pad = int(tok.pad_token_id if tok.pad_token_id is not None else self.eos)
 
     @torch.inference_mode()
@@ -483,8 +485,9 @@ def generate_images(
     text-to-image prompt at the same size.
     """
     sizes = _sizes(sizes, len(prompts))
-    cond = [t2i_prompt(p, s) for p, s in zip(prompts, sizes)]
-    unc = [t2i_prompt(None, s) for s in sizes]
+    style = style_of(model)
+    cond = [style.t2i_prompt(p, s) for p, s in zip(prompts, sizes)]
+    unc = [style.t2i_prompt(None, s) for s in sizes]
     return sample_images(model, cond, unc, sizes, cfg, seed, temperature, top_k, top_p, **kw)
 
 
@@ -504,8 +507,9 @@ def edit_images(
     images = list(images)
     sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
     order = getattr(model, "edit_order", "image_first")  # as the model was trained
-    cond = [edit_prompt(im, ins, order=order) for im, ins in zip(images, instructions)]
-    unc = [edit_prompt(im, None, order=order) for im in images]
+    style = style_of(model)
+    cond = [style.edit_prompt(im, ins, order=order) for im, ins in zip(images, instructions)]
+    unc = [style.edit_prompt(im, None, order=order) for im in images]
     return sample_images(model, cond, unc, sizes, cfg, seed, temperature, top_k, top_p, **kw)
 
 
@@ -514,7 +518,7 @@ def answer(
 ) -> list[str]:
     """Understanding, greedy: (image, question) -> answer text (up to eos)."""
     sampler = StructuredSampler(model, sampling_table(model, temperature=0.0))
-    prompts = [und_prompt(im, q) for im, q in zip(list(images), questions)]
+    prompts = [style_of(model).und_prompt(im, q) for im, q in zip(list(images), questions)]
     outs = sampler.run(prompts, [None] * len(prompts), max_new_tokens=max_new_tokens)
     tok = model.backbone.text_tokenizer
     return [tok.decode([t for t in ids if t != sampler.eos], skip_special_tokens=True).strip() for ids in outs]

@@ -11,7 +11,9 @@ ILLUME+ reads images *continuously* and writes them *discretely* (reference §3.
   ``<height_H><width_W><start_of_image>`` then per level start, rows of (codebook offset + code)
   each closed by ``<end_of_line>``, level end, ``<end_of_image>``.
 
-A ``Sample`` is one chat exchange, ``USER: {prompt}\\nASSISTANT: {answer}<eos>``. Labels are -100
+A ``Sample`` is one chat exchange, ``USER: {prompt}\\nASSISTANT: {answer}<eos>`` in the ``plain``
+prompt style (``model.prompt_style``, ``illume_kit.model.prompts``: other styles wrap the turns in
+their own text). Labels are -100
 on the user turn, on input images and on padding, so the loss covers answer text and output image
 tokens only (as the reference's ``preprocess_qwen2`` masks system/user parts). All ids are placed in
 one (B, T) tensor that goes through the embedding once; projected features are then written into
@@ -394,16 +396,29 @@ def sample_ids(
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     b = _Builder(text_ids or text_ids_fn(tok), track_grid=bool(getattr(model, "image_positions", 0)))
     first_eos = sample.eos if sample.eos is not None else bool(sample.answer)
-    for (prompt, answer), eos in zip(
-        [(sample.prompt, sample.answer), *sample.turns], [first_eos] + [True] * len(sample.turns)
+    style = getattr(model, "prompt_style", None)  # model.prompts; None: plain
+    for turn, ((prompt, answer), eos) in enumerate(
+        zip([(sample.prompt, sample.answer), *sample.turns], [first_eos] + [True] * len(sample.turns))
     ):
-        for part in [USER_PREFIX, *prompt, ASSISTANT_PREFIX]:
+        user = style.user_turn(prompt, turn) if style is not None else [USER_PREFIX, *prompt, ASSISTANT_PREFIX]
+        for part in join_text(user) if style is not None and style.join_text else user:
             _add_part(b, part, False, model, encoded, feats, pad)
         for part in answer:
             _add_part(b, part, True, model, encoded, feats, pad)
         if eos:
-            b.add([tok.eos_token_id], True)
+            b.add(style.end_ids(tok) if style is not None else [tok.eos_token_id], True)
     return b
+
+
+def join_text(parts: Sequence[Part]) -> list[Part]:
+    """Adjacent strings joined into one (empty ones dropped), so they tokenize as one text."""
+    out: list[Part] = []
+    for p in parts:
+        if isinstance(p, str) and out and isinstance(out[-1], str):
+            out[-1] = out[-1] + p
+        elif not (isinstance(p, str) and not p):
+            out.append(p)
+    return out
 
 
 def assemble(

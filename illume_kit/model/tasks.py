@@ -77,13 +77,19 @@ def edit_prompt(
     return [text.lstrip("\n") + "\n", tag, image]
 
 
-def und_sample(image: torch.Tensor, question: str, answer: str, more: Sequence[tuple[str, str]] = ()) -> Sample:
-    """``image + question -> answer``; ``more`` (question, answer) pairs follow as further turns."""
-    return Sample(und_prompt(image, question), [answer], task="und", turns=[([q], [a]) for q, a in more])
+def und_sample(
+    image: torch.Tensor, question: str, answer: str, more: Sequence[tuple[str, str]] = (), style: Any = None
+) -> Sample:
+    """``image + question -> answer``; ``more`` (question, answer) pairs follow as further turns.
+    ``style``: a ``illume_kit.model.prompts.PromptStyle`` giving the task texts (None: plain)."""
+    prompt = style.und_prompt(image, question) if style is not None else und_prompt(image, question)
+    return Sample(prompt, [answer], task="und", turns=[([q], [a]) for q, a in more])
 
 
-def t2i_sample(image: torch.Tensor, caption: str | None) -> Sample:
-    return Sample(t2i_prompt(caption, _size(image)), [TargetImage(image)], task="t2i")
+def t2i_sample(image: torch.Tensor, caption: str | None, style: Any = None) -> Sample:
+    size = _size(image)
+    prompt = style.t2i_prompt(caption, size) if style is not None else t2i_prompt(caption, size)
+    return Sample(prompt, [TargetImage(image)], task="t2i")
 
 
 def edit_sample(
@@ -92,11 +98,17 @@ def edit_sample(
     target: torch.Tensor,
     order: str = "image_first",
     copy_unchanged: bool = False,
+    style: Any = None,
 ) -> Sample:
     """``copy_unchanged``: the target's tokens over unchanged pixels take the source's codes
     (``illume_kit.model.sequence.copy_unchanged``), so the untouched part of an edit is a copy."""
     out = TargetImage(target, copy_from=source if copy_unchanged else None)
-    return Sample(edit_prompt(source, instruction, order=order), [out], task="edit")
+    prompt = (
+        style.edit_prompt(source, instruction, order=order)
+        if style is not None
+        else edit_prompt(source, instruction, order=order)
+    )
+    return Sample(prompt, [out], task="edit")
 
 
 def uncollate(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -120,6 +132,8 @@ class TaskMixer:
     (``edit_sample``), so that what the edit leaves alone is an exact copy.
 
     A task an item cannot serve (no ``qa``, ``caption`` or ``edit``) is not drawn for it.
+
+    ``style``: the model's prompt style (``illume_kit.model.prompts``; None: plain) gives the task texts.
     """
 
     def __init__(
@@ -131,6 +145,7 @@ class TaskMixer:
         qa_turns: int = 1,
         edit_order: str = "image_first",
         edit_target: str = "encoded",
+        style: Any = None,
     ) -> None:
         weights = dict(weights) if weights is not None else {t: 1.0 for t in TASKS}
         unknown = set(weights) - set(TASKS)
@@ -156,6 +171,7 @@ class TaskMixer:
         if edit_target not in EDIT_TARGETS:
             raise ValueError(f"edit_target must be one of {', '.join(EDIT_TARGETS)}, got {edit_target!r}")
         self.edit_target = edit_target
+        self.style = style
 
     def _tasks_for(self, item: Mapping[str, Any]) -> list[str]:
         ok = {"und": bool(item.get("qa")), "t2i": bool(item.get("caption")), "edit": item.get("edit") is not None}
@@ -175,16 +191,20 @@ class TaskMixer:
             qa = list(item["qa"])
             if self.qa_turns == 1:
                 q, a = rng.choice(qa)
-                return und_sample(image, q, a)
+                return und_sample(image, q, a, style=self.style)
             picked = rng.sample(qa, min(self.qa_turns, len(qa)))
-            return und_sample(image, *picked[0], more=picked[1:])
+            return und_sample(image, *picked[0], more=picked[1:], style=self.style)
         if task == "t2i":
-            return t2i_sample(image, None if drop else item["caption"])
+            return t2i_sample(image, None if drop else item["caption"], style=self.style)
         if task == "edit":
             edit = item["edit"]
             if drop:
                 return edit_sample(
-                    image, None, image if self.edit_uncond_target == "source" else edit["image"], self.edit_order
+                    image,
+                    None,
+                    image if self.edit_uncond_target == "source" else edit["image"],
+                    self.edit_order,
+                    style=self.style,
                 )
             return edit_sample(
                 image,
@@ -192,6 +212,7 @@ class TaskMixer:
                 edit["image"],
                 self.edit_order,
                 copy_unchanged=self.edit_target == "copy_unchanged",
+                style=self.style,
             )
         raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
 

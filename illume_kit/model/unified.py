@@ -12,6 +12,7 @@ from torch import nn
 
 from illume_kit.core.layout import VocabLayout
 from illume_kit.model.projector import MLPProjector
+from illume_kit.model import prompts
 from illume_kit.model.tasks import check_edit_order
 
 
@@ -61,6 +62,7 @@ class UnifiedModel(nn.Module):
         image_positions: int = 0,
         output_positions: str = "slot",
         edit_order: str = "image_first",
+        prompt_style: str = "plain",
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
@@ -74,6 +76,12 @@ class UnifiedModel(nn.Module):
         self.output_positions = output_positions
         check_edit_order(edit_order)
         self.edit_order = edit_order
+        # the text around every prompt (model.prompts); checked against the tokenizer here, not mid-run
+        self.prompt_style = prompts.prompt_style(prompt_style, backbone.text_tokenizer)
+        if edit_order != "image_first" and prompt_style == "official":
+            raise prompts.PromptStyleError(
+                "model.prompt_style 'official' puts the source image first: use model.edit_order image_first"
+            )
         d = backbone.hidden_size
         std = float(getattr(backbone, "initializer_range", 0.02))
         self.projectors = nn.ModuleDict(

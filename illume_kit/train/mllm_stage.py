@@ -57,6 +57,7 @@ def stage_setup(runner: StageRunner, stage: Stage):
         qa_turns=opts.qa_turns,
         edit_order=getattr(model, "edit_order", "image_first"),
         edit_target=opts.edit_target,
+        style=getattr(model, "prompt_style", None),
     )
     # groups are applied here through requires_grad; the trainer then takes whatever requires grad
     return model, mllm_step_fn(mixer, opts.loss_average), data, {"collate_fn": _keep_items, "config": {"trainable": []}}

@@ -1,4 +1,8 @@
-"""Capture today's (plain) token ids of a few samples from the shipped checkpoint."""
+"""Token ids of a few samples, prompts and sampler outputs of the shipped checkpoint in the plain prompt style.
+
+Writes tests/fixtures/plain_prompt_ids.json, which tests/model/test_prompts.py compares against: the plain
+style must keep every id a checkpoint was trained with. Run: python scripts/plain_prompt_ids.py OUT.json
+"""
 import json, sys
 import torch
 from illume_kit.model.checkpoint import load_checkpoint
