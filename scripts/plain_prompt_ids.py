@@ -3,6 +3,7 @@
 Writes tests/fixtures/plain_prompt_ids.json, which tests/model/test_prompts.py compares against: the plain
 style must keep every id a checkpoint was trained with. Run: python scripts/plain_prompt_ids.py OUT.json
 """
+
 import json
 import sys
 

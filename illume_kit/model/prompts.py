@@ -30,7 +30,7 @@ import torch
 
 from illume_kit.core.options import PromptStyleName
 from illume_kit.model import tasks
-from illume_kit.model.sequence import ASSISTANT_PREFIX, USER_PREFIX, Part, Tag, join_text  # noqa: F401
+from illume_kit.model.sequence import ASSISTANT_PREFIX, USER_PREFIX, Part, Tag
 
 STYLES: tuple[str, ...] = get_args(PromptStyleName)
 
@@ -135,7 +135,9 @@ class OfficialStyle(_TurnStyle):
         order: str = "image_first",
     ) -> list[Part]:
         if order != "image_first":
-            raise PromptStyleError("model.prompt_style 'official' puts the source image first: use edit_order image_first")
+            raise PromptStyleError(
+                "model.prompt_style 'official' puts the source image first: use edit_order image_first"
+            )
         return [*tasks.edit_prompt(image, instruction, size, order), "\n"]
 
 
@@ -152,9 +154,8 @@ class ChatTemplateStyle(_TurnStyle):
         if not getattr(tokenizer, "chat_template", None):
             raise PromptStyleError(
                 "model.prompt_style 'chat_template' needs a text tokenizer with a chat template; the backbone's "
-                f"tokenizer ({type(tokenizer).__name__}) has none (a backbone built from scratch never does): use "
-                f"one of {', '.join(s for s in STYLES if s != 'chat_template')}, or a pretrained backbone whose "
-                "tokenizer_config.json has a chat_template"
+                "tokenizer has none (a backbone built from scratch never does): use prompt_style plain, or a "
+                "pretrained backbone whose tokenizer_config.json has a chat_template"
             )
         u0, a0, u1, a1 = _SLOTS
         msgs = [
@@ -167,7 +168,9 @@ class ChatTemplateStyle(_TurnStyle):
             prompt = tokenizer.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)
             full = tokenizer.apply_chat_template(msgs, tokenize=False)
         except Exception as e:  # a template is user code in jinja: any failure is the template's
-            raise PromptStyleError(f"model.prompt_style 'chat_template': the tokenizer's chat template fails: {e}") from e
+            raise PromptStyleError(
+                f"model.prompt_style 'chat_template': the tokenizer's chat template fails: {e}"
+            ) from e
         if not all(s in full for s in _SLOTS) or u0 not in prompt or not full.startswith(prompt.split(u0)[0]):
             raise PromptStyleError(
                 "model.prompt_style 'chat_template': the tokenizer's chat template does not render user and "
@@ -210,4 +213,3 @@ def prompt_style(name: str, tokenizer: Any) -> PromptStyle:
 def style_of(model: Any) -> PromptStyle:
     """The model's prompt style (``plain`` for a model without one)."""
     return getattr(model, "prompt_style", None) or PromptStyle()
-

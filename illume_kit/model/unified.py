@@ -11,8 +11,8 @@ from typing import Any
 from torch import nn
 
 from illume_kit.core.layout import VocabLayout
-from illume_kit.model.projector import MLPProjector
 from illume_kit.model import prompts
+from illume_kit.model.projector import MLPProjector
 from illume_kit.model.tasks import check_edit_order
 
 

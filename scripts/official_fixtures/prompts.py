@@ -68,10 +68,9 @@ def _import_official(root: Path):
     _stub("tokenizer.builder", build_vq_model=unavailable)
     mapping = _resolution_mapping(root / "vision_tokenizer" / "tokenizer" / "dualvitok_model.py")
     _stub("tokenizer.dualvitok_model", RESOLUTION_MAPPING=mapping)
+    import generation_eval.models.illume as official
     import illume.conversation as conversation
     import illume.data.data_utils as data_utils
-
-    import generation_eval.models.illume as official
 
     return conversation, data_utils, official
 
@@ -84,7 +83,8 @@ def _app_prompts(path: Path) -> dict[str, str]:
             name = getattr(node.targets[0], "id", None)
             if name in ("text", "unconditional_text"):
                 text = "".join(
-                    v.value if isinstance(v, ast.Constant) else "{" + ast.unparse(v.value) + "}" for v in node.value.values
+                    v.value if isinstance(v, ast.Constant) else "{" + ast.unparse(v.value) + "}"
+                    for v in node.value.values
                 )
                 out.setdefault(name, []).append(text)
     return out

@@ -66,7 +66,9 @@ def chat_backbone(tmp_path_factory):
     tok = chat_tokenizer()
     torch.manual_seed(0)
     Qwen2Backbone(
-        Qwen2Params(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=1, intermediate_size=96, vocab_size=len(tok))
+        Qwen2Params(
+            hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=1, intermediate_size=96, vocab_size=len(tok)
+        )
     ).save_pretrained(folder)
     tok.save_pretrained(str(folder))
     return folder
@@ -279,3 +281,18 @@ def test_a_styled_model_trains_and_samples_in_its_style(tmp_path, chat_backbone,
     codes = generate_images(model, ["a red circle"], (64, 64), cfg=2.0, seed=0)
     assert turns and set(codes[0]) == {cb.name for cb in model.layout.codebooks}
     assert isinstance(answer(model, [items[0]["image"]], ["what colour is it?"], max_new_tokens=3)[0], str)
+
+
+@pytest.mark.parametrize("style", ["official", "chat_template"])
+def test_a_checkpoint_keeps_its_prompt_style(tmp_path, chat_backbone, style):
+    """The style is a recipe option and the tokenizer (with its chat template) travels with the checkpoint."""
+    from illume_kit.model.checkpoint import load_checkpoint, save_checkpoint
+
+    resolved = _recipe(tmp_path, style, chat_backbone)
+    model = compose(resolved)
+    save_checkpoint(model, resolved, tmp_path / "ck")
+    loaded, _ = load_checkpoint(tmp_path / "ck")
+    assert loaded.prompt_style.name == style
+    image = torch.rand(3, 64, 64)
+    sample = Sample(loaded.prompt_style.edit_prompt(image, "make it blue", (64, 64)), ["ok"])
+    assert torch.equal(assemble(loaded, [sample]).input_ids, assemble(model, [sample]).input_ids)
