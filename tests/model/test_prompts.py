@@ -76,7 +76,9 @@ def chat_backbone(tmp_path_factory):
 
 def _recipe(tmp_path, style: str, backbone: Path | None = None, extra: str = ""):
     path = tmp_path / f"{style}.yaml"
-    body = "extends: [base/tiny.yaml]\nname: styled\ntokenizer: {name: dualvitok, preset: tiny}\n"
+    body = (
+        "extends: [base/tiny.yaml]\nname: styled\ntokenizer: {name: dualvitok, preset: tiny}\ndetokenizer: {name: vq}\n"
+    )
     if backbone is not None:
         body += f"backbone: {{name: qwen2, preset: tiny, params: {{pretrained: {backbone}}}}}\n"
     body += f"model: {{prompt_style: {style}, max_resolution: 1024, resolution_step: 64{extra}}}\n"
@@ -296,3 +298,18 @@ def test_a_checkpoint_keeps_its_prompt_style(tmp_path, chat_backbone, style):
     image = torch.rand(3, 64, 64)
     sample = Sample(loaded.prompt_style.edit_prompt(image, "make it blue", (64, 64)), ["ok"])
     assert torch.equal(assemble(loaded, [sample]).input_ids, assemble(model, [sample]).input_ids)
+
+
+def test_the_cli_verbs_prompt_an_official_checkpoint_in_its_style(tmp_path, chat_backbone, capsys):
+    from PIL import Image
+
+    from illume_kit.cli.main import main
+    from illume_kit.model.checkpoint import save_checkpoint
+
+    resolved = _recipe(tmp_path, "official", chat_backbone)
+    save_checkpoint(compose(resolved), resolved, tmp_path / "ck")
+    ck, scene = str(tmp_path / "ck"), str(ROOT / "checkpoints" / "scene.png")
+    assert main(["understand", ck, scene, "what colour is the circle?", "--max-new-tokens", "3"]) == 0
+    assert main(["generate", ck, "a red circle", "-o", str(tmp_path / "g.png"), "--size", "64x64"]) == 0
+    assert main(["edit", ck, scene, "make the circle blue", "-o", str(tmp_path / "e.png")]) == 0
+    assert Image.open(tmp_path / "g.png").size == (64, 64) and Image.open(tmp_path / "e.png").size == (64, 64)
