@@ -35,45 +35,30 @@ def _float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """A whole number >= 1 (counts: samples, images, tokens, a batch size)."""
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
+def _ranged(parse, ok, valid: str, doc: str):
+    """A flag type: ``parse`` the text, then refuse a value ``ok`` rejects, saying what is ``valid``."""
+
+    def check(text: str):
+        value = parse(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {valid}, got {text!r}")
+        return value
+
+    check.__doc__ = doc
+    return check
 
 
-def nonnegative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
-    return value
-
-
-def seed(text: str) -> int:
-    value = _int(text)
-    if not 0 <= value < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 2**63 - 1, got {text!r}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    return _float(text)
-
-
-def nonnegative_float(text: str) -> float:
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    """A number in (0, 1] (top-p)."""
-    value = _float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
-    return value
+positive_int = _ranged(
+    _int,
+    lambda v: v >= 1,
+    "a whole number >= 1",
+    "A whole number >= 1 (counts: samples, images, tokens, a batch size).",
+)
+nonnegative_int = _ranged(_int, lambda v: v >= 0, "a whole number >= 0", "A whole number >= 0.")
+seed = _ranged(_int, lambda v: 0 <= v < SEED_LIMIT, "a whole number from 0 to 2**63 - 1", "A torch seed.")
+finite_float = _ranged(_float, lambda v: True, "a finite number", "A finite number.")
+nonnegative_float = _ranged(_float, lambda v: v >= 0, "a finite number >= 0", "A finite number >= 0.")
+probability = _ranged(_float, lambda v: 0 < v <= 1, "a number in (0, 1]", "A number in (0, 1] (top-p).")
 
 
 def device(text: str) -> str:
