@@ -9,9 +9,12 @@ with their full key path like any other.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# an RGB triple: per-channel normalisation mean or std
+RGB = Annotated[list[float], Field(min_length=3, max_length=3)]
 
 
 class ComponentParams(BaseModel):

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from illume_kit.core.params import ComponentParams
+from illume_kit.core.params import RGB, ComponentParams
 
 
 class TeacherParams(ComponentParams):
@@ -37,15 +37,11 @@ class TeacherParams(ComponentParams):
         default_factory=dict,
         description="siglip: the teacher's params (illume-kit teacher TeacherParams fields) when not loaded from a folder",
     )
-    mean: list[float] | None = Field(
+    mean: RGB | None = Field(
         None,
-        min_length=3,
-        max_length=3,
         description="qwen2vl-vit input normalisation mean (default OpenAI-CLIP); siglip uses its own",
     )
-    std: list[float] | None = Field(
+    std: RGB | None = Field(
         None,
-        min_length=3,
-        max_length=3,
         description="qwen2vl-vit input normalisation std (default OpenAI-CLIP); siglip uses its own",
     )

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from illume_kit.core.params import ComponentParams
+from illume_kit.core.params import RGB, ComponentParams
 
 
 class TeacherParams(ComponentParams):
@@ -54,16 +54,12 @@ class TeacherParams(ComponentParams):
         description="the same as an open_clip model config dict (embed_dim, vision_cfg, text_cfg, custom_text), "
         "for an architecture open_clip does not name",
     )
-    image_mean: list[float] | None = Field(
+    image_mean: RGB | None = Field(
         None,
-        min_length=3,
-        max_length=3,
         description="input normalisation mean (default OpenAI-CLIP; SigLIP releases: 0.5)",
     )
-    image_std: list[float] | None = Field(
+    image_std: RGB | None = Field(
         None,
-        min_length=3,
-        max_length=3,
         description="input normalisation std (default OpenAI-CLIP; SigLIP releases: 0.5)",
     )
     region_weight: float = Field(
