@@ -13,6 +13,11 @@ class ComposeError(RegistryError):
     pass
 
 
+class ConversionError(ValueError):
+    """Released weights or folders that are not what a converter expects; the message names the file
+    and the key."""
+
+
 def build_component(spec: ComponentSpec, params: BaseModel) -> Any:
     try:
         cls = spec.load()

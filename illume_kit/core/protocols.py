@@ -243,6 +243,17 @@ class TrainingOnlyWeights(Protocol):
 
 
 @runtime_checkable
+class SeparateInputEncoder(Protocol):
+    """Tokenizer that can give the LLM its own copy of the encoders behind its continuous features
+    (recipe ``model.input_encoder: separate``; ILLUME+'s released MLLM fine-tunes such a copy while the
+    frozen tokenizer keeps making the output codes). The returned module maps images (B, 3, H, W) in
+    [0, 1] to ``{codebook: (B, h, w, feature_dim)}``, the same features ``encode`` returns, and starts
+    with the tokenizer's weights."""
+
+    def make_input_encoder(self) -> Any: ...
+
+
+@runtime_checkable
 class CheckpointParams(Protocol):
     """Rewrite the params a checkpoint manifest records (drop what the saved weights make redundant)."""
 

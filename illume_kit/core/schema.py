@@ -70,6 +70,13 @@ class ModelOptions(_Strict):
         "tokenizer's own chat template) or official (ILLUME+'s Qwen2 chat turns and its generation and "
         "editing prompts)",
     )
+    input_encoder: Literal["shared", "separate"] = Field(
+        "shared",
+        description="where the LLM's continuous image features come from: the tokenizer's own encoders "
+        "(shared) or a copy the model holds beside the frozen output tokenizer (separate: ILLUME+'s released "
+        "MLLM fine-tunes its own input encoder); the copy starts from the tokenizer's weights and stays frozen "
+        "in illume-kit training",
+    )
     level_order: Literal["coarse_first", "fine_first"] = Field(
         "coarse_first",
         description="order of the codebook levels in every image sequence, input and output: "

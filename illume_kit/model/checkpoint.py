@@ -102,6 +102,8 @@ def save_checkpoint(
             if part is not None:
                 save_module(part, tmp / sec)
         save_module(model.projectors, tmp / "projectors")
+        if getattr(model, "input_encoder", None) is not None:
+            save_module(model.input_encoder, tmp / "input_encoder")
         (tmp / "recipe.yaml").write_text(recipe_text)
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
@@ -173,5 +175,7 @@ def _load_checkpoint(folder: Path, registry: Registry | None, weights: bool):
             if parts.get(sec) is not None:
                 load_module(parts[sec], folder / sec, sec)
         load_module(model.projectors, folder / "projectors", "projectors")
+        if model.input_encoder is not None:
+            load_module(model.input_encoder, folder / "input_encoder", "input_encoder")
     model.eval()
     return model, manifest

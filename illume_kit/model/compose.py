@@ -17,7 +17,7 @@ import torch
 
 from illume_kit.core.build import ComposeError, build_component
 from illume_kit.core.layout import VocabLayout
-from illume_kit.core.protocols import Attaches, ExpectsCodebooks, TextVocab
+from illume_kit.core.protocols import Attaches, ExpectsCodebooks, SeparateInputEncoder, TextVocab
 from illume_kit.core.recipe import ResolvedRecipe
 from illume_kit.core.schema import ModelOptions
 from illume_kit.model.prompts import PromptStyleError
@@ -92,6 +92,15 @@ def assemble(
             "the checkpoint was written by different components or params"
         )
     layout = computed
+    input_encoder = None
+    if options.input_encoder == "separate":
+        if not isinstance(tokenizer, SeparateInputEncoder):
+            tok = (names or {}).get("tokenizer", type(tokenizer).__name__)
+            raise ComposeError(
+                f"model.input_encoder 'separate' needs a tokenizer that can copy its encoders; {tok!r} "
+                "cannot (use 'shared')"
+            )
+        input_encoder = tokenizer.make_input_encoder()
     backbone.extend_vocab(layout)
     try:
         model = UnifiedModel(
@@ -105,6 +114,7 @@ def assemble(
             options.output_positions,
             options.edit_order,
             options.prompt_style,
+            input_encoder,
         )
     except PromptStyleError as exc:
         raise ComposeError(str(exc)) from exc

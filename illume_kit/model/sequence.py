@@ -224,14 +224,18 @@ def encode_images(
         return out  # type: ignore[return-value]
     was_training = tok.training
     device = _device(tok) or _device(model.backbone)
+    # model.input_encoder 'separate': the LLM reads its own encoder's features, the codes stay the tokenizer's
+    own = getattr(model, "input_encoder", None) if need_features else None
     tok.eval()
     try:
         for idx in groups.values():
-            enc = tok.encode(torch.stack([images[i] for i in idx]).to(device))
+            batch = torch.stack([images[i] for i in idx]).to(device)
+            enc = tok.encode(batch)
+            features = own(batch) if own is not None else enc.features
             for j, i in enumerate(idx):
                 out[i] = {
                     "codes": {k: v[j] for k, v in enc.codes.items()},
-                    "features": {k: v[j] for k, v in enc.features.items()},
+                    "features": {k: v[j] for k, v in features.items()},
                 }
                 if cache is not None:
                     cache.put(keys[i], out[i])

@@ -63,6 +63,7 @@ class UnifiedModel(nn.Module):
         output_positions: str = "slot",
         edit_order: str = "image_first",
         prompt_style: str = "plain",
+        input_encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
@@ -70,6 +71,8 @@ class UnifiedModel(nn.Module):
         self.detokenizer = detokenizer
         self.layout = layout
         self.image_input = image_input
+        # model.input_encoder 'separate': the LLM's own copy of the feature encoders (None: the tokenizer's)
+        self.input_encoder = input_encoder
         self.image_positions = image_positions
         if output_positions not in ("slot", "next"):
             raise ValueError(f"output_positions must be 'slot' or 'next', got {output_positions!r}")
@@ -105,4 +108,5 @@ class UnifiedModel(nn.Module):
             "backbone": self.backbone,
             "detokenizer": self.detokenizer,
             "projectors": self.projectors,
+            "input_encoder": self.input_encoder,
         }

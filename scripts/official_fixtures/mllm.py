@@ -103,7 +103,11 @@ def make_text_tokenizer(folder: Path, vocab_size: int):
     )
     tok.train_from_iterator(TEXT * 4, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        clean_up_tokenization_spaces=False,  # as Qwen2.5's tokenizer_config.json
     )
     fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
     fast.save_pretrained(folder)
@@ -322,6 +326,8 @@ def main() -> None:
         tok, ext, text_tokens = build(work)
         model = build_mllm(tok, ext, work)
         mllm_dir = out / "mllm"
+        # the config names the DualViTok config file as the release does, by a repository path
+        model.config.mm_vision_tower = {**model.config.mm_vision_tower, "vq_config": "dualvitok_tiny.py"}
         model.save_pretrained(str(mllm_dir), safe_serialization=True)
         tok.save_pretrained(str(mllm_dir))
         # the release inherits Qwen2.5-Instruct's generation config
@@ -390,6 +396,9 @@ def main() -> None:
         "generation": runs,
     }
     (out / "fixture.json").write_text(json.dumps(meta, indent=1) + "\n")
+    # what `illume-kit convert illume-plus-official --dualvitok-params` reads for this shrunken DualViTok
+    params = official_env.illume_kit_params(VQ, official_env.TINY_VIT)
+    (out / "dualvitok_params.json").write_text(json.dumps(params, indent=1) + "\n")
     for r in runs:
         n = len(r["output_ids"])
         print(f"{r['task']:10s} {r['size']} greedy={r['greedy']}: {n} tokens, first {r['output_ids'][:6]}")

@@ -264,8 +264,11 @@ class HFCausalLMBackbone(nn.Module):
         tok = self.text_tokenizer
         vocab = tok.get_vocab()
         present = [t for t in layout.special_tokens if t in vocab]
-        # a tokenizer reloaded from a checkpoint already carries the layout tokens at the layout's ids
-        reloaded = len(present) == len(layout.special_tokens) and len(tok) == self.text_vocab_size + len(present)
+        # a tokenizer reloaded from a checkpoint already carries the layout tokens at the layout's ids;
+        # ILLUME+'s released tokenizer also names every code as a text token (<|image_level{i}_{c}|>)
+        reloaded = len(present) == len(layout.special_tokens) and (
+            len(tok) == self.text_vocab_size + len(present) or _names_codes(tok, layout)
+        )
         if layout.text_vocab_size != self.text_vocab_size or (len(tok) != self.text_vocab_size and not reloaded):
             raise ValueError(
                 f"vocab layout starts its structure tokens at id {layout.text_vocab_size}, but this backbone's text "
@@ -298,7 +301,12 @@ class HFCausalLMBackbone(nn.Module):
     def _resize(self, total: int) -> None:
         how = self.params.new_rows_init
         multiple = self.params.pad_vocab_to_multiple_of
-        rows = -(-total // multiple) * multiple
+        # never fewer rows than a loaded model has: a converted release keeps its spare rows, which its
+        # logits (and so its sampling) cover
+        current = self.vocab_size
+        rows = max(-(-total // multiple) * multiple, current if current >= total else 0)
+        if rows == current:
+            return
         from transformers.utils import logging as hf_logging
 
         # a model on the meta device (compose --meta) has shapes but no values to initialise rows from
@@ -348,6 +356,18 @@ class HFCausalLMBackbone(nn.Module):
         """Checkpoint hook: the text tokenizer travels with the weights (it may have been retrained)."""
         self.text_tokenizer.save_pretrained(str(Path(folder) / "text_tokenizer"))
 
+    def use_text_tokenizer(self, folder: str | Path) -> None:
+        """Adopt the tokenizer saved in ``folder`` (e.g. a released model's own) before ``extend_vocab``."""
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a folder's config.json may name a model type transformers lacks
+        try:
+            self.text_tokenizer = load_text_tokenizer(folder)
+        finally:
+            hf_logging.set_verbosity(level)
+        self._set_special_ids(self.model.config)
+
     def load_extra(self, folder: str | Path) -> None:
         """Checkpoint hook, called before ``extend_vocab``: restore the saved text tokenizer."""
         sub = Path(folder) / "text_tokenizer"
@@ -365,6 +385,20 @@ class HFCausalLMBackbone(nn.Module):
         self.model.save_pretrained(str(folder))
         self.text_tokenizer.save_pretrained(str(folder))
         return folder
+
+
+def code_token(level: int, code: int) -> str:
+    """ILLUME+'s text form of code ``code`` of level ``level`` (its extended tokenizer holds them all)."""
+    return f"<|image_level{level}_{code}|>"
+
+
+def _names_codes(tok: Any, layout: VocabLayout) -> bool:
+    """Whether ``tok`` is ILLUME+'s extended tokenizer for ``layout``: every code a text token at the
+    layout's id (checked at both ends of each range) and nothing else added."""
+    if len(tok) != layout.total_size:
+        return False
+    probe = [(code_token(i, c), cb.start + c) for i, cb in enumerate(layout.codebooks) for c in (0, cb.size - 1)]
+    return all(tok.convert_tokens_to_ids(t) == want for t, want in probe)
 
 
 def _rope_decoder_config(config_cls: type, p: Any, special_ids: dict) -> PretrainedConfig:

@@ -23,14 +23,14 @@ from typing import Any
 
 import torch
 
+from illume_kit.core.build import ConversionError  # noqa: F401  (raised here, re-exported)
+
 from illume_kit.plugins.tokenizers.dualvitok.params import DualViTokParams
 
 VIT_PREFIX = "semantic_encoder.model."
 _RENAMES = ((re.compile(r"^(semantic|pixel)_quantizer\.(?!vq\.)"), r"\1_quantizer.vq."),)
 
 
-class ConversionError(ValueError):
-    """The state dict does not match the official DualViTok layout; the message lists every problem."""
 
 
 def unwrap(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ branch works in [-1, 1] like the original.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import torch
@@ -27,6 +28,26 @@ from illume_kit.plugins.tokenizers.dualvitok import loss as _loss
 from illume_kit.plugins.tokenizers.dualvitok.params import PRESETS, DualViTokParams
 from illume_kit.plugins.tokenizers.dualvitok.pixel import PixelDecoder, PixelEncoder
 from illume_kit.plugins.tokenizers.gan import PatchGANDiscriminator
+
+
+class DualViTokInputEncoder(nn.Module):
+    """The LLM-side copy of DualViTok's two encoders (ILLUME+'s ``DualVisionTower``): the teacher ViT
+    (``semantic``) and the pixel CNN (``pixel``), giving the same pre-quantisation features as
+    ``DualViTok.encode`` but from their own weights."""
+
+    def __init__(self, tokenizer: DualViTok) -> None:
+        super().__init__()
+        self._teacher = [tokenizer.teacher]  # preprocessing and grid only; a list keeps it out of the module tree
+        self.semantic = copy.deepcopy(tokenizer.semantic_encoder.model)
+        self.pixel = copy.deepcopy(tokenizer.pixel_encoder)
+        self.requires_grad_(False)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        teacher = self._teacher[0]
+        return {
+            "semantic": teacher.features(self.semantic, images),
+            "pixel": self.pixel(images * 2 - 1).permute(0, 2, 3, 1),
+        }
 
 
 class DualViTok(nn.Module):
@@ -95,6 +116,17 @@ class DualViTok(nn.Module):
         self._last_reconstruction: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ contract
+    @classmethod
+    def from_official(cls, path: str, params: DualViTokParams) -> DualViTok:
+        """The released DualViTok weights file (safetensors, or a weights-only torch pickle) as this
+        class with ``params``; ``ConversionError`` names what does not fit."""
+        from illume_kit.plugins.tokenizers.dualvitok.convert import instantiate_official, load_official_file
+
+        return instantiate_official(load_official_file(path, params), params)
+
+    def make_input_encoder(self) -> DualViTokInputEncoder:
+        return DualViTokInputEncoder(self)
+
     def checkpoint_params(self, params: dict) -> dict:
         """What a checkpoint's manifest records: the teacher written out, its weights being ours."""
         return {**params, "teacher": self.teacher.self_contained(self.semantic_encoder.model)}
