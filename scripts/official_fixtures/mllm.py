@@ -151,12 +151,11 @@ def special_ids(tok, levels: int = 2) -> list[int]:
 
 
 def build_mllm(tok, ext: Path, work: Path):
+    import illume.model.multimodal_encoder.dual_encoder  # noqa: F401  (registers DualVisionTower)
+    import illume.model.multimodal_projector.builder  # noqa: F401  (registers MixedProjector)
     import torch
     from illume.model.language_model.illume_qwen2 import ILLUMEQwen2Config, IllumeQwen2ForCausalLM
     from safetensors.torch import load_file
-
-    import illume.model.multimodal_encoder.dual_encoder  # noqa: F401  (registers DualVisionTower)
-    import illume.model.multimodal_projector.builder  # noqa: F401  (registers MixedProjector)
 
     vq_file = work / "dualvitok_tiny.py"
     vq_file.write_text(f"vq_model = {VQ!r}\n")
@@ -380,9 +379,7 @@ def main() -> None:
         edit_t = "{resolution_tag}<image>\nPlease edit the image according to the instruction: " + instruction + "\n"
         edit_u = "{resolution_tag}<image>\nReconstruct the image according to the given image\n"
         for greedy in (True, False):
-            run = run_generation(
-                model, tok, edit_t, edit_u, size, SAMPLING["editing"], greedy, image=images["square"]
-            )
+            run = run_generation(model, tok, edit_t, edit_u, size, SAMPLING["editing"], greedy, image=images["square"])
             runs.append({"task": "editing", "instruction": instruction, "image": "square", **run})
 
     meta = {

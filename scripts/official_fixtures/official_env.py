@@ -169,9 +169,8 @@ def setup(repo: str | Path, vit: dict = TINY_VIT) -> Path:
 
 def build_dualvitok(vq: dict = TINY_DUALVITOK):
     """The official DualViTok class built from an official-format config dict (random init)."""
+    import tokenizer.dualvitok_model  # noqa: F401  (registers DualViTok and SimVQ)
     from tokenizer.builder import build_vq_model
     from utils.registry_utils import DotDict
-
-    import tokenizer.dualvitok_model  # noqa: F401  (registers DualViTok and SimVQ)
 
     return build_vq_model(DotDict.convert(copy.deepcopy(vq))).eval()

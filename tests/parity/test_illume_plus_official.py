@@ -97,7 +97,9 @@ def test_split_names_every_release_key():
     state = load_file(str(FIXTURE / "mllm" / "model.safetensors"))
     parts = split_official_state(state)
     assert sum(len(p) for p in parts.values()) == len(state)
-    assert set(parts["projectors"]) == {f"{c}.{i}.{w}" for c in ("semantic", "pixel") for i in (0, 2) for w in ("weight", "bias")}
+    assert set(parts["projectors"]) == {
+        f"{c}.{i}.{w}" for c in ("semantic", "pixel") for i in (0, 2) for w in ("weight", "bias")
+    }
     with pytest.raises(ConversionError, match="vision tower or projector"):
         split_official_state({"model.mm_projector.extra.weight": torch.zeros(1)})
 
@@ -105,7 +107,12 @@ def test_split_names_every_release_key():
 def test_cli_convert_then_understand(tmp_path, capsys):
     out = tmp_path / "ckpt"
     argv = ["convert", "illume-plus-official", str(FIXTURE / "mllm"), str(out)]
-    argv += ["--dualvitok", str(FIXTURE / "dualvitok.safetensors"), "--dualvitok-params", str(FIXTURE / "dualvitok_params.json")]
+    argv += [
+        "--dualvitok",
+        str(FIXTURE / "dualvitok.safetensors"),
+        "--dualvitok-params",
+        str(FIXTURE / "dualvitok_params.json"),
+    ]
     assert main(argv) == 0
     assert "converted" in capsys.readouterr().out
     from PIL import Image
@@ -120,7 +127,9 @@ def test_convert_refuses_what_is_not_a_release(tmp_path, capsys):
     fake.mkdir()
     (fake / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     out = tmp_path / "out"
-    code = main(["convert", "illume-plus-official", str(fake), str(out), "--dualvitok", str(FIXTURE / "dualvitok.safetensors")])
+    code = main(
+        ["convert", "illume-plus-official", str(fake), str(out), "--dualvitok", str(FIXTURE / "dualvitok.safetensors")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "model_type is 'qwen2'" in err and "Traceback" not in err
     assert main(["convert", "illume-plus-official", str(FIXTURE / "mllm"), str(out)]) == 2

@@ -24,13 +24,10 @@ from typing import Any
 import torch
 
 from illume_kit.core.build import ConversionError  # noqa: F401  (raised here, re-exported)
-
 from illume_kit.plugins.tokenizers.dualvitok.params import DualViTokParams
 
 VIT_PREFIX = "semantic_encoder.model."
 _RENAMES = ((re.compile(r"^(semantic|pixel)_quantizer\.(?!vq\.)"), r"\1_quantizer.vq."),)
-
-
 
 
 def unwrap(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
