@@ -72,7 +72,7 @@ TEXT = [
 CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 GENERATION = [  # (caption, (h, w))
     ("a red circle at the top left", (256, 256)),
-    ("A cat wearing a hat.", (192, 288)),  # an official anchor at base 256
+    ("A cat wearing a hat.", (192, 256)),  # an official anchor at base 256 with single-token size tags
 ]
 EDIT = ("make the circle blue", (256, 256))
 QUESTION = "what colour is the circle?"
@@ -352,7 +352,7 @@ def main() -> None:
         g = torch.Generator().manual_seed(SEED + 3)
         pixels = {
             "square": torch.randint(0, 256, (1, 3, 256, 256), generator=g, dtype=torch.uint8),
-            "wide": torch.randint(0, 256, (1, 3, 192, 288), generator=g, dtype=torch.uint8),
+            "wide": torch.randint(0, 256, (1, 3, 192, 256), generator=g, dtype=torch.uint8),
         }
         images = {k: v.float() / 127.5 - 1 for k, v in pixels.items()}
         # understanding: logits of the last positions (question, turn end, assistant prefix)
