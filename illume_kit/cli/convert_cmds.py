@@ -72,6 +72,7 @@ def _illume_plus_official(src: str, out: str, args) -> dict:
         dualvitok_params=_params_file(args.dualvitok_params),
         diffusion=args.diffusion,
         dtype=args.dtype,
+        anchor_base=args.anchor_base,
     )
 
 
@@ -109,5 +110,12 @@ def register(sub) -> None:
         choices=("float32", "bfloat16", "float16"),
         default="float32",
         help="illume-plus-official: backbone dtype (the release is bfloat16)",
+    )
+    p.add_argument(
+        "--anchor-base",
+        type=int,
+        choices=(256, 384, 512, 768, 1024),
+        default=512,
+        help="illume-plus-official: the anchor table generate/edit size images with by default",
     )
     p.set_defaults(func=cmd_convert)

@@ -145,7 +145,9 @@ def _qwen2_architecture(config: Mapping[str, Any]) -> dict[str, Any]:
     return arch
 
 
-def _recipe(config: dict, text_vocab: int, dualvitok_params: dict, dtype: str, detokenizer: dict | None) -> dict:
+def _recipe(
+    config: dict, text_vocab: int, dualvitok_params: dict, dtype: str, detokenizer: dict | None, anchor_base: int
+) -> dict:
     return {
         "illume_kit": 1,
         "name": "illume_plus_official",
@@ -167,6 +169,8 @@ def _recipe(config: dict, text_vocab: int, dualvitok_params: dict, dtype: str, d
             "input_encoder": "separate",
             "level_order": "coarse_first",
         },
+        # images sized as the release sizes them: native aspect to understand, anchors to draw and edit
+        "eval": {"options": {"preprocess": "official", "anchor_base": anchor_base}},
         "run": {"seed": 0},
     }
 
@@ -192,11 +196,13 @@ def convert_illume_plus(
     dualvitok_params: Mapping[str, Any] | None = None,
     diffusion: str | Path | None = None,
     dtype: str = "float32",
+    anchor_base: int = 512,
 ) -> dict[str, Any]:
     """Convert the release into the checkpoint folder ``out``; returns a summary for the CLI.
 
     ``dualvitok_params``: illume-kit DualViTok params of the tokenizer (default: the ``official``
-    preset, the released architecture)."""
+    preset, the released architecture). ``anchor_base``: the anchor table ``generate`` and ``edit``
+    size images with by default (the release's last stages train on the 512 table)."""
     from illume_kit.core.plugins import get_registry
     from illume_kit.core.recipe import load_recipe
     from illume_kit.model.checkpoint import save_checkpoint
@@ -215,7 +221,7 @@ def convert_illume_plus(
         detok = {"name": "diffusion", "params": det_cls.official_params(diffusion)}
     with tempfile.TemporaryDirectory() as tmp:
         recipe_file = Path(tmp) / "recipe.yaml"
-        data = _recipe(config, text_vocab, tok_params.model_dump(mode="json"), dtype, detok)
+        data = _recipe(config, text_vocab, tok_params.model_dump(mode="json"), dtype, detok, anchor_base)
         recipe_file.write_text(yaml.safe_dump(data, sort_keys=False))
         resolved = load_recipe(recipe_file)
     tokenizer = tok_cls.from_official(str(dualvitok), tok_params)
@@ -240,6 +246,7 @@ def convert_illume_plus(
         detokenizer.load_official(diffusion)
     gen = mllm / "generation_config.json"
     extra = {
+        "trained_sizes": [],  # the release's training sizes are its anchor tables: no size to warn about
         "converter": "illume-plus-official",
         "converted_from": {"mllm": mllm.name, "dualvitok": Path(dualvitok).name},
         "official_generation_config": _read_json(gen) if gen.is_file() else {},

@@ -104,22 +104,26 @@ def test_split_names_every_release_key():
         split_official_state({"model.mm_projector.extra.weight": torch.zeros(1)})
 
 
-def test_cli_convert_then_understand(tmp_path, capsys):
-    out = tmp_path / "ckpt"
-    argv = ["convert", "illume-plus-official", str(FIXTURE / "mllm"), str(out)]
-    argv += [
-        "--dualvitok",
-        str(FIXTURE / "dualvitok.safetensors"),
-        "--dualvitok-params",
-        str(FIXTURE / "dualvitok_params.json"),
-    ]
-    assert main(argv) == 0
-    assert "converted" in capsys.readouterr().out
+def test_cli_convert_then_understand_generate_and_edit(tmp_path, capsys):
     from PIL import Image
 
-    path = tmp_path / "in.png"
-    Image.fromarray(IMAGES["square"][0].permute(1, 2, 0).numpy()).save(path)
-    assert main(["understand", str(out), str(path), "what colour is the circle?", "--max-new-tokens", "4"]) == 0
+    out = tmp_path / "ckpt"
+    argv = ["convert", "illume-plus-official", str(FIXTURE / "mllm"), str(out), "--anchor-base", "256"]
+    argv += ["--dualvitok", str(FIXTURE / "dualvitok.safetensors")]
+    argv += ["--dualvitok-params", str(FIXTURE / "dualvitok_params.json")]
+    assert main(argv) == 0
+    assert "converted" in capsys.readouterr().out
+    source = tmp_path / "in.png"
+    Image.fromarray(IMAGES["wide"][0].permute(1, 2, 0).numpy()).save(source)
+    assert main(["understand", str(out), str(source), "what colour is the circle?", "--max-new-tokens", "4"]) == 0
+    gen, edited = tmp_path / "gen.png", tmp_path / "edit.png"
+    assert main(["generate", str(out), "a red circle", "--size", "192x256", "-o", str(gen)]) == 0
+    assert Image.open(gen).size == (256, 192)  # the anchor, (width, height)
+    assert main(["edit", str(out), str(source), "make the circle blue", "-o", str(edited)]) == 0
+    # a 192x256 source snaps to the 256 table's nearest anchor: its own aspect
+    assert Image.open(edited).size == (256, 192)
+    err = capsys.readouterr().err
+    assert "not a size this checkpoint was trained at" not in err
 
 
 def test_convert_refuses_what_is_not_a_release(tmp_path, capsys):
