@@ -126,6 +126,17 @@ def describe(
         "bytes": nbytes,
         "per_codebook": {k: f"{v.in_dim}->{v.out_dim}" for k, v in model.projectors.items()},
     }
+    if model.input_encoder is not None:
+        total, trainable = count_params(model.input_encoder)
+        nbytes, dtypes = tensor_memory(model.input_encoder)
+        comps["input_encoder"] = {
+            "name": "separate",
+            "parameters": total,
+            "trainable": trainable,
+            "dtypes": dtypes,
+            "bytes": nbytes,
+            "parts": {n: count_params(m)[0] for n, m in model.input_encoder.named_children()},
+        }
     if own is None and resolved is not None:
         own = _image_size(resolved)
     sizes = [s for s in (own, (256, 256), (512, 512)) if s is not None]

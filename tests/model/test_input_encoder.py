@@ -1,0 +1,72 @@
+"""``model.input_encoder: separate``: the LLM reads images through its own copy of the encoders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from illume_kit.core.recipe import load_recipe
+from illume_kit.model.checkpoint import load_checkpoint, save_checkpoint
+from illume_kit.model.compose import ComposeError, compose
+from illume_kit.model.sequence import encode_images
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes/dualvitok_qwen2_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def separate(tmp_path_factory):
+    resolved = load_recipe(RECIPE, ["model.input_encoder=separate"])
+    model = compose(resolved).eval()
+    return resolved, model, tmp_path_factory.mktemp("sep")
+
+
+def test_the_copy_starts_as_the_tokenizers_encoders_and_gives_the_same_features(separate):
+    _, model, _ = separate
+    enc = model.input_encoder
+    assert enc is not None and not any(p.requires_grad for p in enc.parameters())
+    assert torch.equal(enc.pixel.conv_in.weight, model.tokenizer.pixel_encoder.conv_in.weight)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ours, theirs = enc(x), model.tokenizer.encode(x).features
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        assert torch.allclose(ours[k], theirs[k], atol=1e-6)
+
+
+def test_features_come_from_the_copy_and_codes_from_the_tokenizer(separate):
+    _, model, _ = separate
+    x = torch.rand(3, 64, 64)
+    before = encode_images(model, [x])[0]
+    with torch.no_grad():
+        model.input_encoder.pixel.conv_out.weight.mul_(2.0)
+    after = encode_images(model, [x])[0]
+    for k in before["codes"]:
+        assert torch.equal(before["codes"][k], after["codes"][k])
+    assert not torch.allclose(before["features"]["pixel"], after["features"]["pixel"])
+    with torch.no_grad():
+        model.input_encoder.pixel.conv_out.weight.div_(2.0)
+
+
+def test_the_copy_round_trips_through_a_checkpoint(separate):
+    resolved, model, tmp = separate
+    with torch.no_grad():
+        model.input_encoder.pixel.conv_in.bias.add_(0.5)
+    folder = save_checkpoint(model, resolved, tmp / "ckpt")
+    assert (folder / "input_encoder" / "model.safetensors").is_file()
+    loaded, _ = load_checkpoint(folder)
+    assert torch.equal(loaded.input_encoder.pixel.conv_in.bias, model.input_encoder.pixel.conv_in.bias)
+    assert not torch.equal(loaded.input_encoder.pixel.conv_in.bias, loaded.tokenizer.pixel_encoder.conv_in.bias)
+
+
+def test_shared_is_the_default_and_holds_no_copy():
+    model = compose(load_recipe(RECIPE)).eval()
+    assert model.input_encoder is None
+
+
+def test_a_tokenizer_without_a_copyable_encoder_is_refused():
+    resolved = load_recipe(RECIPE, ["tokenizer.name=vqgan", "tokenizer.preset=tiny", "model.input_encoder=separate"])
+    with pytest.raises(ComposeError, match="input_encoder 'separate'.*use 'shared'"):
+        compose(resolved)
