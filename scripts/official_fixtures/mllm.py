@@ -17,7 +17,8 @@ project. What the script runs of it, as it is:
   conversation template): the text logits;
 - ``generate`` with the official ``InterleavedLogitsProcessor`` for text-to-image (greedy, and seeded
   sampling with CFG at the demo's settings) at a square and a non-square anchor, and an edit, the
-  prompts built as ``generation_eval/models/illume.py::inference_mllm`` builds them. That file's
+  prompts, grids and token budget (``calculate_image_token_num`` of ``generation_eval/models/illume.py``,
+  through ``RESOLUTION_MAPPING``) as that file's ``inference_mllm`` makes them. That file's
   module-level Qwen2.5 ids are the only thing replaced: the processor gets this model's ids.
 
 Weights are drawn at random, rounded to bfloat16 (stored so, the fixture stays small; every
@@ -72,7 +73,8 @@ TEXT = [
 CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 GENERATION = [  # (caption, (h, w))
     ("a red circle at the top left", (256, 256)),
-    ("A cat wearing a hat.", (192, 256)),  # an official anchor at base 256 with single-token size tags
+    # inference_mllm sizes generation through RESOLUTION_MAPPING: its 12 entries are the sizes it serves
+    ("A cat wearing a hat.", (384, 512)),
 ]
 EDIT = ("make the circle blue", (256, 256))
 QUESTION = "what colour is the circle?"
@@ -230,7 +232,8 @@ def ids_of(prompt: str, tok):
 def run_generation(model, tok, cond: str, uncond: str, size, settings, greedy: bool, image=None, seed=SEED):
     """inference_mllm's steps for one prompt: size tags, uncond prompt, the processor, generate."""
     import torch
-    from generation_eval.models.inference_utils import InterleavedLogitsProcessor, calculate_image_token_num
+    from generation_eval.models.illume import calculate_image_token_num
+    from generation_eval.models.inference_utils import InterleavedLogitsProcessor
     from transformers import LogitsProcessorList, set_seed
 
     h, w = size
