@@ -32,6 +32,14 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from illume_kit.core.protocols import CodeMaps
+from illume_kit.plugins.decoders.folder import (
+    DiffusersFolderError,
+    PipelineFolder,
+    check_weights,
+    init_kwargs,
+    read_json,
+    read_pipeline_folder,
+)
 from illume_kit.plugins.decoders.params import DiffusionDetokenizerParams
 from illume_kit.plugins.decoders.schedules import TrainingProcess, make_scheduler
 from illume_kit.plugins.decoders.spaces import PixelSpace, VAESpace
@@ -50,10 +58,19 @@ class DiffusionDetokenizer(nn.Module):
     def __init__(self, params: DiffusionDetokenizerParams | None = None) -> None:
         super().__init__()
         self.params = p = params or DiffusionDetokenizerParams()
+        # a pretrained pipeline folder is checked file by file before anything is built; its
+        # scheduler becomes the params' scheduler fields, so checkpoints record it
+        self._folder: PipelineFolder | None = None
+        if p.pretrained and (Path(p.pretrained) / "unet").is_dir():
+            self._folder = read_pipeline_folder(p.pretrained, need_weights=not building_on_meta())
+            self.params = p = _with_scheduler_of(p, self._folder)
         if p.space == "pixel":
             self.space: nn.Module = PixelSpace(p.patch_size)
         else:
-            self.space = VAESpace(p.vae_config, p.vae_pretrained)
+            vae = p.vae_pretrained
+            if vae is None and self._folder is not None and self._folder.vae_config is not None:
+                vae = str(self._folder.path / "vae")
+            self.space = VAESpace(p.vae_config, vae)
         self.denoiser: nn.Module | None = None  # built by attach(tokenizer)
         self.process = TrainingProcess(p)
         self._names: tuple[str, ...] | None = tuple(p.consumes) if p.consumes else None
@@ -92,15 +109,19 @@ class DiffusionDetokenizer(nn.Module):
         self.cond_channels = sum(specs[n].code_dim for n in names)
         object.__setattr__(self, "_tokenizer", tokenizer)
         ch = self.space.channels
-        self.denoiser = build_unet(self.params, ch + self.cond_channels, ch)
-        if self.params.pretrained:
-            self.load_pretrained(self.params.pretrained)
+        if self.params.pretrained:  # built from the folder's config, never randomly initialised first
+            self.denoiser = None
+            self._load_unet(Path(self.params.pretrained))
+        else:
+            self.denoiser = build_unet(self.params, ch + self.cond_channels, ch)
 
     def checkpoint_params(self, params: dict) -> dict:
         """What a checkpoint's manifest records: the architectures loaded from ``pretrained`` /
         ``vae_pretrained`` written out in place of the folders (their weights are in the checkpoint)."""
         p = self.params
         out = dict(params)
+        if self._folder is not None:
+            out.update(self._folder.scheduler_params(), scheduler_config=dict(p.scheduler_config))
         if p.vae_pretrained or (p.pretrained and isinstance(self.space, VAESpace)):
             out.update(vae_config=_init_kwargs(self.space.vae.config), vae_pretrained=None)
         if p.pretrained and self.denoiser is not None:
@@ -216,6 +237,25 @@ class DiffusionDetokenizer(nn.Module):
         steps / guidance / guidance_rescale default to the params; ``seed`` (or a CPU ``generator``)
         makes the sample reproducible exactly.
         """
+        x = self.denoise(codes, steps, guidance, guidance_rescale, seed, generator)
+        return ((self.space.decode(x).float() + 1) / 2).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        codes: Mapping[str, torch.Tensor],
+        steps: int | None = None,
+        guidance: float | None = None,
+        guidance_rescale: float | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The sampling loop of ``decode``: the final sample in the denoiser's space (a VAE latent,
+        scaled as the UNet sees it, or pixel-unshuffled pixels), before ``space.decode``.
+
+        The initial noise is one ``randn_tensor`` draw from ``generator`` of the sample's shape, times
+        the scheduler's ``init_noise_sigma``, as diffusers' SDXL pipelines (and ILLUME+'s) draw it.
+        """
         p = self.params
         steps = p.num_inference_steps if steps is None else int(steps)
         guidance = p.guidance_scale if guidance is None else float(guidance)
@@ -244,7 +284,7 @@ class DiffusionDetokenizer(nn.Module):
 
                     pred = rescale_noise_cfg(pred, cond, guidance_rescale=rescale)
             x = sched.step(pred, t, x, generator=generator).prev_sample
-        return ((self.space.decode(x).float() + 1) / 2).clamp(0.0, 1.0)
+        return x
 
     # ---- native diffusers folders ---------------------------------------------------------------
     def save_extra(self, folder) -> None:
@@ -263,29 +303,66 @@ class DiffusionDetokenizer(nn.Module):
         return folder
 
     def load_pretrained(self, folder: str | Path) -> None:
-        """Load a folder from ``save_pretrained`` or a bare diffusers UNet folder (must be attached)."""
+        """Load a diffusers pipeline folder completely (``unet/``; ``vae/`` unless ``vae_pretrained`` names
+        another; ``scheduler/`` into the params) or a bare diffusers UNet folder. Must be attached."""
         self._attached()
         folder = Path(folder)
-        unet_dir = folder / "unet" if (folder / "unet" / "config.json").exists() else folder
+        if (folder / "unet").is_dir():
+            info = read_pipeline_folder(folder, need_weights=not building_on_meta())
+            self._folder = info
+            self.params = _with_scheduler_of(self.params, info)
+            if info.vae_config is not None and isinstance(self.space, VAESpace) and not self.params.vae_pretrained:
+                self.space.load(folder / "vae")
+        self._load_unet(folder)
+
+    def _load_unet(self, folder: Path) -> None:
+        """The denoiser from ``folder/unet`` (a pipeline folder) or ``folder`` (a bare UNet folder)."""
+        unet_dir = folder / "unet" if (folder / "unet").is_dir() else folder
+        if not unet_dir.is_dir():
+            raise DiffusersFolderError(f"{folder}: not a folder (expected a diffusers pipeline folder or UNet folder)")
         if not (unet_dir / "config.json").exists():
-            raise FileNotFoundError(f"{folder} is not a diffusers folder: no config.json in it or in its unet/")
-        cls = unet_class(json.loads((unet_dir / "config.json").read_text()).get("_class_name", "UNet2DModel"))
-        if building_on_meta():  # compose --meta: the folder's architecture, no weights read
-            unet = cls.from_config(cls.load_config(str(unet_dir), local_files_only=True))
-        else:
-            unet = cls.from_pretrained(str(unet_dir), local_files_only=True)
+            raise DiffusersFolderError(f"{folder} is not a diffusers folder: no config.json in it or in its unet/")
+        config = read_json(unet_dir / "config.json", "the UNet's diffusers config")
+        meta = building_on_meta()
+        if not meta:
+            check_weights(unet_dir)
+        try:
+            cls = unet_class(config.get("_class_name", "UNet2DModel"))
+        except ValueError as exc:
+            raise DiffusersFolderError(f"{unet_dir / 'config.json'}: {exc}") from None
         want_in = self.space.channels + self.cond_channels
-        if (unet.config.in_channels, unet.config.out_channels) != (want_in, self.space.channels):
-            raise ValueError(
-                f"{unet_dir}: UNet has in/out channels {unet.config.in_channels}/{unet.config.out_channels}, but this "
-                f"tokenizer and space need {want_in}/{self.space.channels} ({self.space.channels} + {self.cond_channels} code-map channels)"
+        have = (config.get("in_channels"), config.get("out_channels"))
+        if have != (want_in, self.space.channels):
+            raise DiffusersFolderError(
+                f"{unet_dir}: UNet has in/out channels {have[0]}/{have[1]}, but this tokenizer and space need "
+                f"{want_in}/{self.space.channels} ({self.space.channels} + {self.cond_channels} code-map channels)"
             )
+        ref = next(self.parameters(), None)
+        dtype = ref.dtype if ref is not None else torch.float32
+        try:
+            if meta:  # compose --meta: the folder's architecture, no weights read
+                unet = cls.from_config(init_kwargs(config))
+            else:
+                unet = cls.from_pretrained(
+                    str(unet_dir), local_files_only=True, use_safetensors=True, torch_dtype=dtype
+                )
+        except (OSError, ValueError) as exc:
+            raise DiffusersFolderError(f"{unet_dir}: {str(exc).strip().splitlines()[0]}") from None
         kind, n = size_conditioning_kind(unet), len(self.params.output_sizes)
         if kind == "class" and unet.config.num_class_embeds != n:
-            raise ValueError(
+            raise DiffusersFolderError(
                 f"{unet_dir}: UNet knows {unet.config.num_class_embeds} output sizes, output_sizes lists {n}"
             )
-        if (folder / "vae" / "config.json").exists() and isinstance(self.space, VAESpace):
-            self.space.load(folder / "vae")
-        ref = next(self.denoiser.parameters())
-        self.denoiser = unet.to(ref.device, ref.dtype)
+        self.denoiser = unet if ref is None else unet.to(ref.device)  # loaded in ref.dtype
+
+
+def _with_scheduler_of(p: DiffusionDetokenizerParams, folder: PipelineFolder) -> DiffusionDetokenizerParams:
+    """``p`` with the folder's scheduler class and config (the recipe's ``scheduler_config`` keys on top)."""
+    update = folder.scheduler_params()
+    if not update:
+        return p
+    update["scheduler_config"] = {**update["scheduler_config"], **p.scheduler_config}
+    try:
+        return type(p).model_validate({**p.model_dump(), **update})
+    except ValueError as exc:
+        raise DiffusersFolderError(f"{folder.path / 'scheduler' / 'scheduler_config.json'}: {exc}") from None

@@ -73,7 +73,9 @@ class DiffusionDetokenizerParams(ComponentParams):
         description="space='vae': diffusers AutoencoderKL config (kwargs) when not loading weights",
     )
     vae_pretrained: str | None = Field(
-        default=None, description="space='vae': local diffusers AutoencoderKL folder (frozen); overrides vae_config"
+        default=None,
+        description="space='vae': local diffusers AutoencoderKL folder (frozen); overrides vae_config and the vae/ "
+        "of a pretrained pipeline folder",
     )
     # --- the denoiser --------------------------------------------------------------------------
     unet_type: Literal["unet2d", "unet2d-condition"] = Field(
@@ -92,7 +94,9 @@ class DiffusionDetokenizerParams(ComponentParams):
     )
     pretrained: str | None = Field(
         default=None,
-        description="local folder written by save_pretrained (unet/, vae/) or a bare diffusers UNet folder; loaded at attach",
+        description="local diffusers pipeline folder (unet/, and vae/, scheduler/, model_index.json when there: "
+        "all read; save_pretrained writes one, ILLUME+'s SDXL decoder is one) or a bare diffusers UNet folder; "
+        "loaded at attach. Its scheduler/ sets the scheduler fields",
     )
     # --- noise schedule and sampling ----------------------------------------------------------
     scheduler: Literal["ddpm", "ddim", "euler", "flow-match-euler"] = Field(
@@ -112,6 +116,11 @@ class DiffusionDetokenizerParams(ComponentParams):
         "image; easiest for a tiny UNet, which cannot carry many noise channels through a narrow first block)",
     )
     flow_shift: float = Field(default=1.0, gt=0, description="flow-match-euler: timestep shift (SD3 uses 3.0)")
+    scheduler_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra diffusers scheduler kwargs applied over the ones built from the fields above (e.g. "
+        "timestep_spacing, steps_offset); a pretrained pipeline folder's scheduler/ sets them",
+    )
     num_inference_steps: int = Field(
         default=25, ge=1, description="default sampling steps (decode(steps=...) overrides)"
     )

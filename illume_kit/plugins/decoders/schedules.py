@@ -19,24 +19,39 @@ from diffusers.utils.torch_utils import randn_tensor
 
 
 def make_scheduler(p: Any, pixel_space: bool) -> Any:
-    """A fresh sampling scheduler (they are stateful) for ``DiffusionDetokenizerParams`` ``p``."""
+    """A fresh sampling scheduler (they are stateful) for ``DiffusionDetokenizerParams`` ``p``.
+
+    ``p.scheduler_config`` goes over the kwargs built from the fields; keys the scheduler class does
+    not take are dropped, as diffusers' ``from_config`` drops them (a pipeline folder's config carries
+    keys of other scheduler classes).
+    """
+    import inspect
+
     from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
+    classes = {
+        "ddpm": DDPMScheduler,
+        "ddim": DDIMScheduler,
+        "euler": EulerDiscreteScheduler,
+        "flow-match-euler": FlowMatchEulerDiscreteScheduler,
+    }
     if p.scheduler == "flow-match-euler":
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=p.num_train_timesteps, shift=p.flow_shift)
-    common = dict(
-        num_train_timesteps=p.num_train_timesteps,
-        beta_schedule=p.beta_schedule,
-        beta_start=p.beta_start,
-        beta_end=p.beta_end,
-        prediction_type=p.prediction_type,
-        timestep_spacing="trailing",  # few-step sampling starts from pure noise
-    )
-    if p.scheduler == "ddpm":
-        return DDPMScheduler(**common, clip_sample=pixel_space)
-    if p.scheduler == "ddim":
-        return DDIMScheduler(**common, clip_sample=pixel_space)
-    return EulerDiscreteScheduler(**common)
+        kwargs: dict[str, Any] = dict(num_train_timesteps=p.num_train_timesteps, shift=p.flow_shift)
+    else:
+        kwargs = dict(
+            num_train_timesteps=p.num_train_timesteps,
+            beta_schedule=p.beta_schedule,
+            beta_start=p.beta_start,
+            beta_end=p.beta_end,
+            prediction_type=p.prediction_type,
+            timestep_spacing="trailing",  # few-step sampling starts from pure noise
+        )
+        if p.scheduler in ("ddpm", "ddim"):
+            kwargs["clip_sample"] = pixel_space
+    kwargs |= dict(p.scheduler_config)
+    cls = classes[p.scheduler]
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in kwargs.items() if k in accepted})
 
 
 class TrainingProcess:

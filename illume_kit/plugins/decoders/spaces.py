@@ -43,7 +43,7 @@ class VAESpace(nn.Module):
         if pretrained is not None and building_on_meta():  # compose --meta: the folder's config, no weights
             self.vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(pretrained), local_files_only=True))
         elif pretrained is not None:
-            self.vae = AutoencoderKL.from_pretrained(str(pretrained), local_files_only=True)
+            self.vae = AutoencoderKL.from_pretrained(str(pretrained), local_files_only=True, torch_dtype=torch.float32)
         else:
             self.vae = AutoencoderKL(**(config or {}))
         self.vae.requires_grad_(False)
@@ -55,7 +55,7 @@ class VAESpace(nn.Module):
         if building_on_meta():
             vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(folder), local_files_only=True))
         else:
-            vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
+            vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True, torch_dtype=ref.dtype)
         vae = vae.to(ref.device, ref.dtype)
         self.vae = vae.requires_grad_(False)
 
@@ -67,6 +67,19 @@ class VAESpace(nn.Module):
     def stride(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    def _mean_std(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-channel ``latents_mean`` / ``latents_std`` when the VAE config has them (diffusers'
+        SDXL pipelines then map latents as ``z * std / scaling + mean``), else None."""
+        cfg = self.vae.config
+        mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+        if mean is None or std is None:
+            return None
+        view = (1, -1) + (1,) * (like.dim() - 2)
+        return (
+            torch.tensor(mean, device=like.device, dtype=like.dtype).view(view),
+            torch.tensor(std, device=like.device, dtype=like.dtype).view(view),
+        )
+
     def _shift(self) -> float:
         return getattr(self.vae.config, "shift_factor", None) or 0.0
 
@@ -74,8 +87,15 @@ class VAESpace(nn.Module):
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
         z = dist.sample(generator=generator)
+        stats = self._mean_std(z)
+        if stats is not None:
+            return (z - stats[0]) * self.vae.config.scaling_factor / stats[1]
         return (z - self._shift()) * self.vae.config.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        z = z / self.vae.config.scaling_factor + self._shift()
+        stats = self._mean_std(z)
+        if stats is not None:
+            z = z * stats[1] / self.vae.config.scaling_factor + stats[0]
+        else:
+            z = z / self.vae.config.scaling_factor + self._shift()
         return self.vae.decode(z.to(self.vae.dtype)).sample
