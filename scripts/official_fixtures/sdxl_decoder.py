@@ -132,7 +132,10 @@ def main() -> None:
     dualvitok = Path(args.dualvitok)
     mllm_meta = json.loads((dualvitok.parent / "fixture.json").read_text())
     vq_cfg = mllm_meta["dualvitok_config"]
-    codebooks = [vq_cfg["config"]["semantic_quantizer"]["codebook_size"], vq_cfg["config"]["pixel_quantizer"]["codebook_size"]]
+    codebooks = [
+        vq_cfg["config"]["semantic_quantizer"]["codebook_size"],
+        vq_cfg["config"]["pixel_quantizer"]["codebook_size"],
+    ]
 
     def embedder():
         vq = official_env.build_dualvitok(vq_cfg)

@@ -120,7 +120,9 @@ def _scheduler(folder: Path) -> tuple[str | None, dict[str, Any]]:
     index = read_json(index_path, "the pipeline's component list") if index_path.exists() else {}
     if not sdir.exists():
         if "scheduler" in index:
-            raise DiffusersFolderError(f"{sdir / 'scheduler_config.json'}: missing (model_index.json lists a scheduler)")
+            raise DiffusersFolderError(
+                f"{sdir / 'scheduler_config.json'}: missing (model_index.json lists a scheduler)"
+            )
         return None, {}
     config = read_json(sdir / "scheduler_config.json", "the scheduler's diffusers config")
     entry = index.get("scheduler")
