@@ -61,6 +61,7 @@ class DiffusionDetokenizer(nn.Module):
         # a pretrained pipeline folder is checked file by file before anything is built; its
         # scheduler becomes the params' scheduler fields, so checkpoints record it
         self._folder: PipelineFolder | None = None
+        self._unet_from_folder = False  # the denoiser's architecture is a folder's, not the params'
         if p.pretrained and (Path(p.pretrained) / "unet").is_dir():
             self._folder = read_pipeline_folder(p.pretrained, need_weights=not building_on_meta())
             self.params = p = _with_scheduler_of(p, self._folder)
@@ -122,9 +123,9 @@ class DiffusionDetokenizer(nn.Module):
         out = dict(params)
         if self._folder is not None:
             out.update(self._folder.scheduler_params(), scheduler_config=dict(p.scheduler_config))
-        if p.vae_pretrained or (p.pretrained and isinstance(self.space, VAESpace)):
+        if p.vae_pretrained or (self._unet_from_folder and isinstance(self.space, VAESpace)):
             out.update(vae_config=_init_kwargs(self.space.vae.config), vae_pretrained=None)
-        if p.pretrained and self.denoiser is not None:
+        if self._unet_from_folder and self.denoiser is not None:
             cfg = _init_kwargs(self.denoiser.config)
             out.update(
                 unet_type="unet2d-condition" if hasattr(self.denoiser.config, "cross_attention_dim") else "unet2d",
@@ -286,6 +287,22 @@ class DiffusionDetokenizer(nn.Module):
             x = sched.step(pred, t, x, generator=generator).prev_sample
         return x
 
+    # ---- ILLUME+'s released SDXL decoder -----------------------------------------------------------
+    @classmethod
+    def official_params(cls, folder: str | Path) -> dict[str, Any]:
+        """Params for ILLUME+'s released SDXL decoder folder (see ``official.official_sdxl_params``):
+        the ``official`` preset reading UNet, VAE and scheduler from ``folder`` at attach."""
+        from illume_kit.plugins.decoders.official import official_sdxl_params
+
+        return official_sdxl_params(folder)
+
+    def load_official(self, folder: str | Path) -> None:
+        """Load the released SDXL decoder folder (must be attached). A detokenizer built from
+        ``official_params(folder)`` has read it already at attach, and is left as it is."""
+        loaded = self._folder.path.resolve() if self._folder is not None else None
+        if loaded != Path(folder).resolve() or not self._unet_from_folder:
+            self.load_pretrained(folder)
+
     # ---- native diffusers folders ---------------------------------------------------------------
     def save_extra(self, folder) -> None:
         """Checkpoint hook: also write the denoiser as a native diffusers folder (``<folder>/diffusers``)."""
@@ -354,6 +371,7 @@ class DiffusionDetokenizer(nn.Module):
                 f"{unet_dir}: UNet knows {unet.config.num_class_embeds} output sizes, output_sizes lists {n}"
             )
         self.denoiser = unet if ref is None else unet.to(ref.device)  # loaded in ref.dtype
+        self._unet_from_folder = True
 
 
 def _with_scheduler_of(p: DiffusionDetokenizerParams, folder: PipelineFolder) -> DiffusionDetokenizerParams:

@@ -172,3 +172,47 @@ def test_a_broken_folder_is_one_clear_error_naming_the_file(broken, tok, damage,
     assert message is not None and named in message and "\n" not in message
     if "unknown" in named or "model_index" in named:
         assert "EulerDiscreteScheduler" in message  # the supported classes are listed
+
+
+def test_the_converted_release_decodes_like_the_pipe_without_the_folder(ref, tmp_path):
+    """``convert_illume_plus(..., diffusion=FOLDER)`` (``illume-kit convert illume-plus-official
+    --diffusion``) keeps the decoder whole: its checkpoint loads after the folder is gone and decodes
+    the fixture's codes as the official pipe did."""
+    from illume_kit.model.checkpoint import load_checkpoint
+    from illume_kit.model.convert_official import convert_illume_plus
+
+    mllm = ROOT / "tests/fixtures/official/mllm"
+    folder = tmp_path / "decoder"
+    shutil.copytree(FOLDER, folder)
+    params = json.loads((mllm / "dualvitok_params.json").read_text())
+    convert_illume_plus(mllm / "mllm", ROOT / META["dualvitok"]["file"], tmp_path / "ckpt", params, diffusion=folder)
+    shutil.rmtree(folder)
+    det = load_checkpoint(tmp_path / "ckpt")[0].detokenizer
+    assert det.params.pretrained is None and det.params.scheduler_config["timestep_spacing"] == "leading"
+    img = det.decode(
+        codes_of(ref, "square"), steps=META["steps"], guidance=META["guidance_scale"], seed=RUNS["square"]["seed"]
+    )
+    assert compare_image(img, ref, "square") <= 1e-3
+
+
+def test_loading_the_folder_later_records_its_architecture_and_scheduler(tok, det):
+    """A detokenizer built from other params, then given the folder, samples and checkpoints as the folder's."""
+    vae = json.loads((FOLDER / "vae/config.json").read_text())
+    other = DiffusionDetokenizer(
+        DiffusionDetokenizerParams(
+            space="vae",
+            vae_config={k: v for k, v in vae.items() if not k.startswith("_")},
+            block_out_channels=[8, 16],
+            attention_levels=[False, True],
+            output_sizes=ILLUME_OUTPUT_SIZES,
+        )
+    )
+    other.attach(tok)
+    assert other.params.scheduler == "ddim"
+    other.load_official(FOLDER)
+    assert other.params.scheduler == "euler" and other.params.scheduler_config["steps_offset"] == 1
+    recorded = other.checkpoint_params(other.params.model_dump())
+    assert recorded["unet_config"]["block_out_channels"] == [8, 8, 8] and recorded["pretrained"] is None
+    assert recorded["scheduler"] == "euler" and recorded["scheduler_config"]["timestep_spacing"] == "leading"
+    mine, theirs = other.state_dict(), det.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
