@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from illume_kit.plugins.decoders.folder import read_pipeline_folder
+from illume_kit.plugins.decoders.folder import DiffusersFolderError, read_pipeline_folder
 from illume_kit.plugins.decoders.params import DIFFUSION_PRESETS, DiffusionDetokenizerParams
 
 
@@ -40,7 +40,7 @@ def official_sdxl_params(folder: str | Path, **overrides: Any) -> dict[str, Any]
     """
     info = read_pipeline_folder(folder, need_weights=False)
     if info.vae_config is None:
-        raise ValueError(f"{Path(folder) / 'vae'}: missing (the SDXL decoder denoises in its VAE's latent)")
+        raise DiffusersFolderError(f"{Path(folder) / 'vae'}: missing (the SDXL decoder denoises in its VAE's latent)")
     fields = {**DIFFUSION_PRESETS["official"], **info.scheduler_params(), "pretrained": str(folder), **overrides}
     DiffusionDetokenizerParams(**fields)  # a bad override fails here, naming the field
     return fields
