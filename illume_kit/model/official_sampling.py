@@ -46,13 +46,12 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from illume_kit.core.options import OFFICIAL_REPETITION_PENALTY as REPETITION_PENALTY
+from illume_kit.core.options import OFFICIAL_SAMPLING_DEFAULTS as OFFICIAL_DEFAULTS
 from illume_kit.model.image_tokens import ImageSequenceError, parse_image_ids
 from illume_kit.model.prompts import style_of
 from illume_kit.model.sequence import Ids, Part, Sample, assemble
 
-# ILLUME/app_hf.py's recommended settings (temperature, top_k, top_p) per task
-OFFICIAL_DEFAULTS = {"generate": (1.0, 2048, 1.0), "edit": (0.7, 512, 0.8)}
-REPETITION_PENALTY = 1.05  # the released generation_config.json (Qwen2.5-Instruct's)
 # generation_eval/models/illume.py InferenceConfig: a finer level's top-k is this times the coarser one's
 FINER_TOP_K = 3
 
