@@ -27,7 +27,10 @@ TopK = Annotated[int, Field(ge=0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 # ILLUME/app_hf.py's recommended (temperature, top_k, top_p) per task: what sampling official takes for
 # the keys a recipe or the command line leaves out
-OFFICIAL_SAMPLING_DEFAULTS: dict[str, tuple[float, int, float]] = {"generate": (1.0, 2048, 1.0), "edit": (0.7, 512, 0.8)}
+OFFICIAL_SAMPLING_DEFAULTS: dict[str, tuple[float, int, float]] = {
+    "generate": (1.0, 2048, 1.0),
+    "edit": (0.7, 512, 0.8),
+}
 # the released generation_config.json (Qwen2.5-Instruct's): generate()'s repetition penalty
 OFFICIAL_REPETITION_PENALTY = 1.05
 

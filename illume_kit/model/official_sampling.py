@@ -141,12 +141,18 @@ def official_settings(
         k = 0 if k is None else k
         t, p = _number(f"temperature{where}", t), _number(f"top_p{where}", p)
         _check(f"temperature{where}", t, t >= 0, "a number >= 0 (0: greedy)")
-        _check(f"top_k{where}", k, isinstance(k, int) and not isinstance(k, bool) and k >= 0, "an integer >= 0 (0: off)")
+        _check(
+            f"top_k{where}", k, isinstance(k, int) and not isinstance(k, bool) and k >= 0, "an integer >= 0 (0: off)"
+        )
         _check(f"top_p{where}", p, 0 < p <= 1, "a number in (0, 1]")
         return LevelSampling(t, int(k), p)
 
     t0, k0, p0 = OFFICIAL_DEFAULTS[task]
-    (tt, temps), (tk, ks), (tp, ps) = split("temperature", temperature, t0), split("top_k", top_k, k0), split("top_p", top_p, p0)
+    (tt, temps), (tk, ks), (tp, ps) = (
+        split("temperature", temperature, t0),
+        split("top_k", top_k, k0),
+        split("top_p", top_p, p0),
+    )
     text = valid("", tt, tk, tp)
     out: list[LevelSampling] = []
     for i, name in enumerate(names):
@@ -390,7 +396,9 @@ def official_generate(
     stops = set(settings.stop_ids if settings.stop_ids is not None else stop_ids(model))
     budget = settings.max_new_tokens or official_budget(grids)
     proc = _Processor(model, settings, grids, list(uncond or []), tags, end_of_text)
-    penalty = RepetitionPenaltyLogitsProcessor(settings.repetition_penalty) if settings.repetition_penalty != 1 else None
+    penalty = (
+        RepetitionPenaltyLogitsProcessor(settings.repetition_penalty) if settings.repetition_penalty != 1 else None
+    )
     warpers = _generate_warpers(settings) if settings.do_sample and settings.rewarp else LogitsProcessorList()
     backbone = model.backbone
     was_training = backbone.training

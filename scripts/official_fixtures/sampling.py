@@ -172,7 +172,11 @@ def build_model(tok):
         head.mul_(0.35)
         head[:, 0] = 0
         a = tok.convert_tokens_to_ids("A")
-        for token, v in ((a, 1000.0), (tok.convert_tokens_to_ids("<start_of_image>"), 990.0), (ids["<|im_end|>"], 970.0)):
+        for token, v in (
+            (a, 1000.0),
+            (tok.convert_tokens_to_ids("<start_of_image>"), 990.0),
+            (ids["<|im_end|>"], 970.0),
+        ):
             head[token] = 0
             head[token, 0] = v / 8
     # Qwen2.5-Instruct's generation_config.json, which the release inherits
