@@ -22,6 +22,10 @@ sizes:
   ``s * (logp_c - logp_u) + logp_u``; elsewhere the conditional ones are used as they are;
 - temperature, top-k and top-p are per level (``text`` and each codebook), applied once;
   temperature 0 is greedy. All randomness comes from one seeded ``torch.Generator``.
+
+``generate_images`` / ``edit_images`` with ``sampling="official"`` (recipe ``eval.options.sampling``)
+decode with ``illume_kit.model.official_sampling`` instead: the official pipeline's token stream,
+one prompt at a time.
 """
 
 from __future__ import annotations
