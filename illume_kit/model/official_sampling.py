@@ -34,7 +34,7 @@ one random number per vocabulary entry.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -85,7 +85,7 @@ class OfficialSettings:
     rewarp: bool = True
     repetition_penalty: float = REPETITION_PENALTY
     max_new_tokens: int | None = None
-    stop_ids: tuple[int, ...] | None = field(default=None)  # None: the model's end-of-turn ids
+    stop_ids: tuple[int, ...] | None = None  # None: the model's end-of-turn ids (``stop_ids``)
 
 
 def _check(key: str, value: Any, ok: bool, want: str) -> None:
@@ -117,8 +117,9 @@ def official_settings(
     ``text`` or a codebook's name to its setting, the levels left out following the same rule. None
     (and ``text`` left out of a mapping) takes the task's recommended value (``OFFICIAL_DEFAULTS``);
     top-k 0 is off. A text temperature of 0 decodes greedily (``do_sample`` false, as ILLUME's demo
-    does); a level temperature of 0 leaves that level's scores unscaled. ``cfg`` None: 2.0 for
-    ``generate``, 1.5 for ``edit``.
+    does; levels at 0 then leave their scores unscaled, which the argmax does not see); a level
+    temperature of 0 while sampling is refused (the official processor divides by it). ``cfg`` None:
+    2.0 for ``generate``, 1.5 for ``edit``.
     """
     if task not in OFFICIAL_DEFAULTS:
         raise OfficialSamplingError(f"sampling official: unknown task {task!r}; tasks are generate, edit")
@@ -161,6 +162,13 @@ def official_settings(
         out.append(
             valid(f".{name}", temps.get(name, prev.temperature), ks.get(name, k_default), ps.get(name, prev.top_p))
         )
+    for name, lv in zip(names, out):
+        if text.temperature > 0 and lv.temperature == 0:
+            raise OfficialSamplingError(
+                f"sampling official: temperature.{name} is 0 while the text level samples at "
+                f"{text.temperature:g}; valid: a level temperature > 0 (the official processor divides by it), "
+                "or text temperature 0 for greedy decoding"
+            )
     cfg = (2.0 if task == "generate" else 1.5) if cfg is None else _number("cfg", cfg)
     _check("cfg", cfg, cfg >= 0, "a number >= 0 (1: off)")
     _check("rewarp", rewarp, isinstance(rewarp, bool), "true or false")
@@ -245,6 +253,7 @@ class _Processor:
             return logp
         backbone = self.model.backbone
         if self.cache is None:
+            # the unconditional prompt ends with the size tags: the official rule compares its last two ids
             tail = uncond_tail(self.tags, generated)
             batch = assemble(self.model, [Sample(list(self.uncond), [Ids(tuple(self.tags + tail))], eos=False)], "left")
             cache = backbone.new_cache() if hasattr(backbone, "new_cache") else None
@@ -382,6 +391,11 @@ def official_generate(
     the assistant prefix. ``uncond`` may be None only when ``settings.cfg`` is 1.
     """
     settings = settings or OfficialSettings()
+    if getattr(model, "image_positions", 0):
+        raise OfficialSamplingError(
+            "sampling official feeds generated codes as plain token embeddings, as ILLUME+ does, but this model "
+            "adds image position embeddings to them (model.image_positions): use sampling structured"
+        )
     lay = model.layout
     grids = level_grids(model, size)
     if len(settings.levels) != len(grids):

@@ -230,6 +230,7 @@ def test_settings_defaults_and_levels(model):
         ({"max_new_tokens": 0}, "max_new_tokens is 0, valid: an integer >= 1"),
         ({"cfg": -2}, "cfg is -2.0, valid: a number >= 0"),
         ({"rewarp": "yes"}, "rewarp is 'yes', valid: true or false"),
+        ({"temperature": {"semantic": 0}}, "temperature.semantic is 0 while the text level samples at 1"),
     ],
 )
 def test_bad_settings_name_the_key(model, kwargs, message):
@@ -242,6 +243,14 @@ def test_guidance_needs_an_unconditional_prompt(model):
     cond, _ = prompts(model, SMALL)
     with pytest.raises(OfficialSamplingError, match="needs an unconditional prompt"):
         official_generate(model, cond, None, SMALL, official_settings(model))
+
+
+def test_a_model_with_image_positions_is_refused():
+    from model_fakes import make_model
+
+    positioned = make_model(image_positions=8)
+    with pytest.raises(OfficialSamplingError, match=r"image position embeddings .*: use sampling structured"):
+        generate_images(positioned, ["a red circle"], (64, 64), sampling="official")
 
 
 def test_eval_options_select_the_mode():
