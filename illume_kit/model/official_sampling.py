@@ -25,6 +25,10 @@ test_official_sampling.py checks it against tokens recorded from the official co
   included, from a generator seeded with ``seed`` (the official ``set_seed``). ``do_sample`` false
   takes the argmax instead.
 
+A model trained with image position embeddings (``model.image_positions``, an illume-kit option)
+gets them on the generated codes it is fed, as in training; ILLUME+ has none, so this changes nothing
+there.
+
 One prompt at a time: the official state machine reads batch row 0 only, so it supports batch
 size 1, and so does this mode (``official_images`` loops over prompts, prompt ``j`` seeded with
 ``seed + j``). The logits width must be the official model's (its embedding rows): a draw consumes
@@ -227,10 +231,41 @@ class _Processor:
         self.in_row = self.rows = 0
         self.cache = None  # the unconditional branch's KV cache, from the first image step
         self.next_pos = 0
+        # model.image_positions (an illume-kit option; 0 in ILLUME+): the row/column embedding the last
+        # generated token carries when fed, as training's assemble gives it
+        self.positioned = bool(getattr(model, "image_positions", 0))
+        self.shifted = getattr(model, "output_positions", "slot") == "next"
+        self.fed_position: torch.Tensor | None = None
 
-    def _update(self, last: int | None) -> None:
-        if last is None:
-            return
+    def advance(self, last: int) -> None:
+        """Take the token just generated: the state the next step reads, and its position embedding."""
+        self._update(last)
+        self.fed_position = self._position(last) if self.positioned else None
+
+    def _position(self, last: int) -> torch.Tensor | None:
+        if not self.image or self.level is None:
+            return None
+        h, w = self.grids[self.level]
+        if self.shifted:  # the token carries the position of the code it predicts
+            if self.rows >= h or self.in_row >= w:
+                return None
+            r, c = self.rows, self.in_row
+        else:  # a code carries its own
+            lo, hi = self.ranges[self.level]
+            if not lo <= last < hi:
+                return None
+            r, c = self.rows, self.in_row - 1
+        name = self.model.layout.codebooks[self.level].name
+        return self.model.projectors[name].positions(torch.tensor([r]), torch.tensor([c]))[0]
+
+    def embed(self, token: int, dev) -> torch.Tensor:
+        """(1, 1, hidden) input of the token just generated."""
+        embeds = self.model.backbone.embed(torch.tensor([[token]], device=dev))
+        if self.fed_position is not None:
+            embeds = embeds + self.fed_position.to(device=dev, dtype=embeds.dtype)
+        return embeds
+
+    def _update(self, last: int) -> None:
         if last == self.soi:
             self.image, self.level, self.mode, self.in_row, self.rows = True, None, None, 0, 0
         elif last in self.starts:
@@ -267,9 +302,8 @@ class _Processor:
             self.next_pos = int(batch.attention_mask.sum())
         else:
             dev = scores.device
-            embeds = backbone.embed(torch.tensor([generated[-1:]], device=dev))
             out = backbone(
-                embeds,
+                self.embed(generated[-1], dev),
                 past_key_values=self.cache,
                 position_ids=torch.tensor([[self.next_pos]], device=dev),
                 use_cache=True,
@@ -312,7 +346,6 @@ class _Processor:
 
     def __call__(self, generated: list[int], scores: torch.Tensor) -> torch.Tensor:
         last = generated[-1] if generated else None
-        self._update(last)
         if self.image:
             scores = self._guide(generated, scores)
         else:
@@ -391,11 +424,6 @@ def official_generate(
     the assistant prefix. ``uncond`` may be None only when ``settings.cfg`` is 1.
     """
     settings = settings or OfficialSettings()
-    if getattr(model, "image_positions", 0):
-        raise OfficialSamplingError(
-            "sampling official feeds generated codes as plain token embeddings, as ILLUME+ does, but this model "
-            "adds image position embeddings to them (model.image_positions): use sampling structured"
-        )
     lay = model.layout
     grids = level_grids(model, size)
     if len(settings.levels) != len(grids):
@@ -447,8 +475,9 @@ def official_generate(
             generated.append(token)
             if token in stops or len(generated) >= budget:
                 return generated
+            proc.advance(token)
             out = backbone(
-                backbone.embed(ids[:, len(generated) - 1 : len(generated)]),
+                proc.embed(token, dev),
                 past_key_values=cache,
                 position_ids=torch.tensor([[pos]], device=dev),
                 use_cache=True,

@@ -245,12 +245,53 @@ def test_guidance_needs_an_unconditional_prompt(model):
         official_generate(model, cond, None, SMALL, official_settings(model))
 
 
-def test_a_model_with_image_positions_is_refused():
+@pytest.mark.parametrize("output_positions", ["slot", "next"])
+def test_image_position_embeddings_ride_on_the_fed_codes(monkeypatch, output_positions):
+    """A model trained with model.image_positions gets the row/column embedding of each generated code
+    when it is fed (output_positions slot: the code's own; next: the code the token predicts)."""
     from model_fakes import make_model
 
-    positioned = make_model(image_positions=8)
-    with pytest.raises(OfficialSamplingError, match=r"image position embeddings .*: use sampling structured"):
-        generate_images(positioned, ["a red circle"], (64, 64), sampling="official")
+    import illume_kit.model.official_sampling as official
+
+    positioned = make_model(image_positions=8, output_positions=output_positions)
+    lay = positioned.layout
+    grids = positioned.tokenizer.grid(64, 64)
+    sem, pix = grids[lay.codebooks[0].name], grids[lay.codebooks[1].name]
+    # the random model is made to start an image at once
+    head = torch.zeros(positioned.backbone.vocab_size)
+    head[lay.soi] = 1e4
+    real_forward = type(positioned.backbone).forward
+
+    def biased(self, *a, **k):
+        out = real_forward(self, *a, **k)
+        out.logits[..., :] += head
+        return out
+
+    fed = []
+    real_embed = official._Processor.embed
+
+    def spy(self, token, dev):
+        fed.append((token, None if self.fed_position is None else self.fed_position.clone()))
+        return real_embed(self, token, dev)
+
+    monkeypatch.setattr(type(positioned.backbone), "forward", biased)
+    monkeypatch.setattr(official._Processor, "embed", spy)
+    s = official_settings(positioned, "generate", cfg=1.0, top_k=0)
+    ids = official_generate(positioned, positioned.prompt_style.t2i_prompt("x", (64, 64)), None, (64, 64), s, 0)
+    monkeypatch.undo()
+    assert first_image(positioned, ids, (64, 64))  # a whole image
+    fed = fed[: [t for t, _ in fed].index(lay.eoi)]  # the first image (soi stays likely: a second one follows)
+    codes = [(t, p) for t, p in fed if lay.codebooks[0].start <= t < lay.codebooks[-1].stop]
+    with_pos = [p for _, p in fed if p is not None]
+    assert len(with_pos) == sem[0] * sem[1] + pix[0] * pix[1]  # one per code slot
+    projector = positioned.projectors[lay.codebooks[0].name]
+    first = projector.positions(torch.tensor([0]), torch.tensor([0]))[0]
+    if output_positions == "slot":
+        assert all(p is not None for _, p in codes)
+        assert torch.equal(codes[0][1], first)
+    else:  # the level start predicts code (0, 0); the last code of a row predicts none
+        assert torch.equal(next(p for t, p in fed if t == lay.level_start(0)), first)
+        assert sum(p is None for _, p in codes) == sem[0] + pix[0]
 
 
 def test_eval_options_select_the_mode():
