@@ -58,6 +58,7 @@ nonnegative_int = _ranged(_int, lambda v: v >= 0, "a whole number >= 0", "A whol
 seed = _ranged(_int, lambda v: 0 <= v < SEED_LIMIT, "a whole number from 0 to 2**63 - 1", "A torch seed.")
 finite_float = _ranged(_float, lambda v: True, "a finite number", "A finite number.")
 nonnegative_float = _ranged(_float, lambda v: v >= 0, "a finite number >= 0", "A finite number >= 0.")
+positive_float = _ranged(_float, lambda v: v > 0, "a finite number > 0", "A finite number > 0.")
 probability = _ranged(_float, lambda v: 0 < v <= 1, "a number in (0, 1]", "A number in (0, 1] (top-p).")
 
 

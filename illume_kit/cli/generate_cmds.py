@@ -20,6 +20,7 @@ Torch-free at import: ``illume-kit --help`` must not pay for torch.
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 from pathlib import Path
@@ -32,11 +33,12 @@ from illume_kit.cli.args import (
     finite_float,
     nonnegative_float,
     nonnegative_int,
+    positive_float,
     positive_int,
     probability,
     seed,
 )
-from illume_kit.core.options import EvalOptions, Preprocess
+from illume_kit.core.options import OFFICIAL_SAMPLING_DEFAULTS, EvalOptions, Preprocess, SamplingMode
 from illume_kit.eval.sampling import GUIDANCE, task_sampling
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -203,21 +205,25 @@ def check_fits(model, what: str, text: str, prompt_of, answer: int, answer_what:
 SAMPLING_DEFAULTS = {verb: task_sampling({}, verb) for verb in GUIDANCE}
 
 
-def recipe_sampling(checkpoint: str | Path, verb: str) -> dict:
+def recipe_sampling(checkpoint: str | Path, verb: str, mode: str | None = None) -> dict:
     """The sampling the checkpoint's recipe evaluates ``verb`` with (``eval.options``, read by
-    :func:`illume_kit.eval.sampling.task_sampling`), over :data:`SAMPLING_DEFAULTS`."""
+    :func:`illume_kit.eval.sampling.task_sampling`), over :data:`SAMPLING_DEFAULTS`; ``mode``
+    (``structured`` / ``official``) in place of the recipe's ``eval.options.sampling``."""
     from pydantic import ValidationError
 
     from illume_kit.core.layout import validation_summary
     from illume_kit.core.manifest import CheckpointError
 
     recipe = _checkpoint_recipe(checkpoint)
-    if recipe is None:
+    opts = {} if recipe is None else _mapping_at(recipe, checkpoint, "eval", "options")
+    # only the keys eval reads: a stored recipe may predate the typed options
+    opts = {k: v for k, v in opts.items() if k in EvalOptions.model_fields}
+    if mode is not None:
+        opts["sampling"] = mode
+    if recipe is None and mode is None:
         return dict(SAMPLING_DEFAULTS[verb])
-    opts = _mapping_at(recipe, checkpoint, "eval", "options")
     try:
-        # only the keys eval reads: a stored recipe may predate the typed options
-        return task_sampling({k: v for k, v in opts.items() if k in EvalOptions.model_fields}, verb)
+        return task_sampling(opts, verb)
     except ValidationError as exc:
         raise CheckpointError(
             f"{Path(checkpoint) / 'recipe.yaml'}: {validation_summary(exc, 'eval.options')}"
@@ -408,11 +414,24 @@ def save_images(images, path: Path) -> Path:
 
 
 def _sampling(args, verb: str) -> dict:
-    """cfg, temperature, top_k, top_p: from the command line, else from the checkpoint's recipe."""
-    given = {"cfg": args.cfg, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
-    out = recipe_sampling(args.checkpoint, verb)
-    out.update({k: v for k, v in given.items() if v is not None})
-    out["top_k"] = out["top_k"] or None
+    """cfg, temperature, top_k, top_p (and, sampling official, the mode and its keys): from the
+    command line, else from the checkpoint's recipe."""
+    mode = getattr(args, "sampling", None)
+    out = recipe_sampling(args.checkpoint, verb) if mode is None else recipe_sampling(args.checkpoint, verb, mode)
+    official = out.get("sampling") == "official"
+    extra = {"rewarp": getattr(args, "rewarp", None), "repetition_penalty": getattr(args, "repetition_penalty", None)}
+    given = [flag for flag, key in (("--rewarp/--no-rewarp", "rewarp"), ("--repetition-penalty", "repetition_penalty"))
+             if extra[key] is not None]  # fmt: skip
+    if given and not official:
+        raise ValueError(
+            f"{given[0]} applies to the official sampling mode only; this checkpoint's recipe samples "
+            "structured: add --sampling official"
+        )
+    out.update({k: v for k, v in extra.items() if v is not None})
+    cli = {"cfg": args.cfg, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    out.update({k: v for k, v in cli.items() if v is not None})
+    if not official:
+        out["top_k"] = out["top_k"] or None
     return out
 
 
@@ -464,7 +483,10 @@ def cmd_generate(args) -> int:
     from illume_kit.model.prompts import style_of
     from illume_kit.model.sampler import decode_images, generate_images, image_template
 
-    template = len(image_template(model, size, 0))
+    sampling = _sampling(args, "generate")
+    official = sampling.get("sampling") == "official"
+    # the official budget: the image and up to 5 more tokens (text before it, eos)
+    template = len(image_template(model, size, 0)) + (5 if official else 0)
     check_fits(
         model,
         "caption",
@@ -475,11 +497,12 @@ def cmd_generate(args) -> int:
         "a smaller --size",
     )
     warn_unfamiliar(args.checkpoint, "caption", args.caption, size, args.size is not None)
-    sampling = _sampling(args, "generate")
     images = []
     for b, lo in enumerate(range(0, args.num, args.batch_size)):
         k = min(args.batch_size, args.num - lo)
-        codes = generate_images(model, [args.caption] * k, size, seed=args.seed + b, **sampling)
+        # official: one prompt per draw, image i seeded seed + i (generate_images seeds prompt j with seed + j)
+        seed = args.seed + (lo if official else b)
+        codes = generate_images(model, [args.caption] * k, size, seed=seed, **sampling)
         images += [im.float().cpu() for im in decode_images(model, codes)]
     save_images(images, out)
     console.print(f"[green]wrote[/] {out} ({len(images)} image{'s' if len(images) > 1 else ''} of {size[0]}x{size[1]})")
@@ -511,17 +534,18 @@ def cmd_edit(args) -> int:
     from illume_kit.model.sampler import decode_images, edit_images, image_template
 
     order = getattr(model, "edit_order", "image_first")
+    sampling = _sampling(args, "edit")
     check_fits(
         model,
         "instruction",
         args.instruction,
         lambda t: style_of(model).edit_prompt(image, t, order=order),
-        len(image_template(model, size, 0)),
+        len(image_template(model, size, 0)) + (5 if sampling.get("sampling") == "official" else 0),
         f"the source and the edited {size[0]}x{size[1]} image",
         "a smaller --size",
     )
     warn_unfamiliar(args.checkpoint, "instruction", args.instruction, size, args.size is not None)
-    codes = edit_images(model, [image], [args.instruction], seed=args.seed, **_sampling(args, "edit"))
+    codes = edit_images(model, [image], [args.instruction], seed=args.seed, **sampling)
     save_images([im.float().cpu() for im in decode_images(model, codes)], out)
     console.print(f"[green]wrote[/] {out}")
     return 0
@@ -542,6 +566,15 @@ def _common(p, size_help: str) -> None:
 
 def _sampling_args(p, verb: str) -> None:
     key, scale = GUIDANCE[verb]
+    t, k, top = OFFICIAL_SAMPLING_DEFAULTS[verb]
+    task = "editing" if verb == "edit" else "generation"
+    official = f"with --sampling official: {{}}, the official recommendation for {task}"
+    p.add_argument(
+        "--sampling",
+        choices=get_args(SamplingMode),
+        help="structured: illume-kit's sampler; official: the released ILLUME+'s generate() with its logits "
+        "processor, token for token, one image at a time (default: the recipe's eval.options.sampling, else structured)",
+    )
     p.add_argument(
         "--cfg",
         type=finite_float,
@@ -550,10 +583,31 @@ def _sampling_args(p, verb: str) -> None:
     p.add_argument(
         "--temperature",
         type=nonnegative_float,
-        help="0 = greedy (default: the recipe's eval.options.temperature, else 1)",
+        help="0 = greedy (default: the recipe's eval.options.temperature, else 1; " + official.format(t) + ")",
     )
-    p.add_argument("--top-k", type=nonnegative_int, help="default: the recipe's eval.options.top_k, else off")
-    p.add_argument("--top-p", type=probability, help="default: the recipe's eval.options.top_p, else 1")
+    p.add_argument(
+        "--top-k",
+        type=nonnegative_int,
+        help="0 = off (default: the recipe's eval.options.top_k, else off; " + official.format(k) + ")",
+    )
+    p.add_argument(
+        "--top-p",
+        type=probability,
+        help="default: the recipe's eval.options.top_p, else 1; " + official.format(top),
+    )
+    p.add_argument(
+        "--rewarp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="sampling official: apply generate()'s own temperature / top-k / top-p again after the official "
+        "processor, as the official pipeline does (default: the recipe's eval.options.rewarp, else on)",
+    )
+    p.add_argument(
+        "--repetition-penalty",
+        type=positive_float,
+        help="sampling official: generate()'s repetition penalty over the generated tokens, 1 = off "
+        "(default: the recipe's eval.options.repetition_penalty, else 1.05 as released)",
+    )
 
 
 def register(sub) -> None:

@@ -16,6 +16,7 @@ Task = Literal["und", "t2i", "edit"]
 EditTarget = Literal["encoded", "copy_unchanged"]
 LossAverage = Literal["token", "sample"]
 Preprocess = Literal["plain", "official"]
+SamplingMode = Literal["structured", "official"]  # eval.options.sampling: illume_kit.model.sampler / official_sampling
 PromptStyleName = Literal["plain", "chat_template", "official"]  # model.prompt_style: illume_kit.model.prompts
 TASKS: tuple[str, ...] = get_args(Task)
 # the largest image side a recipe may ask for; past it a single image is gigabytes of activations
@@ -24,6 +25,14 @@ MAX_IMAGE_SIZE = 16384
 Temperature = Annotated[float, Field(ge=0.0)]
 TopK = Annotated[int, Field(ge=0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+# ILLUME/app_hf.py's recommended (temperature, top_k, top_p) per task: what sampling official takes for
+# the keys a recipe or the command line leaves out
+OFFICIAL_SAMPLING_DEFAULTS: dict[str, tuple[float, int, float]] = {
+    "generate": (1.0, 2048, 1.0),
+    "edit": (0.7, 512, 0.8),
+}
+# the released generation_config.json (Qwen2.5-Instruct's): generate()'s repetition penalty
+OFFICIAL_REPETITION_PENALTY = 1.05
 
 
 class _Options(BaseModel):
@@ -138,6 +147,27 @@ class EvalOptions(_Options):
         description="nucleus sampling, the smallest set of tokens with this much probability (1 = off); "
         "one number or per level, as temperature",
     )
+    sampling: SamplingMode = Field(
+        "structured",
+        description="how `generate`, `edit` and eval's gen/edit tasks decode images: structured (illume-kit's "
+        "sampler: per-row image templates, guidance batched, settings applied once) or official (the released "
+        "ILLUME+'s generate() with its InterleavedLogitsProcessor, token for token: the model starts the image "
+        "itself, repetition_penalty, per-level settings then rewarp; one prompt at a time, prompt j seeded "
+        "seed + j; temperature, top_k, top_p left out take the official recommendations, generation 1.0 / 2048 "
+        "/ 1.0, editing 0.7 / 512 / 0.8, and one number sets the text level, which the levels follow: "
+        "illume_kit.model.official_sampling)",
+    )
+    rewarp: bool = Field(
+        True,
+        description="sampling official: apply generate()'s own temperature / top-k / top-p (the text level's) "
+        "again after the official processor's per-level ones, as the official pipeline does (double warping)",
+    )
+    repetition_penalty: float = Field(
+        OFFICIAL_REPETITION_PENALTY,
+        gt=0.0,
+        description="sampling official: generate()'s repetition penalty over the generated tokens, on the "
+        "conditional logits (the released generation_config.json: 1.05; 1 = off)",
+    )
     nocfg: bool = Field(True, description="also score generation at cfg 1 (gen/accuracy_nocfg, gen/attributes_nocfg)")
     batch_size: int = Field(
         8, ge=1, description="images generated or edited per batch (understanding uses at least 16)"
@@ -173,6 +203,8 @@ class EvalOptions(_Options):
 
 
 __all__ = [
+    "OFFICIAL_REPETITION_PENALTY",
+    "OFFICIAL_SAMPLING_DEFAULTS",
     "DetokenizerOptions",
     "EvalOptions",
     "MllmOptions",
@@ -185,4 +217,5 @@ __all__ = [
     "EditTarget",
     "LossAverage",
     "Preprocess",
+    "SamplingMode",
 ]

@@ -269,8 +269,9 @@ def evaluate_tasks(
     opts = recipe.eval.options
     seed = int(recipe.run.seed)
     bs = opts.batch_size
-    sampling = task_sampling(opts, "generate")
-    gen_cfg, edit_cfg = sampling.pop("cfg"), task_sampling(opts, "edit")["cfg"]
+    # each task's own: the official mode recommends different settings for editing
+    sampling, edit_sampling = task_sampling(opts, "generate"), task_sampling(opts, "edit")
+    gen_cfg, edit_cfg = sampling.pop("cfg"), edit_sampling.pop("cfg")
     decode = dict(opts.decode)
     if dataset is None:
         from illume_kit.data.build import build_dataset
@@ -326,7 +327,7 @@ def evaluate_tasks(
                         [f"{i} {_mark(r, it['attributes'])}" for i, (it, r) in enumerate(zip(items[:16], reads))],
                     )
             if "edit" in probed and _shapes_items(items, "edit"):
-                m, images, reads = editing(model, items, probe, edit_cfg, seed, bs, sampling, decode, prog)
+                m, images, reads = editing(model, items, probe, edit_cfg, seed, bs, edit_sampling, decode, prog)
                 metrics.update(m)
                 samples["edit"] = [
                     {"instruction": it["edit"]["instruction"], "read": r["objects"]} for it, r in zip(items[:16], reads)

@@ -22,6 +22,10 @@ sizes:
   ``s * (logp_c - logp_u) + logp_u``; elsewhere the conditional ones are used as they are;
 - temperature, top-k and top-p are per level (``text`` and each codebook), applied once;
   temperature 0 is greedy. All randomness comes from one seeded ``torch.Generator``.
+
+``generate_images`` / ``edit_images`` with ``sampling="official"`` (recipe ``eval.options.sampling``)
+decode with ``illume_kit.model.official_sampling`` instead: the official pipeline's token stream,
+one prompt at a time.
 """
 
 from __future__ import annotations
@@ -468,26 +472,50 @@ def sample_images(
     return _codes(model, answers, sizes)
 
 
+SAMPLING_MODES = ("structured", "official")
+
+
+def _official(model, task, cond, unc, sizes, cfg, seed, temperature, top_k, top_p, **kw):
+    """The official sampling mode (``illume_kit.model.official_sampling``), one prompt at a time."""
+    from illume_kit.model.official_sampling import official_images, official_settings
+
+    settings = official_settings(model, task, cfg, temperature, top_k, top_p, **kw)
+    return official_images(model, cond, unc if settings.cfg != 1 else None, sizes, settings, seed)
+
+
+def _structured(temperature, top_k, top_p, sampling: str) -> tuple:
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"unknown sampling mode {sampling!r}; modes are {', '.join(SAMPLING_MODES)}")
+    return (1.0 if temperature is None else temperature), top_k, (1.0 if top_p is None else top_p)
+
+
 def generate_images(
     model: Any,
     prompts: Sequence[str],
     sizes,
     cfg: float = 2.0,
     seed: int = 0,
-    temperature=1.0,
+    temperature=None,
     top_k=None,
-    top_p=1.0,
+    top_p=None,
+    sampling: str = "structured",
     **kw,
 ) -> list[dict[str, torch.Tensor]]:
     """Text-to-image: captions -> per-codebook code grids (LongTensor (h, w)) of the requested sizes.
 
     ``sizes`` is one (H, W) for all or one per prompt; the unconditional branch is the unconditional
-    text-to-image prompt at the same size.
+    text-to-image prompt at the same size. ``sampling``: ``structured`` (this module's sampler;
+    temperature / top_k / top_p None: 1 / off / 1; ``kw``: ``skip_unit_guidance``) or ``official``
+    (``illume_kit.model.official_sampling``: None takes the official recommendation; ``kw``:
+    ``rewarp``, ``repetition_penalty``, ``max_new_tokens``).
     """
     sizes = _sizes(sizes, len(prompts))
     style = style_of(model)
     cond = [style.t2i_prompt(p, s) for p, s in zip(prompts, sizes)]
     unc = [style.t2i_prompt(None, s) for s in sizes]
+    if sampling == "official":
+        return _official(model, "generate", cond, unc, sizes, cfg, seed, temperature, top_k, top_p, **kw)
+    temperature, top_k, top_p = _structured(temperature, top_k, top_p, sampling)
     return sample_images(model, cond, unc, sizes, cfg, seed, temperature, top_k, top_p, **kw)
 
 
@@ -497,19 +525,24 @@ def edit_images(
     instructions: Sequence[str],
     cfg: float = 1.5,
     seed: int = 0,
-    temperature=1.0,
+    temperature=None,
     top_k=None,
-    top_p=1.0,
+    top_p=None,
+    sampling: str = "structured",
     **kw,
 ) -> list[dict[str, torch.Tensor]]:
     """Editing: (source image, instruction) -> codes at the source size; the unconditional branch
-    is the same image with the instruction dropped."""
+    is the same image with the instruction dropped. ``sampling`` and the settings as in
+    ``generate_images``."""
     images = list(images)
     sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
     order = getattr(model, "edit_order", "image_first")  # as the model was trained
     style = style_of(model)
     cond = [style.edit_prompt(im, ins, order=order) for im, ins in zip(images, instructions)]
     unc = [style.edit_prompt(im, None, order=order) for im in images]
+    if sampling == "official":
+        return _official(model, "edit", cond, unc, sizes, cfg, seed, temperature, top_k, top_p, **kw)
+    temperature, top_k, top_p = _structured(temperature, top_k, top_p, sampling)
     return sample_images(model, cond, unc, sizes, cfg, seed, temperature, top_k, top_p, **kw)
 
 

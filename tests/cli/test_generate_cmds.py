@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -144,3 +145,66 @@ def test_sampling_defaults_come_from_the_checkpoint_recipe(tmp_path, monkeypatch
         args.checkpoint = str(tmp_path)
         # the command line wins where given (top-k 0 = off), the recipe elsewhere
         assert g._sampling(args, verb) == {"cfg": 4.0, "temperature": 0.5, "top_k": None, "top_p": 1.0}
+
+
+SHIPPED = str(Path(__file__).resolve().parents[2] / "checkpoints" / "dualvitok_qwen2_mllm_tiny")
+
+
+def test_sampling_official_on_the_command_line(tmp_path, capsys):
+    """`--sampling official` draws with the official mode (the shipped model starts its images itself);
+    its own flags are refused without it, and a model that never starts an image says so."""
+    out = tmp_path / "g.png"
+    args = ["generate", SHIPPED, "a red circle", "-o", str(out), "--sampling", "official", "--num", "2"]
+    assert main(args + ["--no-rewarp", "--repetition-penalty", "1.1"]) == 0
+    width, height = Image.open(out).size
+    assert width > height >= 64  # two 64x64 images side by side
+    edited = tmp_path / "e.png"
+    assert main(["edit", SHIPPED, str(Path(SHIPPED).parent / "scene.png"), "make the circle blue", "-o",
+                 str(edited), "--sampling", "official", "--seed", "1"]) == 0  # fmt: skip
+    assert Image.open(edited).size == (64, 64)
+    capsys.readouterr()
+    assert main(["generate", SHIPPED, "a red circle", "-o", str(out), "--rewarp"]) == 2
+    err = capsys.readouterr().err
+    assert "--rewarp/--no-rewarp applies to the official sampling mode only" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as info:
+        main(["generate", SHIPPED, "a red circle", "-o", str(out), "--repetition-penalty", "0"])
+    assert info.value.code == 2 and "--repetition-penalty: must be a finite number > 0" in capsys.readouterr().err
+
+
+def test_sampling_official_with_a_model_that_writes_no_image(ckpt, tmp_path, capsys):
+    out = tmp_path / "none.png"
+    assert main(["generate", ckpt, "a red circle", "-o", str(out), "--sampling", "official"]) == 2
+    err = capsys.readouterr().err
+    assert "sampling official: the model wrote no complete image" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_sampling_official_settings_from_the_command_line(tmp_path):
+    import argparse
+
+    import yaml
+
+    from illume_kit.cli import generate_cmds as g
+
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"eval": {"options": {"temperature": 0.5, "rewarp": False}}}))
+    p = argparse.ArgumentParser()
+    g._sampling_args(p, "edit")
+    args = p.parse_args(["--sampling", "official", "--top-k", "0"])
+    args.checkpoint = str(tmp_path)
+    # the recipe's given keys count, the official editing recommendation fills the rest; top-k 0 stays off
+    assert g._sampling(args, "edit") == {
+        "cfg": 1.5,
+        "temperature": 0.5,
+        "top_k": 0,
+        "top_p": 0.8,
+        "sampling": "official",
+        "rewarp": False,
+        "repetition_penalty": 1.05,
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"eval": {"options": {"sampling": "official"}}}))
+    args = p.parse_args(["--rewarp"])
+    args.checkpoint = str(tmp_path)
+    assert g._sampling(args, "edit")["rewarp"] is True and g._sampling(args, "edit")["temperature"] == 0.7
+    args = p.parse_args(["--sampling", "structured"])
+    args.checkpoint = str(tmp_path)
+    assert g._sampling(args, "edit") == g.SAMPLING_DEFAULTS["edit"]

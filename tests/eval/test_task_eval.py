@@ -159,3 +159,29 @@ def test_metric_specs_cover_every_reported_name():
         "edit/accuracy/move",
     ):
         assert metric_spec(name).goal == "max"
+
+
+def test_sampling_official_reaches_each_task_with_its_own_settings(tiny, monkeypatch):
+    """eval.options.sampling official: generation and editing each get the official mode with that
+    task's recommended settings (editing 0.7 / 512 / 0.8), and the recipe's official keys."""
+    from illume_kit.core.recipe import load_recipe
+
+    model, _ = tiny
+    resolved = load_recipe(RECIPE, [*OVERRIDES, "eval.options.sampling=official", "eval.options.rewarp=false"])
+    calls = []
+
+    def record(task):
+        def fake(model, inputs, *args, cfg, seed, **kw):
+            calls.append((task, cfg, kw))
+            return [{cb.name: torch.zeros(model.tokenizer.grid(64, 64)[cb.name], dtype=torch.long)
+                     for cb in model.layout.codebooks} for _ in inputs]  # fmt: skip
+
+        return fake
+
+    monkeypatch.setattr("illume_kit.model.sampler.generate_images", record("generate"))
+    monkeypatch.setattr("illume_kit.model.sampler.edit_images", record("edit"))
+    evaluate_tasks(model, resolved, ["gen/accuracy", "edit/accuracy"], 3, quiet=True)
+    official = {"sampling": "official", "rewarp": False, "repetition_penalty": 1.05}
+    assert ("generate", 2.0, {"temperature": 1.0, "top_k": 2048, "top_p": 1.0, **official}) in calls
+    assert ("generate", 1.0, {"temperature": 1.0, "top_k": 2048, "top_p": 1.0, **official}) in calls  # nocfg
+    assert ("edit", 1.5, {"temperature": 0.7, "top_k": 512, "top_p": 0.8, **official}) in calls
