@@ -11,6 +11,11 @@ What the release is, and where each part lands:
 - the DualViTok weights (``--dualvitok``): the frozen tokenizer that makes and decodes output codes;
 - optionally the SDXL decoder folder (``--diffusion``): the diffusion detokenizer.
 
+The checkpoint's recipe draws and sizes images as the release's own inference does
+(``model.prompt_style: official``, ``eval.options``: ``sampling: official`` with the release's
+repetition penalty, ``preprocess: official``), and the MLLM's ``generation_config.json`` (its eos ids)
+travels with the backbone.
+
 The text vocabulary size is where the release's image ids start (``special_tokens_ids[0]``), and the
 vocab layout built from it must give every structure, tag and code token the id the released
 tokenizer gives it. Weights are read from safetensors, or from torch pickles with
@@ -146,7 +151,13 @@ def _qwen2_architecture(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _recipe(
-    config: dict, text_vocab: int, dualvitok_params: dict, dtype: str, detokenizer: dict | None, anchor_base: int
+    config: dict,
+    text_vocab: int,
+    dualvitok_params: dict,
+    dtype: str,
+    detokenizer: dict | None,
+    anchor_base: int,
+    repetition_penalty: float,
 ) -> dict:
     return {
         "illume_kit": 1,
@@ -169,8 +180,16 @@ def _recipe(
             "input_encoder": "separate",
             "level_order": "coarse_first",
         },
-        # images sized as the release sizes them: native aspect to understand, anchors to draw and edit
-        "eval": {"options": {"preprocess": "official", "anchor_base": anchor_base}},
+        # images sized as the release sizes them (native aspect to understand, anchors to draw and edit)
+        # and drawn as its own generate() draws them
+        "eval": {
+            "options": {
+                "preprocess": "official",
+                "anchor_base": anchor_base,
+                "sampling": "official",
+                "repetition_penalty": repetition_penalty,
+            }
+        },
         "run": {"seed": 0},
     }
 
@@ -219,9 +238,12 @@ def convert_illume_plus(
     if diffusion is not None:
         det_cls = get_registry().get("detokenizer", "diffusion").load()
         detok = {"name": "diffusion", "params": det_cls.official_params(diffusion)}
+    gen = mllm / "generation_config.json"
+    generation = _read_json(gen) if gen.is_file() else {}
+    penalty = float(generation.get("repetition_penalty", 1.0))
     with tempfile.TemporaryDirectory() as tmp:
         recipe_file = Path(tmp) / "recipe.yaml"
-        data = _recipe(config, text_vocab, tok_params.model_dump(mode="json"), dtype, detok, anchor_base)
+        data = _recipe(config, text_vocab, tok_params.model_dump(mode="json"), dtype, detok, anchor_base, penalty)
         recipe_file.write_text(yaml.safe_dump(data, sort_keys=False))
         resolved = load_recipe(recipe_file)
     tokenizer = tok_cls.from_official(str(dualvitok), tok_params)
@@ -229,7 +251,8 @@ def convert_illume_plus(
     backbone = build_component(comps["backbone"].spec, comps["backbone"].params)
     try:
         backbone.use_text_tokenizer(mllm)
-    except (FileNotFoundError, TypeError) as exc:
+        backbone.use_generation_config(mllm)  # the release's eos ids and repetition penalty
+    except (FileNotFoundError, TypeError, ValueError) as exc:
         raise ConversionError(str(exc)) from None
     detokenizer = build_component(comps["detokenizer"].spec, comps["detokenizer"].params)
     names = {sec: rc.spec.name for sec, rc in comps.items()}
@@ -244,12 +267,10 @@ def convert_illume_plus(
     _load_strict(model.input_encoder, parts["input_encoder"], f"{mllm} (vision_tower)")
     if diffusion is not None:
         detokenizer.load_official(diffusion)
-    gen = mllm / "generation_config.json"
     extra = {
         "trained_sizes": [],  # the release's training sizes are its anchor tables: no size to warn about
         "converter": "illume-plus-official",
         "converted_from": {"mllm": mllm.name, "dualvitok": Path(dualvitok).name},
-        "official_generation_config": _read_json(gen) if gen.is_file() else {},
     }
     if diffusion is not None:
         extra["converted_from"]["diffusion"] = Path(diffusion).name

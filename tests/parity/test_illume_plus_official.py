@@ -55,6 +55,11 @@ def test_the_conversion_keeps_the_release_vocabulary(model):
     tok = backbone.text_tokenizer
     assert tok.convert_tokens_to_ids("<|image_level1_0|>") == layout.codebooks[1].start
     assert model.input_encoder is not None and model.prompt_style.name == "official"
+    # the release's generation config travels with the checkpoint (its repetition penalty, its eos)
+    released = json.loads((FIXTURE / "mllm" / "generation_config.json").read_text())
+    config = backbone.model.generation_config
+    assert config.repetition_penalty == released["repetition_penalty"] == 1.05
+    assert config.eos_token_id == released["eos_token_id"]
 
 
 def test_separate_input_encoder_holds_the_mllm_weights_not_the_tokenizers(model):
@@ -142,3 +147,47 @@ def test_convert_refuses_what_is_not_a_release(tmp_path, capsys):
     assert main(["convert", "illume-plus-official", str(fake), str(out), "--dualvitok", "x"]) == 2
     assert "not valid JSON" in capsys.readouterr().err
     assert not out.exists()
+
+
+GENERATIONS = META["generation"]
+
+
+def _gen_id(i: int) -> str:
+    r = GENERATIONS[i]
+    return f"{r['task']}-{r['size'][0]}x{r['size'][1]}-{'greedy' if r['greedy'] else 'sampled'}"
+
+
+@pytest.mark.parametrize("case", range(len(GENERATIONS)), ids=_gen_id)
+def test_generated_tokens_match_the_official_generate(model, case):
+    """Every id of the official ``generate()`` stream: the image's two levels and all its rows, and what
+    follows within the official token budget."""
+    from illume_kit.model.official_sampling import official_generate, official_settings
+
+    r = GENERATIONS[case]
+    style, size, s = style_of(model), tuple(r["size"]), r["settings"]
+    if r["task"] == "generation":
+        prompt, uncond, task = style.t2i_prompt(r["caption"], size), style.t2i_prompt(None, size), "generate"
+    else:
+        src = image(r["image"])
+        prompt, uncond, task = (
+            style.edit_prompt(src, r["instruction"], size),
+            style.edit_prompt(src, None, size),
+            "edit",
+        )
+    settings = official_settings(
+        model,
+        task,
+        cfg=s["cfg"],
+        temperature=0.0 if r["greedy"] else s["temperature"],
+        top_k=s["top_k"],
+        top_p=s["top_p"],
+    )
+    if r["greedy"]:  # the official greedy run warps its levels with the demo's settings too (argmax-neutral)
+        assert settings.do_sample is False
+    ids = official_generate(model, prompt, uncond, size, settings, seed=r["seed"])
+    expected = r["output_ids"]
+    first = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), None)
+    assert first is None and len(ids) == len(expected), f"first difference at generated token {first}"
+    (h1, w1), (h2, w2) = r["grids"]
+    lay = model.layout
+    assert ids[:2] == [lay.soi, lay.level_start(0)] and ids.count(lay.level_end(1)) >= 1

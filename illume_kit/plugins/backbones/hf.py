@@ -353,8 +353,23 @@ class HFCausalLMBackbone(nn.Module):
 
     # ---- persistence -------------------------------------------------------------------------
     def save_extra(self, folder: str | Path) -> None:
-        """Checkpoint hook: the text tokenizer travels with the weights (it may have been retrained)."""
+        """Checkpoint hook: the text tokenizer (it may have been retrained) and the generation config (a
+        released model's eos ids and repetition penalty) travel with the weights."""
         self.text_tokenizer.save_pretrained(str(Path(folder) / "text_tokenizer"))
+        self.model.generation_config.save_pretrained(str(Path(folder) / "generation"))
+
+    def use_generation_config(self, folder: str | Path) -> bool:
+        """Adopt ``folder/generation_config.json`` (a released model's); False when there is none."""
+        path = Path(folder) / "generation_config.json"
+        if not path.is_file():
+            return False
+        from transformers import GenerationConfig
+
+        try:
+            self.model.generation_config = GenerationConfig.from_pretrained(str(path.parent), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not a usable generation config: {str(exc).splitlines()[0]}") from None
+        return True
 
     def use_text_tokenizer(self, folder: str | Path) -> None:
         """Adopt the tokenizer saved in ``folder`` (e.g. a released model's own) before ``extend_vocab``."""
@@ -374,6 +389,7 @@ class HFCausalLMBackbone(nn.Module):
         if sub.is_dir():
             self.text_tokenizer = load_text_tokenizer(sub)
             self._set_special_ids(self.model.config)
+        self.use_generation_config(Path(folder) / "generation")
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write a native transformers folder (config, safetensors weights, tokenizer)."""
