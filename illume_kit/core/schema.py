@@ -10,7 +10,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    field_serializer,
+    field_validator,
+    model_serializer,
+)
 
 from illume_kit.core.options import (
     DetokenizerOptions,
@@ -103,11 +111,38 @@ def check_name(v: str, what: str = "name") -> str:
     return v
 
 
+class ParamGroup(_Strict):
+    match: str = Field(
+        min_length=1,
+        description="parameter-name prefix (a dotted path of the model's parameter names) or glob "
+        "(with *, ? or [), e.g. backbone.model.model.embed_tokens or input_encoder.*.blocks",
+    )
+    from_layer: int | None = Field(
+        None,
+        ge=0,
+        description="with a prefix ending at a block list: only blocks with this index or higher (the "
+        "number after the prefix)",
+    )
+    lr: float | None = Field(None, ge=0, allow_inf_nan=False, description="peak lr of the group (default: stage lr)")
+    weight_decay: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="decay of the group's >=2-D weights (default: stage weight_decay)"
+    )
+
+
+_OFF_BY_DEFAULT: dict[str, Any] = {"grad_accum_steps": 1, "param_groups": []}
+
+
 class Stage(_Strict):
     name: str = Field(description="stage name, unique in the recipe")
     target: Literal["teacher", "tokenizer", "detokenizer", "mllm"] = Field(description="what this stage trains")
     steps: int = Field(100, ge=1, description="optimisation steps")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="samples per micro-batch and process")
+    grad_accum_steps: int = Field(
+        1,
+        ge=1,
+        description="micro-batches per optimizer step: the effective batch is batch_size x grad_accum_steps x "
+        "world size; steps, schedule, logging and checkpoints count optimizer steps",
+    )
     lr: float = Field(3e-4, gt=0, allow_inf_nan=False)
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1)")
@@ -116,6 +151,11 @@ class Stage(_Strict):
     schedule: Literal["constant", "cosine"] = "cosine"
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: only at the end)")
     trainable: list[str] = Field(default_factory=list, description="parameter groups trained (mllm stages)")
+    param_groups: list[ParamGroup] = Field(
+        default_factory=list,
+        description="learning rate and weight decay of named parameters (first match wins; the rest use lr "
+        "and weight_decay); each group's lr follows the stage schedule",
+    )
     options: StageOptions = Field(default_factory=StageOptions, description="options of this kind of stage")
 
     @field_validator("name")
@@ -128,6 +168,16 @@ class Stage(_Strict):
     @field_serializer("options")
     def _given_options(self, options: StageOptions, info: SerializationInfo) -> dict[str, Any]:
         return options.model_dump(mode=info.mode, exclude_unset=True)
+
+    # Optional fields whose default is "off" are left out of the dump when off, so a field of this
+    # kind never changes the key of a stage that does not use it.
+    @model_serializer(mode="wrap")
+    def _drop_off(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        for key, off in _OFF_BY_DEFAULT.items():
+            if key in data and data[key] == off:
+                del data[key]
+        return data
 
 
 class TeacherStage(Stage):

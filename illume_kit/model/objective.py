@@ -58,12 +58,13 @@ def mllm_loss(model: Any, batch: Sequence[Sample] | Batch, average: str = "token
     logits = out.logits[:, :-1][keep]  # CE only where there is a label
     ce = F.cross_entropy(logits.float(), labels[keep], reduction="none")
     rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)[keep]
+    # loss_weight: what the loss averages over, so accumulated micro-batches average over the whole step
     if average == "token":
-        result = {"loss": ce.mean()}
+        result = {"loss": ce.mean(), "loss_weight": keep.sum()}
     else:
         per_row = torch.zeros(labels.shape[0], device=ce.device).index_add_(0, rows, ce)
         counts = keep.sum(1)
-        result = {"loss": (per_row[counts > 0] / counts[counts > 0]).mean()}
+        result = {"loss": (per_row[counts > 0] / counts[counts > 0]).mean(), "loss_weight": (counts > 0).sum()}
     for name, tasks in (("und", ("und",)), ("gen", GEN_TASKS)):
         sel = torch.tensor([t in tasks for t in batch.tasks], device=labels.device)[rows]
         if sel.any():
@@ -72,10 +73,18 @@ def mllm_loss(model: Any, batch: Sequence[Sample] | Batch, average: str = "token
 
 
 def mllm_step_fn(mixer: Any, average: str = "token"):
-    """A trainer ``step_fn(model, batch, step)``: dataset batch -> task samples -> ``mllm_loss``."""
+    """A trainer ``step_fn(model, batch, step)``: dataset batch -> task samples -> ``mllm_loss``.
+
+    The micro-batches of an accumulated step (calls with the same step) draw their tasks from
+    streams of their own: the first from the step's, the k-th from (step, k).
+    """
+    seen = {"step": None, "k": 0}
 
     def step_fn(model: Any, batch: Any, step: int) -> dict[str, torch.Tensor]:
-        return mllm_loss(model, mixer.samples(batch, step), average)
+        seen["k"] = seen["k"] + 1 if seen["step"] == step else 0
+        seen["step"] = step
+        key = step if seen["k"] == 0 else f"{step}/{seen['k']}"
+        return mllm_loss(model, mixer.samples(batch, key), average)
 
     return step_fn
 

@@ -216,8 +216,11 @@ class TaskMixer:
             )
         raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
 
-    def samples(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], step: int = 0) -> list[Sample]:
-        """Samples for a (collated) batch, seeded by (seed, step): resuming redraws the same tasks."""
+    def samples(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], step: int | str = 0) -> list[Sample]:
+        """Samples for a (collated) batch, seeded by (seed, step): resuming redraws the same tasks.
+
+        ``step`` is the optimizer step, or ``"step/k"`` for the k-th micro-batch of an accumulated step.
+        """
         rng = random.Random(f"{self.seed}/{step}")
         return [self.sample(item, rng) for item in uncollate(batch)]
 

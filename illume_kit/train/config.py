@@ -18,6 +18,7 @@ class TrainerConfig(BaseModel):
 
     steps: int = Field(100, ge=0, description="total optimisation steps (a resumed run continues up to this)")
     batch_size: int = Field(16, ge=1, description="batch size per process (global = batch_size * world size)")
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     lr: float = Field(3e-4, gt=0, description="peak learning rate of the main group")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decay, applied to >=2-D weights only (not biases/norms)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
@@ -33,6 +34,11 @@ class TrainerConfig(BaseModel):
     seed: int = Field(0, description="seeds RNGs and the data order; the order is a function of (seed, step)")
     trainable: list[str] = Field(
         default_factory=list, description="parameter-name prefixes to train (empty: every parameter that requires grad)"
+    )
+    param_groups: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="[{match, from_layer, lr, weight_decay}]: per-group lr and decay, first match wins "
+        "(``illume_kit.core.schema.ParamGroup``)",
     )
     bf16: bool = Field(True, description="bf16 autocast (CUDA only; ignored on CPU)")
     num_workers: int = Field(0, ge=0, description="DataLoader workers for map-style datasets")

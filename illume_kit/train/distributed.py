@@ -42,6 +42,11 @@ def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> to
     return device
 
 
+def world_size() -> int:
+    """Processes of this launch (``torchrun`` sets WORLD_SIZE), before any process group exists."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
 def setup(device: str | torch.device | None = None) -> DistInfo:
     """Read the torchrun environment; init the process group when WORLD_SIZE > 1."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

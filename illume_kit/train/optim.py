@@ -1,7 +1,11 @@
 """AdamW groups and the learning-rate schedule shared by every trainer run.
 
 Weight decay applies to matrices and kernels only (ndim >= 2); biases, norms and embeddings' 1-D
-scales are left undecayed, as in nanoGPT. The schedule is linear warmup then constant or cosine
+scales are left undecayed, as in nanoGPT. ``param_groups`` (a stage option) give named parameters
+their own peak lr and weight decay: each entry's ``match`` is a dotted prefix of parameter names or a
+glob over those prefixes, ``from_layer`` keeps only the blocks numbered that or higher right after
+the match, and the first entry that matches a parameter wins; the rest keep the stage's lr and decay.
+Every group follows the same schedule, so its lr stays at (group lr / stage lr) of the stage's. The schedule is linear warmup then constant or cosine
 decay to ``min_lr_ratio * lr``; it is a ``LambdaLR`` over a ``functools.partial`` so its state dict
 holds numbers only (weights_only-loadable).
 """
@@ -10,7 +14,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from fnmatch import fnmatchcase
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,23 +60,72 @@ def select_trainable(
     return selected
 
 
+def _group_match(name: str, match: str, from_layer: int | None) -> tuple[bool, bool]:
+    """(whether ``match`` matches a prefix of ``name``, whether ``name`` falls in the group)."""
+    parts = name.split(".")
+    for k in range(1, len(parts) + 1):
+        if fnmatchcase(".".join(parts[:k]), match):
+            if from_layer is None:
+                return True, True
+            return True, k < len(parts) and parts[k].isdigit() and int(parts[k]) >= from_layer
+    return False, False
+
+
+def assign_groups(
+    names: Sequence[str], param_groups: Sequence[Mapping[str, Any]], all_names: Sequence[str] | None = None
+) -> list[int]:
+    """Index of the first group of ``param_groups`` each name falls in (-1: none, the stage's lr and decay).
+
+    Every group must select some parameter of ``all_names`` (default ``names``), frozen ones included, so
+    a misspelt name is an error rather than a group that silently trains at the stage's lr.
+    """
+    all_names = list(all_names if all_names is not None else names)
+    tops = sorted({n.split(".")[0] for n in all_names})
+    for i, g in enumerate(param_groups):
+        hits = [_group_match(n, g["match"], g.get("from_layer")) for n in all_names]
+        if not any(under for under, _ in hits):
+            raise ValueError(f"param_groups[{i}].match {g['match']!r} matches no parameter (top-level names: {tops})")
+        if not any(picked for _, picked in hits):
+            raise ValueError(
+                f"param_groups[{i}].from_layer: no parameter under {g['match']!r} has a block number "
+                f">= {g['from_layer']} right after it (from_layer needs a match that ends right before the block "
+                "numbers, e.g. input_encoder.semantic.blocks)"
+            )
+    return [
+        next((i for i, g in enumerate(param_groups) if _group_match(n, g["match"], g.get("from_layer"))[1]), -1)
+        for n in names
+    ]
+
+
 def adamw(
     named_params: Iterable[tuple[str, nn.Parameter]],
     lr: float,
     weight_decay: float,
     betas: tuple[float, float],
     eps: float = 1e-8,
+    param_groups: Sequence[Mapping[str, Any]] = (),
+    all_names: Sequence[str] | None = None,
 ) -> torch.optim.AdamW:
+    """AdamW over ``named_params``: the stage's groups first (so ``param_groups[0]['lr']`` is the stage lr
+    whenever some parameter keeps it), then one per entry of ``param_groups`` that selects trainable
+    parameters; each split into decayed (>= 2-D) and undecayed parameters."""
     named_params = list(named_params)
     if not named_params:
         raise ValueError("no trainable parameters")
-    decay = [p for _, p in named_params if p.ndim >= 2]
-    no_decay = [p for _, p in named_params if p.ndim < 2]
-    groups = [
-        g
-        for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
-        if g["params"]
+    which = assign_groups([n for n, _ in named_params], param_groups, all_names)
+    settings = [(lr, weight_decay)] + [
+        (
+            g["lr"] if g.get("lr") is not None else lr,
+            g["weight_decay"] if g.get("weight_decay") is not None else weight_decay,
+        )
+        for g in param_groups
     ]
+    groups = []
+    for gi, (glr, gwd) in enumerate(settings):
+        mine = [p for (_, p), w in zip(named_params, which) if w == gi - 1]
+        for params, wd in (([p for p in mine if p.ndim >= 2], gwd), ([p for p in mine if p.ndim < 2], 0.0)):
+            if params:
+                groups.append({"params": params, "lr": glr, "weight_decay": wd})
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
 
 

@@ -27,12 +27,24 @@ class StageHeader:
     output_dir: Path
     index: int = 1  # 1-based position among the stages that run now
     count: int = 1
+    batch: tuple[int, int, int] | None = None  # (per micro-batch and process, micro-batches per step, processes)
+
+    @property
+    def effective_batch(self) -> int | None:
+        return None if self.batch is None else self.batch[0] * self.batch[1] * self.batch[2]
 
     def lines(self) -> list[str]:
-        return [
+        out = [
             f"stage {self.index}/{self.count} {self.name!r} ({self.target}): trains {self.trains}",
             f"  {self.steps} steps -> {self.output_dir}",
         ]
+        if self.batch is not None:
+            b, accum, world = self.batch
+            out.append(
+                f"  effective batch {self.effective_batch} = {b} per micro-batch x {accum} accumulated "
+                f"x {world} process{'es' if world != 1 else ''}"
+            )
+        return out
 
 
 @runtime_checkable

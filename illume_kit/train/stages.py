@@ -55,6 +55,7 @@ from illume_kit.data.batching import collate
 from illume_kit.data.build import build_dataset
 from illume_kit.model.checkpoint import load_checkpoint, save_checkpoint
 from illume_kit.model.compose import compose
+from illume_kit.train import distributed as D
 from illume_kit.train import mllm_stage
 from illume_kit.train.config import TrainerConfig
 from illume_kit.train.progress import PlainReporter, StageHeader, TrainCallback
@@ -291,7 +292,15 @@ class StageRunner:
             "mllm": self._mllm,
         }[stage.target]
         self.callback.stage_start(
-            StageHeader(stage.name, stage.target, self.trains(stage), stage.steps, self.stage_dir(stage), *position)
+            StageHeader(
+                stage.name,
+                stage.target,
+                self.trains(stage),
+                stage.steps,
+                self.stage_dir(stage),
+                *position,
+                batch=(stage.batch_size, stage.grad_accum_steps, D.world_size()),
+            )
         )
         module, step_fn, data, extra = fn(stage)
         cfg = TrainerConfig.from_stage(stage, seed=self.recipe.run.seed, **extra.pop("config", {}))

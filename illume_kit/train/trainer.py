@@ -132,6 +132,37 @@ class NonFiniteLoss(FloatingPointError):
         )
 
 
+def _loss_weight(out: Mapping[str, Any], micro: int) -> float | torch.Tensor:
+    """How much a micro-batch's loss counts in its step: its ``loss_weight`` output, or 1."""
+    if micro == 1:
+        return 1.0  # one micro-batch: its own average, whatever it is averaged over
+    w = out.get("loss_weight")
+    if w is None:
+        return 1.0
+    w = w.detach().float() if isinstance(w, torch.Tensor) else float(w)
+    if not float(w) > 0:
+        raise ValueError(f"step_fn: 'loss_weight' must be > 0, got {float(w)}")
+    return w
+
+
+def _total(weights: list[float | torch.Tensor]) -> float | torch.Tensor:
+    return weights[0] if len(weights) == 1 else sum(weights[1:], weights[0])
+
+
+def _weighted_scalars(outs: list[Mapping[str, Any]], weights: list[float | torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The step's logged scalars: each micro-batch's, averaged with the loss weights (one micro-batch: its own)."""
+    if len(outs) == 1:
+        return {k: v for k, v in _scalars(outs[0]).items() if k != "loss_weight"}
+    sums: dict[str, torch.Tensor] = {}
+    norms: dict[str, float | torch.Tensor] = {}
+    for out, w in zip(outs, weights):
+        for k, v in _scalars(out).items():
+            if k != "loss_weight":
+                sums[k] = sums.get(k, 0.0) + v * w
+                norms[k] = norms.get(k, 0.0) + w
+    return {k: sums[k] / norms[k] for k in sums}
+
+
 def _check_loss(out: Mapping[str, Any], step: int, who: str) -> torch.Tensor:
     if not isinstance(out, Mapping) or "loss" not in out:
         raise KeyError(
@@ -158,20 +189,40 @@ class _Group:
         lr: float,
         betas,
         dist: D.DistInfo,
+        param_groups: list[dict[str, Any]] | None = None,
+        all_names: list[str] | None = None,
     ):
         self.module, self.params = module, [p for _, p in params]
-        self.opt = O.adamw(params, lr=lr, weight_decay=cfg.weight_decay, betas=betas, eps=cfg.eps)
+        self.opt = O.adamw(
+            params,
+            lr=lr,
+            weight_decay=cfg.weight_decay,
+            betas=betas,
+            eps=cfg.eps,
+            param_groups=param_groups or (),
+            all_names=all_names if all_names is not None else [n for n, _ in module.named_parameters()],
+        )
         self.sched = O.scheduler(
             self.opt, total=cfg.steps, warmup=cfg.warmup_steps, schedule=cfg.schedule, min_ratio=cfg.min_lr_ratio
         )
-        self.fn = (
-            D.wrap_ddp(_StepModule(module, fn), dist, cfg.find_unused_parameters)
-            if dist.enabled
-            else (lambda *a: fn(module, *a))
-        )
+        self.ddp = D.wrap_ddp(_StepModule(module, fn), dist, cfg.find_unused_parameters) if dist.enabled else None
+        self.fn = self.ddp if self.ddp is not None else (lambda *a: fn(module, *a))
 
-    def update(self, loss: torch.Tensor, clip: float | None) -> torch.Tensor | None:
-        loss.backward()
+    def no_sync(self, last: bool):
+        """Gradients are all-reduced on the last micro-batch of a step only."""
+        if last or not hasattr(self.ddp, "no_sync"):
+            return contextlib.nullcontext()
+        return self.ddp.no_sync()
+
+    def backward(self, loss: torch.Tensor, weight: float | torch.Tensor) -> None:
+        (loss * weight).backward()
+
+    def update(self, clip: float | None, total_weight: float | torch.Tensor = 1.0) -> torch.Tensor | None:
+        """One optimizer step on the gradients the micro-batches accumulated, divided by their total weight."""
+        if not (isinstance(total_weight, float) and total_weight == 1.0):
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.div_(total_weight)
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip) if clip is not None else None
         self.opt.step()
         self.sched.step()
@@ -260,7 +311,9 @@ class Trainer:
         seed_everything(cfg.seed + dist.rank)
         disc_ids = {id(p) for p in self.disc.parameters()} if self.disc is not None else set()
         params = O.select_trainable(self.model, self._trainable, exclude=disc_ids)
-        gen = _Group(self.model, self.step_fn, params, cfg, cfg.lr, cfg.betas, dist)
+        # param_groups name the model's parameters, frozen ones included; a discriminator inside it has its own lr
+        names = [n for n, p in self.model.named_parameters() if id(p) not in disc_ids]
+        gen = _Group(self.model, self.step_fn, params, cfg, cfg.lr, cfg.betas, dist, cfg.param_groups, names)
         disc = None
         if self.disc is not None:
             disc = _Group(
@@ -288,7 +341,7 @@ class Trainer:
         progress.start(cfg.steps, self.step, self.description)
         sums: dict[str, torch.Tensor] = {}
         count = 0
-        batches = self._batches(self.step, cfg.steps)
+        batches = self._batches(self.step * cfg.grad_accum_steps, cfg.steps * cfg.grad_accum_steps)
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
             if cfg.bf16 and self.device.type == "cuda"
@@ -297,12 +350,14 @@ class Trainer:
         try:
             while self.step < stop:
                 s = self.step
-                batch = next(batches, None)
-                if batch is None:
-                    raise RuntimeError(f"data ran out at step {s} of {cfg.steps}")
-                batch = to_device(batch, self.device)
+                micro = []
+                for _ in range(cfg.grad_accum_steps):
+                    batch = next(batches, None)
+                    if batch is None:
+                        raise RuntimeError(f"data ran out at step {s} of {cfg.steps}")
+                    micro.append(to_device(batch, self.device))
                 row = {"lr": gen.sched.get_last_lr()[0]}
-                logged = self._train_step(batch, s, autocast)
+                logged = self._train_step(micro, s, autocast)
                 for k, v in logged.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
@@ -340,15 +395,28 @@ class Trainer:
             return PlainReporter(quiet=True)
         return self.callback if self.callback is not None else PlainReporter()
 
-    def _train_step(self, batch: Any, s: int, autocast) -> dict[str, torch.Tensor]:
-        """Update the model (discriminator frozen), then the discriminator; return scalars to log."""
+    def _train_step(self, micro: list[Any], s: int, autocast) -> dict[str, torch.Tensor]:
+        """Update the model (discriminator frozen), then the discriminator; return scalars to log.
+
+        Each group accumulates the gradients of every micro-batch of the step, each micro-batch's loss
+        weighted by its ``loss_weight`` (a step_fn output; 1 when absent), then divides by the total
+        weight and steps once: a loss that is a mean over a micro-batch's tokens, returned with their
+        count as ``loss_weight``, gives the gradient of the mean over the whole step's tokens.
+        """
         gen, disc, clip = self._groups["model"], self._groups["disc"], self.cfg.grad_clip
         if disc is not None:
             disc.set_trainable(False)
-        with autocast:
-            out = gen.fn(batch, s)
-        norm = gen.update(_check_loss(out, s, "step_fn"), clip)
-        logged = _scalars(out)
+        outs, weights = [], []
+        for i, batch in enumerate(micro):
+            with gen.no_sync(i == len(micro) - 1), autocast:
+                out = gen.fn(batch, s)
+                loss = _check_loss(out, s, "step_fn")
+            weight = _loss_weight(out, len(micro))
+            gen.backward(loss, weight)
+            outs.append(out)
+            weights.append(weight)
+        norm = gen.update(clip, _total(weights))
+        logged = _weighted_scalars(outs, weights)
         if norm is not None:
             logged["grad_norm"] = norm.detach().float()
         if disc is None:
@@ -359,11 +427,18 @@ class Trainer:
                 warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
                 disc.sched.step()
             return logged
-        detached = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
-        with autocast:
-            dout = disc.fn(batch, s, detached)
-        dnorm = disc.update(_check_loss(dout, s, "disc_step_fn"), clip)
-        logged.update(_scalars(dout, "disc/"))
+        douts, dweights = [], []
+        for i, (batch, out) in enumerate(zip(micro, outs)):
+            detached = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+            with disc.no_sync(i == len(micro) - 1), autocast:
+                dout = disc.fn(batch, s, detached)
+                dloss = _check_loss(dout, s, "disc_step_fn")
+            weight = _loss_weight(dout, len(micro))
+            disc.backward(dloss, weight)
+            douts.append(dout)
+            dweights.append(weight)
+        dnorm = disc.update(clip, _total(dweights))
+        logged.update({"disc/" + k: v for k, v in _weighted_scalars(douts, dweights).items()})
         if dnorm is not None:
             logged["disc/grad_norm"] = dnorm.detach().float()
         return logged
@@ -420,7 +495,7 @@ class Trainer:
             "step": self.step,
             "world_size": self.dist.world_size,
             "torch_threads": torch.get_num_threads(),
-            "data_position": self.step * self.cfg.batch_size * self.dist.world_size,
+            "data_position": self.step * self.cfg.batch_size * self.cfg.grad_accum_steps * self.dist.world_size,
             "config": self.cfg.model_dump(mode="json"),
             "rng": D.gather_objects(capture_rng(), self.dist),
             # the last logged row, so a run resumed at its final step still reports its final metrics

@@ -25,6 +25,7 @@ def test_loss_is_ce_on_labels_with_task_splits(model2):
     logits = model2.backbone(b.inputs_embeds, attention_mask=b.attention_mask, use_cache=False).logits
     want = F.cross_entropy(logits[:, :-1].flatten(0, 1), b.labels[:, 1:].flatten(), ignore_index=IGNORE)
     torch.testing.assert_close(out["loss"], want, rtol=1e-4, atol=1e-5)
+    assert int(out["loss_weight"]) == int((b.labels[:, 1:] != IGNORE).sum())  # the tokens averaged over
     und = F.cross_entropy(logits[0, :-1], b.labels[0, 1:], ignore_index=IGNORE)
     torch.testing.assert_close(out["und"], und, rtol=1e-4, atol=1e-5)
     assert "gen" in out and "und" not in mllm_loss(model2, s[1:])
@@ -37,6 +38,7 @@ def test_sample_average_weighs_every_sample_alike(model2):
     logits = model2.backbone(b.inputs_embeds, attention_mask=b.attention_mask, use_cache=False).logits
     per_sample = [F.cross_entropy(logits[i, :-1], b.labels[i, 1:], ignore_index=IGNORE) for i in range(len(s))]
     torch.testing.assert_close(out["loss"], torch.stack(per_sample).mean(), rtol=1e-4, atol=1e-5)
+    assert int(out["loss_weight"]) == len(s)  # the samples averaged over
     token = mllm_loss(model2, s)["loss"]
     assert not torch.allclose(out["loss"], token)  # the one-word answer now weighs as much as an image
     torch.testing.assert_close(out["und"], per_sample[0], rtol=1e-4, atol=1e-5)  # logging is unchanged
