@@ -75,15 +75,13 @@ def mllm_loss(model: Any, batch: Sequence[Sample] | Batch, average: str = "token
 def mllm_step_fn(mixer: Any, average: str = "token"):
     """A trainer ``step_fn(model, batch, step)``: dataset batch -> task samples -> ``mllm_loss``.
 
-    The micro-batches of an accumulated step (calls with the same step) draw their tasks from
-    streams of their own: the first from the step's, the k-th from (step, k).
+    The micro-batches of an accumulated step draw their tasks from streams of their own: the first
+    from the step's, the k-th from (step, k); the trainer's step carries k as ``step.micro``.
     """
-    seen = {"step": None, "k": 0}
 
     def step_fn(model: Any, batch: Any, step: int) -> dict[str, torch.Tensor]:
-        seen["k"] = seen["k"] + 1 if seen["step"] == step else 0
-        seen["step"] = step
-        key = step if seen["k"] == 0 else f"{step}/{seen['k']}"
+        micro = getattr(step, "micro", 0)
+        key = step if micro == 0 else f"{int(step)}/{micro}"
         return mllm_loss(model, mixer.samples(batch, key), average)
 
     return step_fn

@@ -132,6 +132,17 @@ class NonFiniteLoss(FloatingPointError):
         )
 
 
+class StepIndex(int):
+    """The optimizer step a step function runs, with ``micro``: which of its micro-batches (0: the first)."""
+
+    micro: int
+
+    def __new__(cls, step: int, micro: int = 0) -> StepIndex:
+        obj = super().__new__(cls, step)
+        obj.micro = micro
+        return obj
+
+
 def _loss_weight(out: Mapping[str, Any], micro: int) -> float | torch.Tensor:
     """How much a micro-batch's loss counts in its step: its ``loss_weight`` output, or 1."""
     if micro == 1:
@@ -409,7 +420,7 @@ class Trainer:
         outs, weights = [], []
         for i, batch in enumerate(micro):
             with gen.no_sync(i == len(micro) - 1), autocast:
-                out = gen.fn(batch, s)
+                out = gen.fn(batch, StepIndex(s, i))
                 loss = _check_loss(out, s, "step_fn")
             weight = _loss_weight(out, len(micro))
             gen.backward(loss, weight)
@@ -431,7 +442,7 @@ class Trainer:
         for i, (batch, out) in enumerate(zip(micro, outs)):
             detached = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
             with disc.no_sync(i == len(micro) - 1), autocast:
-                dout = disc.fn(batch, s, detached)
+                dout = disc.fn(batch, StepIndex(s, i), detached)
                 dloss = _check_loss(dout, s, "disc_step_fn")
             weight = _loss_weight(dout, len(micro))
             disc.backward(dloss, weight)

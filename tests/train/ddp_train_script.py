@@ -11,9 +11,12 @@ from illume_kit.train import Trainer, TrainerConfig
 
 if __name__ == "__main__":
     out, steps, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    accum = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     torch.set_num_threads(1)
     model = mlp()
-    cfg = TrainerConfig(steps=steps, batch_size=batch, lr=1e-2, log_every=5, seed=3, warmup_steps=2)
+    cfg = TrainerConfig(
+        steps=steps, batch_size=batch, grad_accum_steps=accum, lr=1e-2, log_every=5, seed=3, warmup_steps=2
+    )
     tr = Trainer(model, mse_step, regression_data(), cfg, out, quiet=True)
     tr.fit()
     rank = int(os.environ["RANK"])

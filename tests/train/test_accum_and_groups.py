@@ -220,7 +220,7 @@ def test_tokenizer_stage_two_micro_batches_of_4_equal_one_of_8(tmp_path, capsys)
 def test_mllm_micro_batches_draw_their_own_tasks(monkeypatch):
     from illume_kit.model import objective
 
-    keys = []
+    keys, steps = [], []
 
     class Mixer:
         def samples(self, batch, step):
@@ -229,7 +229,16 @@ def test_mllm_micro_batches_draw_their_own_tasks(monkeypatch):
 
     monkeypatch.setattr(objective, "mllm_loss", lambda model, samples, average: {"loss": torch.zeros(())})
     fn = objective.mllm_step_fn(Mixer())
-    for s in (0, 0, 0, 1, 1, 2):
-        fn(None, [], s)
-    # one micro-batch per step draws as without accumulation; the others from streams of their own
-    assert keys == [0, "0/1", "0/2", 1, "1/1", 2]
+
+    def step(model, batch, s):
+        steps.append((int(s), s.micro))
+        return {"loss": fn(model, batch, s)["loss"] + model(batch[0]).sum() * 0}
+
+    data = [(torch.zeros(8),)] * 16
+    Trainer(mlp(), step, lambda *a: iter(data), cfg(steps=2, grad_accum_steps=3), quiet=True).fit()
+    assert steps == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    # the first micro-batch draws as a step without accumulation; the others from streams of their own
+    assert keys == [0, "0/1", "0/2", 1, "1/1", "1/2"]
+    fn(None, [], 4)
+    fn(None, [], 4)  # a plain step, called again, draws the same tasks again
+    assert keys[-2:] == [4, 4]

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from train_toys import mlp, mse_step, regression_data
@@ -15,8 +16,9 @@ HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
 
 
-def test_torchrun_two_ranks_on_gloo_agree_and_match_one_process(tmp_path):
-    steps, batch = 10, 8
+@pytest.mark.parametrize("batch,accum", [(8, 1), (4, 2)])
+def test_torchrun_two_ranks_on_gloo_agree_and_match_one_process(tmp_path, batch, accum):
+    steps = 10
     env = os.environ | {
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]),
         "OMP_NUM_THREADS": "1",
@@ -36,6 +38,7 @@ def test_torchrun_two_ranks_on_gloo_agree_and_match_one_process(tmp_path):
             str(tmp_path),
             str(steps),
             str(batch),
+            str(accum),
         ],
         env=env,
         capture_output=True,
@@ -55,9 +58,10 @@ def test_torchrun_two_ranks_on_gloo_agree_and_match_one_process(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [5, 10]  # rank 0 alone writes
 
-    # two ranks of batch B see the same global batch as one process of batch 2B, and DDP averages grads
+    # two ranks of A micro-batches of B see the same global batch as one process of batch 2AB, and DDP
+    # averages grads (synchronised once per step, on the last micro-batch)
     model = mlp()
-    cfg = TrainerConfig(steps=steps, batch_size=2 * batch, lr=1e-2, log_every=5, seed=3, warmup_steps=2)
+    cfg = TrainerConfig(steps=steps, batch_size=2 * batch * accum, lr=1e-2, log_every=5, seed=3, warmup_steps=2)
     Trainer(model, mse_step, regression_data(), cfg, quiet=True).fit()
     for k, v in model.state_dict().items():
         torch.testing.assert_close(r0[k], v, atol=1e-5, rtol=1e-4)
