@@ -242,3 +242,35 @@ def test_mllm_micro_batches_draw_their_own_tasks(monkeypatch):
     fn(None, [], 4)
     fn(None, [], 4)  # a plain step, called again, draws the same tasks again
     assert keys[-2:] == [4, 4]
+
+
+MLLM_GROUPS = [
+    "train",
+    "recipes/dualvitok_qwen2_tiny.yaml",
+    "data.params.num_samples=8",
+    "train.stages=[{name: mllm, target: mllm, trainable: [all], steps: 3, batch_size: 2, lr: 1.0e-3,"
+    " weight_decay: 0.1, param_groups: [{match: backbone.model.model.layers, from_layer: 1, lr: 0}],"
+    " options: {text_corpus_items: 8}}]",
+]
+
+
+def test_mllm_recipe_group_at_lr_zero_stays_bitwise_across_a_resume(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from illume_kit.cli.main import main
+
+    def ckpt(out, step):
+        return out / "stages" / "mllm" / "checkpoints" / f"step_{step:08d}" / "model.safetensors"
+
+    out = tmp_path / "run"
+    assert main([*MLLM_GROUPS, f"run.output_dir={out}", "--quiet", "--until", "1"]) == 0
+    shutil.copy(ckpt(out, 1), tmp_path / "step1.safetensors")
+    assert main([*MLLM_GROUPS, f"run.output_dir={out}", "--quiet", "--resume"]) == 0
+    first, last = load_file(tmp_path / "step1.safetensors"), load_file(ckpt(out, 3))
+    frozen = [k for k in last if k.startswith("backbone.model.model.layers.") and k.split(".")[4] != "0"]
+    moving = [k for k in last if k.startswith("backbone.model.model.layers.0.")]
+    assert frozen and moving
+    assert all(torch.equal(first[k], last[k]) for k in frozen)
+    assert all(not torch.equal(first[k], last[k]) for k in moving if last[k].ndim >= 2)
