@@ -10,6 +10,12 @@ Adversarial training (VQGAN / DualViTok pixel branch with a PatchGAN) adds a sec
 with the discriminator frozen (``step_fn`` may call ``disc`` for its adversarial term), then,
 from ``disc_start`` on, updates the discriminator on the model's outputs ``out`` (detached).
 
+Gradient accumulation (``grad_accum_steps``): each optimizer step runs that many micro-batches of
+``batch_size``, each loss weighted by its ``loss_weight`` output (what it averages over; 1 when
+absent), then divides the summed gradients by the total weight and steps once. ``step_fn`` receives
+the optimizer step as a ``StepIndex`` whose ``micro`` says which micro-batch it runs. Under DDP the
+gradients are all-reduced on the last micro-batch only.
+
 Exact resume: the data order is a function of (seed, step) (``train.data``), and checkpoints hold
 weights, optimizer and scheduler states, the step, every rank's RNG states and the last logged row.
 Stopping at step k and resuming to N gives bitwise the weights of an uninterrupted N-step run (on
@@ -250,7 +256,9 @@ class Trainer:
 
     data: a map-style dataset (``__len__``/``__getitem__``; batched by ``make_loader`` in an order
         fixed by (seed, step), sharded by rank) or a factory ``(start_step, rank, world_size) ->
-        iterable of batches`` (then resume exactness is the factory's responsibility).
+        iterable of batches`` (then resume exactness is the factory's responsibility). Both count
+        micro-batches: optimizer step ``s`` reads micro-batches ``s * grad_accum_steps`` onwards, so
+        its micro-batches hold the samples one step of ``batch_size * grad_accum_steps`` would.
     trainable: overrides ``config.trainable``; a list of name prefixes or a ``(name, param) -> bool``.
     eval_fn: ``(model, step) -> {metric: float}``, run on rank 0 in eval mode, no grad, with RNG
         states saved and restored around it so evaluating never changes the training trajectory.

@@ -274,3 +274,15 @@ def test_mllm_recipe_group_at_lr_zero_stays_bitwise_across_a_resume(tmp_path):
     assert frozen and moving
     assert all(torch.equal(first[k], last[k]) for k in frozen)
     assert all(not torch.equal(first[k], last[k]) for k in moving if last[k].ndim >= 2)
+
+
+def test_a_stage_without_the_options_dumps_as_before():
+    """A sweep keys its shared stages by their dump: options left at "off" leave the key alone."""
+    from illume_kit.core.schema import MllmStage
+
+    plain = MllmStage(name="a", target="mllm").model_dump(mode="json")
+    assert "grad_accum_steps" not in plain and "param_groups" not in plain
+    used = MllmStage(name="a", target="mllm", grad_accum_steps=2, param_groups=[{"match": "x", "lr": 0}])
+    dumped = used.model_dump(mode="json")
+    assert dumped["grad_accum_steps"] == 2 and dumped["param_groups"][0]["match"] == "x"
+    assert MllmStage.model_validate(dumped) == used
