@@ -5,9 +5,9 @@ scales are left undecayed, as in nanoGPT. ``param_groups`` (a stage option) give
 their own peak lr and weight decay: each entry's ``match`` is a dotted prefix of parameter names or a
 glob over those prefixes, ``from_layer`` keeps only the blocks numbered that or higher right after
 the match, and the first entry that matches a parameter wins; the rest keep the stage's lr and decay.
-Every group follows the same schedule, so its lr stays at (group lr / stage lr) of the stage's. The schedule is linear warmup then constant or cosine
-decay to ``min_lr_ratio * lr``; it is a ``LambdaLR`` over a ``functools.partial`` so its state dict
-holds numbers only (weights_only-loadable).
+Every group follows the same schedule, so its lr stays at (group lr / stage lr) of the stage's.
+The schedule is linear warmup then constant or cosine decay to ``min_lr_ratio * lr``; it is a
+``LambdaLR`` over a ``functools.partial`` so its state dict holds numbers only (weights_only-loadable).
 """
 
 from __future__ import annotations

@@ -232,7 +232,7 @@ class _Group:
         return self.ddp.no_sync()
 
     def backward(self, loss: torch.Tensor, weight: float | torch.Tensor) -> None:
-        (loss * weight).backward()
+        (loss if isinstance(weight, float) and weight == 1.0 else loss * weight).backward()
 
     def update(self, clip: float | None, total_weight: float | torch.Tensor = 1.0) -> torch.Tensor | None:
         """One optimizer step on the gradients the micro-batches accumulated, divided by their total weight."""
