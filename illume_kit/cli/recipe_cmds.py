@@ -89,8 +89,6 @@ def describe(
 ) -> dict:
     """Everything `compose` prints, as data (also the --json output). ``own``: the image size to
     budget first (default: the recipe's data size), shown as ``own_label``."""
-    from illume_kit.model.unified import count_params, tensor_memory
-
     comps = {}
     for sec in ("tokenizer", "backbone", "detokenizer"):
         part = getattr(model, sec)
@@ -104,38 +102,17 @@ def describe(
             rec = manifest["components"][sec]
             preset, params = rec.get("preset"), rec["params"]
             prov = {"name": rec["name"], "dist": rec["dist"], "version": rec["dist_version"]}
-        total, trainable = count_params(part)
-        nbytes, dtypes = tensor_memory(part)
-        comps[sec] = {
-            **prov,
-            "preset": preset,
-            "params": params,
-            "parameters": total,
-            "trainable": trainable,
-            "dtypes": dtypes,
-            "bytes": nbytes,
-            "parts": {n: count_params(m)[0] for n, m in part.named_children() if count_params(m)[0]},
-        }
-    total, trainable = count_params(model.projectors)
-    nbytes, dtypes = tensor_memory(model.projectors)
+        comps[sec] = {**prov, "preset": preset, "params": params, **_sized(part), "parts": _parts(part)}
     comps["projectors"] = {
         "name": "mlp",
-        "parameters": total,
-        "trainable": trainable,
-        "dtypes": dtypes,
-        "bytes": nbytes,
+        **_sized(model.projectors),
         "per_codebook": {k: f"{v.in_dim}->{v.out_dim}" for k, v in model.projectors.items()},
     }
     if model.input_encoder is not None:
-        total, trainable = count_params(model.input_encoder)
-        nbytes, dtypes = tensor_memory(model.input_encoder)
         comps["input_encoder"] = {
             "name": "separate",
-            "parameters": total,
-            "trainable": trainable,
-            "dtypes": dtypes,
-            "bytes": nbytes,
-            "parts": {n: count_params(m)[0] for n, m in model.input_encoder.named_children()},
+            **_sized(model.input_encoder),
+            "parts": _parts(model.input_encoder),
         }
     if own is None and resolved is not None:
         own = _image_size(resolved)
@@ -170,6 +147,23 @@ def describe(
             "bytes": sum(c["bytes"] for c in comps.values()),
         },
     }
+
+
+def _sized(module) -> dict:
+    """Parameters (total, trainable), parameter dtypes and bytes of one part of the model."""
+    from illume_kit.model.unified import count_params, tensor_memory
+
+    total, trainable = count_params(module)
+    nbytes, dtypes = tensor_memory(module)
+    return {"parameters": total, "trainable": trainable, "dtypes": dtypes, "bytes": nbytes}
+
+
+def _parts(module) -> dict[str, int]:
+    """Direct submodules that hold parameters, with their counts."""
+    from illume_kit.model.unified import count_params
+
+    counts = {n: count_params(m)[0] for n, m in module.named_children()}
+    return {n: c for n, c in counts.items() if c}
 
 
 def print_tree(info: dict) -> None:
