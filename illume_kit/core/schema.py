@@ -18,6 +18,7 @@ from pydantic import (
     field_serializer,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from illume_kit.core.options import (
@@ -129,7 +130,59 @@ class ParamGroup(_Strict):
     )
 
 
-_OFF_BY_DEFAULT: dict[str, Any] = {"grad_accum_steps": 1, "param_groups": []}
+_OFF_BY_DEFAULT: dict[str, Any] = {"grad_accum_steps": 1, "param_groups": [], "global_batch_size": None}
+
+STRATEGIES = ("ddp", "fsdp")
+PRECISIONS = ("auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-true")
+SHARDABLE_PARTS = ("backbone", "tokenizer", "detokenizer", "teacher", "input_encoder")
+
+
+class Parallelism(_Strict):
+    """How a training stage spreads over the processes ``torchrun`` starts (one process: plain training).
+
+    ``ddp`` replicates the model and averages gradients (DistributedDataParallel); ``fsdp`` shards
+    parameters, gradients and optimizer states over the ranks (PyTorch FSDP2, ``fully_shard``): each
+    block a component lists as unsplittable (a transformer layer, a ResNet block) is one unit, the rest
+    of the model one root unit. Checkpoints under ``fsdp`` are sharded ``torch.distributed.checkpoint``
+    folders, resumable at another world size.
+    """
+
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp (replicated) or fsdp (sharded, FSDP2)")
+    precision: Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-true"] = Field(
+        "auto",
+        description="auto: bf16-mixed on CUDA, fp32 elsewhere; *-mixed: fp32 master weights and gradient "
+        "reductions, bf16/fp16 compute (fp16 with dynamic loss scaling); bf16-true: bf16 weights and AdamW "
+        "states (half the memory, small updates round away: a warning says so)",
+    )
+    cpu_offload: bool = Field(False, description="fsdp only: keep sharded parameters and optimizer states in CPU memory")
+    shard_frozen: bool = Field(
+        True, description="fsdp: shard frozen parts too (false: every rank keeps a full copy of them)"
+    )
+    reshard_after_forward: bool = Field(
+        True, description="fsdp: free gathered parameters after each unit's forward (ZeRO-3); false keeps them to "
+        "the backward (ZeRO-2 memory, less communication)"
+    )
+    activation_checkpointing: list[Literal["backbone", "tokenizer", "detokenizer", "teacher", "input_encoder"]] = (
+        Field(
+            default_factory=list,
+            description="parts whose blocks recompute their activations in the backward (less memory, ~1/3 more "
+            "compute): backbone, tokenizer, detokenizer, teacher, input_encoder",
+        )
+    )
+    compile: bool = Field(False, description="torch.compile each block (units of fsdp, the same blocks under ddp)")
+    meta_init: bool = Field(
+        False,
+        description="fsdp: ranks other than 0 build the model without memory (meta device) and receive rank 0's "
+        "weights, sharded, after sharding",
+    )
+
+    @model_validator(mode="after")
+    def _fsdp_only(self) -> Parallelism:
+        if self.strategy != "fsdp":
+            for key in ("cpu_offload", "meta_init"):
+                if getattr(self, key):
+                    raise ValueError(f"parallelism.{key} needs strategy: fsdp (got strategy: {self.strategy})")
+        return self
 
 
 class Stage(_Strict):
@@ -137,6 +190,13 @@ class Stage(_Strict):
     target: Literal["teacher", "tokenizer", "detokenizer", "mllm"] = Field(description="what this stage trains")
     steps: int = Field(100, ge=1, description="optimisation steps")
     batch_size: int = Field(16, ge=1, description="samples per micro-batch and process")
+    global_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="samples per optimizer step over all processes; when set, batch_size is derived from it "
+        "(global / (world size x grad_accum_steps), which must divide it), so a run keeps its batch at any "
+        "world size",
+    )
     grad_accum_steps: int = Field(
         1,
         ge=1,
@@ -162,6 +222,32 @@ class Stage(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v, "stage name")  # the stage's folder under the run's output_dir
+
+    @model_validator(mode="after")
+    def _one_batch(self) -> Stage:
+        if self.global_batch_size is not None:
+            if "batch_size" in self.model_fields_set:
+                raise ValueError("set batch_size (per process) or global_batch_size (over all processes), not both")
+            if self.global_batch_size % self.grad_accum_steps:
+                raise ValueError(
+                    f"global_batch_size {self.global_batch_size} is not a multiple of grad_accum_steps "
+                    f"{self.grad_accum_steps}"
+                )
+        return self
+
+    def per_rank_batch(self, world: int) -> int:
+        """Samples per micro-batch and process at this world size (``batch_size``, or derived from
+        ``global_batch_size``; a ``ValueError`` when the world size does not divide it)."""
+        if self.global_batch_size is None:
+            return self.batch_size
+        per = self.global_batch_size // self.grad_accum_steps
+        if per % world:
+            raise ValueError(
+                f"stage {self.name!r}: global_batch_size {self.global_batch_size} / grad_accum_steps "
+                f"{self.grad_accum_steps} = {per} samples per micro-step do not split over {world} processes; "
+                f"use a world size that divides {per}, or change global_batch_size"
+            )
+        return per // world
 
     # A stage dumps its options as the recipe gave them, defaults left out: the dump keys the sweep's
     # content-addressed shared stages and is written back into frozen recipes.
@@ -237,6 +323,9 @@ class Recipe(_Strict):
     teacher: ComponentChoice | None = Field(None, description="semantic teacher trained by a `teacher` stage")
     data: ComponentChoice | None = None
     model: ModelOptions = Field(default_factory=ModelOptions)
+    parallelism: Parallelism = Field(
+        default_factory=Parallelism, description="how training stages spread over torchrun's processes"
+    )
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)
@@ -246,6 +335,14 @@ class Recipe(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v, "recipe name")
+
+    # a recipe that leaves parallelism at its defaults dumps without it (frozen recipes and stage keys unchanged)
+    @model_serializer(mode="wrap")
+    def _drop_default_parallelism(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if "parallelism" in data and not self.parallelism.model_fields_set:
+            del data["parallelism"]
+        return data
 
 
 # component sections of a recipe and the registry role each names

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from illume_kit.core.schema import Parallelism
+
 
 class TrainerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -40,7 +42,11 @@ class TrainerConfig(BaseModel):
         description="[{match, from_layer, lr, weight_decay}]: per-group lr and decay, first match wins "
         "(``illume_kit.core.schema.ParamGroup``)",
     )
-    bf16: bool = Field(True, description="bf16 autocast (CUDA only; ignored on CPU)")
+    parallelism: Parallelism = Field(
+        default_factory=Parallelism,
+        description="strategy (ddp | fsdp), precision, offload, activation checkpointing, compile "
+        "(``illume_kit.core.schema.Parallelism``)",
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader workers for map-style datasets")
     find_unused_parameters: bool = Field(False, description="DDP option, for models with branches unused per step")
     # second optimisation group (adversarial training: a PatchGAN discriminator)

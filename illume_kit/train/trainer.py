@@ -139,13 +139,18 @@ class NonFiniteLoss(FloatingPointError):
 
 
 class StepIndex(int):
-    """The optimizer step a step function runs, with ``micro``: which of its micro-batches (0: the first)."""
+    """The optimizer step a step function runs, with ``micro``: which of its micro-batches (0: the first),
+    and ``offset``: where the micro-batch's first sample sits among all the samples of the step, over
+    micro-batches and ranks (``(micro * world_size + rank) * batch_size``, the order the data is read in).
+    A step function that draws per-sample randomness keyed by ``offset + i`` draws the same for a sample
+    at any world size and accumulation split of the same global batch."""
 
     micro: int
+    offset: int
 
-    def __new__(cls, step: int, micro: int = 0) -> StepIndex:
+    def __new__(cls, step: int, micro: int = 0, offset: int = 0) -> StepIndex:
         obj = super().__new__(cls, step)
-        obj.micro = micro
+        obj.micro, obj.offset = micro, offset
         return obj
 
 
@@ -428,7 +433,7 @@ class Trainer:
         outs, weights = [], []
         for i, batch in enumerate(micro):
             with gen.no_sync(i == len(micro) - 1), autocast:
-                out = gen.fn(batch, StepIndex(s, i))
+                out = gen.fn(batch, self._index(s, i))
                 loss = _check_loss(out, s, "step_fn")
             weight = _loss_weight(out, len(micro))
             gen.backward(loss, weight)
@@ -450,7 +455,7 @@ class Trainer:
         for i, (batch, out) in enumerate(zip(micro, outs)):
             detached = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
             with disc.no_sync(i == len(micro) - 1), autocast:
-                dout = disc.fn(batch, StepIndex(s, i), detached)
+                dout = disc.fn(batch, self._index(s, i), detached)
                 dloss = _check_loss(dout, s, "disc_step_fn")
             weight = _loss_weight(dout, len(micro))
             disc.backward(dloss, weight)
@@ -461,6 +466,10 @@ class Trainer:
         if dnorm is not None:
             logged["disc/grad_norm"] = dnorm.detach().float()
         return logged
+
+    def _index(self, step: int, micro: int) -> StepIndex:
+        offset = (micro * self.dist.world_size + self.dist.rank) * self.cfg.batch_size
+        return StepIndex(step, micro, offset)
 
     def _batches(self, start: int, steps: int) -> Iterator[Any]:
         dist = self.dist
