@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from illume_kit.cli.args import positive_int
 
@@ -17,8 +18,9 @@ def cmd_train(args) -> int:
     if not resolved.recipe.train.stages:
         raise ValueError(f"{resolved.origin}: `train.stages` is empty: nothing to train")
     from illume_kit.cli.train_progress import RichReporter
-    from illume_kit.train.stages import train
+    from illume_kit.train.stages import check_launch, train
 
+    check_launch(resolved, resume=args.resume, only=args.stage or None)  # before any weights load
     results = train(
         resolved,
         only=args.stage or None,
@@ -27,6 +29,8 @@ def cmd_train(args) -> int:
         until=args.until,
         callback=RichReporter(quiet=args.quiet),
     )
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -130,7 +130,12 @@ class ParamGroup(_Strict):
     )
 
 
-_OFF_BY_DEFAULT: dict[str, Any] = {"grad_accum_steps": 1, "param_groups": [], "global_batch_size": None}
+_OFF_BY_DEFAULT: dict[str, Any] = {
+    "grad_accum_steps": 1,
+    "param_groups": [],
+    "global_batch_size": None,
+    "log_every": 10,
+}
 
 STRATEGIES = ("ddp", "fsdp")
 PRECISIONS = ("auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-true")
@@ -154,20 +159,21 @@ class Parallelism(_Strict):
         "reductions, bf16/fp16 compute (fp16 with dynamic loss scaling); bf16-true: bf16 weights and AdamW "
         "states (half the memory, small updates round away: a warning says so)",
     )
-    cpu_offload: bool = Field(False, description="fsdp only: keep sharded parameters and optimizer states in CPU memory")
+    cpu_offload: bool = Field(
+        False, description="fsdp only: keep sharded parameters and optimizer states in CPU memory"
+    )
     shard_frozen: bool = Field(
         True, description="fsdp: shard frozen parts too (false: every rank keeps a full copy of them)"
     )
     reshard_after_forward: bool = Field(
-        True, description="fsdp: free gathered parameters after each unit's forward (ZeRO-3); false keeps them to "
-        "the backward (ZeRO-2 memory, less communication)"
+        True,
+        description="fsdp: free gathered parameters after each unit's forward (ZeRO-3); false keeps them to "
+        "the backward (ZeRO-2 memory, less communication)",
     )
-    activation_checkpointing: list[Literal["backbone", "tokenizer", "detokenizer", "teacher", "input_encoder"]] = (
-        Field(
-            default_factory=list,
-            description="parts whose blocks recompute their activations in the backward (less memory, ~1/3 more "
-            "compute): backbone, tokenizer, detokenizer, teacher, input_encoder",
-        )
+    activation_checkpointing: list[Literal["backbone", "tokenizer", "detokenizer", "teacher", "input_encoder"]] = Field(
+        default_factory=list,
+        description="parts whose blocks recompute their activations in the backward (less memory, ~1/3 more "
+        "compute): backbone, tokenizer, detokenizer, teacher, input_encoder",
     )
     compile: bool = Field(False, description="torch.compile each block (units of fsdp, the same blocks under ddp)")
     meta_init: bool = Field(
@@ -210,6 +216,7 @@ class Stage(_Strict):
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "cosine"] = "cosine"
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: only at the end)")
+    log_every: int = Field(10, ge=1, description="steps between logged rows (metrics.jsonl, progress)")
     trainable: list[str] = Field(default_factory=list, description="parameter groups trained (mllm stages)")
     param_groups: list[ParamGroup] = Field(
         default_factory=list,

@@ -103,6 +103,9 @@ def _clear_row_masks(model: Any) -> None:
     for h in getattr(model, "_row_mask_hooks", []):
         h.remove()
     model._row_mask_hooks = []
+    for p in model.parameters():
+        if hasattr(p, "_illume_frozen_rows"):
+            del p._illume_frozen_rows
 
 
 def _mask_old_rows(model: Any, weight: nn.Parameter, first_new: int) -> None:
@@ -113,6 +116,8 @@ def _mask_old_rows(model: Any, weight: nn.Parameter, first_new: int) -> None:
 
     weight.requires_grad_(True)
     model._row_mask_hooks.append(weight.register_hook(hook))
+    # a sharded (FSDP) copy of the weight carries no tensor hook: the trainer masks its gradient by this mark
+    weight._illume_frozen_rows = first_new
 
 
 def trainable_parameters(model: Any, groups: Iterable[str]) -> list[nn.Parameter]:

@@ -79,14 +79,37 @@ def barrier(info: DistInfo) -> None:
 
 
 def mean_across_ranks(values: dict[str, float], info: DistInfo) -> dict[str, float]:
-    """Average logged scalars over ranks (one all-reduce for the whole dict)."""
-    if not info.enabled or not values:
+    """Average logged scalars over the ranks that logged them (a task's loss is absent where a rank's
+    batches drew no sample of that task): the key sets are gathered first, so every rank all-reduces
+    the same vector."""
+    if not info.enabled:
         return values
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=info.device)
+    keys = sorted(set().union(*gather_objects(sorted(values), info)))
+    if not keys:
+        return values
+    t = torch.tensor(
+        [[float(values.get(k, 0.0)), float(k in values)] for k in keys], dtype=torch.float64, device=info.device
+    )
     dist.all_reduce(t)
-    t /= info.world_size
-    return dict(zip(keys, t.tolist()))
+    return {k: s / n for k, (s, n) in zip(keys, t.tolist())}
+
+
+def sum_across_ranks(value: float, info: DistInfo) -> float:
+    """The sum of one number over ranks (the number itself in a single process)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=info.device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:

@@ -28,6 +28,7 @@ class StageHeader:
     index: int = 1  # 1-based position among the stages that run now
     count: int = 1
     batch: tuple[int, int, int] | None = None  # (per micro-batch and process, micro-batches per step, processes)
+    parallelism: str | None = None  # strategy and precision, in words
 
     @property
     def effective_batch(self) -> int | None:
@@ -44,6 +45,8 @@ class StageHeader:
                 f"  effective batch {self.effective_batch} = {b} per micro-batch x {accum} accumulated "
                 f"x {world} process{'es' if world != 1 else ''}"
             )
+        if self.parallelism:
+            out.append(f"  {self.parallelism}")
         return out
 
 

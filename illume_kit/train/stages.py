@@ -154,6 +154,7 @@ class StageRunner:
         )
         self._model = None
         self._reuse_checkpoint = True
+        self.dist = D.DistInfo()
         # what the mllm stages of this process trained on (words of the task texts, image sizes)
         self.trained_words: set[str] = set()
         self.trained_sizes: set[tuple[int, int]] = set()
@@ -232,14 +233,30 @@ class StageRunner:
         for n in only or []:
             if n not in names:
                 raise ValueError(f"no stage {n!r} in {self.resolved.origin} (stages: {', '.join(names) or 'none'})")
-        moved = self.claim_output(continuing=resume or bool(only))
-        if moved is not None:
-            self.callback.message(f"{self.out}: an earlier run was moved to {moved}")
-        stale = remove_stale_temps(self.out, depth=4)  # out/stages/<stage>/checkpoints/.step_*.tmp-*
-        if stale:
-            self.callback.message(
-                f"{self.out}: removed {len(stale)} temporary folder(s) left by a writer that was killed"
-            )
+        # under torchrun every rank runs the stages; rank 0 alone touches the output folder and reports
+        self.dist = D.setup(self.device)
+        try:
+            return self._run(stages, only, resume, until)
+        finally:
+            D.teardown(self.dist)
+
+    def _run(self, stages: list[Stage], only: list[str] | None, resume: bool, until: int | None) -> dict[str, dict]:
+        main = self.dist.is_main
+        if not main:
+            self.callback = PlainReporter(quiet=True)
+        if main:
+            moved = self.claim_output(continuing=resume or bool(only))
+            if moved is not None:
+                self.callback.message(f"{self.out}: an earlier run was moved to {moved}")
+            stale = remove_stale_temps(self.out, depth=4)  # out/stages/<stage>/checkpoints/.step_*.tmp-*
+            if stale:
+                self.callback.message(
+                    f"{self.out}: removed {len(stale)} temporary folder(s) left by a writer that was killed"
+                )
+        else:
+            self._reuse_checkpoint = D.broadcast_object(None, self.dist)
+        if main:
+            D.broadcast_object(self._reuse_checkpoint, self.dist)
         results = {}
         todo = []
         for stage in stages:
@@ -251,8 +268,9 @@ class StageRunner:
                 continue
             todo.append(stage)
         for i, stage in enumerate(todo, 1):
-            if not resume and self.stage_dir(stage).exists():  # rerun this stage from step 0
+            if main and not resume and self.stage_dir(stage).exists():  # rerun this stage from step 0
                 shutil.rmtree(self.stage_dir(stage))
+            D.barrier(self.dist)
             results[stage.name] = self.run_stage(stage, resume=resume, until=until, position=(i, len(todo)))
             if until is not None:
                 break
@@ -299,11 +317,18 @@ class StageRunner:
                 stage.steps,
                 self.stage_dir(stage),
                 *position,
-                batch=(stage.batch_size, stage.grad_accum_steps, D.world_size()),
+                batch=(stage.per_rank_batch(D.world_size()), stage.grad_accum_steps, D.world_size()),
+                parallelism=self.parallelism_line(),
             )
         )
         module, step_fn, data, extra = fn(stage)
-        cfg = TrainerConfig.from_stage(stage, seed=self.recipe.run.seed, **extra.pop("config", {}))
+        cfg = TrainerConfig.from_stage(
+            stage,
+            seed=self.recipe.run.seed,
+            batch_size=stage.per_rank_batch(D.world_size()),
+            parallelism=self.recipe.parallelism,
+            **extra.pop("config", {}),
+        )
         trainer = Trainer(
             module,
             step_fn,
@@ -314,6 +339,7 @@ class StageRunner:
             device=self.device,
             description=stage.name,
             callback=self.callback,
+            root_part=None if stage.target == "mllm" else stage.target,
             **extra,
         )
         try:
@@ -327,16 +353,44 @@ class StageRunner:
             raise
         if until is not None and trainer.step < cfg.steps:
             return {"status": "interrupted", "step": trainer.step}
+        self._put_back(module, trainer.model)
         logged = {k: float(v) for k, v in (last or {}).items() if isinstance(v, (int, float)) and k != "step"}
         result = {"status": "done", "step": int(trainer.step), **logged}
-        if stage.target == "teacher":
-            self._teacher_obj.save(self.out / "teacher")
-        else:
-            self.save_model()
-        marker = _done_marker(self.out, stage)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(marker, json.dumps(result, indent=2))  # a torn marker would skip an unfinished stage
+        if self.dist.is_main:
+            if stage.target == "teacher":
+                self._teacher_obj.save(self.out / "teacher")
+            else:
+                self.save_model()
+            marker = _done_marker(self.out, stage)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(marker, json.dumps(result, indent=2))  # a torn marker would skip an unfinished stage
+        D.barrier(self.dist)
         return result
+
+    def parallelism_line(self) -> str:
+        """The strategy and precision of this launch, in words, for the stage header."""
+        par = self.recipe.parallelism
+        world = D.world_size()
+        how = par.strategy if world > 1 else "one process"
+        extras = [k for k in ("cpu_offload", "compile") if getattr(par, k)]
+        if par.activation_checkpointing:
+            extras.append("activation checkpointing: " + ", ".join(par.activation_checkpointing))
+        return f"{how}, precision {par.precision}" + (f" ({'; '.join(extras)})" if extras else "")
+
+    def _put_back(self, old: torch.nn.Module, new: torch.nn.Module) -> None:
+        """A sharded stage trains its module in place and gives back a plain copy: put it where the old was."""
+        if new is old:
+            return
+        if old is self._model:
+            self._model = new
+        elif old is getattr(self, "_teacher_obj", None):
+            self._teacher_obj = new
+        else:
+            for name, child in self.model.named_children():
+                if child is old:
+                    setattr(self.model, name, new)
+                    return
+            raise RuntimeError(f"trained module {type(old).__name__} is not a part of the unified model")
 
     def images(self, stage: Stage, **over):
         """The recipe's training split; ``options.image_size`` trains at another size."""
@@ -395,6 +449,42 @@ class StageRunner:
 
     def _mllm(self, stage: Stage):
         return mllm_stage.stage_setup(self, stage)
+
+
+def check_launch(resolved: ResolvedRecipe, resume: bool = True, only: list[str] | None = None) -> None:
+    """Refuse a launch that cannot work, before any weights load (a ``ValueError`` naming the key):
+    a world size that does not divide a stage's ``global_batch_size``, or a resume of a checkpoint the
+    recipe's parallelism cannot read (an unsharded one into a sharded run, bf16 weights into fp32 master
+    weights or back)."""
+    from illume_kit.train.state import STATE_FILE, is_sharded
+
+    recipe, world = resolved.recipe, D.world_size()
+    par = recipe.parallelism
+    out = Path(recipe.run.output_dir)
+    for i, stage in enumerate(recipe.train.stages):
+        if only and stage.name not in only:
+            continue
+        try:
+            stage.per_rank_batch(world)
+        except ValueError as exc:
+            raise ValueError(f"{resolved.origin}: train.stages.{i}.global_batch_size: {exc}") from None
+        folder = latest_checkpoint(Trainer.checkpoint_root(out / "stages" / stage.name)) if resume else None
+        if folder is None:
+            continue
+        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+        if par.strategy == "fsdp" and world > 1 and not is_sharded(folder):
+            raise ValueError(
+                f"{resolved.origin}: parallelism.strategy: fsdp cannot resume {folder}, written unsharded "
+                f"(strategy {state.get('strategy', 'ddp')}): its optimizer states cannot be resharded. Resume with "
+                "that strategy, or start the stage over (train without --resume)"
+            )
+        written = state.get("precision")
+        if written is not None and par.precision != "auto" and ("true" in written) != ("true" in par.precision):
+            raise ValueError(
+                f"{resolved.origin}: parallelism.precision: {par.precision} cannot resume {folder}, trained with "
+                f"{written} (bf16 weights and fp32 master weights are different training states). Resume with "
+                f"precision {written}, or start the stage over (train without --resume)"
+            )
 
 
 def train(

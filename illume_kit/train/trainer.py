@@ -49,17 +49,24 @@ import torch
 from torch import nn
 
 from illume_kit.core.atomic import atomic_write_text, remove_stale_temps
+from illume_kit.core.footprint import human
 from illume_kit.train import distributed as D
 from illume_kit.train import optim as O
+from illume_kit.train import parallel as P
 from illume_kit.train.config import TrainerConfig
 from illume_kit.train.data import is_map_dataset, make_loader
 from illume_kit.train.progress import PlainReporter, TrainCallback
 from illume_kit.train.state import (
+    STATE_FILE,
+    ShardedCheckpointError,
     capture_rng,
+    is_sharded,
     latest_checkpoint,
     load_checkpoint,
+    load_sharded_checkpoint,
     restore_rng,
     save_checkpoint,
+    save_sharded_checkpoint,
     seed_everything,
 )
 
@@ -68,7 +75,7 @@ DiscStepFn = Callable[[nn.Module, Any, int, Mapping[str, Any]], Mapping[str, tor
 EvalFn = Callable[[nn.Module, int], Mapping[str, float]]
 
 # config fields that may change between a run and its resumption without changing the trajectory
-_RESUME_SAFE = {"steps", "checkpoint_every", "keep_last", "log_every", "eval_every", "num_workers"}
+_RESUME_SAFE = {"steps", "checkpoint_every", "keep_last", "log_every", "eval_every", "num_workers", "parallelism"}
 
 
 @contextlib.contextmanager
@@ -154,10 +161,12 @@ class StepIndex(int):
         return obj
 
 
-def _loss_weight(out: Mapping[str, Any], micro: int) -> float | torch.Tensor:
-    """How much a micro-batch's loss counts in its step: its ``loss_weight`` output, or 1."""
-    if micro == 1:
-        return 1.0  # one micro-batch: its own average, whatever it is averaged over
+def _loss_weight(out: Mapping[str, Any], weighted: bool) -> float | torch.Tensor:
+    """How much a micro-batch's loss counts in its step: its ``loss_weight`` output, or 1.
+
+    Not ``weighted`` (one micro-batch in one process): its own average, whatever it is averaged over."""
+    if not weighted:
+        return 1.0
     w = out.get("loss_weight")
     if w is None:
         return 1.0
@@ -171,10 +180,15 @@ def _total(weights: list[float | torch.Tensor]) -> float | torch.Tensor:
     return weights[0] if len(weights) == 1 else sum(weights[1:], weights[0])
 
 
-def _weighted_scalars(outs: list[Mapping[str, Any]], weights: list[float | torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The step's logged scalars: each micro-batch's, averaged with the loss weights (one micro-batch: its own)."""
+def _weighted_scalars(
+    outs: list[Mapping[str, Any]], weights: list[float | torch.Tensor], share: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """The step's logged scalars: each micro-batch's, averaged with the loss weights (one micro-batch: its
+    own); the loss times ``share`` (this rank's part of the mean over ranks, ``Trainer._global_weight``),
+    so the logged loss is the one the gradient follows. Other terms are means of the ranks' means."""
     if len(outs) == 1:
-        return {k: v for k, v in _scalars(outs[0]).items() if k != "loss_weight"}
+        out = {k: v for k, v in _scalars(outs[0]).items() if k != "loss_weight"}
+        return out | ({"loss": out["loss"] * share} if share != 1.0 else {})
     sums: dict[str, torch.Tensor] = {}
     norms: dict[str, float | torch.Tensor] = {}
     for out, w in zip(outs, weights):
@@ -182,7 +196,8 @@ def _weighted_scalars(outs: list[Mapping[str, Any]], weights: list[float | torch
             if k != "loss_weight":
                 sums[k] = sums.get(k, 0.0) + v * w
                 norms[k] = norms.get(k, 0.0) + w
-    return {k: sums[k] / norms[k] for k in sums}
+    out = {k: sums[k] / norms[k] for k in sums}
+    return out | ({"loss": out["loss"] * share} if share != 1.0 else {})
 
 
 def _check_loss(out: Mapping[str, Any], step: int, who: str) -> torch.Tensor:
@@ -200,21 +215,30 @@ def _check_loss(out: Mapping[str, Any], step: int, who: str) -> torch.Tensor:
 
 
 class _Group:
-    """One optimisation group: module, its DDP/step wrapper, AdamW, schedule, clipped params."""
+    """One optimisation group: module, its step wrapper (plain, DDP or an FSDP root), AdamW, schedule."""
 
     def __init__(
         self,
         module: nn.Module,
-        fn: Callable,
+        call: Callable,
+        kind: str,
         params: list[tuple[str, nn.Parameter]],
         cfg: TrainerConfig,
         lr: float,
         betas,
-        dist: D.DistInfo,
         param_groups: list[dict[str, Any]] | None = None,
         all_names: list[str] | None = None,
+        scaler: Any = None,
+        row_masks: Mapping[str, int] | None = None,
+        replicated: set[nn.Parameter] | None = None,
+        world_size: int = 1,
     ):
-        self.module, self.params = module, [p for _, p in params]
+        self.module, self.call, self.kind, self.scaler = module, call, kind, scaler
+        self.world_size = world_size
+        self.replicated = [p for _, p in params if p in (replicated or set())]
+        self.params = [p for _, p in params]
+        named = dict(params)
+        self.row_masks = [(named[n], first) for n, first in (row_masks or {}).items() if n in named]
         self.opt = O.adamw(
             params,
             lr=lr,
@@ -227,26 +251,47 @@ class _Group:
         self.sched = O.scheduler(
             self.opt, total=cfg.steps, warmup=cfg.warmup_steps, schedule=cfg.schedule, min_ratio=cfg.min_lr_ratio
         )
-        self.ddp = D.wrap_ddp(_StepModule(module, fn), dist, cfg.find_unused_parameters) if dist.enabled else None
-        self.fn = self.ddp if self.ddp is not None else (lambda *a: fn(module, *a))
 
-    def no_sync(self, last: bool):
-        """Gradients are all-reduced on the last micro-batch of a step only."""
-        if last or not hasattr(self.ddp, "no_sync"):
-            return contextlib.nullcontext()
-        return self.ddp.no_sync()
+    def fn(self, *args):
+        return self.call(*args)
+
+    @contextlib.contextmanager
+    def no_sync(self, last: bool) -> Iterator[None]:
+        """Gradients are reduced over ranks on the last micro-batch of a step only."""
+        if last or self.kind == "plain":
+            yield
+        elif self.kind == "ddp":
+            with self.call.no_sync():
+                yield
+        else:
+            P.set_gradient_sync(self.call, False)
+            try:
+                yield
+            finally:
+                P.set_gradient_sync(self.call, True)
 
     def backward(self, loss: torch.Tensor, weight: float | torch.Tensor) -> None:
-        (loss if isinstance(weight, float) and weight == 1.0 else loss * weight).backward()
+        loss = loss if isinstance(weight, float) and weight == 1.0 else loss * weight
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def update(self, clip: float | None, total_weight: float | torch.Tensor = 1.0) -> torch.Tensor | None:
         """One optimizer step on the gradients the micro-batches accumulated, divided by their total weight."""
+        if self.replicated:
+            P.average_replicated(self.replicated, self.world_size)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
         if not (isinstance(total_weight, float) and total_weight == 1.0):
             for p in self.params:
                 if p.grad is not None:
                     p.grad.div_(total_weight)
-        norm = torch.nn.utils.clip_grad_norm_(self.params, clip) if clip is not None else None
-        self.opt.step()
+        for p, first in self.row_masks:  # FSDP's sharded parameters carry no tensor hooks
+            P.zero_rows_below(p, first)
+        norm = P.clip_grad_norm(self.params, clip) if clip is not None else None
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         return norm
@@ -291,6 +336,7 @@ class Trainer:
         quiet: bool = False,
         description: str = "train",
         callback: TrainCallback | None = None,
+        root_part: str | None = None,
     ):
         if (disc is None) != (disc_step_fn is None):
             raise ValueError("disc and disc_step_fn go together: pass both or neither")
@@ -305,9 +351,15 @@ class Trainer:
         self.quiet, self.description = quiet, description
         self.callback = callback
         self._trainable = trainable if trainable is not None else (self.cfg.trainable or None)
+        self.root_part = root_part
         self.step = 0
         self.history: list[dict[str, float]] = []
         self._resumed_row: dict[str, float] = {}
+        self._groups_built = False
+        self.sharded = False
+        self.precision = "fp32"
+        self._plain: nn.Module | None = None
+        self.rank_memory: list[list[int]] = []
 
     # ------------------------------------------------------------------ paths
     @staticmethod
@@ -333,22 +385,7 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         stop = cfg.steps if until is None else min(until, cfg.steps)
         seed_everything(cfg.seed + dist.rank)
-        disc_ids = {id(p) for p in self.disc.parameters()} if self.disc is not None else set()
-        params = O.select_trainable(self.model, self._trainable, exclude=disc_ids)
-        # param_groups name the model's parameters, frozen ones included; a discriminator inside it has its own lr
-        names = [n for n, p in self.model.named_parameters() if id(p) not in disc_ids]
-        gen = _Group(self.model, self.step_fn, params, cfg, cfg.lr, cfg.betas, dist, cfg.param_groups, names)
-        disc = None
-        if self.disc is not None:
-            disc = _Group(
-                self.disc,
-                self.disc_step_fn,
-                O.select_trainable(self.disc, None),
-                cfg,
-                cfg.disc_lr or cfg.lr,
-                cfg.disc_betas or cfg.betas,
-                dist,
-            )
+        gen, disc = self._setup_groups()
         self._groups = {"model": gen, "disc": disc}
         self.step = 0
         self._resumed_row: dict[str, float] = {}
@@ -362,15 +399,14 @@ class Trainer:
 
         main = dist.is_main
         progress = self._callback(main)
+        memory = self.memory_line()  # collective
+        if dist.enabled:
+            progress.message(memory)
         progress.start(cfg.steps, self.step, self.description)
         sums: dict[str, torch.Tensor] = {}
-        count = 0
+        counts: dict[str, int] = {}  # a key may be logged at some steps only (a task no batch drew)
         batches = self._batches(self.step * cfg.grad_accum_steps, cfg.steps * cfg.grad_accum_steps)
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if cfg.bf16 and self.device.type == "cuda"
-            else contextlib.nullcontext()
-        )
+        autocast = P.autocast(self.precision, self.device, self.sharded)
         try:
             while self.step < stop:
                 s = self.step
@@ -384,13 +420,13 @@ class Trainer:
                 logged = self._train_step(micro, s, autocast)
                 for k, v in logged.items():
                     sums[k] = sums.get(k, 0.0) + v
-                count += 1
+                    counts[k] = counts.get(k, 0) + 1
                 self.step = s + 1
                 if self.step % cfg.log_every == 0 or self.step == stop:
-                    means = {k: float(v) / count for k, v in sums.items()}
+                    means = {k: float(v) / counts[k] for k, v in sums.items()}
                     means = D.mean_across_ranks(means, dist)
                     self._log({"step": self.step, **row, **means}, progress)
-                    sums, count = {}, 0
+                    sums, counts = {}, {}
                 else:
                     progress.update(self.step)
                 if self.eval_fn is not None and (
@@ -401,11 +437,116 @@ class Trainer:
                     (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self.step == stop
                 ):
                     self.save()
+            if self.step >= cfg.steps:
+                self.release()  # collective: before the process group ends
         finally:
             progress.close()
             if self.step >= cfg.steps:  # finished: end the process group if we started it
                 D.teardown(self.dist)
         return self.last_row()
+
+    def _setup_groups(self) -> tuple[_Group, _Group | None]:
+        """Freeze what does not train, apply the parallelism section, build the optimisation groups.
+
+        Under FSDP the model is sharded in place; ``release`` gives back a plain module at the end.
+        """
+        cfg, dist, par = self.cfg, self.dist, self.cfg.parallelism
+        if self._groups_built:
+            raise RuntimeError("Trainer.fit runs once per Trainer (the model is prepared for its strategy in place)")
+        self._groups_built = True
+        self.precision = P.resolve_precision(par.precision, self.device)
+        disc_params = set(self.disc.parameters()) if self.disc is not None else set()
+        disc_ids = {id(p) for p in disc_params}
+        O.select_trainable(self.model, self._trainable, exclude=disc_ids)
+        # an embedding whose new rows train marks its kept rows (illume_kit.model.objective); FSDP drops tensor hooks
+        row_masks = {
+            n: int(p._illume_frozen_rows) for n, p in self.model.named_parameters() if hasattr(p, "_illume_frozen_rows")
+        }
+        P.cast_true_precision(self.model, self.precision)
+        if self.disc is not None and self.precision == "bf16-true":
+            self.disc.to(torch.bfloat16)
+        self.sharded = par.strategy == "fsdp" and dist.enabled
+        if self.sharded:
+            if self.eval_fn is not None:
+                raise ValueError(
+                    "eval_fn with parallelism.strategy fsdp: evaluation runs on rank 0 alone, which cannot gather "
+                    "sharded weights; evaluate the stage's saved checkpoint instead"
+                )
+            self._plain = P.skeleton(self.model)
+            root = _StepModule(self.model, self.step_fn)
+            replicated = P.shard(
+                root, self.model, par, self.precision, self.device, dist.world_size, self.root_part, disc_params
+            )
+            call, kind = root, "fsdp"
+        else:
+            P.prepare_blocks(self.model, par, self.root_part)
+            call, kind = self._replicated(self.model, self.step_fn)
+            replicated = set()
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in disc_ids]
+        names = [n for n, p in self.model.named_parameters() if id(p) not in disc_ids]
+        gen = _Group(
+            self.model,
+            call,
+            kind,
+            params,
+            cfg,
+            cfg.lr,
+            cfg.betas,
+            cfg.param_groups,
+            names,
+            scaler=P.grad_scaler(self.precision, self.device, self.sharded),
+            row_masks=row_masks,
+            replicated=replicated - disc_params,
+            world_size=dist.world_size,
+        )
+        disc = None
+        if self.disc is not None:
+            # the discriminator stays replicated (DDP) under every strategy: it is small, and called on its own
+            dcall, dkind = self._replicated(self.disc, self.disc_step_fn)
+            disc = _Group(
+                self.disc,
+                dcall,
+                dkind,
+                O.select_trainable(self.disc, None),
+                cfg,
+                cfg.disc_lr or cfg.lr,
+                cfg.disc_betas or cfg.betas,
+                scaler=P.grad_scaler(self.precision, self.device, False),
+            )
+        return gen, disc
+
+    def memory_line(self) -> str:
+        """Each rank's parameters, and their gradients and AdamW states, in bytes (collective)."""
+        held = trained = full = 0
+        for module in (self.model, self.disc):
+            for p in module.parameters() if module is not None else ():
+                local = P.local_tensor(p)
+                held += local.numel() * local.element_size()
+                full += p.numel() * p.element_size()
+                if p.requires_grad:  # a gradient and two fp32 moments
+                    trained += local.numel() * (local.element_size() + 8)
+        ranks = D.gather_objects((held, trained), self.dist)
+        self.rank_memory = [list(r) for r in ranks]
+        shown = ", ".join(f"{human(h)} + {human(t)}" for h, t in ranks)
+        return (
+            f"per-rank memory (parameters + gradients and AdamW states), rank 0..{len(ranks) - 1}: {shown}; "
+            f"the full model is {human(full)}"
+        )
+
+    def _replicated(self, module: nn.Module, fn: Callable) -> tuple[Callable, str]:
+        """``fn`` bound to ``module``, DDP-wrapped when several processes train it."""
+        wrapped = D.wrap_ddp(_StepModule(module, fn), self.dist, self.cfg.find_unused_parameters)
+        if isinstance(wrapped, _StepModule):
+            return (lambda *a: fn(module, *a)), "plain"
+        return wrapped, "ddp"
+
+    def release(self) -> nn.Module:
+        """The trained model as a plain module: under FSDP the gathered weights in an unsharded copy
+        (collective: every rank calls it), else the model itself. Call after ``fit``."""
+        if self.sharded and self._plain is not None:
+            self.model = P.unsharded(self.model, self._plain, self.device)
+            self._plain = None
+        return self.model
 
     def last_row(self) -> dict[str, float]:
         """The row logged last, also when it was logged before the checkpoint this run resumed from
@@ -428,6 +569,7 @@ class Trainer:
         count as ``loss_weight``, gives the gradient of the mean over the whole step's tokens.
         """
         gen, disc, clip = self._groups["model"], self._groups["disc"], self.cfg.grad_clip
+        weighted = len(micro) > 1 or self.dist.enabled
         if disc is not None:
             disc.set_trainable(False)
         outs, weights = [], []
@@ -435,12 +577,13 @@ class Trainer:
             with gen.no_sync(i == len(micro) - 1), autocast:
                 out = gen.fn(batch, self._index(s, i))
                 loss = _check_loss(out, s, "step_fn")
-            weight = _loss_weight(out, len(micro))
+            weight = _loss_weight(out, weighted)
             gen.backward(loss, weight)
             outs.append(out)
             weights.append(weight)
-        norm = gen.update(clip, _total(weights))
-        logged = _weighted_scalars(outs, weights)
+        total, share = self._global_weight(weights)
+        norm = gen.update(clip, total)
+        logged = _weighted_scalars(outs, weights, share)
         if norm is not None:
             logged["grad_norm"] = norm.detach().float()
         if disc is None:
@@ -457,15 +600,30 @@ class Trainer:
             with disc.no_sync(i == len(micro) - 1), autocast:
                 dout = disc.fn(batch, self._index(s, i), detached)
                 dloss = _check_loss(dout, s, "disc_step_fn")
-            weight = _loss_weight(dout, len(micro))
+            weight = _loss_weight(dout, weighted)
             disc.backward(dloss, weight)
             douts.append(dout)
             dweights.append(weight)
-        dnorm = disc.update(clip, _total(dweights))
-        logged.update({"disc/" + k: v for k, v in _weighted_scalars(douts, dweights).items()})
+        dtotal, dshare = self._global_weight(dweights)
+        dnorm = disc.update(clip, dtotal)
+        logged.update({"disc/" + k: v for k, v in _weighted_scalars(douts, dweights, dshare).items()})
         if dnorm is not None:
             logged["disc/grad_norm"] = dnorm.detach().float()
         return logged
+
+    def _global_weight(self, weights: list[float | torch.Tensor]) -> tuple[float | torch.Tensor, float]:
+        """What a group's summed gradients are divided by, and this rank's share of the logged means.
+
+        The ranks' gradients are averaged (DDP and FSDP divide their sum by the world size), so dividing
+        by the global weight / world size gives the gradient of the loss averaged over every rank's
+        tokens, as one process with the whole batch computes it; logged values scaled by
+        ``local weight x world / global weight`` average over ranks to the same global mean.
+        """
+        local = _total(weights)
+        if not self.dist.enabled:
+            return local, 1.0
+        glob = D.sum_across_ranks(float(local), self.dist)
+        return glob / self.dist.world_size, float(local) * self.dist.world_size / glob
 
     def _index(self, step: int, micro: int) -> StepIndex:
         offset = (micro * self.dist.world_size + self.dist.rank) * self.cfg.batch_size
@@ -531,14 +689,33 @@ class Trainer:
         }
         for name, g in self._groups.items():
             if g is not None:
-                state[f"{name}/optimizer"] = g.opt.state_dict()
+                if not self.writes_sharded:  # sharded checkpoints hold optimizer states in their DCP folder
+                    state[f"{name}/optimizer"] = g.opt.state_dict()
                 state[f"{name}/scheduler"] = g.sched.state_dict()
+        state["strategy"] = self.cfg.parallelism.strategy
+        state["rank_memory"] = self.rank_memory  # [parameter bytes, gradient + AdamW bytes] of each rank
+        state["precision"] = self.precision
         return state
 
+    @property
+    def writes_sharded(self) -> bool:
+        """Checkpoints are DCP folders under ``strategy: fsdp`` (at any world size, so they resume at any)."""
+        return self.cfg.parallelism.strategy == "fsdp"
+
+    def _parts(self) -> dict[str, tuple[nn.Module, torch.optim.Optimizer]]:
+        modules = {"model": self.model, "disc": self.disc}
+        return {name: (modules[name], g.opt) for name, g in self._groups.items() if g is not None}
+
     def save(self) -> Path | None:
-        """Checkpoint now (collective under DDP: every rank must call it). Rank 0 writes."""
+        """Checkpoint now (collective under DDP and FSDP: every rank must call it). Rank 0 writes; under
+        FSDP every rank writes its shards."""
         state = self.state_dict()
         folder = None
+        if self.writes_sharded and self.checkpoint_dir is not None:
+            extra = (lambda tmp: self.on_checkpoint(tmp, self.step)) if self.on_checkpoint else None
+            return save_sharded_checkpoint(
+                self.checkpoint_dir, self.step, self._parts(), state, self.dist, self.cfg.keep_last, extra
+            )
         if self.dist.is_main and self.checkpoint_dir is not None:
             modules = {"model": self.model} | ({"disc": self.disc} if self.disc is not None else {})
             extra = (lambda tmp: self.on_checkpoint(tmp, self.step)) if self.on_checkpoint else None
@@ -555,13 +732,31 @@ class Trainer:
             if self.dist.is_main and self.output_dir is not None:
                 truncate_metrics(self.output_dir / "metrics.jsonl", 0)
             return
-        modules = {"model": self.model} | ({"disc": self.disc} if self.disc is not None else {})
-        state = load_checkpoint(folder, modules, map_location=self.device)
-        changed = {
-            k
-            for k, v in state["config"].items()
-            if k not in _RESUME_SAFE and v != self.cfg.model_dump(mode="json").get(k)
-        }
+        if is_sharded(folder):
+            state = load_sharded_checkpoint(folder, self._parts())
+        elif self.sharded:
+            raise ShardedCheckpointError(
+                f"{folder} was written unsharded (parallelism.strategy: {_strategy_written(folder)}) and this run "
+                "shards the model (strategy: fsdp): its optimizer states cannot be resharded. Resume with the "
+                "strategy it was written with, or start the stage over (train without --resume)"
+            )
+        else:
+            modules = {"model": self.model} | ({"disc": self.disc} if self.disc is not None else {})
+            state = load_checkpoint(folder, modules, map_location=self.device)
+        written = state.get("precision")
+        if written is not None and ("true" in written) != ("true" in self.precision):
+            raise ShardedCheckpointError(
+                f"{folder} was trained with parallelism.precision {written}, this run uses {self.precision}: "
+                "bf16 weights and fp32 master weights are different training states. Resume with precision "
+                f"{written}, or start the stage over (train without --resume)"
+            )
+        now = self.cfg.model_dump(mode="json")
+        changed = {k for k, v in state["config"].items() if k not in _RESUME_SAFE and v != now.get(k)}
+        # the per-process split of the batch may follow the world size; the global batch may not change
+        old_global = state["config"].get("batch_size", 0) * state["config"].get("grad_accum_steps", 1)
+        changed -= {"batch_size", "grad_accum_steps"}
+        if old_global * state["world_size"] != self.cfg.batch_size * self.cfg.grad_accum_steps * self.dist.world_size:
+            changed.add("global batch")
         if changed:
             warnings.warn(
                 f"resuming {folder} with changed settings {sorted(changed)}: "
@@ -570,7 +765,8 @@ class Trainer:
             )
         for name, g in self._groups.items():
             if g is not None:
-                g.opt.load_state_dict(state[f"{name}/optimizer"])
+                if f"{name}/optimizer" in state:
+                    g.opt.load_state_dict(state[f"{name}/optimizer"])
                 g.sched.load_state_dict(state[f"{name}/scheduler"])
         self.step = int(state["step"])
         self._resumed_row = dict(state.get("last_row") or {})  # checkpoints of earlier versions lack it
@@ -592,6 +788,11 @@ class Trainer:
             seed_everything(self.cfg.seed + self.dist.rank + 7919 * self.step)
         if self.dist.is_main and self.output_dir is not None:
             truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
+
+
+def _strategy_written(folder: Path) -> str:
+    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    return str(state.get("strategy", "ddp"))
 
 
 def truncate_metrics(path: Path, step: int) -> int:

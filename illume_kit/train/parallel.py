@@ -1,0 +1,257 @@
+"""Sharding, precision and block-wise options of a training run, on PyTorch's own engine.
+
+``strategy: fsdp`` shards with FSDP2 (``torch.distributed.fsdp.fully_shard``) over a 1-D device mesh of
+all ranks: every *block* is one unit, gathered only while it runs; the rest of the model is the root
+unit, gathered for the whole step. A block is a submodule whose class name an enclosing module lists
+in ``_no_split_modules`` — the attribute transformers and diffusers models already carry (decoder
+layers, ResNet and attention blocks) and illume-kit's own components declare the same way — so a
+plugin's model is sharded per block without the trainer knowing its code.
+
+The step function runs as the root's ``forward`` (the trainer wraps model and step function in one
+module), so the root's parameters are gathered however the step reaches them (``model.loss(...)``,
+``tokenizer.encode(...)``), and blocks gather on their own ``__call__``.
+
+Precision (``parallelism.precision``): ``*-mixed`` keeps fp32 master weights and AdamW states and
+computes in bf16/fp16 (FSDP: ``MixedPrecisionPolicy`` with fp32 gradient reduction; DDP and one
+process: ``torch.autocast``); fp16 adds dynamic loss scaling. ``bf16-true`` casts the weights
+themselves: half the memory, but an update below bf16's resolution (~0.4% of a weight) is lost.
+
+Activation checkpointing (``torch.utils.checkpoint`` through the composable ``checkpoint`` API) and
+``torch.compile`` apply to the same blocks, under every strategy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from illume_kit.core.schema import Parallelism
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16-mixed on CUDA, fp32 elsewhere; anything else as given."""
+    if precision == "auto":
+        return "bf16-mixed" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def compute_dtype(precision: str) -> torch.dtype | None:
+    """The dtype a resolved precision computes in (None: fp32)."""
+    kind = precision.split("-")[0]
+    return DTYPES.get(kind)
+
+
+def autocast(precision: str, device: torch.device, sharded: bool) -> contextlib.AbstractContextManager:
+    """The autocast context of a step: mixed precision outside FSDP (FSDP casts through its policy)."""
+    if precision.endswith("-mixed") and not sharded:
+        return torch.autocast(device.type, dtype=compute_dtype(precision))
+    return contextlib.nullcontext()
+
+
+def grad_scaler(precision: str, device: torch.device, sharded: bool):
+    """Dynamic loss scaling for fp16 compute; None otherwise."""
+    if precision != "fp16-mixed":
+        return None
+    if sharded:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device.type)
+    return torch.amp.GradScaler(device.type)
+
+
+def cast_true_precision(model: nn.Module, precision: str) -> None:
+    """``bf16-true``: the weights themselves in bf16 (with a warning: small updates round away)."""
+    if precision != "bf16-true":
+        return
+    warnings.warn(
+        "parallelism.precision: bf16-true keeps bf16 weights and AdamW states: an update smaller than bf16's "
+        "resolution (~0.4% of a weight) is lost. bf16-mixed keeps fp32 master weights",
+        stacklevel=3,
+    )
+    model.to(torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------- blocks
+
+
+def blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every block: a submodule whose class an ancestor lists in ``_no_split_modules``.
+
+    Outermost first and never nested (a block inside a block belongs to the outer one).
+    """
+    out: list[tuple[str, nn.Module]] = []
+
+    def walk(module: nn.Module, prefix: str, names: frozenset[str]) -> None:
+        own = getattr(module, "_no_split_modules", None) or ()
+        names = names | frozenset(own)
+        for child_name, child in module.named_children():
+            name = f"{prefix}{child_name}"
+            if type(child).__name__ in names:
+                out.append((name, child))
+            else:
+                walk(child, name + ".", names)
+
+    walk(model, "", frozenset())
+    return out
+
+
+def part_of(name: str, root_part: str | None) -> str:
+    """Which recipe part a block belongs to: the stage's component, or the unified model's top-level child."""
+    return root_part if root_part is not None else name.split(".", 1)[0]
+
+
+def prepare_blocks(model: nn.Module, par: Parallelism, root_part: str | None) -> list[tuple[str, nn.Module]]:
+    """Activation checkpointing and ``torch.compile`` on the blocks the recipe names; returns the blocks."""
+    found = blocks(model)
+    if par.activation_checkpointing:
+        from torch.distributed._composable import checkpoint
+
+        for name, block in found:
+            if part_of(name, root_part) in par.activation_checkpointing:
+                checkpoint(block)
+    if par.compile:
+        for _, block in found:
+            block.compile()
+    return found
+
+
+# ---------------------------------------------------------------------------------- FSDP
+
+
+def shard(
+    root: nn.Module,
+    model: nn.Module,
+    par: Parallelism,
+    precision: str,
+    device: torch.device,
+    world_size: int,
+    root_part: str | None = None,
+    keep: set[nn.Parameter] | None = None,
+) -> set[nn.Parameter]:
+    """Shard ``model``'s blocks, then ``root`` (which holds ``model``) as the root unit, in place.
+
+    ``keep``: parameters left out of sharding (replicated; e.g. a discriminator trained under DDP).
+    With ``shard_frozen: false`` frozen parameters are kept too, and 0-d parameters (a logit scale)
+    always, as FSDP shards along a dimension. Returns every kept parameter: the trainer averages the
+    gradients of the trainable ones over ranks itself (``average_replicated``).
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (world_size,))
+    dtype = compute_dtype(precision) if precision.endswith("-mixed") else None
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype is not None else None)
+    offload = CPUOffloadPolicy() if par.cpu_offload else OffloadPolicy()
+    ignored = set(keep or ()) | {p for p in root.parameters() if p.dim() == 0}
+    if not par.shard_frozen:
+        ignored |= {p for p in root.parameters() if not p.requires_grad}
+    kw = dict(mesh=mesh, mp_policy=mp, offload_policy=offload)
+    for _, block in prepare_blocks(model, par, root_part):
+        params = set(block.parameters())
+        if not params or params <= ignored:
+            continue
+        fully_shard(block, reshard_after_forward=par.reshard_after_forward, ignored_params=params & ignored, **kw)
+    fully_shard(root, ignored_params=ignored or None, **kw)
+    return ignored
+
+
+def average_replicated(params: list[nn.Parameter], world_size: int) -> None:
+    """Average the gradients of parameters FSDP left replicated over ranks (one all-reduce each)."""
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world_size)
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` over sharded (DTensor) and plain gradients together; returns the total norm."""
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [g for g in grads if isinstance(g, DTensor)]
+    plain = [g for g in grads if not isinstance(g, DTensor)]
+    if not sharded:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    parts = []
+    for group in (sharded, plain):
+        if group:
+            n = torch.nn.utils.get_total_norm(group)
+            parts.append(n.full_tensor() if isinstance(n, DTensor) else n)
+    total = torch.linalg.vector_norm(torch.stack([n.float() for n in parts]))
+    for group in (sharded, plain):
+        if group:
+            torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    return total
+
+
+def set_gradient_sync(root: nn.Module, enabled: bool) -> None:
+    """FSDP: reduce-scatter gradients in this backward (the last micro-batch of a step) or keep them local."""
+    root.set_requires_gradient_sync(enabled)
+
+
+def skeleton(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters live on the meta device (no memory), buffers copied.
+
+    Taken before sharding; after training, ``unsharded`` fills it with the gathered weights, giving back
+    a plain module (no FSDP classes or hooks) for saving and for the next stage.
+    """
+    memo: dict[int, Any] = {
+        id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+        for p in model.parameters()
+    }
+    return copy.deepcopy(model, memo)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every rank gets the full (gathered) state dict of a sharded ``model`` (collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+
+
+def unsharded(sharded: nn.Module, plain: nn.Module, device: torch.device) -> nn.Module:
+    """``plain`` (a ``skeleton`` of ``sharded``) holding ``sharded``'s gathered weights (collective)."""
+    full = full_state_dict(sharded)
+    # gathered tensors may be views into one all-gather buffer; a saved checkpoint wants each its own storage
+    full = {k: v.to(device).clone() for k, v in full.items()}
+    missing, unexpected = plain.load_state_dict(full, strict=False, assign=True)
+    meta = [n for n, p in plain.named_parameters() if p.is_meta]
+    if meta or unexpected:
+        raise RuntimeError(f"gathering the sharded model left {meta[:5]} unfilled, {unexpected[:5]} unexpected")
+    return plain
+
+
+def local_rows(grad: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The local part of a (possibly row-sharded DTensor) gradient and the global index of its first row."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(grad, DTensor):
+        return grad, 0
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    _, offset = compute_local_shape_and_global_offset(grad.shape, grad.device_mesh, grad.placements)
+    return grad.to_local(), int(offset[0]) if len(offset) else 0
+
+
+def zero_rows_below(param: nn.Parameter, first: int) -> None:
+    """Zero the gradient of rows ``< first`` (kept rows of an embedding whose new rows train)."""
+    if param.grad is None:
+        return
+    local, start = local_rows(param.grad)
+    stop = min(first - start, local.shape[0])
+    if stop > 0:
+        local[:stop] = 0
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (a plain tensor as it is)."""
+    return t.to_local() if hasattr(t, "to_local") else t
