@@ -70,7 +70,7 @@ STAGES = ["stage1", "stage2", "stage2_5", "stage3"]
 OPEN = ["tokenizer.weights=W", "backbone.params.pretrained=B", "detokenizer.params.pretrained=D"]
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", [*STAGES, "schedule"])
 def test_stage_recipes_validate(stage):
     r = run("validate", "--allow-large", f"recipes/illume_plus/{stage}.yaml", *OPEN)
     assert r.returncode == 0, r.stderr

@@ -50,3 +50,16 @@ def test_stage1_embedding_rate_and_batches(names):
     assert [n for n, g in zip(names, which) if g == 0] == ["backbone.model.model.embed_tokens.weight"]
     # the global batch splits over usual GPU counts
     assert [st.per_rank_batch(w) for w in (1, 8, 32)] == [32, 4, 1]
+
+
+def test_the_schedule_runs_the_four_stage_recipes_in_order():
+    sched = load_recipe("recipes/illume_plus/schedule.yaml", unset_missing=True).recipe
+    assert [st.name for st in sched.train.stages] == ["stage1", "stage2", "stage2_5", "stage3"]
+    for st in sched.train.stages:
+        (own,) = load_recipe(f"recipes/illume_plus/{st.name}.yaml", unset_missing=True).recipe.train.stages
+        assert st.model_dump() == own.model_dump(), st.name
+    stage3 = load_recipe("recipes/illume_plus/stage3.yaml", unset_missing=True).recipe
+    assert sched.parallelism == stage3.parallelism
+    assert sched.model_dump(include={"tokenizer", "backbone", "detokenizer", "model"}) == stage3.model_dump(
+        include={"tokenizer", "backbone", "detokenizer", "model"}
+    )
