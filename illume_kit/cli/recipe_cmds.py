@@ -246,10 +246,11 @@ def memory_plan(model, resolved, world: int) -> dict:
 
     par = resolved.recipe.parallelism
     precision = resolve_precision(par.precision)
-    stages = list(resolved.recipe.train.stages) or [SimpleNamespace(name="(no stages)", target="all")]
+    # without stages: the model as built, its parameters as they require gradients
+    stages = list(resolved.recipe.train.stages) or [SimpleNamespace(name=None, target="model")]
     plans = []
     for stage in stages:
-        if stage.target == "all":
+        if stage.target == "model":
             from illume_kit.model.unified import count_params
 
             total, trainable = count_params(model)
@@ -257,7 +258,13 @@ def memory_plan(model, resolved, world: int) -> dict:
         else:
             sizes = stage_sizes(model, stage)
         if sizes is None:
-            plans.append({"stage": stage.name, "target": stage.target, "error": f"the model has no {stage.target}"})
+            plans.append(
+                {
+                    "stage": stage.name,
+                    "target": stage.target,
+                    "error": f"compose builds no {stage.target}: no estimate",
+                }
+            )
             continue
         trainable, frozen = sizes
         rows = memory_table(trainable, frozen, world, precision, shard_frozen=par.shard_frozen)
@@ -303,7 +310,8 @@ def print_memory(plan: dict) -> None:
     from illume_kit.core.footprint import human
 
     for st in plan["stages"]:
-        title = f"per-rank memory, stage {st['stage']} ({st['target']}), {plan['world']} GPUs, {plan['precision']}"
+        what = f"stage {st['stage']} ({st['target']})" if st["stage"] else "the model as built (no training stages)"
+        title = f"per-rank memory, {what}, {plan['world']} GPUs, {plan['precision']}"
         if "error" in st:
             console.print(f"{title}: {st['error']}")
             continue

@@ -133,3 +133,18 @@ def test_stage_recipes_compose_on_meta(stage):
         assert plan["trainable"] < 0.2 * comps["backbone"]["parameters"]
     else:
         assert plan["trainable"] == comps["projectors"]["parameters"] + comps["backbone"]["parameters"]
+
+
+def test_world_for_component_stages_and_for_a_recipe_without_stages():
+    r = run("compose", "--meta", "--json", "--world", "4", "recipes/tokenizers/dualvitok_tiny_2x2.yaml")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    teacher, tok = info["memory"]["stages"]
+    assert teacher["target"] == "teacher" and "no teacher" in teacher["error"]
+    # a tokenizer stage holds the tokenizer as built: its frozen semantic encoder counts as weights only
+    comp = info["components"]["tokenizer"]
+    assert (tok["trainable"], tok["frozen"]) == (comp["trainable"], comp["parameters"] - comp["trainable"])
+    assert tok["frozen"] > 0
+    r = run("compose", "--meta", "--world", "4", "dualvitok_qwen2_tiny")
+    assert r.returncode == 0, r.stderr
+    assert "per-rank memory, the model as built (no training stages), 4 GPUs" in " ".join(r.stdout.split())
