@@ -220,6 +220,116 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def stage_sizes(model, stage) -> tuple[int, int] | None:
+    """(trainable, frozen) parameters a training stage holds, from the built model: an ``mllm`` stage
+    the whole model with its ``trainable`` groups open, other stages their target component as built;
+    None when the model has no such component."""
+    from illume_kit.model.objective import trainable_parameters
+    from illume_kit.model.unified import count_params
+
+    if stage.target == "mllm":
+        trainable_parameters(model, stage.trainable or ["all"])
+        total, trainable = count_params(model)
+    else:
+        total, trainable = count_params(getattr(model, stage.target, None))
+        if not total:
+            return None
+    return trainable, total - trainable
+
+
+def memory_plan(model, resolved, world: int) -> dict:
+    """Per-rank memory at ``world`` ranks for every training stage of the recipe (or, without stages,
+    for the model as built), ddp against fsdp, under the recipe's ``parallelism``."""
+    from types import SimpleNamespace
+
+    from illume_kit.core.footprint import memory_table, resolve_precision
+
+    par = resolved.recipe.parallelism
+    precision = resolve_precision(par.precision)
+    # without stages: the model as built, its parameters as they require gradients
+    stages = list(resolved.recipe.train.stages) or [SimpleNamespace(name=None, target="model")]
+    plans = []
+    for stage in stages:
+        if stage.target == "model":
+            from illume_kit.model.unified import count_params
+
+            total, trainable = count_params(model)
+            sizes = (trainable, total - trainable)
+        else:
+            sizes = stage_sizes(model, stage)
+        if sizes is None:
+            plans.append(
+                {
+                    "stage": stage.name,
+                    "target": stage.target,
+                    "error": f"compose builds no {stage.target}: no estimate",
+                }
+            )
+            continue
+        trainable, frozen = sizes
+        rows = memory_table(trainable, frozen, world, precision, shard_frozen=par.shard_frozen)
+        plans.append(
+            {
+                "stage": stage.name,
+                "target": stage.target,
+                "trainable": trainable,
+                "frozen": frozen,
+                "rows": [
+                    {
+                        "strategy": r.label,
+                        "recipe": r.strategy == par.strategy and r.cpu_offload == par.cpu_offload,
+                        "params": r.params,
+                        "grads": r.grads,
+                        "optimizer": r.optimizer,
+                        "gpu": r.gpu,
+                        "cpu": r.cpu,
+                    }
+                    for r in rows
+                ],
+            }
+        )
+    return {
+        "world": world,
+        "precision": precision,
+        "strategy": par.strategy,
+        "shard_frozen": par.shard_frozen,
+        "stages": plans,
+    }
+
+
+MEMORY_CAPTION = (
+    "weights, gradients and AdamW states per rank; not included: activations, and the parameters fsdp gathers "
+    "for the unit it runs (for every unit from forward to backward with reshard_after_forward: false)"
+)
+
+
+def print_memory(plan: dict) -> None:
+    from rich.table import Table
+
+    from illume_kit.cli.output import console
+    from illume_kit.core.footprint import human
+
+    for st in plan["stages"]:
+        what = f"stage {st['stage']} ({st['target']})" if st["stage"] else "the model as built (no training stages)"
+        title = f"per-rank memory, {what}, {plan['world']} GPUs, {plan['precision']}"
+        if "error" in st:
+            console.print(f"{title}: {st['error']}")
+            continue
+        table = Table(
+            title=title,
+            caption=f"{st['trainable']:,} trainable + {st['frozen']:,} frozen parameters; "
+            f"frozen {'sharded' if plan['shard_frozen'] else 'replicated'} under fsdp; {MEMORY_CAPTION}",
+        )
+        for col in ("strategy", "weights", "gradients", "AdamW", "GPU / rank", "CPU / rank"):
+            table.add_column(col, justify="left" if col == "strategy" else "right")
+        for r in st["rows"]:
+            table.add_row(
+                r["strategy"] + (" (recipe)" if r["recipe"] else ""),
+                *(human(r[k]) for k in ("params", "grads", "optimizer", "gpu", "cpu")),
+            )
+        console.print(table)
+
+
 def cmd_compose(args) -> int:
     from illume_kit.cli.output import console
     from illume_kit.core.recipe import Problem, RecipeError, load_recipe
@@ -231,6 +341,17 @@ def cmd_compose(args) -> int:
         raise RecipeError(
             args.recipe, [Problem("--output", "--meta builds no weights, so it cannot write a checkpoint")]
         )
+    if args.world is not None and (not args.meta or args.world < 1):
+        raise RecipeError(
+            args.recipe,
+            [
+                Problem(
+                    "--world",
+                    f"--world {args.world}: needs --meta and a world size of at least 1 "
+                    "(e.g. compose --meta --world 8 RECIPE)",
+                )
+            ],
+        )
     resolved = load_recipe(args.recipe, args.overrides, unset_missing=args.meta)
     if args.output:
         check_output_dir(args.output)
@@ -240,10 +361,14 @@ def cmd_compose(args) -> int:
     if args.output:
         out = save_checkpoint(model, resolved, args.output)
         info["checkpoint"] = str(out)
+    if args.world is not None:
+        info["memory"] = memory_plan(model, resolved, args.world)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         print_tree(info)
+        if args.world is not None:
+            print_memory(info["memory"])
         if args.output:
             console.print(f"[green]wrote checkpoint[/] {args.output}")
     return 0
@@ -300,6 +425,13 @@ def register(sub) -> None:
         action="store_true",
         help="build on the meta device: sizes, dtypes and memory without allocating or reading weights "
         "(`???` weight folders may stay unset)",
+    )
+    p.add_argument(
+        "--world",
+        type=int,
+        metavar="N",
+        help="with --meta: estimated per-rank memory of each training stage on N GPUs, ddp against fsdp "
+        "(weights, gradients, AdamW states under the recipe's parallelism.precision)",
     )
     p.set_defaults(func=cmd_compose)
     p = sub.add_parser("inspect", help="read a checkpoint folder, check plugins, load it and describe it")

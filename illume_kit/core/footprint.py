@@ -217,4 +217,112 @@ def check(data: Mapping[str, Any], components: Mapping[str, Any], memory: int | 
     )
 
 
-__all__ = ["ENV", "Estimate", "Term", "allowed_large", "check", "estimate", "machine_memory"]
+# Bytes per parameter under each parallelism.precision: (trainable weights, frozen weights,
+# gradients, AdamW states). *-mixed keeps fp32 master weights beside a 16-bit compute copy and reduces
+# fp32 gradients; bf16-true keeps weights, gradients and both moments in bf16. A frozen part needs only
+# its compute copy. `auto` is estimated as on CUDA (bf16-mixed).
+PRECISION_BYTES: dict[str, tuple[int, int, int, int]] = {
+    "fp32": (4, 4, 4, 8),
+    "bf16-mixed": (4 + 2, 2, 4, 2 * 4),
+    "fp16-mixed": (4 + 2, 2, 4, 2 * 4),
+    "bf16-true": (2, 2, 2, 2 * 2),
+}
+# the master copy of a trainable weight: what CPU offload moves off the GPU besides gradients and states
+MASTER_BYTES = {"fp32": 4, "bf16-mixed": 4, "fp16-mixed": 4, "bf16-true": 2}
+
+
+def resolve_precision(precision: str) -> str:
+    """The precision an estimate for GPUs uses (``auto`` is bf16-mixed on CUDA)."""
+    if precision == "auto":
+        return "bf16-mixed"
+    if precision not in PRECISION_BYTES:
+        raise ValueError(f"unknown precision {precision!r} (valid: auto, {', '.join(PRECISION_BYTES)})")
+    return precision
+
+
+@dataclass(frozen=True)
+class RankMemory:
+    """Persistent memory of one rank during training, in bytes (activations and the transient
+    gathered copy of one FSDP unit are not in it)."""
+
+    strategy: str
+    cpu_offload: bool
+    params: float
+    grads: float
+    optimizer: float
+    cpu: float = 0.0
+
+    @property
+    def gpu(self) -> float:
+        return self.params + self.grads + self.optimizer
+
+    @property
+    def label(self) -> str:
+        return self.strategy + (" + cpu offload" if self.cpu_offload else "")
+
+
+def rank_memory(
+    trainable: int,
+    frozen: int,
+    world: int,
+    strategy: str,
+    precision: str = "bf16-mixed",
+    cpu_offload: bool = False,
+    shard_frozen: bool = True,
+) -> RankMemory:
+    """Per-rank bytes of weights, gradients and AdamW states for ``trainable`` and ``frozen`` parameter
+    counts over ``world`` ranks. ``ddp`` replicates all of it; ``fsdp`` divides weights, gradients and
+    states by ``world`` (frozen weights only with ``shard_frozen``); ``cpu_offload`` (fsdp) keeps the
+    master weights, gradients and states of the shard in CPU memory and the compute copy on the GPU.
+    """
+    if world < 1:
+        raise ValueError(f"world size must be >= 1, got {world}")
+    if strategy not in ("ddp", "fsdp"):
+        raise ValueError(f"unknown strategy {strategy!r} (valid: ddp, fsdp)")
+    if cpu_offload and strategy != "fsdp":
+        raise ValueError("cpu_offload needs strategy fsdp")
+    precision = resolve_precision(precision)
+    tb, fb, gb, ob = PRECISION_BYTES[precision]
+    n = world if strategy == "fsdp" else 1
+    nf = n if shard_frozen else 1
+    params = trainable * tb / n + frozen * fb / nf
+    grads, states = trainable * gb / n, trainable * ob / n
+    if not cpu_offload:
+        return RankMemory(strategy, False, params, grads, states)
+    master = trainable * MASTER_BYTES[precision] / n
+    # what stays on the GPU: the compute copy of the trainable shard (none apart from the master when
+    # compute and master share a dtype) and the frozen weights
+    compute = trainable * (tb - MASTER_BYTES[precision]) / n
+    gpu_params = compute + frozen * fb / nf
+    return RankMemory(strategy, True, gpu_params, 0.0, 0.0, cpu=master + grads + states)
+
+
+def memory_table(
+    trainable: int,
+    frozen: int,
+    world: int,
+    precision: str = "bf16-mixed",
+    shard_frozen: bool = True,
+) -> list[RankMemory]:
+    """ddp, fsdp and fsdp with CPU offload at one world size, for comparison."""
+    return [
+        rank_memory(trainable, frozen, world, "ddp", precision),
+        rank_memory(trainable, frozen, world, "fsdp", precision, shard_frozen=shard_frozen),
+        rank_memory(trainable, frozen, world, "fsdp", precision, cpu_offload=True, shard_frozen=shard_frozen),
+    ]
+
+
+__all__ = [
+    "ENV",
+    "PRECISION_BYTES",
+    "Estimate",
+    "RankMemory",
+    "Term",
+    "allowed_large",
+    "check",
+    "estimate",
+    "machine_memory",
+    "memory_table",
+    "rank_memory",
+    "resolve_precision",
+]

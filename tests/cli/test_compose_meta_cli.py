@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
 CKPT = ROOT / "checkpoints" / "dualvitok_qwen2_mllm_tiny"
@@ -62,3 +64,87 @@ def test_inspect_meta_matches_the_loaded_checkpoint():
         for key in ("parameters", "bytes", "dtypes", "parts"):
             assert m["components"][sec].get(key) == r["components"][sec].get(key), (sec, key)
     assert m["total"] == r["total"] and m["total"]["parameters"] > 0
+
+
+STAGES = ["stage1", "stage2", "stage2_5", "stage3"]
+OPEN = ["tokenizer.weights=W", "backbone.params.pretrained=B", "detokenizer.params.pretrained=D"]
+
+
+@pytest.mark.parametrize("stage", [*STAGES, "schedule"])
+def test_stage_recipes_validate(stage):
+    r = run("validate", "--allow-large", f"recipes/illume_plus/{stage}.yaml", *OPEN)
+    assert r.returncode == 0, r.stderr
+    assert "backbone=qwen2[qwen2.5-3b]" in r.stdout and "detokenizer=diffusion[official]" in r.stdout
+
+
+def test_world_prints_per_rank_memory_for_ddp_and_fsdp():
+    r = run("compose", "--meta", "--world", "8", "recipes/illume_plus/stage3.yaml")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "per-rank memory, stage stage3 (mllm), 8 GPUs, bf16-mixed" in out
+    gpu = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) == 6 and cells[0].split(" (")[0] in ("ddp", "fsdp", "fsdp + cpu offload"):
+            num, unit = cells[4].split()
+            gpu[cells[0]] = float(num) * {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}[unit]
+    assert set(gpu) == {"ddp", "fsdp (recipe)", "fsdp + cpu offload"}, out
+    assert gpu["fsdp (recipe)"] < gpu["ddp"] / 4 and gpu["fsdp + cpu offload"] < gpu["fsdp (recipe)"]
+    assert "activations" in out  # the caption says what the estimate leaves out
+
+
+def test_world_json_counts_each_stages_trainable_groups():
+    r = run("compose", "--meta", "--json", "--world", "2", "dualvitok_qwen2_mllm_tiny")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    mem, total = info["memory"], info["total"]["parameters"]
+    assert (mem["world"], mem["strategy"], mem["precision"]) == (2, "ddp", "bf16-mixed")  # auto: as on CUDA
+    align, full = mem["stages"]
+    assert (align["stage"], full["stage"]) == ("align", "mllm")
+    assert align["trainable"] + align["frozen"] == total == full["trainable"] + full["frozen"]
+    comps = info["components"]
+    # align: projectors and the embedding matrix whose new rows train; mllm: projectors and backbone
+    assert comps["projectors"]["parameters"] < align["trainable"] < full["trainable"]
+    assert full["trainable"] == comps["projectors"]["parameters"] + comps["backbone"]["parameters"]
+    ddp, fsdp, off = full["rows"]
+    assert ddp["recipe"] and not fsdp["recipe"] and not off["recipe"]
+    assert ddp["gpu"] == pytest.approx(18 * full["trainable"] + 2 * full["frozen"])
+    assert fsdp["gpu"] == pytest.approx(ddp["gpu"] / 2)
+
+
+@pytest.mark.parametrize("args", [["--world", "8"], ["--meta", "--world", "0"]])
+def test_world_needs_meta_and_a_positive_size(args):
+    r = run("compose", *args, "dualvitok_qwen2_tiny")
+    assert r.returncode == 2, r.stderr
+    assert "--world" in r.stderr and "--meta" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_recipes_compose_on_meta(stage):
+    r = run("compose", "--meta", "--json", "--world", "8", f"recipes/illume_plus/{stage}.yaml")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    (plan,) = info["memory"]["stages"]
+    comps = info["components"]
+    assert plan["stage"] == stage and info["memory"]["strategy"] == "fsdp"
+    assert plan["trainable"] + plan["frozen"] == info["total"]["parameters"]
+    if stage == "stage1":  # projectors and the (tied) embedding matrix
+        assert plan["trainable"] < 0.2 * comps["backbone"]["parameters"]
+    else:
+        assert plan["trainable"] == comps["projectors"]["parameters"] + comps["backbone"]["parameters"]
+
+
+def test_world_for_component_stages_and_for_a_recipe_without_stages():
+    r = run("compose", "--meta", "--json", "--world", "4", "recipes/tokenizers/dualvitok_tiny_2x2.yaml")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    teacher, tok = info["memory"]["stages"]
+    assert teacher["target"] == "teacher" and "no teacher" in teacher["error"]
+    # a tokenizer stage holds the tokenizer as built: its frozen semantic encoder counts as weights only
+    comp = info["components"]["tokenizer"]
+    assert (tok["trainable"], tok["frozen"]) == (comp["trainable"], comp["parameters"] - comp["trainable"])
+    assert tok["frozen"] > 0
+    r = run("compose", "--meta", "--world", "4", "dualvitok_qwen2_tiny")
+    assert r.returncode == 0, r.stderr
+    assert "per-rank memory, the model as built (no training stages), 4 GPUs" in " ".join(r.stdout.split())

@@ -73,3 +73,50 @@ def test_params_hook_replaces_the_generic_rules():
 
     (t,) = footprint.component_terms("tokenizer", P())
     assert (t.keys, t.elements) == ("tokenizer.params.width x depth", 10**12)
+
+
+GB = 1e9
+
+
+def test_rank_memory_of_a_billion_trainable_mixed_params_on_8_ranks():
+    # bf16-mixed: fp32 master (4) + bf16 compute copy (2), fp32 gradients (4), two fp32 moments (8)
+    fsdp = footprint.rank_memory(10**9, 0, 8, "fsdp", "bf16-mixed")
+    assert (fsdp.params, fsdp.grads, fsdp.optimizer) == (6 * GB / 8, 4 * GB / 8, 8 * GB / 8)
+    assert fsdp.gpu == pytest.approx((4 + 2 + 4 + 8) / 8 * GB)
+    ddp = footprint.rank_memory(10**9, 0, 8, "ddp", "bf16-mixed")
+    assert ddp.gpu == pytest.approx(18 * GB) and ddp.cpu == 0
+
+
+def test_rank_memory_precisions_and_frozen_parts():
+    assert footprint.rank_memory(10**9, 0, 1, "ddp", "fp32").gpu == pytest.approx(16 * GB)
+    assert footprint.rank_memory(10**9, 0, 1, "ddp", "bf16-true").gpu == pytest.approx(8 * GB)
+    assert footprint.rank_memory(10**9, 0, 1, "ddp", "auto").gpu == pytest.approx(18 * GB)  # as on CUDA
+    # frozen weights: only their compute copy, no gradients or states; sharded only when asked
+    frozen = footprint.rank_memory(0, 4 * 10**9, 4, "fsdp", "bf16-mixed")
+    assert (frozen.params, frozen.grads, frozen.optimizer) == (2 * GB, 0, 0)
+    kept = footprint.rank_memory(0, 4 * 10**9, 4, "fsdp", "bf16-mixed", shard_frozen=False)
+    assert kept.params == 8 * GB
+    assert footprint.rank_memory(0, 4 * 10**9, 4, "ddp", "fp32").params == 16 * GB
+
+
+def test_cpu_offload_moves_master_gradients_and_states_off_the_gpu():
+    off = footprint.rank_memory(8 * 10**9, 8 * 10**9, 8, "fsdp", "bf16-mixed", cpu_offload=True)
+    # GPU: the bf16 compute copy of the trainable shard and the frozen shard; CPU: master, grads, AdamW
+    assert off.gpu == pytest.approx((2 + 2) * GB)
+    assert off.cpu == pytest.approx((4 + 4 + 8) * GB)
+    on = footprint.rank_memory(8 * 10**9, 8 * 10**9, 8, "fsdp", "bf16-mixed")
+    assert off.gpu + off.cpu == pytest.approx(on.gpu)
+
+
+def test_memory_table_rows_and_bad_input():
+    rows = footprint.memory_table(10**9, 10**9, 8)
+    assert [r.label for r in rows] == ["ddp", "fsdp", "fsdp + cpu offload"]
+    assert rows[0].gpu > rows[1].gpu > rows[2].gpu
+    with pytest.raises(ValueError, match="world size"):
+        footprint.rank_memory(1, 0, 0, "fsdp")
+    with pytest.raises(ValueError, match="valid: ddp, fsdp"):
+        footprint.rank_memory(1, 0, 2, "zero3")
+    with pytest.raises(ValueError, match="needs strategy fsdp"):
+        footprint.rank_memory(1, 0, 2, "ddp", cpu_offload=True)
+    with pytest.raises(ValueError, match="bf16-true"):
+        footprint.resolve_precision("int8")
