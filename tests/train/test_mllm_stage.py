@@ -41,7 +41,6 @@ def test_mllm_stage_keeps_tokenizer_outputs_unless_told_not_to(tmp_path):
         runner = SimpleNamespace(
             model=model,
             images=lambda s: items,
-            stage_started=lambda s: False,
             note_trained=lambda texts, sizes: None,
             recipe=SimpleNamespace(train=SimpleNamespace(stages=[stage]), run=SimpleNamespace(seed=0)),
         )
