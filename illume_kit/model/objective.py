@@ -75,14 +75,13 @@ def mllm_loss(model: Any, batch: Sequence[Sample] | Batch, average: str = "token
 def mllm_step_fn(mixer: Any, average: str = "token"):
     """A trainer ``step_fn(model, batch, step)``: dataset batch -> task samples -> ``mllm_loss``.
 
-    The micro-batches of an accumulated step draw their tasks from streams of their own: the first
-    from the step's, the k-th from (step, k); the trainer's step carries k as ``step.micro``.
+    A sample draws its task by its place among the optimizer step's samples: the trainer's step
+    carries the micro-batch's first place as ``step.offset`` (0 for a plain int), so a global batch
+    draws the same tasks however it is split into micro-batches and processes.
     """
 
     def step_fn(model: Any, batch: Any, step: int) -> dict[str, torch.Tensor]:
-        micro = getattr(step, "micro", 0)
-        key = step if micro == 0 else f"{int(step)}/{micro}"
-        return mllm_loss(model, mixer.samples(batch, key), average)
+        return mllm_loss(model, mixer.samples(batch, int(step), getattr(step, "offset", 0)), average)
 
     return step_fn
 

@@ -144,6 +144,11 @@ class EncodeCache:
     bumps its version counter, and the cache then empties itself. ``keep_features=False`` stores codes
     only (what discrete image input and image targets need); a lookup that needs features then
     misses. ``max_bytes`` bounds the stored tensors; when full, new images are encoded but not kept.
+
+    ``encode_images`` encodes an image the cache lacks on its own: a batch of one rounds differently
+    from a batch of many, and an entry that depended on its batch-mates would make a resumed run (whose
+    cache starts empty and meets the images in other batches) train other numbers than an
+    uninterrupted one. The entry is then a function of the image alone.
     """
 
     def __init__(self, keep_features: bool = True, max_bytes: int = 1 << 30) -> None:
@@ -202,7 +207,7 @@ def encode_images(
     Returns per image ``{"codes": {name: (h, w)}, "features": {name: (h, w, D)}}``. The tokenizer
     runs in eval mode (and is restored), without gradients. When ``model.encode_cache`` holds an
     ``EncodeCache`` (mllm training sets one), images it has seen come from there; with
-    ``need_features=False`` a codes-only entry is enough.
+    ``need_features=False`` a codes-only entry is enough; an image the cache lacks is encoded on its own.
     """
     tok = model.tokenizer
     cache: EncodeCache | None = getattr(model, "encode_cache", None)
@@ -219,7 +224,9 @@ def encode_images(
             out[i] = cache.get(keys[i], need_features)
             if out[i] is not None:
                 continue
-        groups.setdefault((int(im.shape[-2]), int(im.shape[-1])), []).append(i)
+        # alone: a kept entry must not depend on its batch-mates (EncodeCache)
+        alone = (i,) if cache is not None else ()
+        groups.setdefault((int(im.shape[-2]), int(im.shape[-1]), *alone), []).append(i)
     if not groups:
         return out  # type: ignore[return-value]
     was_training = tok.training

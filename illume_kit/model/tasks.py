@@ -14,8 +14,10 @@ was trained on:
   image``, target = source), which is the unconditional branch for editing guidance.
 
 Dataset items are dicts as the shapes world serves them: ``image`` (3, H, W), ``caption``, ``qa``
-[(question, answer)], ``edit`` {instruction, image}. Task choice is seeded per (seed, step), so
-a resumed run draws the same tasks.
+[(question, answer)], ``edit`` {instruction, image}. Every random choice for a sample (its task,
+the cfg dropout, the questions it asks) comes from a stream of its own keyed by (seed, step, its
+position among the step's samples), so a resumed run draws the same, and so does the same global
+batch split over other micro-batches or processes.
 """
 
 from __future__ import annotations
@@ -216,13 +218,20 @@ class TaskMixer:
             )
         raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
 
-    def samples(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], step: int | str = 0) -> list[Sample]:
-        """Samples for a (collated) batch, seeded by (seed, step): resuming redraws the same tasks.
+    def rng(self, step: int, position: int) -> random.Random:
+        """The random stream of the sample at ``position`` among the samples of optimizer step ``step``."""
+        return random.Random(f"{self.seed}/{int(step)}/{int(position)}")
 
-        ``step`` is the optimizer step, or ``"step/k"`` for the k-th micro-batch of an accumulated step.
+    def samples(
+        self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], step: int = 0, offset: int = 0
+    ) -> list[Sample]:
+        """Samples for a (collated) batch of optimizer step ``step`` whose first item sits at ``offset``
+        among the step's samples (over micro-batches and processes; the trainer's ``StepIndex.offset``).
+
+        The i-th item draws from ``rng(step, offset + i)`` alone: resuming redraws the same samples,
+        and one batch of 8 draws what two batches of 4 at offsets 0 and 4 draw.
         """
-        rng = random.Random(f"{self.seed}/{step}")
-        return [self.sample(item, rng) for item in uncollate(batch)]
+        return [self.sample(item, self.rng(step, offset + i)) for i, item in enumerate(uncollate(batch))]
 
 
 def task_texts(items: Iterable[Mapping[str, Any]]) -> set[str]:

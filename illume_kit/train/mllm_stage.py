@@ -27,14 +27,17 @@ def stage_setup(runner: StageRunner, stage: Stage):
     """What ``illume-kit train`` needs for an ``mllm`` stage: (module, step_fn, data, trainer extras).
 
     The stage's options are ``illume_kit.core.options.MllmOptions``; ``loss_average`` is explained at
-    ``mllm_loss``, ``edit_target`` at ``TaskMixer``, ``cache_codes`` at ``EncodeCache``. The text
-    tokenizer of a from-scratch backbone is retrained once, at the start of the recipe's first mllm stage.
+    ``mllm_loss``, ``edit_target`` at ``TaskMixer``, ``cache_codes`` at ``EncodeCache``.
+
+    The text tokenizer of a from-scratch backbone is retrained on the task texts of the recipe's first
+    mllm stage whenever that stage is set up, resumed or not: the BPE is a function of those texts
+    alone, and the stage's trainer checkpoint holds weights only, so a resumed stage that kept the
+    composed model's default tokenizer would feed its embeddings other token ids.
     """
     model = runner.model
     opts = MllmOptions.model_validate(stage.options)  # the recipe's are typed already; a plain dict is checked
     data = runner.images(stage)
     first_mllm = next(s for s in runner.recipe.train.stages if s.target == "mllm").name == stage.name
-    started = runner.stage_started(stage)
     # the text tokenizer's corpus is also what the checkpoint records as the words it trained on
     items = [data[i] for i in range(min(len(data), opts.text_corpus_items))]
     texts = sorted(task_texts(items))
@@ -42,7 +45,6 @@ def stage_setup(runner: StageRunner, stage: Stage):
     if (
         opts.retrain_text_tokenizer
         and first_mllm
-        and not started
         and isinstance(model.backbone, RetrainsTextTokenizer)
         and not getattr(model.backbone.params, "pretrained", None)
     ):

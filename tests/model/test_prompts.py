@@ -259,7 +259,6 @@ def test_a_styled_model_trains_and_samples_in_its_style(tmp_path, chat_backbone,
     runner = SimpleNamespace(
         model=model,
         images=lambda s: items,
-        stage_started=lambda s: False,
         note_trained=lambda texts, sizes: None,
         recipe=SimpleNamespace(train=SimpleNamespace(stages=[stage]), run=SimpleNamespace(seed=0)),
     )

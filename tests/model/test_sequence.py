@@ -293,6 +293,29 @@ def test_encode_cache_gives_the_same_outputs_without_encoding_again(keep_feature
     torch.testing.assert_close(cached.inputs_embeds, fresh.inputs_embeds)
 
 
+def test_with_a_cache_an_image_is_encoded_alone_so_its_entry_ignores_its_batch_mates():
+    """A resumed run starts with an empty cache and meets its images in other batches than the
+    uninterrupted run did; a batch of one rounds differently from a batch of many."""
+    from illume_kit.model.sequence import EncodeCache
+
+    m = make_model()
+    imgs = [image(0), image(1), image(2), image(1).clone()]
+    calls = _counting_encode(m)
+    encode_images(m, imgs)
+    assert calls == [4]  # no cache: the step's images in one batch per size
+    m.encode_cache = EncodeCache()
+    calls.clear()
+    kept = encode_images(m, imgs[:2])
+    assert calls == [1, 1]
+    mixed = encode_images(m, imgs[1:])  # image 1 (twice) from the cache, image 2 alone
+    assert calls == [1, 1, 1] and m.encode_cache.hits == 2
+    m.encode_cache = None
+    alone = encode_images(m, [imgs[2]])[0]  # without a cache, as a batch of one
+    for name in alone["features"]:
+        assert torch.equal(mixed[1]["features"][name], alone["features"][name])
+        assert torch.equal(mixed[0]["codes"][name], kept[1]["codes"][name])
+
+
 def test_encode_cache_empties_when_the_tokenizer_weights_change():
     from illume_kit.model.sequence import EncodeCache
 

@@ -76,6 +76,37 @@ def test_mixer_weights_seeding_and_unservable_tasks():
         TaskMixer({"caption": 1.0})
 
 
+def _described(sample):
+    """A sample as comparable values: tensors by identity (the items' own images), the rest as is."""
+
+    def part(p):
+        if isinstance(p, torch.Tensor):
+            return ("tensor", id(p))
+        if isinstance(p, TargetImage):
+            return ("target", id(p.image), id(p.copy_from) if p.copy_from is not None else None)
+        return p
+
+    turns = [([part(x) for x in q], [part(x) for x in a]) for q, a in sample.turns]
+    return sample.task, [part(p) for p in sample.prompt], [part(p) for p in sample.answer], turns
+
+
+def test_a_sample_draws_by_its_place_in_the_step_not_by_its_batch():
+    mixer = TaskMixer(cfg_dropout=0.3, qa_turns=2, seed=3)
+    items = [item(i) for i in range(8)]
+    for it in items[::3]:
+        it["qa"].append(("what colour is it?", "red"))
+    one = [_described(s) for s in mixer.samples(items, step=7)]
+    two = [_described(s) for s in mixer.samples(items[:4], 7, offset=0) + mixer.samples(items[4:], 7, offset=4)]
+    assert two == one
+    assert len({t for t, *_ in one}) > 1  # the draws do vary over the batch
+    # the offset is what places a batch: two batches both taken to start the step draw otherwise
+    unplaced = [_described(s) for s in mixer.samples(items[:4], 7) + mixer.samples(items[4:], 7)]
+    assert unplaced != one
+    # the same place at another step, or under another seed, draws from another stream
+    assert [_described(s) for s in mixer.samples(items, step=8)] != one
+    assert [_described(s) for s in TaskMixer(cfg_dropout=0.3, qa_turns=2, seed=4).samples(items, 7)] != one
+
+
 def test_shapes_batch_to_loss_and_texts(model2):
     ds = ShapesDataset(ShapesParams(image_size=32, num_samples=4, supersample=1))
     items = [ds[i] for i in range(4)]

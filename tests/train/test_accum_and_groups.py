@@ -217,14 +217,14 @@ def test_tokenizer_stage_two_micro_batches_of_4_equal_one_of_8(tmp_path, capsys)
     assert moved > 1e-3  # batch 4 alone ends elsewhere: the comparison can fail
 
 
-def test_mllm_micro_batches_draw_their_own_tasks(monkeypatch):
+def test_mllm_micro_batches_draw_by_their_place_in_the_step(monkeypatch):
     from illume_kit.model import objective
 
     keys, steps = [], []
 
     class Mixer:
-        def samples(self, batch, step):
-            keys.append(step)
+        def samples(self, batch, step, offset):
+            keys.append((step, offset))
             return batch
 
     monkeypatch.setattr(objective, "mllm_loss", lambda model, samples, average: {"loss": torch.zeros(())})
@@ -235,13 +235,13 @@ def test_mllm_micro_batches_draw_their_own_tasks(monkeypatch):
         return {"loss": fn(model, batch, s)["loss"] + model(batch[0]).sum() * 0}
 
     data = [(torch.zeros(8),)] * 16
-    Trainer(mlp(), step, lambda *a: iter(data), cfg(steps=2, grad_accum_steps=3), quiet=True).fit()
+    Trainer(mlp(), step, lambda *a: iter(data), cfg(steps=2, batch_size=4, grad_accum_steps=3), quiet=True).fit()
     assert steps == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
-    # the first micro-batch draws as a step without accumulation; the others from streams of their own
-    assert keys == [0, "0/1", "0/2", 1, "1/1", "1/2"]
-    fn(None, [], 4)
-    fn(None, [], 4)  # a plain step, called again, draws the same tasks again
-    assert keys[-2:] == [4, 4]
+    # each micro-batch's samples are keyed by the step and their place among the step's samples
+    assert keys == [(0, 0), (0, 4), (0, 8), (1, 0), (1, 4), (1, 8)]
+    assert all(type(k) is int for key in keys for k in key)
+    fn(None, [], 4)  # a plain int step: the batch is the whole step
+    assert keys[-1] == (4, 0)
 
 
 MLLM_GROUPS = [
@@ -286,3 +286,51 @@ def test_a_stage_without_the_options_dumps_as_before():
     dumped = used.model_dump(mode="json")
     assert dumped["grad_accum_steps"] == 2 and dumped["param_groups"][0]["match"] == "x"
     assert MllmStage.model_validate(dumped) == used
+
+
+def test_mllm_step_two_micro_batches_of_4_equal_one_of_8(monkeypatch):
+    """The task draws of a sample follow its place in the step, so an accumulated step sees the same
+    samples as one batch: the same loss and gradient (compared as the optimizer receives it, since
+    AdamW's first update, g / (|g| + eps), turns the rounding of near-zero gradients into whole steps)."""
+    import copy
+
+    from illume_kit.core.recipe import load_recipe
+    from illume_kit.data.build import build_dataset
+    from illume_kit.model.compose import compose
+    from illume_kit.model.objective import mllm_step_fn, trainable_parameters
+    from illume_kit.model.tasks import TaskMixer
+    from illume_kit.train.trainer import StepIndex
+
+    resolved = load_recipe("recipes/dualvitok_qwen2_tiny.yaml", ["data.params.num_samples=8"])
+    data = build_dataset(resolved, "train")
+    items = [data[i] for i in range(8)]
+    base = compose(resolved)
+    trainable_parameters(base, ["all"])
+    before = weights(base)
+    fn = mllm_step_fn(TaskMixer(cfg_dropout=0.3, qa_turns=2, seed=0), "sample")
+    grads = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, *a, **kw):
+        params = list(params)
+        grads.append(torch.cat([p.grad.flatten() for p in params if p.grad is not None]))
+        return clip(params, *a, **kw)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+
+    def train(step_fn, **kw):
+        model = copy.deepcopy(base)
+        tr = Trainer(model, step_fn, items, TrainerConfig(steps=1, lr=1e-3, seed=0, **kw), quiet=True, collate_fn=list)
+        tr.fit()
+        return grads[-1], tr.history[-1]["loss"], weights(model)
+
+    g1, loss1, one = train(fn, batch_size=8)
+    g2, loss2, two = train(fn, batch_size=4, grad_accum_steps=2)
+    assert loss2 == pytest.approx(loss1, rel=1e-5)
+    assert float((g2 - g1).norm() / g1.norm()) <= 1e-5
+    moved = max(float((one[k] - before[k]).abs().max()) for k in one)
+    assert moved > 5e-4  # AdamW's first step moves a weight by up to lr
+    assert max(float((two[k] - one[k]).abs().max()) for k in one) < 0.05 * moved  # the same step, up to rounding
+    # micro-batches that each drew as if they began the step see other samples
+    g3, _, _ = train(lambda m, b, s: fn(m, b, StepIndex(int(s), s.micro)), batch_size=4, grad_accum_steps=2)
+    assert float((g3 - g1).norm() / g1.norm()) > 1e-2

@@ -41,7 +41,6 @@ def test_mllm_stage_keeps_tokenizer_outputs_unless_told_not_to(tmp_path):
         runner = SimpleNamespace(
             model=model,
             images=lambda s: items,
-            stage_started=lambda s: False,
             note_trained=lambda texts, sizes: None,
             recipe=SimpleNamespace(train=SimpleNamespace(stages=[stage]), run=SimpleNamespace(seed=0)),
         )
@@ -56,3 +55,33 @@ def test_mllm_stage_keeps_tokenizer_outputs_unless_told_not_to(tmp_path):
     assert cache.hits == cache.misses and torch.equal(first, again)
     setup(cache_codes=False)
     assert model.encode_cache is None
+
+
+# a from-scratch backbone, so the first mllm stage fits its text tokenizer on the task texts
+RESUMED = [
+    "train",
+    "recipes/dualvitok_qwen2_tiny.yaml",
+    "data.params.num_samples=6",
+    "train.stages=[{name: mllm, target: mllm, trainable: [all], steps: 3, batch_size: 2, grad_accum_steps: 2,"
+    " lr: 1.0e-3, options: {text_corpus_items: 6, qa_turns: 3, cfg_dropout: 0.3}}]",
+]
+
+
+def test_an_mllm_stage_stopped_and_resumed_ends_bitwise_as_one_run(tmp_path):
+    from safetensors.torch import load_file
+
+    from illume_kit.cli.main import main
+
+    def final(out):
+        weights = load_file(out / "stages" / "mllm" / "checkpoints" / "step_00000003" / "model.safetensors")
+        tokenizer = (out / "checkpoint" / "backbone" / "text_tokenizer" / "tokenizer.json").read_text()
+        return weights, tokenizer
+
+    assert main([*RESUMED, f"run.output_dir={tmp_path / 'one'}", "--quiet"]) == 0
+    out = tmp_path / "two"
+    assert main([*RESUMED, f"run.output_dir={out}", "--quiet", "--until", "1"]) == 0
+    assert main([*RESUMED, f"run.output_dir={out}", "--quiet", "--resume"]) == 0
+    (one, one_tok), (two, two_tok) = final(tmp_path / "one"), final(out)
+    assert one.keys() == two.keys()
+    assert [k for k in one if not torch.equal(one[k], two[k])] == []
+    assert two_tok == one_tok  # the saved model reads text with the tokenizer its embeddings trained on
