@@ -163,7 +163,10 @@ class Parallelism(_Strict):
         False, description="fsdp only: keep sharded parameters and optimizer states in CPU memory"
     )
     shard_frozen: bool = Field(
-        True, description="fsdp: shard frozen parts too (false: every rank keeps a full copy of them)"
+        False,
+        description="fsdp: shard frozen parts too, gathered once per step with the root unit (false: every rank "
+        "keeps a full copy of them). A frozen tokenizer runs a data-dependent number of times per step (cached "
+        "codes, the tasks drawn), so its blocks are never units of their own",
     )
     reshard_after_forward: bool = Field(
         True,

@@ -153,9 +153,9 @@ def shard(
     if not par.shard_frozen:
         ignored |= {p for p in root.parameters() if not p.requires_grad}
     kw = dict(mesh=mesh, mp_policy=mp, offload_policy=offload)
-    for _, block in prepare_blocks(model, par, root_part):
+    for name, block in prepare_blocks(model, par, root_part):
         params = set(block.parameters())
-        if not params or params <= ignored:
+        if not params or params <= ignored or not runs_every_step(name, root_part, params):
             continue
         fully_shard(block, reshard_after_forward=par.reshard_after_forward, ignored_params=params & ignored, **kw)
     fully_shard(root, ignored_params=ignored or None, **kw)
@@ -187,10 +187,29 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
             n = torch.nn.utils.get_total_norm(group)
             parts.append(n.full_tensor() if isinstance(n, DTensor) else n)
     total = torch.linalg.vector_norm(torch.stack([n.float() for n in parts]))
-    for group in (sharded, plain):
-        if group:
-            torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    # scaled shard by shard: clip_grads_with_norm_'s foreach multiply leaves DTensor gradients unscaled
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        local = local_tensor(g)
+        local.mul_(coef.to(local.device, local.dtype))
     return total
+
+
+def runs_every_step(name: str, root_part: str | None, params: set[nn.Parameter]) -> bool:
+    """Whether a block runs the same number of times on every rank at every step, so that it can be a
+    unit of its own: FSDP gathers a unit's parameters with a collective each time it runs, and every
+    rank must issue the same sequence of them. A component trained on its own runs whole every step; in
+    the unified model only the backbone does (an encoder runs once per image batch, and a rank's batch
+    may hold cached codes, or no image). Other blocks are sharded within the root unit."""
+    if root_part is not None:
+        return True
+    return part_of(name, None) == "backbone" and all(p.requires_grad for p in params)
+
+
+def root_trainable(model: nn.Module, par: Parallelism, root_part: str | None) -> list[str]:
+    """Names of the trainable parameters ``shard`` leaves to the root unit (not inside a unit block)."""
+    units = {n for n, b in blocks(model) if runs_every_step(n, root_part, set(b.parameters()))}
+    return [n for n, p in model.named_parameters() if p.requires_grad and not any(n.startswith(u + ".") for u in units)]
 
 
 def set_gradient_sync(root: nn.Module, enabled: bool) -> None:
@@ -222,12 +241,23 @@ def unsharded(sharded: nn.Module, plain: nn.Module, device: torch.device) -> nn.
     """``plain`` (a ``skeleton`` of ``sharded``) holding ``sharded``'s gathered weights (collective)."""
     full = full_state_dict(sharded)
     # gathered tensors may be views into one all-gather buffer; a saved checkpoint wants each its own storage
-    full = {k: v.to(device).clone() for k, v in full.items()}
+    copies: dict[int, torch.Tensor] = {}  # tied weights (embeddings and LM head) stay one tensor
+    full = {k: copies.setdefault(id(v), v.to(device).clone()) for k, v in full.items()}
     missing, unexpected = plain.load_state_dict(full, strict=False, assign=True)
+    _retie(plain)
     meta = [n for n, p in plain.named_parameters() if p.is_meta]
     if meta or unexpected:
         raise RuntimeError(f"gathering the sharded model left {meta[:5]} unfilled, {unexpected[:5]} unexpected")
     return plain
+
+
+def _retie(model: nn.Module) -> None:
+    """Tie weights again where the model ties them (``load_state_dict(assign=True)`` assigns each name
+    its own tensor): transformers models re-tie with ``tie_weights``."""
+    for module in model.modules():
+        tie = getattr(module, "tie_weights", None)
+        if callable(tie) and hasattr(module, "get_input_embeddings"):
+            tie()
 
 
 def local_rows(grad: torch.Tensor) -> tuple[torch.Tensor, int]:

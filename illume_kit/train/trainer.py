@@ -101,14 +101,25 @@ def deterministic_kernels(device: torch.device) -> Iterator[None]:
 
 
 class _StepModule(nn.Module):
-    """Runs ``fn(inner, *args)`` as ``forward`` so DDP sees one forward per step."""
+    """Runs ``fn(inner, *args)`` as ``forward`` so DDP and FSDP see one forward per step.
 
-    def __init__(self, inner: nn.Module, fn: Callable):
+    ``touch``: names of trainable parameters (of ``inner``) that a step may leave unused — a projector
+    when a rank's batch drew no input image. Each gets a zero gradient, so every rank reduces the same
+    gradients (FSDP reduce-scatters the gradients that exist; DDP waits for every one).
+    """
+
+    def __init__(self, inner: nn.Module, fn: Callable, touch: list[str] | None = None):
         super().__init__()
         self.inner, self.fn = inner, fn
+        self.touch = list(touch or ())
 
     def forward(self, *args):
-        return self.fn(self.inner, *args)
+        out = self.fn(self.inner, *args)
+        if self.touch and isinstance(out, Mapping) and isinstance(out.get("loss"), torch.Tensor):
+            # inside the root's forward these are the gathered parameters, whatever the strategy
+            zero = sum(self.inner.get_parameter(n).reshape(-1)[:1].sum() for n in self.touch) * 0.0
+            out = {**out, "loss": out["loss"] + zero}
+        return out
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -473,7 +484,7 @@ class Trainer:
                     "sharded weights; evaluate the stage's saved checkpoint instead"
                 )
             self._plain = P.skeleton(self.model)
-            root = _StepModule(self.model, self.step_fn)
+            root = _StepModule(self.model, self.step_fn, P.root_trainable(self.model, par, self.root_part))
             replicated = P.shard(
                 root, self.model, par, self.precision, self.device, dist.world_size, self.root_part, disc_params
             )
@@ -535,7 +546,8 @@ class Trainer:
 
     def _replicated(self, module: nn.Module, fn: Callable) -> tuple[Callable, str]:
         """``fn`` bound to ``module``, DDP-wrapped when several processes train it."""
-        wrapped = D.wrap_ddp(_StepModule(module, fn), self.dist, self.cfg.find_unused_parameters)
+        touch = [n for n, p in module.named_parameters() if p.requires_grad] if self.dist.enabled else []
+        wrapped = D.wrap_ddp(_StepModule(module, fn, touch), self.dist, self.cfg.find_unused_parameters)
         if isinstance(wrapped, _StepModule):
             return (lambda *a: fn(module, *a)), "plain"
         return wrapped, "ddp"

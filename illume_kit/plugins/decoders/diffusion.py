@@ -53,6 +53,8 @@ def _init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class DiffusionDetokenizer(nn.Module):
+    # the blocks FSDP shards one by one and activation checkpointing recomputes (train.parallel)
+    _no_split_modules = ["ResnetBlock2D", "BasicTransformerBlock", "Attention"]
     Params = DiffusionDetokenizerParams
 
     def __init__(self, params: DiffusionDetokenizerParams | None = None) -> None:

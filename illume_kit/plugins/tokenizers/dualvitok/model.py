@@ -35,6 +35,9 @@ class DualViTokInputEncoder(nn.Module):
     (``semantic``) and the pixel CNN (``pixel``), giving the same pre-quantisation features as
     ``DualViTok.encode`` but from their own weights."""
 
+    # the blocks FSDP shards one by one and activation checkpointing recomputes (train.parallel)
+    _no_split_modules = ["Qwen2VLVisionBlock", "ResidualAttentionBlock", "ResnetBlock", "AttnBlock"]
+
     def __init__(self, tokenizer: DualViTok) -> None:
         super().__init__()
         self._teacher = [tokenizer.teacher]  # preprocessing and grid only; a list keeps it out of the module tree
@@ -51,6 +54,8 @@ class DualViTokInputEncoder(nn.Module):
 
 
 class DualViTok(nn.Module):
+    # the blocks FSDP shards one by one and activation checkpointing recomputes (train.parallel)
+    _no_split_modules = ["Qwen2VLVisionBlock", "ResidualAttentionBlock", "ResnetBlock", "AttnBlock"]
     Params = DualViTokParams
     PRESETS = PRESETS
     has_pixel_decoder = True

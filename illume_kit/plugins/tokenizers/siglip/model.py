@@ -22,6 +22,8 @@ from illume_kit.plugins.tokenizers.siglip.params import SigLIPTokenizerParams
 
 
 class SigLIPTokenizer(nn.Module):
+    # the blocks FSDP shards one by one and activation checkpointing recomputes (train.parallel)
+    _no_split_modules = ["Qwen2VLVisionBlock", "ResidualAttentionBlock"]
     Params = SigLIPTokenizerParams
     has_pixel_decoder = False  # semantic-only: images come back through a diffusion detokenizer
 

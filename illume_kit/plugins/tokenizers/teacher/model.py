@@ -107,6 +107,8 @@ def build_clip(p: TeacherParams) -> nn.Module:
 
 
 class SemanticTeacher(nn.Module):
+    # the blocks FSDP shards one by one and activation checkpointing recomputes (train.parallel)
+    _no_split_modules = ["ResidualAttentionBlock"]
     Params = TeacherParams
 
     def __init__(self, params: TeacherParams | None = None):

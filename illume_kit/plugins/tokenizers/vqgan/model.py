@@ -28,6 +28,8 @@ from illume_kit.plugins.tokenizers.vqgan.params import VQGANParams
 
 
 class VQGAN(nn.Module):
+    # the blocks FSDP shards one by one and activation checkpointing recomputes (train.parallel)
+    _no_split_modules = ["ResnetBlock2D", "Attention"]
     Params = VQGANParams
     has_pixel_decoder = True
     # the discriminator only trains: inference weights (a converted release) may come without it
