@@ -84,7 +84,7 @@ class ModelOptions(_Strict):
         description="where the LLM's continuous image features come from: the tokenizer's own encoders "
         "(shared) or a copy the model holds beside the frozen output tokenizer (separate: ILLUME+'s released "
         "MLLM fine-tunes its own input encoder); the copy starts from the tokenizer's weights and stays frozen "
-        "in illume-kit training",
+        "unless an mllm stage trains the input_encoder group",
     )
     level_order: Literal["coarse_first", "fine_first"] = Field(
         "coarse_first",

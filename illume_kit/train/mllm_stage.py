@@ -52,7 +52,8 @@ def stage_setup(runner: StageRunner, stage: Stage):
     groups = stage.trainable or ["all"]
     trainable_parameters(model, groups)
     # param_groups' freeze entries apply before the trainer wraps the model, so it never sees them train
-    freeze_groups(model.named_parameters(), [g.model_dump() for g in stage.param_groups])
+    groups_of_lr = [g.model_dump() if hasattr(g, "model_dump") else dict(g) for g in getattr(stage, "param_groups", [])]
+    freeze_groups(model.named_parameters(), groups_of_lr)
     trains_encoder = input_encoder_trains(model)
     if trains_encoder and opts.cache_codes and model.image_input != "discrete":
         runner.callback.message(

@@ -56,3 +56,28 @@ def test_mllm_stage_keeps_tokenizer_outputs_unless_told_not_to(tmp_path):
     assert cache.hits == cache.misses and torch.equal(first, again)
     setup(cache_codes=False)
     assert model.encode_cache is None
+
+
+def test_max_seq_len_within_every_sequence_trains_the_same_weights_and_a_tight_one_drops(tmp_path):
+    from illume_kit.core.recipe import load_recipe
+    from illume_kit.train.stages import StageRunner
+
+    def run(out, *options):
+        stage = (
+            "train.stages=[{name: mllm, target: mllm, trainable: [all], steps: 2, batch_size: 4, lr: 1.0e-3,"
+            f" options: {{text_corpus_items: 8{''.join(', ' + o for o in options)}}}}}]"
+        )
+        over = ["data.params.num_samples=8", f"run.output_dir={tmp_path / out}", stage]
+        runner = StageRunner(load_recipe("recipes/dualvitok_qwen2_tiny.yaml", over), quiet=True)
+        result = runner.run(resume=False)["mllm"]
+        return result, runner.model.state_dict()
+
+    plain, weights = run("plain")
+    roomy, same = run("roomy", "max_seq_len: 100000")
+    assert roomy["dropped"] == 0.0 and roomy["loss"] == plain["loss"] and "dropped" not in plain
+    assert all(torch.equal(same[k], v) for k, v in weights.items())
+    # these two steps draw edits (answers from ~125 tokens on) and text-to-image (from ~46): the edits go
+    with pytest.warns(UserWarning, match=r"max_seq_len 120: \d+ sample\(s\) dropped"):
+        tight, cut = run("tight", "max_seq_len: 120")
+    assert tight["dropped"] > 0.0
+    assert not all(torch.equal(cut[k], v) for k, v in weights.items())
