@@ -145,9 +145,9 @@ class EncodeCache:
     bumps its version counter, and the cache then empties itself. ``keep_features=False`` stores codes
     only (what discrete image input and image targets need); a lookup that needs features then
     misses. ``max_bytes`` bounds the stored tensors; when full, new images are encoded but not kept.
-    With ``model.input_encoder: separate`` the features are the input encoder's, so its weights are
-    watched too; while it trains, its features are computed every step (with gradients) and only the
-    tokenizer's codes come from here.
+    With ``model.input_encoder: separate`` the features are the input encoder's, so a cache that keeps
+    features watches its weights too; while it trains, its features are computed every step (with
+    gradients) and only the tokenizer's codes come from here (the mllm stage then keeps codes only).
     """
 
     def __init__(self, keep_features: bool = True, max_bytes: int = 1 << 30) -> None:
@@ -228,7 +228,8 @@ def encode_images(
     keys: list[bytes | None] = [None] * len(images)
     groups: dict[tuple[int, int], list[int]] = {}
     if cache is not None:
-        cache.check(tok, own)
+        # the input encoder's weights matter only to cached features (a training one would empty it every step)
+        cache.check(tok, getattr(model, "input_encoder", None) if cache.keep_features else None)
     for i, im in enumerate(images):
         if im.dim() != 3 or im.shape[0] != 3:
             raise ValueError(f"images must be (3, H, W), got shape {tuple(im.shape)}")

@@ -117,6 +117,12 @@ def test_a_training_input_encoder_gets_gradients_also_through_the_cache(fresh):
             assert grad is not None and grad.abs().sum() > 0, (attempt, name)
         assert all(p.grad is None for p in fresh.tokenizer.parameters())
     assert cache.hits == 2 and all(not e["features"] for e in cache._store.values())
+    # a codes-only cache (what the mllm stage sets while the encoder trains) outlives the encoder's updates
+    fresh.encode_cache = cache = EncodeCache(keep_features=False)
+    mllm_loss(fresh, und_batch())["loss"].backward()
+    torch.optim.SGD(fresh.input_encoder.parameters(), lr=0.1).step()
+    mllm_loss(fresh, und_batch())
+    assert cache.hits == 2 and len(cache) == 2
     # frozen again: features are cached, and a change to the copy's weights empties the cache
     trainable_parameters(fresh, ["projectors"])
     fresh.encode_cache = cache = EncodeCache(keep_features=True)
