@@ -101,6 +101,17 @@ class MllmOptions(StageOptions):
         description="keep each image's tokenizer output for the rest of the run (the tokenizer is frozen "
         "in mllm stages)",
     )
+    max_seq_len: int | None = Field(
+        None,
+        ge=2,
+        description="cut each training sequence to its first this many tokens, image tokens included, labels "
+        "with them, as ILLUME+ cuts at model_max_length (null: no limit). The model is causal, so every kept "
+        "token's loss is the one it has in the whole sequence; an image the cut runs through loses its later "
+        "rows (input features past the cut are not read, target codes past it not trained). A sample whose "
+        "prompt alone fills the limit would train nothing: it is left out of its batch, with a warning counting "
+        "them and the share per batch logged as `dropped`; a batch left with no sample is an error. A sequence "
+        "within the limit is unchanged",
+    )
     retrain_text_tokenizer: bool = Field(
         True,
         description="for a backbone trained from scratch: fit a byte-level BPE on the task texts at the "

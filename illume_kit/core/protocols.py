@@ -248,7 +248,8 @@ class SeparateInputEncoder(Protocol):
     (recipe ``model.input_encoder: separate``; ILLUME+'s released MLLM fine-tunes such a copy while the
     frozen tokenizer keeps making the output codes). The returned module maps images (B, 3, H, W) in
     [0, 1] to ``{codebook: (B, h, w, feature_dim)}``, the same features ``encode`` returns, and starts
-    with the tokenizer's weights."""
+    with the tokenizer's weights, frozen. Its forward keeps gradients in the caller's grad mode (no
+    ``torch.no_grad`` inside): an mllm stage's ``input_encoder`` group trains it through those features."""
 
     def make_input_encoder(self) -> Any: ...
 

@@ -84,7 +84,7 @@ class ModelOptions(_Strict):
         description="where the LLM's continuous image features come from: the tokenizer's own encoders "
         "(shared) or a copy the model holds beside the frozen output tokenizer (separate: ILLUME+'s released "
         "MLLM fine-tunes its own input encoder); the copy starts from the tokenizer's weights and stays frozen "
-        "in illume-kit training",
+        "unless an mllm stage trains the input_encoder group",
     )
     level_order: Literal["coarse_first", "fine_first"] = Field(
         "coarse_first",
@@ -128,6 +128,25 @@ class ParamGroup(_Strict):
     weight_decay: float | None = Field(
         None, ge=0, allow_inf_nan=False, description="decay of the group's >=2-D weights (default: stage weight_decay)"
     )
+    freeze: bool = Field(
+        False,
+        description="keep the group's parameters frozen in this stage (no gradients, no optimizer state), e.g. "
+        "a vision tower's blocks below the from_layer of an earlier entry; takes no lr or weight_decay",
+    )
+
+    @model_validator(mode="after")
+    def _frozen_has_no_rates(self) -> ParamGroup:
+        if self.freeze and (self.lr is not None or self.weight_decay is not None):
+            raise ValueError("a param group with freeze: true trains nothing: drop its lr and weight_decay")
+        return self
+
+    # freeze left out when off: a group that does not use it dumps (and keys a sweep's stage) without it
+    @model_serializer(mode="wrap")
+    def _drop_unfrozen(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("freeze") is False:
+            del data["freeze"]
+        return data
 
 
 _OFF_BY_DEFAULT: dict[str, Any] = {
@@ -223,8 +242,8 @@ class Stage(_Strict):
     trainable: list[str] = Field(default_factory=list, description="parameter groups trained (mllm stages)")
     param_groups: list[ParamGroup] = Field(
         default_factory=list,
-        description="learning rate and weight decay of named parameters (first match wins; the rest use lr "
-        "and weight_decay); each group's lr follows the stage schedule",
+        description="learning rate and weight decay of named parameters, or freeze: true to keep them frozen "
+        "(first match wins; the rest use lr and weight_decay); each group's lr follows the stage schedule",
     )
     options: StageOptions = Field(default_factory=StageOptions, description="options of this kind of stage")
 

@@ -123,6 +123,7 @@ class Batch:
     position_ids: torch.Tensor  # (B, T)
     tasks: list[str]
     lengths: list[int]
+    dropped: int = 0  # samples ``max_len`` left without a labelled token, left out of the batch
 
 
 # ---------------------------------------------------------------- encoding images
@@ -149,6 +150,10 @@ class EncodeCache:
     from a batch of many, and an entry that depended on its batch-mates would make a resumed run (whose
     cache starts empty and meets the images in other batches) train other numbers than an
     uninterrupted one. The entry is then a function of the image alone.
+
+    With ``model.input_encoder: separate`` the features are the input encoder's, so a cache that keeps
+    features watches its weights too; while it trains, its features are computed every step (with
+    gradients) and only the tokenizer's codes come from here (the mllm stage then keeps codes only).
     """
 
     def __init__(self, keep_features: bool = True, max_bytes: int = 1 << 30) -> None:
@@ -169,9 +174,10 @@ class EncodeCache:
         h.update(x.view(torch.uint8).numpy().tobytes() if x.numel() else b"")
         return h.digest()
 
-    def check(self, tokenizer: Any) -> None:
-        """Empty the cache if ``tokenizer``'s weights changed since it was filled."""
-        tensors = list(tokenizer.parameters()) + list(tokenizer.buffers()) if hasattr(tokenizer, "parameters") else []
+    def check(self, *modules: Any) -> None:
+        """Empty the cache if the weights of ``modules`` (the tokenizer, an input encoder) changed since
+        it was filled."""
+        tensors = [t for m in modules if hasattr(m, "parameters") for t in (*m.parameters(), *m.buffers())]
         version = sum(t._version for t in tensors)
         if version != self._version:
             self._store.clear()
@@ -179,26 +185,34 @@ class EncodeCache:
 
     def get(self, key: bytes, need_features: bool) -> dict | None:
         hit = self._store.get(key)
-        if hit is None or (need_features and not self.keep_features):
+        if hit is None or (need_features and not hit["features"]):
             self.misses += 1
             return None
         self.hits += 1
         return hit
 
     def put(self, key: bytes, entry: dict[str, dict[str, torch.Tensor]]) -> None:
-        parts = ("codes", "features") if self.keep_features else ("codes",)
+        """Keep ``entry``'s codes, and its features when ``keep_features`` (an entry may come without)."""
+        keep = self.keep_features and bool(entry.get("features"))
+        parts = ("codes", "features") if keep else ("codes",)
         size = sum(t.numel() * t.element_size() for p in parts for t in entry[p].values())
         if key in self._store or self.bytes + size > self.max_bytes:
             return
         # clones: a view would keep the whole encoded batch alive
         self._store[key] = {
             "codes": {k: v.clone() for k, v in entry["codes"].items()},
-            "features": ({k: v.clone() for k, v in entry["features"].items()} if self.keep_features else {}),
+            "features": ({k: v.detach().clone() for k, v in entry["features"].items()} if keep else {}),
         }
         self.bytes += size
 
 
-@torch.no_grad()
+def input_encoder_trains(model: Any) -> bool:
+    """Whether the model reads images through its own input encoder (``model.input_encoder: separate``)
+    and some of its weights train (the mllm group ``input_encoder``)."""
+    own = getattr(model, "input_encoder", None)
+    return own is not None and any(p.requires_grad for p in own.parameters())
+
+
 def encode_images(
     model: Any, images: Sequence[torch.Tensor], need_features: bool = True
 ) -> list[dict[str, dict[str, torch.Tensor]]]:
@@ -207,47 +221,60 @@ def encode_images(
     Returns per image ``{"codes": {name: (h, w)}, "features": {name: (h, w, D)}}``. The tokenizer
     runs in eval mode (and is restored), without gradients. When ``model.encode_cache`` holds an
     ``EncodeCache`` (mllm training sets one), images it has seen come from there; with
-    ``need_features=False`` a codes-only entry is enough; an image the cache lacks is encoded on its own.
+    ``need_features=False`` a codes-only entry is enough; an image the cache lacks is encoded on its
+    own. With ``model.input_encoder: separate`` the features are the input encoder's; while it trains
+    (and gradients are on) they are computed for every image, in the caller's grad mode, so the loss
+    reaches its weights; the codes may still be cached.
     """
     tok = model.tokenizer
     cache: EncodeCache | None = getattr(model, "encode_cache", None)
+    # model.input_encoder 'separate': the LLM reads its own encoder's features, the codes stay the tokenizer's
+    own = getattr(model, "input_encoder", None) if need_features else None
+    fresh = own is not None and torch.is_grad_enabled() and input_encoder_trains(model)
     out: list[dict | None] = [None] * len(images)
     keys: list[bytes | None] = [None] * len(images)
-    groups: dict[tuple[int, int], list[int]] = {}
+    groups: dict[tuple[int, ...], list[int]] = {}
     if cache is not None:
-        cache.check(tok)
+        # the input encoder's weights matter only to cached features (a training one would empty it every step)
+        cache.check(tok, getattr(model, "input_encoder", None) if cache.keep_features else None)
     for i, im in enumerate(images):
         if im.dim() != 3 or im.shape[0] != 3:
             raise ValueError(f"images must be (3, H, W), got shape {tuple(im.shape)}")
         if cache is not None:
             keys[i] = cache.key(im)
-            out[i] = cache.get(keys[i], need_features)
+            out[i] = cache.get(keys[i], need_features and not fresh)
             if out[i] is not None:
                 continue
         # alone: a kept entry must not depend on its batch-mates (EncodeCache)
         alone = (i,) if cache is not None else ()
         groups.setdefault((int(im.shape[-2]), int(im.shape[-1]), *alone), []).append(i)
-    if not groups:
-        return out  # type: ignore[return-value]
-    was_training = tok.training
     device = _device(tok) or _device(model.backbone)
-    # model.input_encoder 'separate': the LLM reads its own encoder's features, the codes stay the tokenizer's
-    own = getattr(model, "input_encoder", None) if need_features else None
-    tok.eval()
-    try:
-        for idx in groups.values():
-            batch = torch.stack([images[i] for i in idx]).to(device)
-            enc = tok.encode(batch)
-            features = own(batch) if own is not None else enc.features
+    if groups:
+        was_training = tok.training
+        tok.eval()
+        try:
+            with torch.no_grad():
+                for idx in groups.values():
+                    batch = torch.stack([images[i] for i in idx]).to(device)
+                    enc = tok.encode(batch)
+                    features = {} if fresh else own(batch) if own is not None else enc.features
+                    for j, i in enumerate(idx):
+                        out[i] = {
+                            "codes": {k: v[j] for k, v in enc.codes.items()},
+                            "features": {k: v[j] for k, v in features.items()},
+                        }
+                        if cache is not None:
+                            cache.put(keys[i], out[i])
+        finally:
+            tok.train(was_training)
+    if fresh:
+        sizes: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            sizes.setdefault((int(im.shape[-2]), int(im.shape[-1])), []).append(i)
+        for idx in sizes.values():
+            features = own(torch.stack([images[i] for i in idx]).to(device))
             for j, i in enumerate(idx):
-                out[i] = {
-                    "codes": {k: v[j] for k, v in enc.codes.items()},
-                    "features": {k: v[j] for k, v in features.items()},
-                }
-                if cache is not None:
-                    cache.put(keys[i], out[i])
-    finally:
-        tok.train(was_training)
+                out[i] = {"codes": out[i]["codes"], "features": {k: v[j] for k, v in features.items()}}
     return out  # type: ignore[return-value]
 
 
@@ -432,13 +459,36 @@ def join_text(parts: Sequence[Part]) -> list[Part]:
     return out
 
 
+def truncate(b: _Builder, max_len: int) -> bool:
+    """Cut a sample to its first ``max_len`` tokens, labels with them, as ILLUME+ cuts at ``model_max_length``.
+
+    The model is causal, so every kept token's input, label and loss are what they are in the whole
+    sequence; an image the cut runs through loses its later rows (an input image's feature slots past
+    the cut are not filled, a target image's codes past it are not trained). False when the cut leaves
+    no token to learn (the prompt alone fills ``max_len``) though the sample had some: drop the sample.
+    """
+    if len(b.ids) <= max_len:
+        return True
+    learns = any(b.loss[1:])  # position 0's label is never predicted
+    del b.ids[max_len:], b.loss[max_len:]
+    b.slots = [s for s in b.slots if s[0] < max_len]
+    b.grid = [g for g in b.grid if g[0] < max_len]
+    return any(b.loss[1:]) or not learns
+
+
 def assemble(
-    model: Any, samples: Sequence[Sample], padding_side: str = "right", encoded: Sequence[dict] | None = None
+    model: Any,
+    samples: Sequence[Sample],
+    padding_side: str = "right",
+    encoded: Sequence[dict] | None = None,
+    max_len: int | None = None,
 ) -> Batch:
     """Samples -> padded ``Batch`` on the model's device.
 
     ``padding_side='right'`` for training (positions 0..T-1), ``'left'`` for generation prompts
-    (every row ends at the last column; ``position_ids`` count real tokens only).
+    (every row ends at the last column; ``position_ids`` count real tokens only). ``max_len`` cuts
+    each sequence to that many tokens (``truncate``): a sample left with nothing to learn is left out
+    of the batch (counted in ``Batch.dropped``); a batch that loses every sample is an error.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -456,6 +506,21 @@ def assemble(
     tok = model.backbone.text_tokenizer
     text_ids = text_ids_fn(tok)
     builders = [sample_ids(model, s, enc, feats, text_ids) for s in samples]
+    tasks = [s.task for s in samples]
+    dropped = 0
+    if max_len is not None:
+        if max_len < 2:
+            raise ValueError(f"max_seq_len must be at least 2 (a token and the next to predict), got {max_len}")
+        longest = max(len(b.ids) for b in builders)
+        keep = [truncate(b, max_len) for b in builders]
+        if not any(keep):
+            raise ValueError(
+                f"mllm option max_seq_len {max_len}: every sample of the batch has a prompt of at least {max_len} "
+                f"tokens (the longest sequence has {longest}), so nothing would be trained; raise max_seq_len"
+            )
+        dropped = keep.count(False)
+        builders = [b for b, k in zip(builders, keep) if k]
+        tasks = [t for t, k in zip(tasks, keep) if k]
     # a slot's feature ref is an index into its codebook's concatenation over the whole batch
     B, T = len(builders), max(len(b.ids) for b in builders)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -500,4 +565,4 @@ def assemble(
     position_ids = (
         (mask.cumsum(1) - 1).clamp(min=0) if padding_side == "left" else torch.arange(T, device=device).expand(B, T)
     )
-    return Batch(ids, embeds, mask, labels, position_ids, [s.task for s in samples], [len(b.ids) for b in builders])
+    return Batch(ids, embeds, mask, labels, position_ids, tasks, [len(b.ids) for b in builders], dropped)

@@ -12,8 +12,9 @@ from illume_kit.core.options import MllmOptions
 from illume_kit.core.protocols import RetrainsTextTokenizer
 from illume_kit.core.schema import Stage
 from illume_kit.model.objective import mllm_step_fn, trainable_parameters
-from illume_kit.model.sequence import EncodeCache
+from illume_kit.model.sequence import EncodeCache, input_encoder_trains
 from illume_kit.model.tasks import TaskMixer, task_texts
+from illume_kit.train.optim import freeze_groups
 
 if TYPE_CHECKING:
     from illume_kit.train.stages import StageRunner
@@ -27,7 +28,8 @@ def stage_setup(runner: StageRunner, stage: Stage):
     """What ``illume-kit train`` needs for an ``mllm`` stage: (module, step_fn, data, trainer extras).
 
     The stage's options are ``illume_kit.core.options.MllmOptions``; ``loss_average`` is explained at
-    ``mllm_loss``, ``edit_target`` at ``TaskMixer``, ``cache_codes`` at ``EncodeCache``.
+    ``mllm_loss``, ``edit_target`` at ``TaskMixer``, ``cache_codes`` at ``EncodeCache``, ``max_seq_len`` at
+    ``illume_kit.model.sequence.truncate``.
 
     The text tokenizer of a from-scratch backbone is retrained on the task texts of the recipe's first
     mllm stage whenever that stage is set up, resumed or not: the BPE is a function of those texts
@@ -51,7 +53,17 @@ def stage_setup(runner: StageRunner, stage: Stage):
         model.backbone.retrain_text_tokenizer(texts)
     groups = stage.trainable or ["all"]
     trainable_parameters(model, groups)
-    model.encode_cache = EncodeCache(keep_features=model.image_input != "discrete") if opts.cache_codes else None
+    # param_groups' freeze entries apply before the trainer wraps the model, so it never sees them train
+    groups_of_lr = [g.model_dump() if hasattr(g, "model_dump") else dict(g) for g in getattr(stage, "param_groups", [])]
+    freeze_groups(model.named_parameters(), groups_of_lr)
+    trains_encoder = input_encoder_trains(model)
+    if trains_encoder and opts.cache_codes and model.image_input != "discrete":
+        runner.callback.message(
+            f"stage {stage.name!r}: the input encoder trains, so cache_codes keeps the tokenizer's codes only; "
+            "its features are computed every step"
+        )
+    keep_features = model.image_input != "discrete" and not trains_encoder
+    model.encode_cache = EncodeCache(keep_features=keep_features) if opts.cache_codes else None
     mixer = TaskMixer(
         opts.tasks,
         opts.cfg_dropout,
@@ -62,4 +74,5 @@ def stage_setup(runner: StageRunner, stage: Stage):
         style=getattr(model, "prompt_style", None),
     )
     # groups are applied here through requires_grad; the trainer then takes whatever requires grad
-    return model, mllm_step_fn(mixer, opts.loss_average), data, {"collate_fn": _keep_items, "config": {"trainable": []}}
+    step_fn = mllm_step_fn(mixer, opts.loss_average, opts.max_seq_len)
+    return model, step_fn, data, {"collate_fn": _keep_items, "config": {"trainable": []}}

@@ -5,6 +5,9 @@ scales are left undecayed, as in nanoGPT. ``param_groups`` (a stage option) give
 their own peak lr and weight decay: each entry's ``match`` is a dotted prefix of parameter names or a
 glob over those prefixes, ``from_layer`` keeps only the blocks numbered that or higher right after
 the match, and the first entry that matches a parameter wins; the rest keep the stage's lr and decay.
+An entry with ``freeze: true`` keeps what it selects frozen in the stage (``requires_grad`` off, no
+optimizer state), so ``[{match: enc.blocks, from_layer: 16, lr: 2e-6}, {match: enc, freeze: true}]``
+trains an encoder's blocks from 16 on and nothing else of it.
 Every group follows the same schedule, so its lr stays at (group lr / stage lr) of the stage's.
 The schedule is linear warmup then constant or cosine decay to ``min_lr_ratio * lr``; it is a
 ``LambdaLR`` over a ``functools.partial`` so its state dict holds numbers only (weights_only-loadable).
@@ -97,6 +100,25 @@ def assign_groups(
     ]
 
 
+def freeze_groups(
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    param_groups: Sequence[Mapping[str, Any]],
+    all_names: Sequence[str] | None = None,
+) -> list[tuple[str, nn.Parameter]]:
+    """Turn ``requires_grad`` off for the parameters whose first matching entry has ``freeze``; return the rest."""
+    named_params = list(named_params)
+    if not any(g.get("freeze") for g in param_groups):
+        return named_params
+    which = assign_groups([n for n, _ in named_params], param_groups, all_names)
+    kept = []
+    for (name, p), w in zip(named_params, which):
+        if w >= 0 and param_groups[w].get("freeze"):
+            p.requires_grad_(False)
+        else:
+            kept.append((name, p))
+    return kept
+
+
 def adamw(
     named_params: Iterable[tuple[str, nn.Parameter]],
     lr: float,
@@ -108,10 +130,14 @@ def adamw(
 ) -> torch.optim.AdamW:
     """AdamW over ``named_params``: the stage's groups first (so ``param_groups[0]['lr']`` is the stage lr
     whenever some parameter keeps it), then one per entry of ``param_groups`` that selects trainable
-    parameters; each split into decayed (>= 2-D) and undecayed parameters."""
+    parameters; each split into decayed (>= 2-D) and undecayed parameters. Parameters of a ``freeze``
+    entry are frozen here and left out (``freeze_groups``)."""
     named_params = list(named_params)
     if not named_params:
         raise ValueError("no trainable parameters")
+    named_params = freeze_groups(named_params, param_groups, all_names)
+    if not named_params:
+        raise ValueError("no trainable parameters: param_groups with freeze: true select every one the stage trains")
     which = assign_groups([n for n, _ in named_params], param_groups, all_names)
     settings = [(lr, weight_decay)] + [
         (

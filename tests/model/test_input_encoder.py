@@ -70,3 +70,65 @@ def test_a_tokenizer_without_a_copyable_encoder_is_refused():
     resolved = load_recipe(RECIPE, ["tokenizer.name=vqgan", "tokenizer.preset=tiny", "model.input_encoder=separate"])
     with pytest.raises(ComposeError, match="input_encoder 'separate'.*use 'shared'"):
         compose(resolved)
+
+
+# ------------------------------------------------------------------ the trainable group
+
+
+@pytest.fixture()
+def fresh():
+    return compose(load_recipe(RECIPE, ["model.input_encoder=separate"])).train()
+
+
+def und_batch():
+    from illume_kit.model.tasks import und_sample
+
+    return [
+        und_sample(torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(i)), "what?", "red") for i in (0, 1)
+    ]
+
+
+def test_the_input_encoder_group_trains_the_copy_only(fresh):
+    from illume_kit.model.objective import trainable_parameters
+
+    params = trainable_parameters(fresh, ["input_encoder"])
+    assert {id(p) for p in params} == {id(p) for p in fresh.input_encoder.parameters()}
+    assert not any(p.requires_grad for p in fresh.tokenizer.parameters())
+    # all is the backbone and the projectors: the vision tower trains only when named
+    trainable_parameters(fresh, ["all"])
+    assert not any(p.requires_grad for p in fresh.input_encoder.parameters())
+    shared = compose(load_recipe(RECIPE))
+    with pytest.raises(ValueError, match="input_encoder needs model.input_encoder: separate"):
+        trainable_parameters(shared, ["input_encoder"])
+
+
+def test_a_training_input_encoder_gets_gradients_also_through_the_cache(fresh):
+    from illume_kit.model.objective import mllm_loss, trainable_parameters
+    from illume_kit.model.sequence import EncodeCache
+
+    trainable_parameters(fresh, ["projectors", "input_encoder"])
+    # a cache that would keep features: while the encoder trains it holds codes only
+    fresh.encode_cache = cache = EncodeCache(keep_features=True)
+    for attempt in range(2):  # the second call finds both images' codes cached
+        fresh.zero_grad(set_to_none=True)
+        mllm_loss(fresh, und_batch())["loss"].backward()
+        for name in ("semantic.blocks.0.attn.qkv.weight", "semantic.merger.mlp.0.weight", "pixel.conv_in.weight"):
+            grad = fresh.input_encoder.get_parameter(name).grad
+            assert grad is not None and grad.abs().sum() > 0, (attempt, name)
+        assert all(p.grad is None for p in fresh.tokenizer.parameters())
+    assert cache.hits == 2 and all(not e["features"] for e in cache._store.values())
+    # a codes-only cache (what the mllm stage sets while the encoder trains) outlives the encoder's updates
+    fresh.encode_cache = cache = EncodeCache(keep_features=False)
+    mllm_loss(fresh, und_batch())["loss"].backward()
+    torch.optim.SGD(fresh.input_encoder.parameters(), lr=0.1).step()
+    mllm_loss(fresh, und_batch())
+    assert cache.hits == 2 and len(cache) == 2
+    # frozen again: features are cached, and a change to the copy's weights empties the cache
+    trainable_parameters(fresh, ["projectors"])
+    fresh.encode_cache = cache = EncodeCache(keep_features=True)
+    with torch.no_grad():
+        mllm_loss(fresh, und_batch())
+        assert len(cache) == 2 and all(e["features"] for e in cache._store.values())
+        fresh.input_encoder.pixel.conv_out.bias.add_(1.0)
+        mllm_loss(fresh, und_batch())
+    assert cache.hits == 0

@@ -179,6 +179,29 @@ def test_group_matching_prefix_glob_from_layer_and_first_match_wins():
     assert [(g["lr"], len(g["params"])) for g in opt.param_groups] == [(1.0, 1), (1.0, 1), (1.0, 3), (1.0, 1)]
 
 
+def test_a_frozen_group_leaves_the_optimizer_and_stops_its_gradients():
+    from pydantic import ValidationError
+
+    from illume_kit.core.schema import ParamGroup
+
+    params = named("enc.blocks.0.w", "enc.blocks.1.w", "enc.stem.w", "head.w")
+    groups = [{"match": "enc.blocks", "from_layer": 1, "lr": 0.5}, {"match": "enc", "freeze": True}]
+    opt = O.adamw(params, lr=1.0, weight_decay=0.0, betas=(0.9, 0.99), param_groups=groups)
+    kept = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert [n for n, p in params if id(p) in kept] == ["enc.blocks.1.w", "head.w"]
+    assert [n for n, p in params if p.requires_grad] == ["enc.blocks.1.w", "head.w"]
+    assert [(g["lr"], len(g["params"])) for g in opt.param_groups] == [(1.0, 1), (0.5, 1)]
+    with pytest.raises(ValueError, match="freeze: true select every one"):
+        O.adamw(
+            named("enc.w"), lr=1.0, weight_decay=0.0, betas=(0.9, 0.99), param_groups=[{"match": "enc", "freeze": True}]
+        )
+    with pytest.raises(ValidationError, match="freeze: true trains nothing"):
+        ParamGroup(match="enc", freeze=True, lr=0.1)
+    # a group without freeze dumps as before (a sweep keys its stages by the dump)
+    assert "freeze" not in ParamGroup(match="enc", lr=0.1).model_dump()
+    assert ParamGroup(match="enc", freeze=True).model_dump()["freeze"] is True
+
+
 # ------------------------------------------------------------------ a real recipe
 
 VQGAN = "recipes/tokenizers/vqgan_tiny.yaml"
@@ -227,7 +250,7 @@ def test_mllm_micro_batches_draw_by_their_place_in_the_step(monkeypatch):
             keys.append((step, offset))
             return batch
 
-    monkeypatch.setattr(objective, "mllm_loss", lambda model, samples, average: {"loss": torch.zeros(())})
+    monkeypatch.setattr(objective, "mllm_loss", lambda model, samples, average, **kw: {"loss": torch.zeros(())})
     fn = objective.mllm_step_fn(Mixer())
 
     def step(model, batch, s):

@@ -85,3 +85,28 @@ def test_an_mllm_stage_stopped_and_resumed_ends_bitwise_as_one_run(tmp_path):
     assert one.keys() == two.keys()
     assert [k for k in one if not torch.equal(one[k], two[k])] == []
     assert two_tok == one_tok  # the saved model reads text with the tokenizer its embeddings trained on
+
+
+def test_max_seq_len_within_every_sequence_trains_the_same_weights_and_a_tight_one_drops(tmp_path):
+    from illume_kit.core.recipe import load_recipe
+    from illume_kit.train.stages import StageRunner
+
+    def run(out, *options):
+        stage = (
+            "train.stages=[{name: mllm, target: mllm, trainable: [all], steps: 2, batch_size: 4, lr: 1.0e-3,"
+            f" options: {{text_corpus_items: 8{''.join(', ' + o for o in options)}}}}}]"
+        )
+        over = ["data.params.num_samples=8", f"run.output_dir={tmp_path / out}", stage]
+        runner = StageRunner(load_recipe("recipes/dualvitok_qwen2_tiny.yaml", over), quiet=True)
+        result = runner.run(resume=False)["mllm"]
+        return result, runner.model.state_dict()
+
+    plain, weights = run("plain")
+    roomy, same = run("roomy", "max_seq_len: 100000")
+    assert roomy["dropped"] == 0.0 and roomy["loss"] == plain["loss"] and "dropped" not in plain
+    assert all(torch.equal(same[k], v) for k, v in weights.items())
+    # these two steps draw edits (answers from ~125 tokens on) and text-to-image (from ~46): the edits go
+    with pytest.warns(UserWarning, match=r"max_seq_len 120: \d+ sample\(s\) dropped"):
+        tight, cut = run("tight", "max_seq_len: 120")
+    assert tight["dropped"] > 0.0
+    assert not all(torch.equal(cut[k], v) for k, v in weights.items())

@@ -183,7 +183,12 @@ class Teacher:
 
     @torch.no_grad()
     def features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) in [0, 1] -> raw teacher features (B, h, w, width)."""
+        """images (B, 3, H, W) in [0, 1] -> raw teacher features (B, h, w, width), without gradients."""
+        return self.run(model, images)
+
+    def run(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """``features`` with gradients as the caller's mode has them: for a trained copy of the ViT
+        (the LLM's own input encoder)."""
         dtype = next(model.parameters()).dtype
         if self.kind == "qwen2vl-vit":
             b, (h, w) = images.shape[0], self.grid(*images.shape[-2:])

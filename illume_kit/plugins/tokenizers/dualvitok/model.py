@@ -33,7 +33,8 @@ from illume_kit.plugins.tokenizers.gan import PatchGANDiscriminator
 class DualViTokInputEncoder(nn.Module):
     """The LLM-side copy of DualViTok's two encoders (ILLUME+'s ``DualVisionTower``): the teacher ViT
     (``semantic``) and the pixel CNN (``pixel``), giving the same pre-quantisation features as
-    ``DualViTok.encode`` but from their own weights."""
+    ``DualViTok.encode`` but from their own weights. It starts frozen; an mllm stage that names the
+    ``input_encoder`` group trains it, with gradients through both encoders."""
 
     # the blocks FSDP shards one by one and activation checkpointing recomputes (train.parallel)
     _no_split_modules = ["Qwen2VLVisionBlock", "ResidualAttentionBlock", "ResnetBlock", "AttnBlock"]
@@ -48,7 +49,7 @@ class DualViTokInputEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         teacher = self._teacher[0]
         return {
-            "semantic": teacher.features(self.semantic, images),
+            "semantic": teacher.run(self.semantic, images),
             "pixel": self.pixel(images * 2 - 1).permute(0, 2, 3, 1),
         }
 
