@@ -228,7 +228,15 @@ def stage_sizes(model, stage) -> tuple[int, int] | None:
     from illume_kit.model.unified import count_params
 
     if stage.target == "mllm":
+        from illume_kit.train.optim import freeze_groups
+
         trainable_parameters(model, stage.trainable or ["all"])
+        groups = [g.model_dump() for g in stage.param_groups]
+        freeze_groups(
+            [(n, p) for n, p in model.named_parameters() if p.requires_grad],
+            groups,
+            [n for n, _ in model.named_parameters()],
+        )
         total, trainable = count_params(model)
     else:
         total, trainable = count_params(getattr(model, stage.target, None))

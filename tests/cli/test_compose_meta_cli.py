@@ -109,7 +109,8 @@ def test_world_json_counts_each_stages_trainable_groups():
     ddp, fsdp, off = full["rows"]
     assert ddp["recipe"] and not fsdp["recipe"] and not off["recipe"]
     assert ddp["gpu"] == pytest.approx(18 * full["trainable"] + 2 * full["frozen"])
-    assert fsdp["gpu"] == pytest.approx(ddp["gpu"] / 2)
+    # frozen parts stay whole on every rank unless parallelism.shard_frozen
+    assert fsdp["gpu"] == pytest.approx(18 * full["trainable"] / 2 + 2 * full["frozen"])
 
 
 @pytest.mark.parametrize("args", [["--world", "8"], ["--meta", "--world", "0"]])
@@ -131,6 +132,9 @@ def test_stage_recipes_compose_on_meta(stage):
     assert plan["trainable"] + plan["frozen"] == info["total"]["parameters"]
     if stage == "stage1":  # projectors and the (tied) embedding matrix
         assert plan["trainable"] < 0.2 * comps["backbone"]["parameters"]
+    elif stage == "stage3":  # and the input encoder's blocks from 16, merger and pixel encoder but its down levels
+        llm = comps["projectors"]["parameters"] + comps["backbone"]["parameters"]
+        assert llm < plan["trainable"] < llm + comps["input_encoder"]["parameters"]
     else:
         assert plan["trainable"] == comps["projectors"]["parameters"] + comps["backbone"]["parameters"]
 
