@@ -49,8 +49,9 @@ def compute_dtype(precision: str) -> torch.dtype | None:
 
 
 def autocast(precision: str, device: torch.device, sharded: bool) -> contextlib.AbstractContextManager:
-    """The autocast context of a step: mixed precision outside FSDP (FSDP casts through its policy)."""
-    if precision.endswith("-mixed") and not sharded:
+    """The autocast context of a step: mixed precision outside FSDP (FSDP casts through its policy), and
+    bf16-true everywhere (fp32 inputs meet bf16 weights)."""
+    if (precision.endswith("-mixed") and not sharded) or precision == "bf16-true":
         return torch.autocast(device.type, dtype=compute_dtype(precision))
     return contextlib.nullcontext()
 
