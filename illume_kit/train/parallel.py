@@ -213,6 +213,21 @@ def root_trainable(model: nn.Module, par: Parallelism, root_part: str | None) ->
     return [n for n, p in model.named_parameters() if p.requires_grad and not any(n.startswith(u + ".") for u in units)]
 
 
+def receive_from_rank0(model: nn.Module, full: dict[str, torch.Tensor], device: torch.device) -> None:
+    """After sharding, every rank's shards take rank 0's weights (``full``: rank 0's state dict taken
+    before sharding; empty elsewhere, where the model was built on the meta device). Collective."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        model.to_empty(device=device)
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+    set_model_state_dict(model, full, options=opts)
+    # buffers travel too, the non-persistent ones (rotary frequencies) included: no state dict holds them
+    for buf in model.buffers():
+        dist.broadcast(buf, src=0)
+
+
 def set_gradient_sync(root: nn.Module, enabled: bool) -> None:
     """FSDP: reduce-scatter gradients in this backward (the last micro-batch of a step) or keep them local."""
     root.set_requires_gradient_sync(enabled)
@@ -246,6 +261,11 @@ def unsharded(sharded: nn.Module, plain: nn.Module, device: torch.device) -> nn.
     full = {k: copies.setdefault(id(v), v.to(device).clone()) for k, v in full.items()}
     missing, unexpected = plain.load_state_dict(full, strict=False, assign=True)
     _retie(plain)
+    live = dict(sharded.named_buffers())
+    for name, buf in list(plain.named_buffers()):
+        if buf.is_meta:  # a rank that built the model on the meta device: its copy's buffers come from the live model
+            owner, _, leaf = name.rpartition(".")
+            plain.get_submodule(owner)._buffers[leaf] = live[name].detach().clone()
     meta = [n for n, p in plain.named_parameters() if p.is_meta]
     if meta or unexpected:
         raise RuntimeError(f"gathering the sharded model left {meta[:5]} unfilled, {unexpected[:5]} unexpected")

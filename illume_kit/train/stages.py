@@ -201,7 +201,10 @@ class StageRunner:
             if self._reuse_checkpoint and (ck / MANIFEST).is_file():
                 self._model, _ = load_checkpoint(ck)
             else:
-                self._model = compose(self.resolved)
+                # parallelism.meta_init: rank 0 builds (and reads) the model, the others receive it once sharded
+                par = self.recipe.parallelism
+                meta = par.meta_init and par.strategy == "fsdp" and D.world_size() > 1 and not self.dist.is_main
+                self._model = compose(self.resolved, meta=meta)
             self._model.train()
         return self._model
 

@@ -122,6 +122,10 @@ class _StepModule(nn.Module):
         return out
 
 
+def _on_meta(model: nn.Module) -> bool:
+    return any(p.is_meta for p in model.parameters())
+
+
 def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -354,7 +358,8 @@ class Trainer:
         self.cfg = config or TrainerConfig()
         self.dist = D.setup(device)
         self.device = self.dist.device
-        self.model = model.to(self.device)
+        # a model built on the meta device (parallelism.meta_init, ranks but 0) gets its memory once sharded
+        self.model = model if _on_meta(model) else model.to(self.device)
         self.disc = disc.to(self.device) if disc is not None else None
         self.step_fn, self.disc_step_fn, self.data, self.collate_fn = step_fn, disc_step_fn, data, collate_fn
         self.eval_fn, self.on_checkpoint = eval_fn, on_checkpoint
@@ -483,12 +488,19 @@ class Trainer:
                     "eval_fn with parallelism.strategy fsdp: evaluation runs on rank 0 alone, which cannot gather "
                     "sharded weights; evaluate the stage's saved checkpoint instead"
                 )
+            receive = par.meta_init
+            full = self.model.state_dict() if receive and dist.is_main else {}  # the full weights, kept by reference
             self._plain = P.skeleton(self.model)
             root = _StepModule(self.model, self.step_fn, P.root_trainable(self.model, par, self.root_part))
             replicated = P.shard(
                 root, self.model, par, self.precision, self.device, dist.world_size, self.root_part, disc_params
             )
             call, kind = root, "fsdp"
+            if receive:
+                P.receive_from_rank0(self.model, full, self.device)
+                del full
+            elif _on_meta(self.model):
+                raise ValueError("a model on the meta device trains only with parallelism.meta_init under fsdp")
         else:
             P.prepare_blocks(self.model, par, self.root_part)
             call, kind = self._replicated(self.model, self.step_fn)

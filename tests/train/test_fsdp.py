@@ -29,7 +29,10 @@ def command(out: Path, ranks: int, *extra: str, accum: int | None = None) -> lis
     # two micro-batches of 2 per rank, or one of 8 in one process: the same global batch of 8
     accum = accum or (2 if ranks > 1 else 1)
     split = [f"train.stages.0.grad_accum_steps={accum}"] if accum > 1 else []
-    return [*launch, "-m", "illume_kit.cli.main", "train", RECIPE, f"run.output_dir={out}", *split, "--quiet", *extra]
+    overrides = [e for e in extra if "=" in e]
+    flags = [e for e in extra if "=" not in e]
+    cli = ["-m", "illume_kit.cli.main", "train", RECIPE, f"run.output_dir={out}", *split, *overrides]
+    return [*launch, *cli, "--quiet", *flags]
 
 
 def train(out: Path, ranks: int, *extra: str, accum: int | None = None) -> subprocess.CompletedProcess:
@@ -119,3 +122,12 @@ def test_a_checkpoint_of_two_ranks_resumes_in_one_process(sharded, tmp_path):
     assert got[:8] == ref[:8]
     worst = max(abs(a - b) / abs(b) for a, b in zip(got[8:], ref[8:]))
     assert worst <= 1e-4, list(zip(got, ref))
+
+
+@pytest.mark.slow
+def test_meta_init_ranks_receive_rank_0s_weights_and_train_the_same(sharded, tmp_path):
+    out = tmp_path / "meta"
+    train(out, 2, "parallelism.meta_init=true")
+    assert losses(out) == losses(sharded)
+    a, b = weights(out), weights(sharded)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
