@@ -10,6 +10,9 @@ output going to a log file and say when it has finished:
   through ``stepguard`` so that it ends when the sweep process dies, even by ``kill -9``;
 - ``slurm``: a job submitted through submitit (optional dependency, imported only when used);
   ``SlurmLauncher(executor=submitit.LocalExecutor(...))`` runs the same code path without a cluster.
+  With ``gpus_per_node: N`` (N > 1) a ``train`` step runs under ``torchrun --standalone
+  --nproc_per_node N`` on its node, so the recipe's ``parallelism`` (ddp or fsdp) spans the job's GPUs;
+  other steps run as one process.
 """
 
 from __future__ import annotations
@@ -149,12 +152,22 @@ class SlurmLauncher:
         if executor is None:
             executor = _submitit().AutoExecutor(folder=str(folder))
         self.executor = executor
+        self.gpus = int((params or {}).get("gpus_per_node") or 1)
         if params:
             self.executor.update_parameters(**params)
 
     def start(self, cmd: Sequence[str], log: Path, cwd: Path) -> SlurmJob:
         log.parent.mkdir(parents=True, exist_ok=True)
-        return SlurmJob(self.executor.submit(run_logged, list(cmd), str(log), str(cwd)))
+        return SlurmJob(self.executor.submit(run_logged, multi_gpu(cmd, self.gpus), str(log), str(cwd)))
+
+
+def multi_gpu(cmd: Sequence[str], gpus: int) -> list[str]:
+    """``python -m illume_kit.cli.main train ...`` under torchrun with one process per GPU of the node."""
+    cmd = list(cmd)
+    module = ["-m", "illume_kit.cli.main", "train"]
+    if gpus <= 1 or cmd[1:4] != module:
+        return cmd
+    return [cmd[0], "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus), *cmd[1:]]
 
 
 def make_launcher(name: str, sweep_dir: Path, slurm: dict | None = None) -> Launcher:

@@ -103,7 +103,8 @@ class SweepSpec(_Strict):
     slurm: dict[str, Any] = Field(
         default_factory=dict,
         description="submitit executor parameters for "
-        "--launcher slurm, e.g. {slurm_partition: gpu, timeout_min: 120, gpus_per_node: 1}",
+        "--launcher slurm, e.g. {slurm_partition: gpu, timeout_min: 120, gpus_per_node: 8}; with gpus_per_node > 1 "
+        "a train step runs under torchrun, one process per GPU (the recipe's parallelism)",
     )
 
     @field_validator("name")

@@ -152,6 +152,33 @@ def test_slurm_launcher_runs_steps_through_submitit(write_sweep, tmp_path):
     assert "trained" in (sd / rid / "logs" / "train.log").read_text()
 
 
+def test_slurm_trains_a_multi_gpu_job_under_torchrun(tmp_path):
+    from illume_kit.sweep.launchers import SlurmLauncher
+
+    class Executor:
+        def __init__(self):
+            self.params, self.submitted = {}, []
+
+        def update_parameters(self, **kw):
+            self.params.update(kw)
+
+        def submit(self, fn, cmd, log, cwd):
+            self.submitted.append(cmd)
+
+    train = [sys.executable, "-m", "illume_kit.cli.main", "train", "r.yaml", "--resume", "--quiet"]
+    evaluate = [sys.executable, "-m", "illume_kit.cli.main", "eval", "ckpt"]
+    ex = Executor()
+    launcher = SlurmLauncher(tmp_path, {"gpus_per_node": 4, "timeout_min": 60}, executor=ex)
+    launcher.start(train, tmp_path / "train.log", tmp_path)
+    launcher.start(evaluate, tmp_path / "eval.log", tmp_path)
+    assert ex.params["gpus_per_node"] == 4
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"]
+    assert ex.submitted == [[*launch, *train[1:]], evaluate]  # evaluation stays one process
+    one = Executor()
+    SlurmLauncher(tmp_path, {"gpus_per_node": 1}, executor=one).start(train, tmp_path / "t.log", tmp_path)
+    assert one.submitted == [train]
+
+
 def test_slurm_without_submitit_names_the_install(monkeypatch, tmp_path):
     import builtins
 
