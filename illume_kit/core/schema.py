@@ -206,6 +206,11 @@ class Parallelism(_Strict):
 
     @model_validator(mode="after")
     def _fsdp_only(self) -> Parallelism:
+        if self.strategy == "fsdp" and self.precision == "bf16-true":
+            raise ValueError(
+                "parallelism.precision: bf16-true casts the LLM alone to bf16, and FSDP shards a unit of one dtype "
+                "only: use bf16-mixed (fp32 master weights, the backbone's blocks gathered in bf16) or strategy ddp"
+            )
         if self.strategy != "fsdp":
             for key in ("cpu_offload", "meta_init"):
                 if getattr(self, key):

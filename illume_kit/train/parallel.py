@@ -48,10 +48,11 @@ def compute_dtype(precision: str) -> torch.dtype | None:
     return DTYPES.get(kind)
 
 
-def autocast(precision: str, device: torch.device, sharded: bool) -> contextlib.AbstractContextManager:
-    """The autocast context of a step: mixed precision outside FSDP (FSDP casts through its policy), and
-    bf16-true everywhere (fp32 inputs meet bf16 weights)."""
-    if (precision.endswith("-mixed") and not sharded) or precision == "bf16-true":
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context of a step under mixed precision and bf16-true. Under FSDP the policy casts the
+    parameters for compute, and autocast the activations a step makes itself (an image the frozen
+    tokenizer reads arrives in fp32), as without FSDP."""
+    if precision.endswith("-mixed") or precision == "bf16-true":
         return torch.autocast(device.type, dtype=compute_dtype(precision))
     return contextlib.nullcontext()
 
@@ -68,9 +69,16 @@ def grad_scaler(precision: str, device: torch.device, sharded: bool):
 
 
 def cast_true_precision(model: nn.Module, precision: str) -> None:
-    """``bf16-true``: the weights themselves in bf16 (with a warning: small updates round away)."""
+    """``bf16-true``: the weights themselves in bf16 (with a warning: small updates round away).
+
+    In the unified model that is the backbone (the LLM, where the memory is, and whose layers keep their
+    norms in fp32 themselves); tokenizers and detokenizers stay fp32 under autocast, since their norm
+    layers cannot take bf16 weights with autocast's fp32 inputs on every device. A component trained on
+    its own is cast whole."""
     if precision != "bf16-true":
         return
+    backbone = getattr(model, "backbone", None)
+    model = backbone if isinstance(backbone, nn.Module) else model
     warnings.warn(
         "parallelism.precision: bf16-true keeps bf16 weights and AdamW states: an update smaller than bf16's "
         "resolution (~0.4% of a weight) is lost. bf16-mixed keeps fp32 master weights",
@@ -153,13 +161,24 @@ def shard(
     ignored = set(keep or ()) | {p for p in root.parameters() if p.dim() == 0}
     if not par.shard_frozen:
         ignored |= {p for p in root.parameters() if not p.requires_grad}
-    kw = dict(mesh=mesh, mp_policy=mp, offload_policy=offload)
+    # the backbone's blocks (transformers decoder layers, whose norms compute in fp32 themselves) gather
+    # and compute in the policy's dtype; everything else keeps fp32 parameters under autocast, since a
+    # norm layer given bf16 weights and autocast's fp32 input fails on the CPU
+    plain = MixedPrecisionPolicy()
+    kw = dict(mesh=mesh, offload_policy=offload)
     for name, block in prepare_blocks(model, par, root_part):
         params = set(block.parameters())
         if not params or params <= ignored or not runs_every_step(name, root_part, params):
             continue
-        fully_shard(block, reshard_after_forward=par.reshard_after_forward, ignored_params=params & ignored, **kw)
-    fully_shard(root, ignored_params=ignored or None, **kw)
+        policy = mp if part_of(name, root_part) == "backbone" else plain
+        fully_shard(
+            block,
+            reshard_after_forward=par.reshard_after_forward,
+            ignored_params=params & ignored,
+            mp_policy=policy,
+            **kw,
+        )
+    fully_shard(root, ignored_params=ignored or None, mp_policy=plain, **kw)
     return ignored
 
 

@@ -463,6 +463,11 @@ def check_launch(resolved: ResolvedRecipe, resume: bool = True, only: list[str] 
 
     recipe, world = resolved.recipe, D.world_size()
     par = recipe.parallelism
+    if par.cpu_offload and (recipe.run.device == "cpu" or not torch.cuda.is_available()):
+        raise ValueError(
+            f"{resolved.origin}: parallelism.cpu_offload moves sharded weights and AdamW states out of GPU memory: "
+            "it needs CUDA devices (this run trains on the CPU already). Remove it, or train on GPUs"
+        )
     out = Path(recipe.run.output_dir)
     for i, stage in enumerate(recipe.train.stages):
         if only and stage.name not in only:

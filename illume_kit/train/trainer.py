@@ -422,7 +422,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}  # a key may be logged at some steps only (a task no batch drew)
         batches = self._batches(self.step * cfg.grad_accum_steps, cfg.steps * cfg.grad_accum_steps)
-        autocast = P.autocast(self.precision, self.device, self.sharded)
+        autocast = P.autocast(self.precision, self.device)
         try:
             while self.step < stop:
                 s = self.step

@@ -131,3 +131,12 @@ def test_meta_init_ranks_receive_rank_0s_weights_and_train_the_same(sharded, tmp
     assert losses(out) == losses(sharded)
     a, b = weights(out), weights(sharded)
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+@pytest.mark.slow
+def test_bf16_compute_with_activation_checkpointing_trains_fp32_master_weights(tmp_path):
+    out = tmp_path / "bf16"
+    train(out, 2, "parallelism.precision=bf16-mixed", "parallelism.activation_checkpointing=[backbone,tokenizer]")
+    got = losses(out)
+    assert all(l == l for l in got) and got[-1] < 0.5 * got[0]
+    assert all(v.dtype == torch.float32 for v in weights(out).values() if v.is_floating_point())

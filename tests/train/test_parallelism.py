@@ -182,6 +182,7 @@ def test_activation_checkpointing_recomputes_the_same_gradients():
         ("parallelism.strategy=zero3", r"parallelism\.strategy.*'ddp' or 'fsdp'"),
         ("parallelism.precision=bf32", r"parallelism\.precision.*'bf16-mixed'"),
         ("parallelism.cpu_offload=true", r"cpu_offload needs strategy: fsdp"),
+        ("parallelism.precision=bf16-true", r"bf16-true casts the LLM alone to bf16.*use bf16-mixed"),
         ("train.stages.0.grad_accum_steps=0", r"grad_accum_steps"),
         ("train.stages.0.grad_accum_steps=3", r"global_batch_size 8 is not a multiple of grad_accum_steps 3"),
     ],
@@ -210,3 +211,9 @@ def test_an_unsharded_checkpoint_is_not_resumed_sharded(tmp_path):
     r = cli("train", RECIPE, f"run.output_dir={out}", "--resume", env={"WORLD_SIZE": "2"})
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "parallelism.strategy: fsdp cannot resume" in r.stderr and "written unsharded (strategy ddp)" in r.stderr
+
+
+def test_cpu_offload_without_a_gpu_stops_before_loading(tmp_path):
+    r = cli("train", RECIPE, f"run.output_dir={tmp_path}", "parallelism.cpu_offload=true", "run.device=cpu")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "parallelism.cpu_offload" in r.stderr and "needs CUDA devices" in r.stderr
