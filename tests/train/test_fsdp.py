@@ -138,5 +138,5 @@ def test_bf16_compute_with_activation_checkpointing_trains_fp32_master_weights(t
     out = tmp_path / "bf16"
     train(out, 2, "parallelism.precision=bf16-mixed", "parallelism.activation_checkpointing=[backbone,tokenizer]")
     got = losses(out)
-    assert all(l == l for l in got) and got[-1] < 0.5 * got[0]
+    assert all(x == x for x in got) and got[-1] < 0.5 * got[0]  # finite, and learning
     assert all(v.dtype == torch.float32 for v in weights(out).values() if v.is_floating_point())
