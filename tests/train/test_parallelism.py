@@ -217,3 +217,28 @@ def test_cpu_offload_without_a_gpu_stops_before_loading(tmp_path):
     r = cli("train", RECIPE, f"run.output_dir={tmp_path}", "parallelism.cpu_offload=true", "run.device=cpu")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "parallelism.cpu_offload" in r.stderr and "needs CUDA devices" in r.stderr
+
+
+@pytest.mark.slow
+def test_compiled_blocks_compute_what_eager_blocks_do():
+    import shutil
+
+    if shutil.which("cc") is None:
+        pytest.skip("torch.compile on the CPU needs a C compiler")
+    from illume_kit.core.recipe import load_recipe
+    from illume_kit.core.schema import Parallelism
+    from illume_kit.model.compose import compose
+
+    def run(compiled: bool):
+        model = compose(load_recipe(RECIPE))
+        backbone = model.backbone.model
+        if compiled:
+            P.prepare_blocks(model, Parallelism(compile=True), None)
+        ids = torch.arange(1, 33).reshape(2, 16)
+        loss = backbone(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), backbone.model.layers[0].mlp.up_proj.weight.grad
+
+    (eager_loss, eager_grad), (loss, grad) = run(False), run(True)
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, eager_grad, rtol=1e-4, atol=1e-6)
