@@ -1,7 +1,7 @@
 """Tokens per second and model FLOPs utilisation (MFU) of the mllm training step, per strategy.
 
     python bench/train_step.py [--recipe tests/fixtures/recipes/fsdp_mllm_tiny.yaml]
-                               [--strategies one ddp:2 fsdp:2] [--steps 10] [--warmup 3]
+                               [--strategies one ddp:2 fsdp:2] [--steps 10] [--warmup 3] [--repeat 3]
                                [--precision fp32] [--device cpu] [--threads 1] [--peak-tflops 989] [k=v ...]
     python bench/train_step.py --gpu     # ~0.5B Qwen2 from scratch, bf16-mixed, FSDP on one GPU
 
@@ -9,9 +9,12 @@ Each row runs the recipe's first mllm stage for ``--warmup`` + ``--steps`` optim
 processes (``torchrun`` for a world above one) through ``illume-kit train``'s own ``StageRunner``
 and ``Trainer``: a ``TrainCallback`` stamps the end of each step on rank 0, and a forward pre-hook
 on the backbone records every rank's sequence lengths (real tokens, padding excluded). Only the
-``--steps`` steps after the warm-up count. A row is ``NAME[:WORLD][+ac][+compile]``: ``one`` is a
-plain process (the baseline, first row), ``ddp``/``fsdp`` set ``parallelism.strategy``; ``+ac``
-adds activation checkpointing of the backbone, ``+compile`` ``parallelism.compile``. The trainer
+``--steps`` steps after the warm-up count. The rows run in ``--repeat`` interleaved rounds, so a
+load drift of the machine hits all of them, and each shows its round of median tokens/s.
+
+A row is ``NAME[:WORLD][+ac][+compile]``: ``one`` is a plain process, ``ddp``/``fsdp`` set
+``parallelism.strategy``, ``+ac`` checkpoints the backbone's activations, ``+compile`` sets
+``parallelism.compile``. The first row is the baseline of the "vs first row" column. The trainer
 shards only when the world is above one, so ``fsdp:1`` trains as ``one`` does, under torchrun.
 
 Tokens/s: the assembled sequence lengths trained over all ranks, per second of the timed steps.
@@ -197,6 +200,13 @@ def parse_row(text: str) -> tuple[str, int, list[str]]:
     return name, int(world or 1), flags
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run of median tokens/s among a row's rounds (a failed round fails the row)."""
+    if any(r.get("failed") for r in runs):
+        return next(r for r in runs if r.get("failed"))
+    return sorted(runs, key=lambda r: r["tokens"] / r["seconds"])[(len(runs) - 1) // 2]
+
+
 def label(text: str) -> str:
     """``fsdp:2+ac`` -> ``fsdp x2 +ac``; ``one`` -> ``one process``."""
     name, world, flags = parse_row(text)
@@ -206,8 +216,7 @@ def label(text: str) -> str:
 def run_row(text: str, args, stage: tuple[int, str], overrides: list[str], tmp: Path) -> dict:
     name, world, flags = parse_row(text)
     index, stage_name = stage
-    folder = tmp / text.replace(":", "x").replace("+", "_")
-    folder.mkdir()
+    folder = Path(tempfile.mkdtemp(prefix=text.replace(":", "x").replace("+", "_") + "-", dir=tmp))
     row_overrides = [
         *overrides,
         f"run.output_dir={folder / 'run'}",
@@ -274,6 +283,9 @@ def main() -> None:
     ap.add_argument("--strategies", nargs="+", default=None, help="rows: NAME[:WORLD][+ac][+compile]")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per row (default 10, --gpu 20)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3, --gpu 5)")
+    ap.add_argument(
+        "--repeat", type=int, default=None, help="rounds of all rows; the median round counts (default 3, --gpu 1)"
+    )
     ap.add_argument("--precision", default=None, help="parallelism.precision of every row (default: the recipe's)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per rank (default 1, --gpu 4)")
@@ -289,6 +301,7 @@ def main() -> None:
     args.strategies = args.strategies or (["fsdp:1", "fsdp:1+compile"] if preset else ["one", "ddp:2", "fsdp:2"])
     args.steps = args.steps or (20 if preset else 10)
     args.warmup = args.warmup if args.warmup is not None else (5 if preset else 3)
+    args.repeat = args.repeat or (1 if preset else 3)
     args.threads = args.threads or (4 if preset else 1)
     args.precision = args.precision or ("bf16-mixed" if preset else None)
     overrides = [*(GPU_OVERRIDES if preset else []), *args.overrides]
@@ -305,13 +318,15 @@ def main() -> None:
         raise SystemExit(2)
     cuda = args.device.startswith("cuda")
     peak = args.peak_tflops * 1e12 if cuda else cpu_peak_flops(args.threads)
-    rows = []
+    runs: dict[str, list[dict]] = {text: [] for text in args.strategies}
     with tempfile.TemporaryDirectory(prefix="train_step_") as tmp:
-        for text in args.strategies:
-            rows.append(run_row(text, args, stages[0], overrides, Path(tmp)))
-            if not rows[-1].get("failed"):
-                r = rows[-1]
-                print(f"{label(text)}: {r['tokens'] / r['seconds']:,.0f} tokens/s", file=sys.stderr)
+        for _ in range(args.repeat):  # rounds interleave the rows, so load drifts of the machine hit all of them
+            for text in args.strategies:
+                r = run_row(text, args, stages[0], overrides, Path(tmp))
+                runs[text].append(r)
+                if not r.get("failed"):
+                    print(f"{label(text)}: {r['tokens'] / r['seconds']:,.0f} tokens/s", file=sys.stderr)
+    rows = [median_run(rs) for rs in runs.values()]
     shape = next((r["shape"] for r in rows if "shape" in r), None)
     stage = resolved.recipe.train.stages[stages[0][0]]
     where = f"{args.device}, {args.threads} thread(s) per rank" if not cuda else args.device
@@ -329,7 +344,7 @@ def main() -> None:
     table = Table(
         title=f"{args.recipe}: mllm stage {stages[0][1]!r}, global batch {stage.global_batch_size or stage.batch_size}, "
         f"precision {args.precision or resolved.recipe.parallelism.precision}, {where}, "
-        f"{args.steps} timed steps after {args.warmup}",
+        f"{args.steps} timed steps after {args.warmup}, median of {args.repeat} round(s)",
         caption=model_words + peak_words,
     )
     cols = ["strategy", "tokens / step", "median ms / step", "tokens / s", "vs first row", "MFU", "loss at end"]
