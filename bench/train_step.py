@@ -225,8 +225,6 @@ def run_row(text: str, args, stage: tuple[int, str], overrides: list[str], tmp: 
     ]
     if name != "one":
         row_overrides.append(f"parallelism.strategy={name}")
-    if args.precision:
-        row_overrides.append(f"parallelism.precision={args.precision}")
     if "ac" in flags:
         row_overrides.append("parallelism.activation_checkpointing=[backbone]")
     if "compile" in flags:
@@ -299,15 +297,23 @@ def main() -> None:
     preset = args.gpu
     args.device = args.device or ("cuda" if preset or torch.cuda.is_available() else "cpu")
     args.strategies = args.strategies or (["fsdp:1", "fsdp:1+compile"] if preset else ["one", "ddp:2", "fsdp:2"])
-    args.steps = args.steps or (20 if preset else 10)
+    args.steps = args.steps if args.steps is not None else (20 if preset else 10)
     args.warmup = args.warmup if args.warmup is not None else (5 if preset else 3)
-    args.repeat = args.repeat or (1 if preset else 3)
-    args.threads = args.threads or (4 if preset else 1)
+    args.repeat = args.repeat if args.repeat is not None else (1 if preset else 3)
+    args.threads = args.threads if args.threads is not None else (4 if preset else 1)
     args.precision = args.precision or ("bf16-mixed" if preset else None)
     overrides = [*(GPU_OVERRIDES if preset else []), *args.overrides]
+    if args.precision:
+        overrides.append(f"parallelism.precision={args.precision}")
     try:
         for text in args.strategies:
             parse_row(text)
+        if args.device != "cpu" and not args.device.startswith("cuda"):
+            raise ValueError(f"--device: {args.device!r} is neither cpu nor cuda[:N]")
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: no CUDA device here (--device cpu runs on the CPU)")
+        if min(args.steps, args.repeat, args.threads) < 1 or args.warmup < 0:
+            raise ValueError("--steps, --repeat and --threads must be at least 1, --warmup at least 0")
         resolved = load_recipe(args.recipe, overrides)
     except (ValueError, RecipeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
