@@ -61,7 +61,8 @@ DEFAULT_RECIPE = "tests/fixtures/recipes/fsdp_mllm_tiny.yaml"
 STRATEGIES = ("one", "ddp", "fsdp")
 # --gpu: the Qwen2-0.5B shape (config.json of Qwen/Qwen2-0.5B) from scratch, random init, no download;
 # 256px images (~530 tokens each with the fixture's stride-16 DualViTok), 32 sequences a step; 64
-# items, so the warm-up steps see every item and the stage's caches hold them from then on
+# items, so the warm-up steps see every item and the stage's caches hold them from then on. The batch
+# override names stage 0: the mllm stage of the default recipe
 GPU_OVERRIDES = [
     "backbone.params.hidden_size=896",
     "backbone.params.num_layers=24",
