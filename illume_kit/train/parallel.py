@@ -87,6 +87,19 @@ def cast_true_precision(model: nn.Module, precision: str) -> None:
     model.to(torch.bfloat16)
 
 
+def fp32_masters(model: nn.Module, precision: str) -> int:
+    """Trainable 16-bit parameters (a backbone loaded in bf16) become fp32 master weights, except under
+    bf16-true; frozen ones keep their dtype (autocast computes with them as they are). Returns how many."""
+    if precision == "bf16-true":
+        return 0
+    n = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+            p.data = p.data.float()
+            n += 1
+    return n
+
+
 # ---------------------------------------------------------------------------------- blocks
 
 

@@ -479,6 +479,7 @@ class Trainer:
             n: int(p._illume_frozen_rows) for n, p in self.model.named_parameters() if hasattr(p, "_illume_frozen_rows")
         }
         P.cast_true_precision(self.model, self.precision)
+        P.fp32_masters(self.model, self.precision)
         if self.disc is not None and self.precision == "bf16-true":
             self.disc.to(torch.bfloat16)
         self.sharded = par.strategy == "fsdp" and dist.enabled

@@ -59,6 +59,16 @@ def test_bf16_compute_keeps_fp32_master_weights_that_take_updates_below_bf16_res
     assert torch.equal(pure[0].weight.detach()[big], before.bfloat16()[big])  # rounded away
 
 
+def test_a_model_loaded_in_bf16_trains_fp32_master_weights():
+    model = rounded_mlp().bfloat16()
+    model[0].bias.requires_grad_(False)  # frozen: stays as loaded
+    cfg = TrainerConfig(steps=1, batch_size=16, lr=1e-5, grad_clip=None, parallelism={"precision": "bf16-mixed"})
+    Trainer(model, mse_step, regression_data(), cfg, quiet=True).fit()
+    assert model[0].weight.dtype == torch.float32 and model[0].bias.dtype == torch.bfloat16
+    before = rounded_mlp().state_dict()["0.weight"]
+    assert (model[0].weight.detach() != before)[before.abs() > 0.05].all()  # updates below bf16 resolution kept
+
+
 def test_bf16_mixed_computes_in_bf16():
     seen = []
 
