@@ -252,7 +252,9 @@ def save_sharded_checkpoint(
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_dir(final)) if dist_info.is_main else None
         tmp = Path(D.broadcast_object(str(tmp) if tmp is not None else None, dist_info))
-        dcp.save(_parts_state(parts), storage_writer=dcp.FileSystemWriter(str(tmp / SHARDED)))
+        dcp.save(
+            _parts_state(parts), storage_writer=dcp.FileSystemWriter(str(tmp / SHARDED)), no_dist=not dist_info.enabled
+        )
         D.barrier(dist_info)
         if dist_info.is_main:
             torch.save(dict(state), tmp / STATE_FILE)
@@ -265,6 +267,12 @@ def save_sharded_checkpoint(
     return final if dist_info.is_main else None
 
 
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def load_sharded_checkpoint(
     folder: str | os.PathLike, parts: Mapping[str, tuple[torch.nn.Module, torch.optim.Optimizer]]
 ) -> dict[str, Any]:
@@ -275,7 +283,7 @@ def load_sharded_checkpoint(
     folder = Path(folder)
     target = _parts_state(parts)
     try:
-        dcp.load(target, storage_reader=sharded_reader(folder / SHARDED))
+        dcp.load(target, storage_reader=sharded_reader(folder / SHARDED), no_dist=not _distributed())
     except dcp.CheckpointException as exc:
         text = str(exc)
         refused = re.search(r"(\S+\.metadata: not a checkpoint's metadata \(.*?\)); refusing", text)

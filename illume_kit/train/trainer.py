@@ -2,8 +2,9 @@
 
 A component supplies what differs — a ``step_fn(model, batch, step) -> {"loss": scalar, ...}`` and
 its data — and gets the rest from here: AdamW with decay on matrices only, warmup + cosine/constant
-lr, grad clipping, bf16 autocast on CUDA, progress reports (``train.progress``), ``metrics.jsonl``, atomic checkpoints
-and exact resume, and DistributedDataParallel when launched under ``torchrun``.
+lr, grad clipping, progress reports (``train.progress``), ``metrics.jsonl``, atomic checkpoints and
+exact resume, and under ``torchrun`` DistributedDataParallel or FSDP2 sharding, with the precision,
+activation checkpointing and compilation of ``config.parallelism`` (``train.parallel``).
 
 Adversarial training (VQGAN / DualViTok pixel branch with a PatchGAN) adds a second group: a
 ``disc`` module and ``disc_step_fn(disc, batch, step, out)``. Each step first updates the model
@@ -31,8 +32,12 @@ threads once it is large enough, in an order that changes from run to run. The t
 changes float sums (a run with 1 thread and one with 2 differ in the last bits, then further), so
 checkpoints record it (``torch_threads`` in the training state).
 
-Under DDP the model is wrapped together with ``step_fn`` (``_StepModule``), so gradients are
-synchronised whatever method ``step_fn`` calls (``model.loss(...)``, not only ``forward``).
+Under DDP and FSDP the model is wrapped together with ``step_fn`` (``_StepModule``), so gradients
+are synchronised, and FSDP's root parameters gathered, whatever method ``step_fn`` calls
+(``model.loss(...)``, not only ``forward``). Several processes train one global batch: each rank's
+loss weights are summed over ranks, so 2 ranks of batch 4 step as 1 process of batch 8 does
+(``_global_weight``). Under FSDP checkpoints are sharded DCP folders (``train.state``), and a finished
+``fit`` leaves ``model`` a plain module holding the gathered weights (``release``).
 """
 
 from __future__ import annotations
@@ -473,7 +478,11 @@ class Trainer:
         self.precision = P.resolve_precision(par.precision, self.device)
         disc_params = set(self.disc.parameters()) if self.disc is not None else set()
         disc_ids = {id(p) for p in disc_params}
-        O.select_trainable(self.model, self._trainable, exclude=disc_ids)
+        chosen = O.select_trainable(self.model, self._trainable, exclude=disc_ids)
+        # groups a recipe freezes are frozen before sharding: FSDP and DDP decide by requires_grad
+        O.freeze_groups(
+            chosen, cfg.param_groups, [n for n, p in self.model.named_parameters() if id(p) not in disc_ids]
+        )
         # an embedding whose new rows train marks its kept rows (illume_kit.model.objective); FSDP drops tensor hooks
         row_masks = {
             n: int(p._illume_frozen_rows) for n, p in self.model.named_parameters() if hasattr(p, "_illume_frozen_rows")

@@ -92,7 +92,7 @@ def test_a_prompt_that_fills_the_limit_drops_its_sample_with_a_counted_warning(m
         mllm_loss(model2, s, max_seq_len=40)
 
     class Mixer:
-        def samples(self, batch, key):
+        def samples(self, batch, step, offset=0):
             return s
 
     step = mllm_step_fn(Mixer(), max_seq_len=L)

@@ -89,6 +89,12 @@ def test_two_ranks_train_as_one_process_with_half_the_parameters_each(sharded, t
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
     sharded_ckpt = sharded / "stages" / "mllm" / "checkpoints" / f"step_{STEPS:08d}"
     assert (sharded_ckpt / "dcp" / ".metadata").is_file() and not list(sharded_ckpt.glob("*.safetensors"))
+    # the frozen tokenizer and decoder never change, so a checkpoint does not rewrite them
+    from illume_kit.train.state import sharded_reader
+
+    keys = list(sharded_reader(sharded_ckpt / "dcp").read_metadata().state_dict_metadata)
+    assert any(k.startswith("model.model.backbone.") for k in keys)
+    assert not any(k.startswith(("model.model.tokenizer.", "model.model.detokenizer.")) for k in keys)
 
 
 @pytest.mark.slow
@@ -140,3 +146,15 @@ def test_bf16_compute_with_activation_checkpointing_trains_fp32_master_weights(t
     got = losses(out)
     assert all(x == x for x in got) and got[-1] < 0.5 * got[0]  # finite, and learning
     assert all(v.dtype == torch.float32 for v in weights(out).values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_ddp_stopped_and_resumed_ends_bitwise_as_one_run(tmp_path):
+    ddp = "parallelism.strategy=ddp"
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    train(whole, 2, ddp)
+    train(part, 2, ddp, "--until", "8")
+    train(part, 2, ddp, "--resume")
+    assert losses(part) == losses(whole)
+    a, b = weights(part), weights(whole)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
