@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from illume_kit.core.options import MAX_IMAGE_SIZE
 from illume_kit.core.params import ComponentParams
@@ -97,3 +97,56 @@ class FashionMNISTParams(DatasetParams):
         FASHION_MNIST_DIR, description="folder with the gzipped idx files (Debian: dataset-fashion-mnist)"
     )
     val_size: int = Field(5_000, ge=0, le=30_000, description="last N official training images form the val split")
+
+
+class _Fields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConversationFields(_Fields):
+    image: str = Field("image", description="record key of the image path (relative to image_root)")
+    conversations: str = Field("conversations", description='record key of the [{"from", "value"}, ...] turns')
+
+
+class CaptionFields(_Fields):
+    image: str = Field("image", description="record key of the image path (relative to image_root)")
+    caption: str = Field("caption", description="record key of the caption")
+
+
+class EditFields(_Fields):
+    source: str = Field("source", description="record key of the source image path (relative to image_root)")
+    target: str = Field("target", description="record key of the edited image path (relative to image_root)")
+    instruction: str = Field("instruction", description="record key of the edit instruction")
+
+
+class JsonlParams(DatasetParams):
+    path: str = Field(description="JSON-lines file, one record per line")
+    image_root: str | None = Field(
+        None, description="folder the records' image paths are relative to; None = the jsonl file's folder"
+    )
+    skip_bad: int = Field(
+        0,
+        ge=0,
+        description="go past at most this many bad records (missing or corrupt image, missing field), "
+        "counted in one warning; 0 = the first bad record is an error",
+    )
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of records (by hash) in the val split")
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of records (by hash) in the test split")
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> JsonlParams:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must leave something for train")
+        return self
+
+
+class ConversationsParams(JsonlParams):
+    fields: ConversationFields = Field(default_factory=ConversationFields, description="record keys, by role")
+
+
+class CaptionsParams(JsonlParams):
+    fields: CaptionFields = Field(default_factory=CaptionFields, description="record keys, by role")
+
+
+class EditsParams(JsonlParams):
+    fields: EditFields = Field(default_factory=EditFields, description="record keys, by role")
