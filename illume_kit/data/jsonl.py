@@ -98,7 +98,8 @@ class JsonlDataset(Dataset):
         if not self.entries:
             raise ValueError(
                 f"{self.kind}: split {p.split!r} of {str(self.file)!r} has no usable records "
-                f"({len(lines)} lines in it; val_fraction={p.val_fraction}, test_fraction={p.test_fraction})"
+                f"({len(lines)} lines in it; val_fraction={p.val_fraction}, test_fraction={p.test_fraction}: "
+                "set data.params.val_fraction or test_fraction to hold records out for evaluation)"
             )
 
     # -- checking --------------------------------------------------------------------------------

@@ -119,6 +119,8 @@ def test_image_root_and_splits(corpus, tmp_path):
     files = [{e["image"] for e in p.entries} for p in parts]
     assert all(files) and sum(map(len, files)) == len(whole)
     assert set.union(*files) == {e["image"] for e in whole.entries}
+    with pytest.raises(ValueError, match=r"split 'val' .* has no usable records .* set data.params.val_fraction"):
+        build("captions", moved, image_root=str(corpus["root"]), split="val")
 
 
 BAD = {

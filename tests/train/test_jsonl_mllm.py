@@ -45,6 +45,13 @@ def test_an_mllm_stage_trains_from_each_task_kind(corpus, tmp_path, kind):
     assert losses[-1] < 0.7 * losses[0], losses
     others = {"und", "gen"} - {LOGGED[kind]}
     assert all(LOGGED[kind] in r and not others & set(r) for r in rows), rows[0]
+    if kind == "conversations":  # eval reads records the run held out by hash
+        cmd = [sys.executable, "-m", "illume_kit.cli.main", "eval", str(tmp_path / "run" / "checkpoint")]
+        cmd += ["--data", "val_fraction=0.3", "-n", "4", "--json", "-o", str(tmp_path / "eval"), "--quiet"]
+        proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+        assert "und/accuracy" in json.dumps(metrics) and "rec/psnr" in json.dumps(metrics)
 
 
 def test_a_bad_record_stops_training_with_its_file_and_line(corpus, tmp_path):
