@@ -52,6 +52,13 @@ class StageOptions(_Options):
     cache_data: bool = Field(
         True, description="keep each dataset item once built instead of rendering it again every epoch"
     )
+    cache_data_mb: float = Field(
+        2048,
+        ge=0,
+        description="memory budget of cache_data in MiB: the items' tensor bytes stay under it, and a training "
+        "split whose estimate (its length x the first item's bytes) is over it is not cached at all, with a "
+        "notice (the shipped toy recipes need at most 940 MiB)",
+    )
 
 
 class TeacherOptions(StageOptions):
@@ -100,6 +107,13 @@ class MllmOptions(StageOptions):
         True,
         description="keep each image's tokenizer output for the rest of the run (the tokenizer is frozen "
         "in mllm stages)",
+    )
+    cache_codes_mb: float = Field(
+        1024,
+        ge=0,
+        description="memory budget of cache_codes in MiB: the kept codes and features stay under it, and a "
+        "stage whose estimate (the split's images x one image's codes and features) is over it keeps none, "
+        "with a notice",
     )
     max_seq_len: int | None = Field(
         None,

@@ -12,8 +12,9 @@ from illume_kit.core.options import MllmOptions
 from illume_kit.core.protocols import RetrainsTextTokenizer
 from illume_kit.core.schema import Stage
 from illume_kit.model.objective import mllm_step_fn, trainable_parameters
-from illume_kit.model.sequence import EncodeCache, input_encoder_trains
+from illume_kit.model.sequence import input_encoder_trains
 from illume_kit.model.tasks import TaskMixer, task_texts
+from illume_kit.train.caches import code_cache
 from illume_kit.train.optim import freeze_groups
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ def stage_setup(runner: StageRunner, stage: Stage):
     """What ``illume-kit train`` needs for an ``mllm`` stage: (module, step_fn, data, trainer extras).
 
     The stage's options are ``illume_kit.core.options.MllmOptions``; ``loss_average`` is explained at
-    ``mllm_loss``, ``edit_target`` at ``TaskMixer``, ``cache_codes`` at ``EncodeCache``, ``max_seq_len`` at
+    ``mllm_loss``, ``edit_target`` at ``TaskMixer``, ``cache_codes`` at ``EncodeCache`` (its budget at ``code_cache``), ``max_seq_len`` at
     ``illume_kit.model.sequence.truncate``.
 
     The text tokenizer of a from-scratch backbone is retrained on the task texts of the recipe's first
@@ -63,7 +64,12 @@ def stage_setup(runner: StageRunner, stage: Stage):
             "its features are computed every step"
         )
     keep_features = model.image_input != "discrete" and not trains_encoder
-    model.encode_cache = EncodeCache(keep_features=keep_features) if opts.cache_codes else None
+    model.encode_cache = None
+    if opts.cache_codes:
+        cache, notice = code_cache(model, data, keep_features, opts.cache_codes_mb, f"stage {stage.name!r}")
+        if notice:
+            runner.callback.message(notice)
+        model.encode_cache = cache
     mixer = TaskMixer(
         opts.tasks,
         opts.cfg_dropout,

@@ -57,6 +57,7 @@ from illume_kit.model.checkpoint import load_checkpoint, save_checkpoint
 from illume_kit.model.compose import compose
 from illume_kit.train import distributed as D
 from illume_kit.train import mllm_stage
+from illume_kit.train.caches import cached_split
 from illume_kit.train.config import TrainerConfig
 from illume_kit.train.progress import PlainReporter, StageHeader, TrainCallback
 from illume_kit.train.state import latest_checkpoint
@@ -105,28 +106,6 @@ def recipe_differences(stored_yaml: str, resolved: ResolvedRecipe) -> list[str]:
 
 def _has_run(out: Path) -> bool:
     return any((out / p).exists() for p in (SNAPSHOT, CHECKPOINT, "stages", "teacher"))
-
-
-class CachedDataset:
-    """Keeps items once built: procedural data is rendered once per item, not once per epoch."""
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-        self._items: dict[int, Any] = {}
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        item = self._items.get(index)
-        if item is None:
-            item = self._items[index] = self.dataset[index]
-        return item
-
-    def __getattr__(self, name: str):
-        if name in ("dataset", "_items"):
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
 
 
 def _done_marker(out: Path, stage: Stage) -> Path:
@@ -396,10 +375,16 @@ class StageRunner:
             raise RuntimeError(f"trained module {type(old).__name__} is not a part of the unified model")
 
     def images(self, stage: Stage, **over):
-        """The recipe's training split; ``options.image_size`` trains at another size."""
+        """The recipe's training split; ``options.image_size`` trains at another size. ``options.cache_data``
+        keeps its items within ``options.cache_data_mb`` (``cached_split``)."""
         size = stage.options.image_size
         data = build_dataset(self.resolved, "train", **({"image_size": size} if size else {}), **over)
-        return CachedDataset(data) if stage.options.cache_data else data
+        if not stage.options.cache_data:
+            return data
+        data, notice = cached_split(data, stage.options.cache_data_mb, f"stage {stage.name!r}")
+        if notice:
+            self.callback.message(notice)
+        return data
 
     def _teacher(self, stage: Stage):
         rc = self.resolved.components.get("teacher")

@@ -38,11 +38,13 @@ def test_shipped_options_are_typed_with_todays_defaults():
         align.options.loss_average,
         align.options.edit_target,
         align.options.cache_codes,
+        align.options.cache_codes_mb,
         align.options.retrain_text_tokenizer,
         align.options.text_corpus_items,
         align.options.image_size,
         align.options.cache_data,
-    ) == (0.1, 1, "token", "encoded", True, True, 400, None, True)
+        align.options.cache_data_mb,
+    ) == (0.1, 1, "token", "encoded", True, 1024, True, 400, None, True, 2048)
     assert align.options.tasks == {"und": 1.0, "t2i": 1.0, "edit": 1.0}
     ev = r.recipe.eval.options
     assert isinstance(ev, EvalOptions)
@@ -56,7 +58,10 @@ def test_typo_in_stage_options_says_did_you_mean():
     text = problems(MLLM, "train.stages.1.options.cfg_dropot=0.1")
     assert "1 problem" in text
     assert "train.stages.1.options.cfg_dropot: unknown key of mllm stage options (set in cli)" in text
-    assert "Did you mean cfg_dropout?" in text and "valid: image_size, cache_data, tasks, cfg_dropout" in text
+    assert (
+        "Did you mean cfg_dropout?" in text
+        and "valid: image_size, cache_data, cache_data_mb, tasks, cfg_dropout" in text
+    )
 
 
 def test_wrong_type_and_out_of_range_options():
@@ -86,7 +91,7 @@ def test_option_of_another_stage_kind_names_the_kinds():
     text = problems(TOKENIZER, f"train.stages.{i}.options.qa_turns=6", f"train.stages.{i}.options.image_size=32")
     assert "1 problem" in text  # image_size is an option of every stage
     assert f"train.stages.{i}.options.qa_turns: unknown key of tokenizer stage options" in text
-    assert "qa_turns is an option of mllm stages" in text and "(valid: image_size, cache_data)" in text
+    assert "qa_turns is an option of mllm stages" in text and "(valid: image_size, cache_data, cache_data_mb)" in text
 
 
 def test_eval_options_typo_says_did_you_mean():
@@ -160,7 +165,7 @@ def test_every_option_is_described_and_in_the_json_schema():
     assert (
         set(defs["TokenizerOptions"]["properties"])
         == set(TokenizerOptions.model_fields)
-        == {"image_size", "cache_data"}
+        == {"image_size", "cache_data", "cache_data_mb"}
     )
     assert defs["MllmOptions"]["additionalProperties"] is False
     assert defs["EvalConfig"]["properties"]["options"]["$ref"] == "#/$defs/EvalOptions"
