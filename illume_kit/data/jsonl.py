@@ -1,20 +1,13 @@
 """Real data for the three tasks of a unified model, read from a JSON-lines file and an image root.
 
-- ``conversations``: LLaVA/ILLUME+-style records ``{"image": "rel/path.jpg", "conversations":
-  [{"from": "human", "value": "<image>\\nWhat is ...?"}, {"from": "gpt", "value": "..."}, ...]}``;
-  items carry ``image`` and ``qa`` (the human/gpt turn pairs, ``<image>`` removed). The ``mllm``
-  stage trains image tasks only, so records without an image (text-only) and records with several
-  images are left out, counted in one warning.
-- ``captions``: ``{"image": ..., "caption": ...}``; items carry ``image`` and ``caption``.
-- ``edits``: ``{"source": ..., "target": ..., "instruction": ...}``; items carry ``image`` (the
-  source) and ``edit`` (``instruction`` and the target ``image``).
-
-Record keys are mapped by role in ``params.fields``. Every record of the chosen split is checked when
-the dataset is built (its fields, its conversation, its image files exist and their headers read), so
-a bad record stops the run before training starts, with a message naming the file and line;
-``skip_bad: N`` goes past at most N of them and counts them in one warning. Images are resized to
-cover ``image_size`` squared and center-cropped. Splits are assigned by the crc32 of each line's
-text, as image-folder does with file names.
+The task kinds (``conversations``, ``captions``, ``edits``: their record keys, checks and items) are
+``illume_kit.data.records``; this module is the jsonl source: record keys are mapped by role in
+``params.fields``, image paths are relative to ``image_root``. Every record of the chosen split is
+checked when the dataset is built (its fields, its conversation, its image files exist and their
+headers read), so a bad record stops the run before training starts, with a message naming the file
+and line; ``skip_bad: N`` goes past at most N of them and counts them in one warning. Images are
+resized to cover ``image_size`` squared and center-cropped. Splits are assigned by the crc32 of each
+line's text, as image-folder does with file names.
 """
 
 from __future__ import annotations
@@ -27,35 +20,23 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from illume_kit.data.folder import _split_of, resize_crop
+from illume_kit.data.folder import _split_of
 from illume_kit.data.images import load_rgb, open_image
 from illume_kit.data.params import CaptionsParams, ConversationsParams, EditsParams, JsonlParams
-from illume_kit.data.shapes import to_tensor
+from illume_kit.data.records import READERS, BadRecord, Unusable
 
-IMAGE_TOKEN = "<image>"
-HUMAN = ("human", "user")
-ASSISTANT = ("gpt", "assistant")
-
-
-class BadRecord(ValueError):
-    """A record that cannot become an item: its message names the file and line."""
-
-
-class Unusable(Exception):
-    """A well-formed record the ``mllm`` stage has no task for (text-only, several images)."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
+__all__ = ["BadRecord", "CaptionsDataset", "ConversationsDataset", "EditsDataset", "JsonlDataset", "Unusable"]
 
 
 class JsonlDataset(Dataset):
-    """Shared reading, checking, splitting and image loading; subclasses turn a record into an entry."""
+    """A jsonl file and image root read, checked and split; a subclass names its task kind (``records.READERS``)."""
 
     kind = "jsonl"
     Params = JsonlParams
 
     def __init__(self, params: JsonlParams):
         self.params = p = params
+        self.reader = READERS[self.kind](p)
         self.file = Path(p.path).expanduser()
         if not self.file.is_file():
             raise FileNotFoundError(f"{self.kind}: records file {str(self.file)!r} does not exist")
@@ -115,20 +96,9 @@ class JsonlDataset(Dataset):
             raise BadRecord(f"{self._where(n)}: expected a JSON object, found {type(rec).__name__}")
         return rec
 
-    def _field(self, rec: dict[str, Any], role: str, n: int, kind: type = str) -> Any:
-        key = getattr(self.params.fields, role)
-        if key not in rec:
-            raise BadRecord(
-                f"{self._where(n)}: the record has no {key!r} field (fields.{role}; its keys: {', '.join(sorted(rec))})"
-            )
-        value = rec[key]
-        if not isinstance(value, kind) or (kind is str and not value.strip()):
-            raise BadRecord(
-                f"{self._where(n)}: field {key!r} (fields.{role}) is {value!r}, expected a non-empty {kind.__name__}"
-            )
-        return value
-
-    def _image(self, rel: str, n: int) -> str:
+    def _image(self, rel: Any, n: int) -> str:
+        if not isinstance(rel, str):
+            raise BadRecord(f"{self._where(n)}: image {rel!r} is not a path (relative to image_root)")
         path = self.root / rel
         if not path.is_file():
             raise BadRecord(f"{self._where(n)}: image {rel!r} not found (looked for {path})")
@@ -142,7 +112,7 @@ class JsonlDataset(Dataset):
         return rel
 
     def _entry(self, rec: dict[str, Any], n: int) -> dict[str, Any]:
-        raise NotImplementedError
+        return self.reader.entry(rec, self._where(n), lambda rel: self._image(rel, n))
 
     # -- serving ---------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -153,10 +123,16 @@ class JsonlDataset(Dataset):
 
     def _load(self, rel: str, n: int):
         try:
-            img = load_rgb(self.root / rel)
+            return load_rgb(self.root / rel)
         except ValueError as e:
             raise BadRecord(f"{self._where(n)}: image {rel!r}: {e}") from None
-        return to_tensor(resize_crop(img, self.size_of(0)))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        e = self.entries[index]
+        n = e["line"]
+        item = self.reader.item(e, self._where(n), lambda rel: self._load(rel, n))
+        first = e["image"] if "image" in e else e["source"]
+        return {**item, "file": first, "line": n}
 
 
 class ConversationsDataset(JsonlDataset):
@@ -165,49 +141,6 @@ class ConversationsDataset(JsonlDataset):
     kind = "conversations"
     Params = ConversationsParams
 
-    def _entry(self, rec: dict[str, Any], n: int) -> dict[str, Any]:
-        turns = self._field(rec, "conversations", n, list)
-        key = self.params.fields.image
-        image = rec.get(key)
-        if isinstance(image, list):
-            if len(image) > 1:
-                raise Unusable("multi-image record(s)")
-            image = image[0] if image else None
-        if image is None:
-            raise Unusable("text-only record(s)")
-        if not isinstance(image, str) or not image.strip():
-            raise BadRecord(f"{self._where(n)}: field {key!r} (fields.image) is {image!r}, expected an image path")
-        qa, question, marked = [], None, False
-        for i, turn in enumerate(turns):
-            if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-                raise BadRecord(f"{self._where(n)}: turn {i} is {turn!r}, expected {{'from': ..., 'value': str}}")
-            who, text = turn.get("from"), turn["value"]
-            if who in HUMAN:
-                marked = marked or IMAGE_TOKEN in text
-                question = text.replace(IMAGE_TOKEN, "").strip()
-            elif who in ASSISTANT:
-                if question is None:
-                    raise BadRecord(
-                        f"{self._where(n)}: turn {i} answers no question (a {who!r} turn after no human turn)"
-                    )
-                qa.append((question, text.strip()))
-                question = None
-            elif who != "system":
-                raise BadRecord(
-                    f"{self._where(n)}: turn {i} is from {who!r}; expected one of {', '.join(HUMAN + ASSISTANT)}, system"
-                )
-        if not marked:
-            raise BadRecord(
-                f"{self._where(n)}: an image record whose conversation has no {IMAGE_TOKEN} in a human turn"
-            )
-        if not qa:
-            raise BadRecord(f"{self._where(n)}: the conversation has no human turn followed by an answer")
-        return {"image": self._image(image, n), "qa": qa}
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        e = self.entries[index]
-        return {"image": self._load(e["image"], e["line"]), "qa": list(e["qa"]), "file": e["image"], "line": e["line"]}
-
 
 class CaptionsDataset(JsonlDataset):
     """Items: ``image`` (3,H,W) in [0,1], ``caption``, ``file``, ``line``."""
@@ -215,29 +148,9 @@ class CaptionsDataset(JsonlDataset):
     kind = "captions"
     Params = CaptionsParams
 
-    def _entry(self, rec: dict[str, Any], n: int) -> dict[str, Any]:
-        image, caption = self._field(rec, "image", n), self._field(rec, "caption", n)
-        return {"image": self._image(image, n), "caption": caption.strip()}
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        e = self.entries[index]
-        image = self._load(e["image"], e["line"])
-        return {"image": image, "caption": e["caption"], "file": e["image"], "line": e["line"]}
-
 
 class EditsDataset(JsonlDataset):
     """Items: ``image`` (the source), ``edit`` {``instruction``, ``image`` (the target)}, ``file``, ``line``."""
 
     kind = "edits"
     Params = EditsParams
-
-    def _entry(self, rec: dict[str, Any], n: int) -> dict[str, Any]:
-        source, target = self._field(rec, "source", n), self._field(rec, "target", n)
-        instruction = self._field(rec, "instruction", n)
-        return {"source": self._image(source, n), "target": self._image(target, n), "instruction": instruction.strip()}
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        e = self.entries[index]
-        n = e["line"]
-        edit = {"instruction": e["instruction"], "image": self._load(e["target"], n)}
-        return {"image": self._load(e["source"], n), "edit": edit, "file": e["source"], "line": n}
