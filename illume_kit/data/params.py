@@ -119,10 +119,21 @@ class EditFields(_Fields):
     instruction: str = Field("instruction", description="record key of the edit instruction")
 
 
+DataFormat = Literal["jsonl", "webdataset", "hf"]
+
+
 class JsonlParams(DatasetParams):
-    path: str = Field(description="JSON-lines file, one record per line")
+    format: DataFormat = Field(
+        "jsonl",
+        description="how the records are stored: jsonl (a JSON-lines file + image_root), webdataset (tar "
+        "shards, streamed), hf (a Hugging Face datasets folder or parquet files on disk)",
+    )
+    path: str = Field(
+        description="jsonl: the JSON-lines file; webdataset: a .tar shard, a folder of them, a glob or a "
+        "brace pattern (shard-{000..009}.tar); hf: a datasets folder (save_to_disk) or parquet file(s)"
+    )
     image_root: str | None = Field(
-        None, description="folder the records' image paths are relative to; None = the jsonl file's folder"
+        None, description="folder the records' image paths are relative to; None = the path's folder"
     )
     skip_bad: int = Field(
         0,
