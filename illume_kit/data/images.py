@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import IO
 
 MAX_PIXELS = 64_000_000
 ENV = "ILLUME_KIT_MAX_IMAGE_PIXELS"
@@ -42,10 +43,12 @@ def check_size(path: str | Path, width: int, height: int, budget: int | None = N
         )
 
 
-def open_image(path: str | Path, budget: int | None = None):
-    """``PIL.Image.open`` (lazy) after its declared size is checked; errors name the file."""
+def open_image(path: str | Path | IO[bytes], budget: int | None = None, name: str | None = None):
+    """``PIL.Image.open`` (lazy) after its declared size is checked; errors name the file (or ``name``,
+    for an open file object such as a tar member's bytes)."""
     from PIL import Image, UnidentifiedImageError
 
+    path_name = name if name is not None else path
     budget = pixel_budget() if budget is None else budget
     # PIL's own bomb check (at twice its limit) would refuse inside open() without saying the size:
     # the header is read with it off and the size checked here, against the budget
@@ -53,20 +56,20 @@ def open_image(path: str | Path, budget: int | None = None):
     try:
         img = Image.open(path)
     except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{path}: not an image Pillow can read ({type(exc).__name__})") from None
+        raise ValueError(f"{path_name}: not an image Pillow can read ({type(exc).__name__})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = pil_limit
     try:
-        check_size(path, *img.size, budget=budget)
+        check_size(path_name, *img.size, budget=budget)
     except ImageTooLarge:
         img.close()
         raise
     return img
 
 
-def load_rgb(path: str | Path, budget: int | None = None):
+def load_rgb(path: str | Path | IO[bytes], budget: int | None = None, name: str | None = None):
     """The image decoded as RGB, its size checked first."""
-    img = open_image(path, budget)
+    img = open_image(path, budget, name)
     with img:
         try:
             with warnings.catch_warnings():  # the size was checked against our budget, not PIL's
@@ -75,4 +78,4 @@ def load_rgb(path: str | Path, budget: int | None = None):
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 return img.convert("RGB")
         except OSError as exc:
-            raise ValueError(f"{path}: the image cannot be decoded ({type(exc).__name__}: {exc})") from None
+            raise ValueError(f"{name if name is not None else path}: the image cannot be decoded ({type(exc).__name__}: {exc})") from None

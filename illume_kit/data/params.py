@@ -143,6 +143,12 @@ class JsonlParams(DatasetParams):
     )
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of records (by hash) in the val split")
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of records (by hash) in the test split")
+    shuffle_buffer: int = Field(
+        1000,
+        ge=0,
+        description="webdataset only: records each reader (rank x worker) shuffles in a seeded buffer, a function "
+        "of (seed, epoch, reader); 0 = shard order; memory grows with it",
+    )
 
     @model_validator(mode="after")
     def _check_fractions(self) -> JsonlParams:
