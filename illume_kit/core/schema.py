@@ -154,6 +154,8 @@ _OFF_BY_DEFAULT: dict[str, Any] = {
     "param_groups": [],
     "global_batch_size": None,
     "log_every": 10,
+    "num_workers": 0,
+    "prefetch_factor": None,
 }
 
 STRATEGIES = ("ddp", "fsdp")
@@ -244,6 +246,15 @@ class Stage(_Strict):
     schedule: Literal["constant", "cosine"] = "cosine"
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: only at the end)")
     log_every: int = Field(10, ge=1, description="steps between logged rows (metrics.jsonl, progress)")
+    num_workers: int = Field(
+        0,
+        ge=0,
+        description="DataLoader worker processes per rank (0: load in the training process); a streamed dataset "
+        "(format: webdataset) resumes only at the num_workers and world size it was checkpointed with",
+    )
+    prefetch_factor: int | None = Field(
+        None, ge=1, description="batches each worker loads ahead (null: torch's default, 2); needs num_workers > 0"
+    )
     trainable: list[str] = Field(default_factory=list, description="parameter groups trained (mllm stages)")
     param_groups: list[ParamGroup] = Field(
         default_factory=list,
@@ -267,6 +278,8 @@ class Stage(_Strict):
                     f"global_batch_size {self.global_batch_size} is not a multiple of grad_accum_steps "
                     f"{self.grad_accum_steps}"
                 )
+        if self.prefetch_factor is not None and self.num_workers == 0:
+            raise ValueError(f"prefetch_factor {self.prefetch_factor} needs num_workers > 0 (got num_workers: 0)")
         return self
 
     def per_rank_batch(self, world: int) -> int:

@@ -180,7 +180,8 @@ class ShardTaskStream(IterableDataset):
                     continue
                 yield Path(shard).name, sample
 
-    def _shuffled(self, epoch: int, slot: int, slots: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    def samples(self, epoch: int, slot: int, slots: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(shard name, raw sample) as reader ``slot`` of ``slots`` draws them in ``epoch``: its share, shuffled."""
         raw = self._raw(epoch, slot, slots)
         if self.buffer_size <= 1:
             yield from raw
@@ -209,7 +210,7 @@ class ShardTaskStream(IterableDataset):
         else:
             raise BadRecord(f"{where}: image {ref!r} is neither image bytes nor the name of a member")
         try:
-            with open_image(io.BytesIO(data), name=f"{where} {name}") as img:
+            with open_image(io.BytesIO(data), name=name) as img:
                 img.verify()
         except ValueError as e:
             raise BadRecord(f"{where}: image {name!r} is unreadable: {e}") from None
@@ -219,7 +220,7 @@ class ShardTaskStream(IterableDataset):
 
     def _load(self, data: bytes, where: str):
         try:
-            return load_rgb(io.BytesIO(data), name=where)
+            return load_rgb(io.BytesIO(data), name="image")
         except ValueError as e:
             raise BadRecord(f"{where}: {e}") from None
 
@@ -263,7 +264,7 @@ class ShardTaskStream(IterableDataset):
         while True:
             epoch, skip = self._epoch, self._consumed
             drawn = served = 0
-            for shard, sample in self._shuffled(epoch, slot, slots):
+            for shard, sample in self.samples(epoch, slot, slots):
                 drawn += 1
                 if drawn <= skip:
                     continue  # replayed to the resume point, nothing decoded

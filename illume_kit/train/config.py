@@ -47,7 +47,10 @@ class TrainerConfig(BaseModel):
         description="strategy (ddp | fsdp), precision, offload, activation checkpointing, compile "
         "(``illume_kit.core.schema.Parallelism``)",
     )
-    num_workers: int = Field(0, ge=0, description="DataLoader workers for map-style datasets")
+    num_workers: int = Field(0, ge=0, description="DataLoader workers (map-style datasets and streams)")
+    prefetch_factor: int | None = Field(
+        None, ge=1, description="batches each DataLoader worker loads ahead (null: torch's default; workers only)"
+    )
     find_unused_parameters: bool = Field(False, description="DDP option, for models with branches unused per step")
     # second optimisation group (adversarial training: a PatchGAN discriminator)
     disc_lr: float | None = Field(None, description="discriminator lr (default: lr)")

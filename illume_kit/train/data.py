@@ -83,6 +83,7 @@ def make_loader(
     num_workers: int = 0,
     collate_fn: Callable | None = None,
     pin_memory: bool = False,
+    prefetch_factor: int | None = None,
 ) -> DataLoader:
     """A DataLoader over a map-style dataset whose batches depend only on (seed, step, rank).
 
@@ -100,8 +101,76 @@ def make_loader(
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(int(seed)),
         persistent_workers=False,
+        prefetch_factor=prefetch_factor if num_workers else None,
     )
 
 
 def is_map_dataset(data: Any) -> bool:
     return hasattr(data, "__len__") and hasattr(data, "__getitem__") and not callable(data)
+
+
+def is_stream(data: Any) -> bool:
+    """An iterable dataset (no random access): batched by ``make_stream_loader``, its position checkpointed."""
+    from torch.utils.data import IterableDataset
+
+    return isinstance(data, IterableDataset)
+
+
+def make_stream_loader(
+    dataset: Any,
+    *,
+    batch_size: int,
+    seed: int,
+    num_workers: int = 0,
+    prefetch_factor: int | None = None,
+    collate_fn: Callable | None = None,
+    pin_memory: bool = False,
+):
+    """A torchdata ``StatefulDataLoader`` over an iterable dataset: its ``state_dict()`` holds each
+    worker's dataset state, and ``load_state_dict`` continues the stream where that state stopped.
+
+    Its own generator keeps loader creation off the global torch RNG, as ``make_loader``'s does."""
+    import warnings
+
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    with warnings.catch_warnings():  # torchdata calls a deprecated torch.set_vital in its constructor
+        warnings.filterwarnings("ignore", message=".*set_vital.*")
+        return StatefulDataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            prefetch_factor=prefetch_factor if num_workers else None,
+            collate_fn=collate_fn or default_collate,
+            pin_memory=pin_memory,
+            generator=torch.Generator().manual_seed(int(seed)),
+            persistent_workers=False,
+        )
+
+
+def first_items(data: Any, n: int) -> list[Any]:
+    """The first ``n`` items of ``data``, the same in every process: indices 0.. of a map-style dataset,
+    a stream's ``head(n)`` (its records in storage order, before any sharding or shuffling)."""
+    if hasattr(data, "head"):
+        return list(data.head(n))
+    if is_stream(data):
+        raise TypeError(f"{type(data).__name__} streams without a head(n): its first items differ between ranks")
+    return [data[i] for i in range(min(len(data), n))]
+
+
+def sample_ids(batch: Any) -> list[Any]:
+    """The ids of a batch's samples (``file`` with ``line`` when present, else ``key``, else None)."""
+
+    def one(item: Any) -> Any:
+        if not isinstance(item, dict):
+            return None
+        if "file" in item:
+            return f"{item['file']}:{item['line']}" if "line" in item else item["file"]
+        return item.get("key")
+
+    if isinstance(batch, list):
+        return [one(it) for it in batch]
+    if isinstance(batch, dict) and isinstance(batch.get("file"), (list, tuple)):
+        lines = batch.get("line")
+        return [one({"file": f} | ({"line": int(lines[i])} if lines is not None else {})) for i, f in enumerate(batch["file"])]
+    return []

@@ -15,6 +15,7 @@ from illume_kit.model.objective import mllm_step_fn, trainable_parameters
 from illume_kit.model.sequence import input_encoder_trains
 from illume_kit.model.tasks import TaskMixer, task_texts
 from illume_kit.train.caches import code_cache
+from illume_kit.train.data import first_items
 from illume_kit.train.optim import freeze_groups
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def stage_setup(runner: StageRunner, stage: Stage):
     data = runner.images(stage)
     first_mllm = next(s for s in runner.recipe.train.stages if s.target == "mllm").name == stage.name
     # the text tokenizer's corpus is also what the checkpoint records as the words it trained on
-    items = [data[i] for i in range(min(len(data), opts.text_corpus_items))]
+    items = first_items(data, opts.text_corpus_items)  # a stream's first records, the same on every rank
     texts = sorted(task_texts(items))
     runner.note_trained(texts, {tuple(it["image"].shape[-2:]) for it in items if hasattr(it.get("image"), "shape")})
     if (

@@ -59,7 +59,7 @@ from illume_kit.train import distributed as D
 from illume_kit.train import optim as O
 from illume_kit.train import parallel as P
 from illume_kit.train.config import TrainerConfig
-from illume_kit.train.data import is_map_dataset, make_loader
+from illume_kit.train.data import is_map_dataset, is_stream, make_loader, make_stream_loader, sample_ids
 from illume_kit.train.progress import PlainReporter, TrainCallback
 from illume_kit.train.state import (
     STATE_FILE,
@@ -80,7 +80,8 @@ DiscStepFn = Callable[[nn.Module, Any, int, Mapping[str, Any]], Mapping[str, tor
 EvalFn = Callable[[nn.Module, int], Mapping[str, float]]
 
 # config fields that may change between a run and its resumption without changing the trajectory
-_RESUME_SAFE = {"steps", "checkpoint_every", "keep_last", "log_every", "eval_every", "num_workers", "parallelism"}
+RECORD_SAMPLES = "ILLUME_KIT_RECORD_SAMPLES"
+_RESUME_SAFE = {"steps", "checkpoint_every", "keep_last", "log_every", "eval_every", "num_workers", "prefetch_factor", "parallelism"}
 
 
 @contextlib.contextmanager
@@ -377,6 +378,8 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self._resumed_row: dict[str, float] = {}
         self._groups_built = False
+        self._loader: Any = None  # the StatefulDataLoader of a streamed dataset
+        self._loader_state: dict[str, Any] | None = None  # its state, from the checkpoint resumed
         self.sharded = False
         self.precision = "fp32"
         self._plain: nn.Module | None = None
@@ -410,6 +413,7 @@ class Trainer:
         self._groups = {"model": gen, "disc": disc}
         self.step = 0
         self._resumed_row: dict[str, float] = {}
+        self._loader, self._loader_state = None, None
         if dist.is_main and self.output_dir is not None:
             remove_stale_temps(self.output_dir, depth=2)  # what a writer killed mid-checkpoint left
         if resume:
@@ -437,6 +441,7 @@ class Trainer:
                     if batch is None:
                         raise RuntimeError(f"data ran out at step {s} of {cfg.steps}")
                     micro.append(to_device(batch, self.device))
+                self._record_samples(s, micro)
                 row = {"lr": gen.sched.get_last_lr()[0]}
                 logged = self._train_step(micro, s, autocast)
                 for k, v in logged.items():
@@ -665,7 +670,23 @@ class Trainer:
 
     def _batches(self, start: int, steps: int) -> Iterator[Any]:
         dist = self.dist
-        if is_map_dataset(self.data):
+        if is_stream(self.data):
+            # the stream's position is the loader's state (checkpointed), not the step
+            if hasattr(self.data, "shard_over"):
+                self.data.shard_over(dist.rank, dist.world_size)
+            loader = make_stream_loader(
+                self.data,
+                batch_size=self.cfg.batch_size,
+                seed=self.cfg.seed,
+                num_workers=self.cfg.num_workers,
+                prefetch_factor=self.cfg.prefetch_factor,
+                collate_fn=self.collate_fn,
+                pin_memory=self.device.type == "cuda",
+            )
+            if self._loader_state is not None:
+                loader.load_state_dict(self._loader_state)
+            self._loader = loader
+        elif is_map_dataset(self.data):
             loader: Iterable = make_loader(
                 self.data,
                 batch_size=self.cfg.batch_size,
@@ -675,6 +696,7 @@ class Trainer:
                 rank=dist.rank,
                 world_size=dist.world_size,
                 num_workers=self.cfg.num_workers,
+                prefetch_factor=self.cfg.prefetch_factor,
                 collate_fn=self.collate_fn,
                 pin_memory=self.device.type == "cuda",
             )
@@ -682,10 +704,26 @@ class Trainer:
             loader = self.data(start, dist.rank, dist.world_size)
         else:
             raise TypeError(
-                "data must be a map-style dataset or a factory (start_step, rank, world_size) -> "
+                "data must be a map-style dataset, an iterable dataset or a factory (start_step, rank, world_size) -> "
                 f"iterable, got {type(self.data).__name__}"
             )
         return iter(loader)
+
+    def _samples_file(self) -> Path | None:
+        """``samples/rank{R}.jsonl`` under the output folder when ``ILLUME_KIT_RECORD_SAMPLES`` is set (a debug
+        record of the ids each step trained on, e.g. to compare a resumed run's order with an uninterrupted one)."""
+        if self.output_dir is None or os.environ.get(RECORD_SAMPLES, "").strip() in ("", "0"):
+            return None
+        return self.output_dir / "samples" / f"rank{self.dist.rank}.jsonl"
+
+    def _record_samples(self, step: int, micro: list[Any]) -> None:
+        path = self._samples_file()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            for i, batch in enumerate(micro):
+                f.write(json.dumps({"step": step + 1, "micro": i, "ids": sample_ids(batch)}) + "\n")
 
     def _log(self, row: dict[str, float], progress: TrainCallback) -> None:
         self.history.append(row)
@@ -729,6 +767,10 @@ class Trainer:
         state["strategy"] = self.cfg.parallelism.strategy
         state["rank_memory"] = self.rank_memory  # [parameter bytes, gradient + AdamW bytes] of each rank
         state["precision"] = self.precision
+        if self._loader is not None:
+            # every rank's loader state (each worker's stream position): plain ints and strings
+            state["loader"] = D.gather_objects(self._loader.state_dict(), self.dist)
+            state["loader_slots"] = [self.dist.world_size, self.cfg.num_workers]
         return state
 
     @property
@@ -802,6 +844,7 @@ class Trainer:
                 if f"{name}/optimizer" in state:
                     g.opt.load_state_dict(state[f"{name}/optimizer"])
                 g.sched.load_state_dict(state[f"{name}/scheduler"])
+        self._resume_stream(folder, state)
         self.step = int(state["step"])
         self._resumed_row = dict(state.get("last_row") or {})  # checkpoints of earlier versions lack it
         threads = state.get("torch_threads")  # checkpoints of earlier versions lack it
@@ -822,6 +865,29 @@ class Trainer:
             seed_everything(self.cfg.seed + self.dist.rank + 7919 * self.step)
         if self.dist.is_main and self.output_dir is not None:
             truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
+        samples = self._samples_file()
+        if samples is not None:
+            truncate_metrics(samples, self.step)
+
+    def _resume_stream(self, folder: Path, state: dict[str, Any]) -> None:
+        """Continue a streamed dataset where the checkpoint's loaders stopped; refuse another split of it."""
+        if not is_stream(self.data):
+            return
+        if "loader" not in state:
+            warnings.warn(
+                f"{folder} holds no data loader state: the stream starts over from its beginning",
+                stacklevel=4,
+            )
+            return
+        world, workers = (int(v) for v in state["loader_slots"])
+        if (world, workers) != (self.dist.world_size, self.cfg.num_workers):
+            raise ValueError(
+                f"{folder}: the streamed dataset was checkpointed at world size {world} with num_workers {workers}, "
+                f"this run has world size {self.dist.world_size} and num_workers {self.cfg.num_workers}: its records "
+                "are split over ranks x workers, so resume with the same world size and num_workers, or start the "
+                "stage over (train without --resume)"
+            )
+        self._loader_state = state["loader"][self.dist.rank]
 
 
 def _strategy_written(folder: Path) -> str:
