@@ -78,4 +78,6 @@ def load_rgb(path: str | Path | IO[bytes], budget: int | None = None, name: str 
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 return img.convert("RGB")
         except OSError as exc:
-            raise ValueError(f"{name if name is not None else path}: the image cannot be decoded ({type(exc).__name__}: {exc})") from None
+            raise ValueError(
+                f"{name if name is not None else path}: the image cannot be decoded ({type(exc).__name__}: {exc})"
+            ) from None

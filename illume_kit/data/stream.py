@@ -64,7 +64,9 @@ def expand_shards(path: str, what: str = "webdataset") -> list[str]:
         else:
             raise FileNotFoundError(f"{what}: shard {one!r} does not exist (data.params.path: {path!r})")
     if not found:
-        raise FileNotFoundError(f"{what}: no .tar shards found at {path!r} (a .tar, a folder, a glob or a brace pattern)")
+        raise FileNotFoundError(
+            f"{what}: no .tar shards found at {path!r} (a .tar, a folder, a glob or a brace pattern)"
+        )
     return sorted(dict.fromkeys(found))
 
 
@@ -247,7 +249,9 @@ class ShardTaskStream(IterableDataset):
                 yield self.to_item(shard, sample)
             except Unusable as u:
                 if u.reason not in self.left_out:
-                    log.info("%s: %s: leaving out %s (the mllm stage trains image tasks only)", self.kind, shard, u.reason)
+                    log.info(
+                        "%s: %s: leaving out %s (the mllm stage trains image tasks only)", self.kind, shard, u.reason
+                    )
                 self.left_out[u.reason] = self.left_out.get(u.reason, 0) + 1
             except BadRecord as e:
                 self._skip(e)

@@ -148,6 +148,8 @@ def evaluate(
         raise ValueError(f"num_samples {num_samples}: evaluation needs at least one sample")
     overrides = dict(data_overrides or {})
     dataset = build_dataset(resolved, split, **overrides)
+    if hasattr(dataset, "head") and not hasattr(dataset, "__len__"):
+        dataset = dataset.head(n)  # a stream: its first n records in storage order, as a list
     out_dir = Path(output) if output else checkpoint.parent / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     before = _stamps(out_dir)

@@ -172,5 +172,8 @@ def sample_ids(batch: Any) -> list[Any]:
         return [one(it) for it in batch]
     if isinstance(batch, dict) and isinstance(batch.get("file"), (list, tuple)):
         lines = batch.get("line")
-        return [one({"file": f} | ({"line": int(lines[i])} if lines is not None else {})) for i, f in enumerate(batch["file"])]
+        return [
+            one({"file": f} | ({"line": int(lines[i])} if lines is not None else {}))
+            for i, f in enumerate(batch["file"])
+        ]
     return []

@@ -81,7 +81,16 @@ EvalFn = Callable[[nn.Module, int], Mapping[str, float]]
 
 # config fields that may change between a run and its resumption without changing the trajectory
 RECORD_SAMPLES = "ILLUME_KIT_RECORD_SAMPLES"
-_RESUME_SAFE = {"steps", "checkpoint_every", "keep_last", "log_every", "eval_every", "num_workers", "prefetch_factor", "parallelism"}
+_RESUME_SAFE = {
+    "steps",
+    "checkpoint_every",
+    "keep_last",
+    "log_every",
+    "eval_every",
+    "num_workers",
+    "prefetch_factor",
+    "parallelism",
+}
 
 
 @contextlib.contextmanager

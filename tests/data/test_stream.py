@@ -187,7 +187,7 @@ def test_state_dict_continues_mid_epoch_and_across_epochs_identically(tmp_path, 
         again = stream("captions", tmp_path, shuffle_buffer=5)
         again.load_state_dict(state)
         decoded = []
-        monkeypatch.setattr(again, "to_item", lambda shard, s, f=again.to_item: decoded.append(1) or f(shard, s))
+        monkeypatch.setattr(again, "to_item", lambda shard, s, f=again.to_item, d=decoded: d.append(1) or f(shard, s))
         rest = [x["file"] for x in take(again, 50 - cut)]
         assert head + rest == whole, cut
         assert len(decoded) == 50 - cut  # the fast-forward decoded nothing
