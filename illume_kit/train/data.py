@@ -177,3 +177,37 @@ def sample_ids(batch: Any) -> list[Any]:
             for i, f in enumerate(batch["file"])
         ]
     return []
+
+
+def _worker_message(exc: BaseException) -> str:
+    """The message of an exception a DataLoader worker raised: torch re-raises it as the same type with
+    the worker's traceback as its message, whose last line is ``module.Type: message``."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    for name in (f"{type(exc).__module__}.{type(exc).__qualname__}", type(exc).__qualname__):
+        if last.startswith(name + ": "):
+            return last[len(name) + 2 :]
+    return last
+
+
+def batches_of(loader: Any) -> Iterator[Any]:
+    """``iter(loader)``, with a data error from a worker (a bad record) raised with its own one-line
+    message rather than the worker's traceback."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except (ValueError, OSError) as exc:
+            message = _worker_message(exc)
+            if message == str(exc):
+                raise
+            try:
+                clean = type(exc)(message)
+            except Exception:
+                raise exc from None
+            raise clean from None
+        yield batch

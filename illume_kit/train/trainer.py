@@ -59,7 +59,14 @@ from illume_kit.train import distributed as D
 from illume_kit.train import optim as O
 from illume_kit.train import parallel as P
 from illume_kit.train.config import TrainerConfig
-from illume_kit.train.data import is_map_dataset, is_stream, make_loader, make_stream_loader, sample_ids
+from illume_kit.train.data import (
+    batches_of,
+    is_map_dataset,
+    is_stream,
+    make_loader,
+    make_stream_loader,
+    sample_ids,
+)
 from illume_kit.train.progress import PlainReporter, TrainCallback
 from illume_kit.train.state import (
     STATE_FILE,
@@ -335,7 +342,9 @@ class Trainer:
     """Train ``model`` with ``step_fn`` on ``data``.
 
     data: a map-style dataset (``__len__``/``__getitem__``; batched by ``make_loader`` in an order
-        fixed by (seed, step), sharded by rank) or a factory ``(start_step, rank, world_size) ->
+        fixed by (seed, step), sharded by rank), an ``IterableDataset`` (batched by a torchdata
+        ``StatefulDataLoader`` whose state, each rank's, goes into every checkpoint and is loaded back
+        on resume; the dataset shards itself over ranks and workers) or a factory ``(start_step, rank, world_size) ->
         iterable of batches`` (then resume exactness is the factory's responsibility). Both count
         micro-batches: optimizer step ``s`` reads micro-batches ``s * grad_accum_steps`` onwards, so
         its micro-batches hold the samples one step of ``batch_size * grad_accum_steps`` would.
@@ -695,6 +704,7 @@ class Trainer:
             if self._loader_state is not None:
                 loader.load_state_dict(self._loader_state)
             self._loader = loader
+            return batches_of(loader)
         elif is_map_dataset(self.data):
             loader: Iterable = make_loader(
                 self.data,

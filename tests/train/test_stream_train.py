@@ -124,6 +124,15 @@ def test_the_cli_trains_an_mllm_stage_from_shards_with_two_workers(shards, tmp_p
     assert "rec/psnr" in (tmp_path / "eval" / "metrics.json").read_text()
 
 
+def test_a_bad_record_read_by_a_worker_stops_training_with_its_shard_and_key(tmp_path):
+    folder = tmp_path / "shards"
+    write_shards(folder, 24, kind="captions", per_shard=6, size=32, bad={13: "missing_image"})
+    proc = train(tmp_path / "run", folder, "train.stages.0.steps=8", "data.params.shuffle_buffer=0")
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert "shard-000002.tar:000013: image 'image.png' is not a member of the sample" in proc.stderr
+    assert "Traceback" not in proc.stderr and "DataLoader worker" not in proc.stderr
+
+
 @pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_trains_the_same_samples_to_bitwise_the_same_weights(shards, tmp_path):
     steps = ["train.stages.0.steps=20", "train.stages.0.checkpoint_every=3"]  # 80 samples: past one epoch
