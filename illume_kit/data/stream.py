@@ -29,7 +29,6 @@ import glob
 import io
 import itertools
 import json
-import logging
 import random
 import warnings
 from collections.abc import Iterator
@@ -44,7 +43,6 @@ from illume_kit.data.records import READERS, BadRecord, Unusable
 
 __all__ = ["BadRecord", "ShardTaskStream", "expand_shards", "read_shard"]
 
-log = logging.getLogger(__name__)
 TEXT_MEMBERS = ("txt", "caption")
 
 
@@ -248,9 +246,11 @@ class ShardTaskStream(IterableDataset):
             try:
                 yield self.to_item(shard, sample)
             except Unusable as u:
-                if u.reason not in self.left_out:
-                    log.info(
-                        "%s: %s: leaving out %s (the mllm stage trains image tasks only)", self.kind, shard, u.reason
+                if u.reason not in self.left_out:  # once per reader and reason; the counts are in left_out
+                    warnings.warn(
+                        f"{self.kind}: {self.params.path}: leaving out {u.reason} (the mllm stage trains image "
+                        "tasks only), first at " + self._where(shard, sample["__key__"]),
+                        stacklevel=3,
                     )
                 self.left_out[u.reason] = self.left_out.get(u.reason, 0) + 1
             except BadRecord as e:
@@ -289,7 +289,7 @@ class ShardTaskStream(IterableDataset):
         every rank, e.g. the texts a tokenizer is trained on."""
         out: list[dict[str, Any]] = []
         p = self.params
-        bad = self._bad
+        bad, left_out = self._bad, dict(self.left_out)
 
         def samples():
             for shard in self.shards:
@@ -303,7 +303,7 @@ class ShardTaskStream(IterableDataset):
                 if len(out) >= n:
                     break
         finally:
-            self._bad = bad  # looking ahead counts nothing against skip_bad
+            self._bad, self.left_out = bad, left_out  # looking ahead counts nothing against skip_bad
         return out
 
     # -- state (torchdata's Stateful protocol) ----------------------------------------------------

@@ -69,7 +69,8 @@ def test_plain_members_map_by_extension(shards):
 
 def test_text_only_conversations_are_left_out_and_counted(shards):
     ds = stream("conversations", shards / "conversations", shuffle_buffer=0)
-    keys = [it["key"] for it in take(ds, 23)]
+    with pytest.warns(UserWarning, match=r"leaving out text-only record\(s\).*shard-000000\.tar:000005"):
+        keys = [it["key"] for it in take(ds, 23)]
     assert "000005" not in keys and len(set(keys)) == 23
     assert ds.left_out == {"text-only record(s)": 1}
 
@@ -247,3 +248,9 @@ def test_stateful_dataloader_with_two_workers_resumes_exactly(tmp_path):
     assert head + rest == whole
     flat = [k for b in whole for k in b]
     assert len(set(flat)) == len(flat)  # 36 of 40 records: no record twice within the epoch
+
+
+def test_image_bytes_are_held_to_the_pixel_budget(shards, monkeypatch):
+    monkeypatch.setenv("ILLUME_KIT_MAX_IMAGE_PIXELS", "100")
+    with pytest.raises(BadRecord, match=r"shard-000000\.tar:000000: image 'image\.png' is unreadable: .*16x16.*limit"):
+        take(stream("captions", shards / "captions", shuffle_buffer=0), 1)
