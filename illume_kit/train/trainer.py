@@ -17,8 +17,10 @@ absent), then divides the summed gradients by the total weight and steps once. `
 the optimizer step as a ``StepIndex`` whose ``micro`` says which micro-batch it runs. Under DDP the
 gradients are all-reduced on the last micro-batch only.
 
-Exact resume: the data order is a function of (seed, step) (``train.data``), and checkpoints hold
-weights, optimizer and scheduler states, the step, every rank's RNG states and the last logged row.
+Exact resume: the data order is a function of (seed, step) (``train.data``), or for a streamed
+(iterable) dataset the state of every rank's ``StatefulDataLoader``, and checkpoints hold weights,
+optimizer and scheduler states, the step, every rank's RNG states (and loader states) and the last
+logged row.
 Stopping at step k and resuming to N gives bitwise the weights of an uninterrupted N-step run (on
 CPU; on CUDA only with ``torch.use_deterministic_algorithms(True)``, since some kernels are not
 deterministic). A resumed run first drops the ``metrics.jsonl`` rows logged after its checkpoint
@@ -86,8 +88,9 @@ StepFn = Callable[[nn.Module, Any, int], Mapping[str, torch.Tensor]]
 DiscStepFn = Callable[[nn.Module, Any, int, Mapping[str, Any]], Mapping[str, torch.Tensor]]
 EvalFn = Callable[[nn.Module, int], Mapping[str, float]]
 
-# config fields that may change between a run and its resumption without changing the trajectory
+# set to 1: each rank writes the ids of every step's samples to OUTPUT/samples/rankR.jsonl
 RECORD_SAMPLES = "ILLUME_KIT_RECORD_SAMPLES"
+# config fields that may change between a run and its resumption without changing the trajectory
 _RESUME_SAFE = {
     "steps",
     "checkpoint_every",
@@ -344,8 +347,9 @@ class Trainer:
     data: a map-style dataset (``__len__``/``__getitem__``; batched by ``make_loader`` in an order
         fixed by (seed, step), sharded by rank), an ``IterableDataset`` (batched by a torchdata
         ``StatefulDataLoader`` whose state, each rank's, goes into every checkpoint and is loaded back
-        on resume; the dataset shards itself over ranks and workers) or a factory ``(start_step, rank, world_size) ->
-        iterable of batches`` (then resume exactness is the factory's responsibility). Both count
+        on resume; the dataset shards itself over ranks and workers) or a factory ``(start_step,
+        rank, world_size) -> iterable of batches`` (then resume exactness is the factory's
+        responsibility). All three count
         micro-batches: optimizer step ``s`` reads micro-batches ``s * grad_accum_steps`` onwards, so
         its micro-batches hold the samples one step of ``batch_size * grad_accum_steps`` would.
     trainable: overrides ``config.trainable``; a list of name prefixes or a ``(name, param) -> bool``.
@@ -705,7 +709,7 @@ class Trainer:
                 loader.load_state_dict(self._loader_state)
             self._loader = loader
             return batches_of(loader)
-        elif is_map_dataset(self.data):
+        if is_map_dataset(self.data):
             loader: Iterable = make_loader(
                 self.data,
                 batch_size=self.cfg.batch_size,
