@@ -3,7 +3,8 @@
 ``Image.open`` reads only the header; a small file can declare a huge canvas (a 20000x20000 PNG of
 one colour compresses to a few hundred kilobytes and decodes to 1.2 GB), so the declared size is
 checked against a pixel budget first: ``MAX_PIXELS`` (64 Mpx), or the environment variable
-``ILLUME_KIT_MAX_IMAGE_PIXELS``.
+``ILLUME_KIT_MAX_IMAGE_PIXELS``. Images stored as bytes (a ``datasets`` image column, a tar member)
+go through the same checks, named by their source's own words for them (``name``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ def check_size(path: str | Path, width: int, height: int, budget: int | None = N
 
 def open_image(path: str | Path, budget: int | None = None):
     """``PIL.Image.open`` (lazy) after its declared size is checked; errors name the file."""
+    return _open(path, path, budget)
+
+
+def open_image_bytes(data: bytes, name: str, budget: int | None = None):
+    """``open_image`` for an image held in memory; errors name it ``name``."""
+    import io
+
+    return _open(io.BytesIO(data), name, budget)
+
+
+def _open(source, path: str | Path, budget: int | None):
     from PIL import Image, UnidentifiedImageError
 
     budget = pixel_budget() if budget is None else budget
@@ -51,7 +63,7 @@ def open_image(path: str | Path, budget: int | None = None):
     # the header is read with it off and the size checked here, against the budget
     pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
-        img = Image.open(path)
+        img = Image.open(source)
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"{path}: not an image Pillow can read ({type(exc).__name__})") from None
     finally:
@@ -66,7 +78,15 @@ def open_image(path: str | Path, budget: int | None = None):
 
 def load_rgb(path: str | Path, budget: int | None = None):
     """The image decoded as RGB, its size checked first."""
-    img = open_image(path, budget)
+    return _rgb(open_image(path, budget), path)
+
+
+def load_rgb_bytes(data: bytes, name: str, budget: int | None = None):
+    """``load_rgb`` for an image held in memory; errors name it ``name``."""
+    return _rgb(open_image_bytes(data, name, budget), name)
+
+
+def _rgb(img, path: str | Path):
     with img:
         try:
             with warnings.catch_warnings():  # the size was checked against our budget, not PIL's
