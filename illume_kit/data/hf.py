@@ -21,6 +21,7 @@ its memory does not grow with the rows' contents. Splits are assigned by the crc
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 import warnings
@@ -34,7 +35,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from illume_kit.data.folder import _split_of
-from illume_kit.data.images import load_rgb, load_rgb_bytes, open_image, open_image_bytes
+from illume_kit.data.images import load_rgb, open_image
 from illume_kit.data.records import READERS, BadRecord, Unusable
 
 __all__ = ["BadRecord", "HFTaskDataset", "quiet_datasets", "row_id"]
@@ -235,7 +236,7 @@ class HFTaskDataset(Dataset):
         data, path = self._resolve(ref, where)
         name = _describe(ref)
         try:
-            with open_image(path) if path is not None else open_image_bytes(data, name) as img:
+            with open_image(path) if path is not None else open_image(io.BytesIO(data), name=name) as img:
                 img.verify()  # structure and checksums, without decoding the pixels
         except ValueError as e:
             raise BadRecord(f"{where}: image {name} is unreadable: {e}") from None
@@ -246,7 +247,7 @@ class HFTaskDataset(Dataset):
     def _load_image(self, ref: Any, where: str):
         data, path = self._resolve(ref, where)
         try:
-            return load_rgb(path) if path is not None else load_rgb_bytes(data, _describe(ref))
+            return load_rgb(path) if path is not None else load_rgb(io.BytesIO(data), name=_describe(ref))
         except ValueError as e:
             raise BadRecord(f"{where}: image {_describe(ref)}: {e}") from None
 
@@ -263,7 +264,9 @@ class HFTaskDataset(Dataset):
         entry = self.reader.entry(self._record(n), where, lambda ref: ref)
         item = self.reader.item(entry, where, lambda ref: self._load_image(ref, where))
         part = bisect_right(self.starts, n) - 1
-        return {**item, "file": self.files[part], "row": n - self.starts[part]}
+        row = n - self.starts[part]
+        # "file" names the sample (as a stream's SHARD:KEY does), "row" its row in that file
+        return {**item, "file": f"{self.files[part]}:{row}", "row": row}
 
 
 def _datasets():

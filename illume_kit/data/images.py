@@ -3,8 +3,7 @@
 ``Image.open`` reads only the header; a small file can declare a huge canvas (a 20000x20000 PNG of
 one colour compresses to a few hundred kilobytes and decodes to 1.2 GB), so the declared size is
 checked against a pixel budget first: ``MAX_PIXELS`` (64 Mpx), or the environment variable
-``ILLUME_KIT_MAX_IMAGE_PIXELS``. Images stored as bytes (a ``datasets`` image column, a tar member)
-go through the same checks, named by their source's own words for them (``name``).
+``ILLUME_KIT_MAX_IMAGE_PIXELS``.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import IO
 
 MAX_PIXELS = 64_000_000
 ENV = "ILLUME_KIT_MAX_IMAGE_PIXELS"
@@ -43,50 +43,33 @@ def check_size(path: str | Path, width: int, height: int, budget: int | None = N
         )
 
 
-def open_image(path: str | Path, budget: int | None = None):
-    """``PIL.Image.open`` (lazy) after its declared size is checked; errors name the file."""
-    return _open(path, path, budget)
-
-
-def open_image_bytes(data: bytes, name: str, budget: int | None = None):
-    """``open_image`` for an image held in memory; errors name it ``name``."""
-    import io
-
-    return _open(io.BytesIO(data), name, budget)
-
-
-def _open(source, path: str | Path, budget: int | None):
+def open_image(path: str | Path | IO[bytes], budget: int | None = None, name: str | None = None):
+    """``PIL.Image.open`` (lazy) after its declared size is checked; errors name the file (or ``name``,
+    for an open file object such as a tar member's bytes)."""
     from PIL import Image, UnidentifiedImageError
 
+    path_name = name if name is not None else path
     budget = pixel_budget() if budget is None else budget
     # PIL's own bomb check (at twice its limit) would refuse inside open() without saying the size:
     # the header is read with it off and the size checked here, against the budget
     pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
-        img = Image.open(source)
+        img = Image.open(path)
     except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{path}: not an image Pillow can read ({type(exc).__name__})") from None
+        raise ValueError(f"{path_name}: not an image Pillow can read ({type(exc).__name__})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = pil_limit
     try:
-        check_size(path, *img.size, budget=budget)
+        check_size(path_name, *img.size, budget=budget)
     except ImageTooLarge:
         img.close()
         raise
     return img
 
 
-def load_rgb(path: str | Path, budget: int | None = None):
+def load_rgb(path: str | Path | IO[bytes], budget: int | None = None, name: str | None = None):
     """The image decoded as RGB, its size checked first."""
-    return _rgb(open_image(path, budget), path)
-
-
-def load_rgb_bytes(data: bytes, name: str, budget: int | None = None):
-    """``load_rgb`` for an image held in memory; errors name it ``name``."""
-    return _rgb(open_image_bytes(data, name, budget), name)
-
-
-def _rgb(img, path: str | Path):
+    img = open_image(path, budget, name)
     with img:
         try:
             with warnings.catch_warnings():  # the size was checked against our budget, not PIL's
@@ -95,4 +78,6 @@ def _rgb(img, path: str | Path):
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 return img.convert("RGB")
         except OSError as exc:
-            raise ValueError(f"{path}: the image cannot be decoded ({type(exc).__name__}: {exc})") from None
+            raise ValueError(
+                f"{name if name is not None else path}: the image cannot be decoded ({type(exc).__name__}: {exc})"
+            ) from None

@@ -91,9 +91,10 @@ def test_each_kind_serves_the_same_items_as_its_jsonl_form(corpus, kind, form):
             assert torch.equal(got["edit"]["image"], want["edit"]["image"])
     last = ds[len(ds) - 1]
     if form == "parquet":  # a row is named in its own file
-        assert last["file"].endswith(f"{kind}-{PARQUET_FILES - 1}.parquet") and last["row"] < len(ds) - 1
+        file = corpus["parquet"][kind] / f"{kind}-{PARQUET_FILES - 1}.parquet"
+        assert last["file"] == f"{file}:{last['row']}" and 0 < last["row"] < len(ds) - 1
     else:
-        assert last["file"] == str(corpus["hf"][kind]) and last["row"] == len(ds) - 1
+        assert last["file"] == f"{corpus['hf'][kind]}:{len(ds) - 1}" and last["row"] == len(ds) - 1
 
 
 def test_a_parquet_file_or_a_glob_reads_as_the_folder_does(corpus):
@@ -107,8 +108,8 @@ def test_a_parquet_file_or_a_glob_reads_as_the_folder_does(corpus):
 
 def test_images_are_decoded_per_item_not_when_built(corpus, monkeypatch):
     decoded = []
-    real = hf_module.load_rgb_bytes
-    monkeypatch.setattr(hf_module, "load_rgb_bytes", lambda data, name: decoded.append(name) or real(data, name))
+    real = hf_module.load_rgb
+    monkeypatch.setattr(hf_module, "load_rgb", lambda src, **kw: decoded.append(kw) or real(src, **kw))
     ds = build("edits", corpus["hf"]["edits"])
     assert decoded == [] and ds.rows.dtype.kind == "i" and len(ds.rows) == len(ds)
     ds[3]
