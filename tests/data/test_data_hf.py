@@ -4,7 +4,9 @@ message naming file and row for every kind of bad row; skip_bad counts; splits d
 
 import json
 import pickle
+import tarfile
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +22,7 @@ from illume_kit.data.hf import HFTaskDataset, quiet_datasets  # noqa: E402
 from illume_kit.data.jsonl import CaptionsDataset, ConversationsDataset, EditsDataset  # noqa: E402
 from illume_kit.data.params import CaptionsParams, ConversationsParams, EditsParams  # noqa: E402
 from illume_kit.data.records import BadRecord  # noqa: E402
-from illume_kit.testing.corpus import IMAGE_KEYS, PARQUET_FILES, write_corpus_forms  # noqa: E402
+from illume_kit.testing.corpus import IMAGE_KEYS, PARQUET_FILES, SHARDS, write_corpus_forms  # noqa: E402
 
 PARAMS = {"conversations": ConversationsParams, "captions": CaptionsParams, "edits": EditsParams}
 JSONL = {"conversations": ConversationsDataset, "captions": CaptionsDataset, "edits": EditsDataset}
@@ -34,7 +36,7 @@ def local_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return write_corpus_forms(tmp_path_factory.mktemp("corpus"), forms=("jsonl", "hf", "parquet"))
+    return write_corpus_forms(tmp_path_factory.mktemp("corpus"))
 
 
 def build(kind, path, **params):
@@ -70,6 +72,28 @@ def test_the_corpus_holds_the_jsonl_records_in_each_form(corpus):
         files = sorted(corpus["parquet"][kind].glob("*.parquet"))
         assert len(files) == PARQUET_FILES
         assert sum(pyarrow.parquet.read_metadata(f).num_rows for f in files) == n
+
+
+def test_the_corpus_tar_shards_hold_each_record_and_its_image_members(corpus):
+    root = corpus["jsonl"]["edits"].parent
+    for kind in PARAMS:
+        recs = [json.loads(x) for x in corpus["jsonl"][kind].read_text().splitlines()]
+        shards = sorted(corpus["webdataset"][kind].glob("*.tar"))
+        assert len(shards) == SHARDS
+        members = {}
+        for shard in shards:
+            with tarfile.open(shard) as tar:
+                members |= {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        assert len(members) == len(recs) * (1 + len(IMAGE_KEYS[kind]))
+        for rec in (recs[0], recs[-1]):
+            key = Path(rec[IMAGE_KEYS[kind][0]]).stem
+            meta = json.loads(members[f"{key}.json"])
+            for role in IMAGE_KEYS[kind]:
+                assert meta[role] == f"{role}.png"
+                assert members[f"{key}.{role}.png"] == (root / rec[role]).read_bytes()
+            assert {k: v for k, v in meta.items() if k not in IMAGE_KEYS[kind]} == {
+                k: v for k, v in rec.items() if k not in IMAGE_KEYS[kind]
+            }
 
 
 @pytest.mark.parametrize("form", ["hf", "parquet"])
