@@ -112,8 +112,8 @@ def plan_counts(parts: list[MixturePart], lengths: list[int | None], num_samples
             unsized = [labels[j] for j in weighted if lengths[j] is None]
             if unsized:
                 raise ValueError(
-                    f"mixture parts {', '.join(unsized)} stream (no length): set the mixture's num_samples "
-                    "for the weighted parts to share"
+                    f"mixture: the weighted part(s) {', '.join(map(repr, unsized))} stream (no length): set the "
+                    "mixture's num_samples for the weighted parts to share"
                 )
             num_samples = sum(fixed.values()) + sum(lengths[j] for j in weighted)
         rest = num_samples - sum(fixed.values())
