@@ -49,7 +49,10 @@ def task_report(
             "t2i": sum(bool(it.get("caption")) for it in items),
             "edit": sum(it.get("edit") is not None for it in items),
         }
-        sources = {f"{name} (first {len(items)} items)": {t: k for t, k in probe.items() if k}}
+        sources = {name: {t: k for t, k in probe.items() if k}}
+        judged = f" (by its first {len(items)} items)"
+    else:
+        judged = ""
     weighted = [t for t in TASKS if weights.get(t, 0) > 0]
     trains, unserved, first = [], [], True
     for task in weighted:
@@ -66,7 +69,7 @@ def task_report(
     shown = ", ".join(f"{t} {weights[t]:g}" for t in weighted)
     if not trains:
         raise ValueError(
-            f"stage {stage!r}: no weighted task ({shown}) is served by its data ({data_names}): "
+            f"stage {stage!r}: no weighted task ({shown}) is served by its data ({data_names}{judged}): "
             "und needs conversations (qa), t2i captions, edit edit pairs; set options.tasks or the data"
         )
     notes = [
@@ -74,7 +77,21 @@ def task_report(
         f"so it is not trained (set options.tasks.{task}: 0, or add data that serves it)"
         for task in unserved
     ]
-    return f"stage {stage!r}: trains {', '.join(trains)}; weights {shown}", notes
+    return f"stage {stage!r}: trains {', '.join(trains)}{judged}; weights {shown}", notes
+
+
+def report_tasks(runner: StageRunner, stage: Stage, data: Any) -> None:
+    """Say which tasks the stage trains from which data (``task_report``): one line, a warning per
+    weighted task no data serves; ValueError when none is served."""
+    opts = MllmOptions.model_validate(stage.options)
+    rc = runner.resolved.components.get("data")
+    items: list = []
+    if not served_tasks(data, "data") and hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        items = [data[i] for i in range(min(len(data), opts.text_corpus_items))]
+    line, notes = task_report(stage.name, data, opts.tasks, rc.spec.name if rc else "data", items)
+    runner.callback.message(line)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
 
 
 def stage_setup(runner: StageRunner, stage: Stage):
@@ -97,11 +114,6 @@ def stage_setup(runner: StageRunner, stage: Stage):
     items = [data[i] for i in range(min(len(data), opts.text_corpus_items))]
     texts = sorted(task_texts(items))
     runner.note_trained(texts, {tuple(it["image"].shape[-2:]) for it in items if hasattr(it.get("image"), "shape")})
-    rc = runner.resolved.components.get("data")
-    line, notes = task_report(stage.name, data, opts.tasks, rc.spec.name if rc else "data", items)
-    runner.callback.message(line)
-    for note in notes:
-        warnings.warn(note, stacklevel=2)
     if (
         opts.retrain_text_tokenizer
         and first_mllm
