@@ -39,7 +39,7 @@ from torch.utils.data import Dataset, IterableDataset
 from illume_kit.core.build import build_component
 from illume_kit.core.protocols import ReportsSizes, ServesTasks
 from illume_kit.core.registry import UnknownComponent
-from illume_kit.data.params import MixturePart, MixtureParams
+from illume_kit.data.params import MixtureParams, MixturePart
 from illume_kit.data.records import TASK_OF_KIND
 
 # the mixture's params every part takes unless it sets its own

@@ -41,7 +41,9 @@ def test_a_part_with_neither_samples_nor_weight_is_read_once():
 
 def test_weights_share_num_samples_after_the_parts_with_samples():
     assert mix({**shapes(10), "weight": 3}, {**shapes(10, seed=1), "weight": 1}, num_samples=40).counts == [30, 10]
-    m = mix({**shapes(10), "samples": 6}, {**shapes(10, seed=1), "weight": 1}, {**shapes(9), "weight": 2}, num_samples=36)
+    m = mix(
+        {**shapes(10), "samples": 6}, {**shapes(10, seed=1), "weight": 1}, {**shapes(9), "weight": 2}, num_samples=36
+    )
     assert m.counts == [6, 10, 20] and len(m) == 36
     # without num_samples the weighted parts share their own lengths added up
     assert mix({**shapes(10), "weight": 1}, {**shapes(20, seed=1), "weight": 1}).counts == [15, 15]
@@ -60,7 +62,9 @@ def test_the_index_table_is_a_function_of_the_seed():
 
 
 def test_items_carry_their_source_and_sizes_are_the_parts():
-    m = mix({**shapes(3), "samples": 3}, {**shapes(3, image_size=24, seed=1), "samples": 2}, {**shapes(2), "samples": 2})
+    m = mix(
+        {**shapes(3), "samples": 3}, {**shapes(3, image_size=24, seed=1), "samples": 2}, {**shapes(2), "samples": 2}
+    )
     assert m.labels == ["shapes[0]", "shapes[1]", "shapes[2]"]
     assert [m[i]["source"] for i in (0, 3, 5)] == ["shapes[0]", "shapes[1]", "shapes[2]"]
     # image_size of the mixture applies to a part that does not set its own
@@ -88,7 +92,9 @@ def test_task_counts_are_per_part_in_the_mixtures_counts():
 def test_bad_parts_name_the_part_and_what_is_valid():
     with pytest.raises(ValueError, match=r"parts\[1\]\.name: unknown dataset 'shapez'.*available: .*captions.*shapes"):
         mix(shapes(3), {"name": "shapez", "params": {}})
-    with pytest.raises(ValueError, match=r"parts\[0\]\.params\.gird: unknown key\. Did you mean grid\?.*valid: .*jitter"):
+    with pytest.raises(
+        ValueError, match=r"parts\[0\]\.params\.gird: unknown key\. Did you mean grid\?.*valid: .*jitter"
+    ):
         mix({"name": "shapes", "params": {"gird": 2}})
     with pytest.raises(ValueError, match="sets both samples and weight"):
         MixtureParams(parts=[{**shapes(3), "samples": 2, "weight": 1.0}])
@@ -182,8 +188,8 @@ def test_a_stream_resumes_exactly_from_its_state():
 
 def test_num_samples_bounds_a_stream_and_a_map_part_streams_in_a_seeded_order():
     assert len(list(stream(num_samples=33))) == 33
-    from illume_kit.data.shapes import ShapesDataset
     from illume_kit.data.params import ShapesParams
+    from illume_kit.data.shapes import ShapesDataset
 
     part = IndexStream(ShapesDataset(ShapesParams(num_samples=6, image_size=8)), seed=0)
     order = [x["caption"] for x in part]

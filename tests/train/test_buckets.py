@@ -66,7 +66,9 @@ def test_official_conversations_keep_their_aspect_within_the_pixel_bounds(corpus
         h, w = ds.size_of(files.index(f"{name}.png"))
         assert w / h == pytest.approx(3, rel=0.15) and h * w <= hi
     assert ds.size_of(files.index("tall.png"))[0] > ds.size_of(files.index("tall.png"))[1]
-    roomy = build(ConversationsDataset, ConversationsParams, corpus, "conversations", sizing="official", max_pixels=20_000)
+    roomy = build(
+        ConversationsDataset, ConversationsParams, corpus, "conversations", sizing="official", max_pixels=20_000
+    )
     assert roomy.size_of(files.index("wide.png")) == (80, 240)  # within the bounds already: its own size
     assert roomy.size_of(files.index("tiny.png")) == (16, 16)  # never below one multiple
 
@@ -105,7 +107,13 @@ class Sized(torch.utils.data.Dataset):
 
 def batches(ds, start, steps, batch_size=4, rank=0, world=1, seed=0):
     loader = make_loader(
-        ds, batch_size=batch_size, seed=seed, start_step=start, steps=steps, rank=rank, world_size=world,
+        ds,
+        batch_size=batch_size,
+        seed=seed,
+        start_step=start,
+        steps=steps,
+        rank=rank,
+        world_size=world,
         collate_fn=list,
     )
     return list(loader)
