@@ -166,7 +166,10 @@ class JsonlParams(DatasetParams):
         "the released 768x768 at base 512",
     )
     multiple_of: int = Field(
-        16, ge=1, description="official sizing, conversations: both sides are multiples of this (the tokenizer stride)"
+        16,
+        ge=1,
+        description="official sizing: every side served is a multiple of this (the tokenizer's stride; "
+        "an anchor scaled to a small base is rounded to it)",
     )
 
     @model_validator(mode="after")
@@ -224,6 +227,10 @@ class MixturePart(ComponentRef):
 
 
 class MixtureParams(DatasetParams):
+    image_size: int = Field(
+        64, ge=8, le=MAX_IMAGE_SIZE, description="image_size of every part whose params do not set their own"
+    )
+    seed: int = Field(0, description="seed of each part's subset and repeats (and of the interleave when parts stream)")
     parts: list[MixturePart] = Field(
         min_length=1,
         description="the datasets mixed: [{name, params, samples | weight}, ...]; split and image_size "

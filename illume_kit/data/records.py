@@ -18,7 +18,8 @@ shard and key, a row), and every error names it.
 Sizing (``params.sizing``, ``illume_kit.data.aspect``): ``square`` covers ``image_size`` squared and
 center-crops; ``official`` sizes as ILLUME+ does: a conversation's image keeps its aspect within
 ``min_pixels``..``max_pixels`` (sides multiples of ``multiple_of``), a caption's image and both images
-of an edit snap to the anchor nearest the (source) image's aspect at base ``image_size``.
+of an edit snap to the anchor nearest the (source) image's aspect at base ``image_size``, its sides
+rounded to ``multiple_of`` (a no-op at the released bases, whose anchor sides are multiples of 32).
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ class RecordReader:
         """(H, W) an image of this size is served at: image_size squared, or with ``sizing: official``
         the nearest anchor at base image_size (generation, editing; conversations override)."""
         if self.official():
-            return nearest_anchor(height, width, base=self.params.image_size)
+            h, w = nearest_anchor(height, width, base=self.params.image_size)
+            # a small base scales some anchors off the tokenizer's stride (base 64: 48x72)
+            m = self.params.multiple_of
+            return max(m, round(h / m) * m), max(m, round(w / m) * m)
         return (self.params.image_size, self.params.image_size)
 
     def fit(self, image: Any, size: tuple[int, int]):

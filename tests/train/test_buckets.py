@@ -32,8 +32,8 @@ def corpus(tmp_path_factory):
     return root
 
 
-def build(cls, Params, root, kind, **params):
-    return cls(Params(path=str(root / f"{kind}.jsonl"), image_size=64, **params))
+def build(cls, Params, root, kind, image_size=64, **params):
+    return cls(Params(path=str(root / f"{kind}.jsonl"), image_size=image_size, **params))
 
 
 def test_square_sizing_is_the_default(corpus):
@@ -44,14 +44,17 @@ def test_square_sizing_is_the_default(corpus):
 
 
 def test_official_captions_snap_a_wide_image_to_a_wide_anchor(corpus):
-    ds = build(CaptionsDataset, CaptionsParams, corpus, "captions", sizing="official")
-    table = anchors(64)
+    ds = build(CaptionsDataset, CaptionsParams, corpus, "captions", image_size=128, sizing="official")
+    table = anchors(128)
     sizes = {ds[i]["caption"]: ds.size_of(i) for i in range(len(ds))}
     assert all(s in table for s in sizes.values())
-    h, w = sizes["wide"]
-    assert w / h == 3 and sizes["tall"][0] / sizes["tall"][1] == 3 and sizes["square"] == (64, 64)
+    assert sizes["wide"] == (80, 240) and sizes["tall"] == (240, 80) and sizes["square"] == (128, 128)
     for i in range(len(ds)):  # size_of (from the header) is the size served
         assert tuple(ds[i]["image"].shape[-2:]) == ds.size_of(i)
+    # a small base keeps every side on the stride: 64's 3:1 anchor (40x120) becomes 32x128
+    small = build(CaptionsDataset, CaptionsParams, corpus, "captions", sizing="official")
+    assert all(h % 16 == 0 and w % 16 == 0 for h, w in map(small.size_of, range(len(small))))
+    assert all(tuple(small[i]["image"].shape[-2:]) == small.size_of(i) for i in range(len(small)))
 
 
 def test_official_conversations_keep_their_aspect_within_the_pixel_bounds(corpus):
@@ -74,9 +77,9 @@ def test_official_conversations_keep_their_aspect_within_the_pixel_bounds(corpus
 
 
 def test_official_edits_put_both_images_at_the_sources_anchor(corpus):
-    ds = build(EditsDataset, EditsParams, corpus, "edits", sizing="official")
+    ds = build(EditsDataset, EditsParams, corpus, "edits", image_size=128, sizing="official")
     item = ds[0]
-    assert ds.size_of(0)[1] > ds.size_of(0)[0]  # the wide source decides, not the tall target
+    assert ds.size_of(0) == (80, 240)  # the wide source decides, not the tall target
     assert tuple(item["image"].shape[-2:]) == tuple(item["edit"]["image"].shape[-2:]) == ds.size_of(0)
 
 
