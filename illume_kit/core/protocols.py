@@ -321,11 +321,21 @@ class ReportsSizes(Protocol):
     def size_of(self, index: int) -> tuple[int, int]: ...
 
 
+@runtime_checkable
+class ServesTasks(Protocol):
+    """Dataset that knows, without decoding an item, which ``mllm`` tasks (``und``, ``t2i``, ``edit``)
+    its items serve: the stage reports what it trains from what, and warns of a weighted task no item serves."""
+
+    def task_counts(self) -> Mapping[str, Mapping[str, int]]:
+        """{source: {task: items serving it}}: one source (the dataset's registry name) for a plain
+        dataset, one per part for a mixture."""
+
+
 CAPABILITIES: dict[str, tuple[type, ...]] = {
     "tokenizer": (CodeMaps, SemanticScore, Adversarial, CheckpointParams, SavesExtra, LoadsExtra),
     "backbone": (TextVocab, RetrainsTextTokenizer, IncrementalCache, CheckpointParams, SavesExtra, LoadsExtra),
     "detokenizer": (Attaches, ExpectsCodebooks, CheckpointParams, SavesExtra, LoadsExtra),
-    "dataset": (ReportsSizes,),
+    "dataset": (ReportsSizes, ServesTasks),
 }
 
 

@@ -522,16 +522,22 @@ def _check_refs(
 ) -> None:
     for fname in type(obj).model_fields:
         value = getattr(obj, fname)
-        if isinstance(value, ComponentRef) and value.role:
-            sub = f"{path}.{fname}"
-            try:
-                spec = registry.get(value.role, value.name)
-            except UnknownComponent as exc:
-                problems.append(Problem(f"{sub}.name", str(exc), source_of(sub, prov)))
-                continue
-            _validate_params(spec, None, value.params, sub, registry, prov, problems)
-        elif isinstance(value, BaseModel):
-            _check_refs(value, f"{path}.{fname}", registry, prov, problems)
+        # a list of refs (a mixture's parts) is checked item by item, each named by its index
+        entries = (
+            [(f"{path}.{fname}[{i}]", v) for i, v in enumerate(value)]
+            if isinstance(value, list)
+            else [(f"{path}.{fname}", value)]
+        )
+        for sub, item in entries:
+            if isinstance(item, ComponentRef) and item.role:
+                try:
+                    spec = registry.get(item.role, item.name)
+                except UnknownComponent as exc:
+                    problems.append(Problem(f"{sub}.name", str(exc), source_of(sub, prov)))
+                    continue
+                _validate_params(spec, None, item.params, sub, registry, prov, problems)
+            elif isinstance(item, BaseModel):
+                _check_refs(item, sub, registry, prov, problems)
 
 
 def _deep_merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:

@@ -85,6 +85,9 @@ class FashionMNISTDataset(Dataset):
     def size_of(self, index: int) -> tuple[int, int]:
         return (self.params.image_size, self.params.image_size)
 
+    def task_counts(self) -> dict[str, dict[str, int]]:
+        return {"fashion-mnist": {"t2i": len(self)}}  # the class name is the caption
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         j = int(self.index[index])
         img = Image.fromarray(self.images[j]).convert("RGB")

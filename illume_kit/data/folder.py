@@ -104,6 +104,10 @@ class ImageFolderDataset(Dataset):
                 self._sizes[index] = target_size(img.width, img.height, self.params)
         return self._sizes[index]
 
+    def task_counts(self) -> dict[str, dict[str, int]]:
+        captioned = sum(1 for rel in self.files if self.captions.get(rel))
+        return {"image-folder": {"t2i": captioned} if captioned else {}}  # an uncaptioned image serves no task
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         rel = self.files[index]
         img = load_rgb(self.root / rel)  # its declared size checked against the pixel budget first

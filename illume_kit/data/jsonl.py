@@ -6,8 +6,9 @@ The task kinds (``conversations``, ``captions``, ``edits``: their record keys, c
 checked when the dataset is built (its fields, its conversation, its image files exist and their
 headers read), so a bad record stops the run before training starts, with a message naming the file
 and line; ``skip_bad: N`` goes past at most N of them and counts them in one warning. Images are
-resized to cover ``image_size`` squared and center-cropped. Splits are assigned by the crc32 of each
-line's text, as image-folder does with file names.
+sized as ``params.sizing`` says (``illume_kit.data.records``); the first image's header size is kept
+at check time, so ``size_of`` reports the served size without decoding. Splits are assigned by the
+crc32 of each line's text, as image-folder does with file names.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class JsonlDataset(Dataset):
             raise BadRecord(f"{self._where(n)}: expected a JSON object, found {type(rec).__name__}")
         return rec
 
-    def _image(self, rel: Any, n: int) -> str:
+    def _image(self, rel: Any, n: int, sizes: list | None = None) -> str:
         if not isinstance(rel, str):
             raise BadRecord(f"{self._where(n)}: image {rel!r} is not a path (relative to image_root)")
         path = self.root / rel
@@ -104,6 +105,8 @@ class JsonlDataset(Dataset):
             raise BadRecord(f"{self._where(n)}: image {rel!r} not found (looked for {path})")
         try:
             with open_image(path) as img:
+                if sizes is not None:
+                    sizes.append((img.height, img.width))  # the header's: what size_of serves from
                 img.verify()  # structure and checksums, without decoding the pixels
         except ValueError as e:
             raise BadRecord(f"{self._where(n)}: image {rel!r} is unreadable: {e}") from None
@@ -112,14 +115,21 @@ class JsonlDataset(Dataset):
         return rel
 
     def _entry(self, rec: dict[str, Any], n: int) -> dict[str, Any]:
-        return self.reader.entry(rec, self._where(n), lambda rel: self._image(rel, n))
+        sizes: list[tuple[int, int]] = []
+        entry = self.reader.entry(rec, self._where(n), lambda rel: self._image(rel, n, sizes))
+        # the first image checked is the item's image (an edit's source): it decides the served size
+        return {**entry, "size": self.reader.size(*sizes[0])}
 
     # -- serving ---------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.entries)
 
     def size_of(self, index: int) -> tuple[int, int]:
-        return (self.params.image_size, self.params.image_size)
+        """(H, W) item ``index`` is served at, from the header read when it was checked."""
+        return self.entries[index]["size"]
+
+    def task_counts(self) -> dict[str, dict[str, int]]:
+        return {self.kind: {self.reader.task: len(self.entries)}}
 
     def _load(self, rel: str, n: int):
         try:

@@ -8,12 +8,12 @@ ranges of the official files), so an evaluation never sees a training item.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from illume_kit.core.options import MAX_IMAGE_SIZE
-from illume_kit.core.params import ComponentParams
+from illume_kit.core.params import ComponentParams, ComponentRef
 from illume_kit.data.shapes_vocab import vocabulary
 
 Split = Literal["train", "val", "test"]
@@ -122,6 +122,9 @@ class EditFields(_Fields):
 DataFormat = Literal["jsonl", "webdataset", "hf"]
 
 
+Sizing = Literal["square", "official"]
+
+
 class JsonlParams(DatasetParams):
     format: DataFormat = Field(
         "jsonl",
@@ -149,12 +152,51 @@ class JsonlParams(DatasetParams):
         description="webdataset only: records each reader (rank x worker) shuffles in a seeded buffer, a function "
         "of (seed, epoch, reader); 0 = shard order; memory grows with it",
     )
+    sizing: Sizing = Field(
+        "square",
+        description="square: every image resized to cover image_size squared and center-cropped; official "
+        "(ILLUME+): conversations keep their own aspect within min_pixels..max_pixels, captions and edits "
+        "snap to the nearest anchor of the table at base image_size (cover + center-crop; an edit's "
+        "target takes its source's anchor)",
+    )
+    min_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="official sizing, conversations: the least image area; None = (image_size/16)^2, "
+        "the released 32x32 at base 512",
+    )
+    max_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="official sizing, conversations: the largest image area; None = (1.5*image_size)^2, "
+        "the released 768x768 at base 512",
+    )
+    multiple_of: int = Field(
+        16,
+        ge=1,
+        description="official sizing: every side served is a multiple of this (the tokenizer's stride; "
+        "an anchor scaled to a small base is rounded to it)",
+    )
 
     @model_validator(mode="after")
     def _check_fractions(self) -> JsonlParams:
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError("val_fraction + test_fraction must leave something for train")
+        if self.sizing == "official":
+            if self.image_size % 8:
+                raise ValueError(
+                    f"sizing official: image_size {self.image_size} is the anchors' base and must be a multiple of 8"
+                )
+            lo, hi = self.pixel_bounds()
+            if lo > hi:
+                raise ValueError(f"min_pixels ({lo}) > max_pixels ({hi})")
         return self
+
+    def pixel_bounds(self) -> tuple[int, int]:
+        """(min_pixels, max_pixels) of official sizing, the defaults scaled from the released ones at base 512."""
+        lo = self.min_pixels if self.min_pixels is not None else (self.image_size * 32 // 512) ** 2
+        hi = self.max_pixels if self.max_pixels is not None else (self.image_size * 768 // 512) ** 2
+        return max(lo, 1), hi
 
 
 class ConversationsParams(JsonlParams):
@@ -167,3 +209,42 @@ class CaptionsParams(JsonlParams):
 
 class EditsParams(JsonlParams):
     fields: EditFields = Field(default_factory=EditFields, description="record keys, by role")
+
+
+class MixturePart(ComponentRef):
+    """One dataset of a mixture: a registered dataset, its params, and how much of the mixture it makes."""
+
+    role: Any = Field(default="dataset", exclude=True)
+    samples: int | None = Field(
+        None,
+        ge=1,
+        description="items this part contributes (ILLUME+'s meta-config): fewer than the dataset holds "
+        "subsamples it, more repeats it, both seeded; unset with no weight = the dataset once",
+    )
+    weight: float | None = Field(
+        None, gt=0.0, description="this part's share of the mixture (relative to the other weighted parts)"
+    )
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> MixturePart:
+        if self.samples is not None and self.weight is not None:
+            raise ValueError(f"part {self.name!r} sets both samples and weight; set one")
+        return self
+
+
+class MixtureParams(DatasetParams):
+    image_size: int = Field(
+        64, ge=8, le=MAX_IMAGE_SIZE, description="image_size of every part whose params do not set their own"
+    )
+    seed: int = Field(0, description="seed of each part's subset and repeats (and of the interleave when parts stream)")
+    parts: list[MixturePart] = Field(
+        min_length=1,
+        description="the datasets mixed: [{name, params, samples | weight}, ...]; split and image_size "
+        "apply to every part whose params do not set their own",
+    )
+    num_samples: int | None = Field(
+        None,
+        ge=1,
+        description="items in the mixture; None = the parts' samples plus the weighted parts' own lengths. "
+        "Weighted parts share what the parts with samples leave",
+    )

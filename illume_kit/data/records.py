@@ -14,6 +14,12 @@ shard and key, a row), and every error names it.
 - ``captions``: ``{"image": ..., "caption": ...}``; items carry ``image`` and ``caption``.
 - ``edits``: ``{"source": ..., "target": ..., "instruction": ...}``; items carry ``image`` (the
   source) and ``edit`` (``instruction`` and the target ``image``).
+
+Sizing (``params.sizing``, ``illume_kit.data.aspect``): ``square`` covers ``image_size`` squared and
+center-crops; ``official`` sizes as ILLUME+ does: a conversation's image keeps its aspect within
+``min_pixels``..``max_pixels`` (sides multiples of ``multiple_of``), a caption's image and both images
+of an edit snap to the anchor nearest the (source) image's aspect at base ``image_size``, its sides
+rounded to ``multiple_of`` (a no-op at the released bases, whose anchor sides are multiples of 32).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from illume_kit.data.aspect import native_size, nearest_anchor, snap
 from illume_kit.data.folder import resize_crop
 from illume_kit.data.shapes import to_tensor
 
@@ -44,9 +51,14 @@ class Unusable(Exception):
 
 
 class RecordReader:
-    """One task kind's checks (``entry``) and item (``item``); subclasses fill in both."""
+    """One task kind's checks (``entry``) and item (``item``); subclasses fill in both.
+
+    ``size(height, width)`` is the (H, W) an image of that size is served at (``params.sizing``), so a
+    source that kept an image's header size can report the served size without decoding.
+    """
 
     kind = "records"
+    task = ""  # the mllm task its items serve
 
     def __init__(self, params: Any):
         self.params = params
@@ -78,18 +90,55 @@ class RecordReader:
         raise NotImplementedError
 
     def item(self, entry: dict[str, Any], where: str, load: Load) -> dict[str, Any]:
-        """The training item: images decoded and sized to ``image_size`` squared."""
+        """The training item: images decoded and sized as ``size`` says (``params.sizing``)."""
         raise NotImplementedError
 
+    def official(self) -> bool:
+        return getattr(self.params, "sizing", "square") == "official"
+
+    def size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) an image of this size is served at: image_size squared, or with ``sizing: official``
+        the nearest anchor at base image_size (generation, editing; conversations override)."""
+        if self.official():
+            h, w = nearest_anchor(height, width, base=self.params.image_size)
+            # a small base scales some anchors off the tokenizer's stride (base 64: 48x72)
+            m = self.params.multiple_of
+            return max(m, round(h / m) * m), max(m, round(w / m) * m)
+        return (self.params.image_size, self.params.image_size)
+
+    def fit(self, image: Any, size: tuple[int, int]):
+        """A PIL image -> a (3, H, W) tensor of ``size``: cover it and center-crop."""
+        if self.official():
+            return to_tensor(snap(image, size, fit="crop"))
+        return to_tensor(resize_crop(image, size))
+
     def tensor(self, ref: Any, load: Load):
-        size = self.params.image_size
-        return to_tensor(resize_crop(load(ref), (size, size)))
+        image = load(ref)
+        return self.fit(image, self.size(image.height, image.width))
 
 
 class ConversationsReader(RecordReader):
     """Items: ``image`` (3,H,W) in [0,1] and ``qa`` [(question, answer), ...]."""
 
     kind = "conversations"
+    task = "und"
+
+    def size(self, height: int, width: int) -> tuple[int, int]:
+        """Official sizing keeps the image's aspect, sides multiples of ``multiple_of``, area within the
+        pixel bounds (ILLUME+'s understanding input)."""
+        if self.official():
+            lo, hi = self.params.pixel_bounds()
+            return native_size(height, width, lo, hi, self.params.multiple_of)
+        return super().size(height, width)
+
+    def fit(self, image: Any, size: tuple[int, int]):
+        if self.official():
+            from PIL import Image
+
+            if (image.height, image.width) != size:
+                image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+            return to_tensor(image)
+        return super().fit(image, size)
 
     def entry(self, rec: dict[str, Any], where: str, check: Check) -> dict[str, Any]:
         turns = self.field(rec, "conversations", where, list)
@@ -134,6 +183,7 @@ class CaptionsReader(RecordReader):
     """Items: ``image`` (3,H,W) in [0,1] and ``caption``."""
 
     kind = "captions"
+    task = "t2i"
 
     def entry(self, rec: dict[str, Any], where: str, check: Check) -> dict[str, Any]:
         image, caption = self.field(rec, "image", where, object), self.field(rec, "caption", where)
@@ -147,6 +197,7 @@ class EditsReader(RecordReader):
     """Items: ``image`` (the source) and ``edit`` {``instruction``, ``image`` (the target)}."""
 
     kind = "edits"
+    task = "edit"
 
     def image_roles(self) -> tuple[str, ...]:
         return ("source", "target")
@@ -157,8 +208,11 @@ class EditsReader(RecordReader):
         return {"source": check(source), "target": check(target), "instruction": instruction.strip()}
 
     def item(self, entry: dict[str, Any], where: str, load: Load) -> dict[str, Any]:
-        edit = {"instruction": entry["instruction"], "image": self.tensor(entry["target"], load)}
-        return {"image": self.tensor(entry["source"], load), "edit": edit}
+        source = load(entry["source"])
+        size = self.size(source.height, source.width)  # both images at the source's size
+        edit = {"instruction": entry["instruction"], "image": self.fit(load(entry["target"]), size)}
+        return {"image": self.fit(source, size), "edit": edit}
 
 
 READERS: dict[str, type[RecordReader]] = {r.kind: r for r in (ConversationsReader, CaptionsReader, EditsReader)}
+TASK_OF_KIND: dict[str, str] = {kind: r.task for kind, r in READERS.items()}

@@ -255,6 +255,10 @@ class ShapesDataset(Dataset):
     def size_of(self, index: int) -> tuple[int, int]:
         return (self.params.image_size, self.params.image_size)
 
+    def task_counts(self) -> dict[str, dict[str, int]]:
+        n = len(self)
+        return {"shapes": {"und": n, "t2i": n, **({"edit": n} if self.params.edits else {})}}
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         p = self.params
         scene = self.scene(index)

@@ -5,16 +5,31 @@ checkpointing a sampler's internal state, the order is defined over one infinite
 ``p`` falls in epoch ``p // N`` whose permutation is drawn from ``seed + epoch``. Step ``s`` on rank
 ``r`` of ``W`` reads positions ``[(s*W + r) * B, (s*W + r + 1) * B)``, so every step's global batch
 is the same whatever the world size splits it into, and ranks never overlap within a step.
+
+A dataset whose items come in more than one size (``ReportsSizes``: ILLUME+'s aspect-ratio buckets,
+``sizing: official``) is read in size-grouped batches instead (:class:`SizeBuckets`), still a pure
+function of (seed, step): epoch ``e`` shuffles the indices of each size, cuts them into global
+batches of ``batch_size * world_size`` (a size's last batch wraps around to its first indices, so
+every batch is full and every item is read each epoch), and shuffles the batch order; micro-batch
+``m`` reads global batch ``m`` of that endless sequence, rank ``r`` its ``r``-th slice. A batch
+never mixes sizes, resume is exact, and a step's global batch is the same however the world size
+splits it; unlike the uniform order it changes with ``batch_size * world_size`` (another
+``grad_accum_steps`` for the same optimizer batch cuts the epoch into other batches).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator
+import math
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Sampler, default_collate
+
+from illume_kit.core.protocols import ReportsSizes
 
 # a loader factory: (start_step, rank, world_size) -> iterator of batches from that step on
 LoaderFactory = Callable[[int, int, int], Iterable[Any]]
@@ -44,6 +59,53 @@ def step_indices(
     return out
 
 
+class SizeBuckets:
+    """Size-grouped global batches as a pure function of (seed, epoch) (module docstring)."""
+
+    def __init__(self, sizes: Sequence[tuple[int, int]], global_batch: int, seed: int):
+        if global_batch < 1:
+            raise ValueError(f"global batch must be >= 1, got {global_batch}")
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, size in enumerate(sizes):
+            groups[tuple(size)].append(i)
+        self.sizes = sorted(groups)
+        self.groups = [groups[size] for size in self.sizes]
+        self.global_batch, self.seed = global_batch, seed
+        self.per_epoch = sum(math.ceil(len(g) / global_batch) for g in self.groups)
+        self._cached: tuple[int, list[list[int]]] | None = None
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Epoch ``epoch``'s global batches, in order; each of one size, each ``global_batch`` long."""
+        if self._cached is not None and self._cached[0] == epoch:
+            return self._cached[1]
+        rng = random.Random(f"{int(self.seed)}/buckets/{int(epoch)}")
+        g, batches = self.global_batch, []
+        for group in self.groups:
+            idx = list(group)
+            rng.shuffle(idx)
+            k = math.ceil(len(idx) / g)
+            full = [idx[j % len(idx)] for j in range(k * g)]  # the last batch wraps within its size
+            batches += [full[b * g : (b + 1) * g] for b in range(k)]
+        rng.shuffle(batches)
+        self._cached = (epoch, batches)
+        return batches
+
+    def indices(self, step: int, rank: int, batch_size: int) -> list[int]:
+        """Rank ``rank``'s slice of global batch ``step``."""
+        epoch, j = divmod(step, self.per_epoch)
+        return self.epoch_batches(epoch)[j][rank * batch_size : (rank + 1) * batch_size]
+
+
+def size_buckets(dataset: Any, batch_size: int, world_size: int, seed: int) -> SizeBuckets | None:
+    """Size-grouped batches for a dataset that reports more than one item size; None otherwise."""
+    if not isinstance(dataset, ReportsSizes):
+        return None
+    sizes = [tuple(dataset.size_of(i)) for i in range(len(dataset))]
+    if len(set(sizes)) < 2:
+        return None
+    return SizeBuckets(sizes, batch_size * world_size, seed)
+
+
 class StepBatchSampler(Sampler[list[int]]):
     """Yields one index list per step from ``start_step`` to ``steps`` (exclusive)."""
 
@@ -57,17 +119,22 @@ class StepBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         world_size: int = 1,
         shuffle: bool = True,
+        buckets: SizeBuckets | None = None,
     ):
         if n < 1:
             raise ValueError("dataset is empty")
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
         self.start_step, self.steps, self.rank, self.world_size = start_step, steps, rank, world_size
+        self.buckets = buckets
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start_step)
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start_step, self.steps):
+            if self.buckets is not None:
+                yield self.buckets.indices(step, self.rank, self.batch_size)
+                continue
             yield step_indices(self.n, self.batch_size, self.seed, step, self.rank, self.world_size, self.shuffle)
 
 
@@ -85,14 +152,16 @@ def make_loader(
     pin_memory: bool = False,
     prefetch_factor: int | None = None,
 ) -> DataLoader:
-    """A DataLoader over a map-style dataset whose batches depend only on (seed, step, rank).
+    """A DataLoader over a map-style dataset whose batches depend only on (seed, step, rank); batches
+    grouped by size when the dataset reports more than one (module docstring).
 
     The loader gets its own generator so creating it never draws from the global torch RNG (it
     would otherwise shift dropout/noise streams between a resumed and an uninterrupted run).
     Datasets should be deterministic per index; random augmentation inside ``__getitem__`` with
     ``num_workers > 0`` is seeded by DataLoader per iterator and is not resume-exact.
     """
-    sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, steps, rank, world_size)
+    buckets = size_buckets(dataset, batch_size, world_size, seed)
+    sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, steps, rank, world_size, buckets=buckets)
     return DataLoader(
         dataset,
         batch_sampler=sampler,

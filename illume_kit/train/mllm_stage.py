@@ -6,11 +6,14 @@ stage's trainer has a checkpoint); the loss and the parameter groups are ``illum
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from illume_kit.core.options import MllmOptions
+from illume_kit.core.options import TASKS, MllmOptions
 from illume_kit.core.protocols import RetrainsTextTokenizer
 from illume_kit.core.schema import Stage
+from illume_kit.data.mixture import served_tasks
 from illume_kit.model.objective import mllm_step_fn, trainable_parameters
 from illume_kit.model.sequence import input_encoder_trains
 from illume_kit.model.tasks import TaskMixer, task_texts
@@ -24,6 +27,72 @@ if TYPE_CHECKING:
 
 def _keep_items(items: list) -> list:
     return items  # dataset items stay a list of dicts: tasks draw from each item separately
+
+
+def _count(n: int | None, first: bool) -> str:
+    if n is None:
+        return "streamed"
+    return f"{n:,} items" if first else f"{n:,}"
+
+
+def task_report(
+    stage: str, data: Any, weights: Mapping[str, float], name: str, items: Sequence[Mapping[str, Any]] = ()
+) -> tuple[str, list[str]]:
+    """(the line saying which tasks the stage trains from which data, warnings for weighted tasks no
+    source serves). ValueError when no weighted task is served.
+
+    The sources come from the dataset (``ServesTasks``, or its task kind); a dataset that says neither
+    is judged by ``items`` (the first ones, which the stage reads anyway)."""
+    sources = served_tasks(data, name)
+    if not sources:
+        probe = {
+            "und": sum(bool(it.get("qa")) for it in items),
+            "t2i": sum(bool(it.get("caption")) for it in items),
+            "edit": sum(it.get("edit") is not None for it in items),
+        }
+        sources = {name: {t: k for t, k in probe.items() if k}}
+        judged = f" (by its first {len(items)} items)"
+    else:
+        judged = ""
+    weighted = [t for t in TASKS if weights.get(t, 0) > 0]
+    trains, unserved, first = [], [], True
+    for task in weighted:
+        servers = [(src, counts[task]) for src, counts in sources.items() if task in counts and counts[task] != 0]
+        if not servers:
+            unserved.append(task)
+            continue
+        parts = []
+        for src, n in servers:
+            parts.append(f"{src} ({_count(n, first)})")
+            first = False
+        trains.append(f"{task} from {' + '.join(parts)}")
+    data_names = ", ".join(sources)
+    shown = ", ".join(f"{t} {weights[t]:g}" for t in weighted)
+    if not trains:
+        raise ValueError(
+            f"stage {stage!r}: no weighted task ({shown}) is served by its data ({data_names}{judged}): "
+            "und needs conversations (qa), t2i captions, edit edit pairs; set options.tasks or the data"
+        )
+    notes = [
+        f"stage {stage!r}: task {task} is weighted {weights[task]:g} but no item of {data_names} serves it, "
+        f"so it is not trained (set options.tasks.{task}: 0, or add data that serves it)"
+        for task in unserved
+    ]
+    return f"stage {stage!r}: trains {', '.join(trains)}{judged}; weights {shown}", notes
+
+
+def report_tasks(runner: StageRunner, stage: Stage, data: Any) -> None:
+    """Say which tasks the stage trains from which data (``task_report``): one line, a warning per
+    weighted task no data serves; ValueError when none is served."""
+    opts = MllmOptions.model_validate(stage.options)
+    rc = runner.resolved.components.get("data")
+    items: list = []
+    if not served_tasks(data, "data") and hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        items = [data[i] for i in range(min(len(data), opts.text_corpus_items))]
+    line, notes = task_report(stage.name, data, opts.tasks, rc.spec.name if rc else "data", items)
+    runner.callback.message(line)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
 
 
 def stage_setup(runner: StageRunner, stage: Stage):

@@ -436,7 +436,9 @@ class StageRunner:
         return det, step, self.images(stage), {"collate_fn": collate}
 
     def _mllm(self, stage: Stage):
-        return mllm_stage.stage_setup(self, stage)
+        out = mllm_stage.stage_setup(self, stage)
+        mllm_stage.report_tasks(self, stage, out[2])
+        return out
 
 
 def check_launch(resolved: ResolvedRecipe, resume: bool = True, only: list[str] | None = None) -> None:
