@@ -32,8 +32,8 @@ def _split_data_flags(values: list[str]) -> tuple[str | None, list[tuple[str, st
     return (files[0] if files else None), pairs
 
 
-def _source(target: str):
-    """(resolved recipe, checkpoint folder or None) of the positional RECIPE_OR_CHECKPOINT."""
+def _source(target: str, overrides: list[str]):
+    """(resolved recipe, checkpoint folder or None) of the positional RECIPE_OR_CHECKPOINT and its overrides."""
     from illume_kit.core.manifest import MANIFEST
     from illume_kit.core.recipe import load_recipe
 
@@ -44,10 +44,15 @@ def _source(target: str):
                 f"{target}: a folder without {MANIFEST}: name a checkpoint folder (e.g. runs/NAME/checkpoint) "
                 "or a recipe file"
             )
+        if overrides:
+            raise ValueError(
+                f"{overrides[0]}: a checkpoint's recipe is what it was trained with and takes no overrides; "
+                "point --data at another recipe or give dataset params as --data KEY=VALUE"
+            )
         return load_recipe(path / "recipe.yaml"), path
     if not path.is_file():
         raise FileNotFoundError(f"{target}: no such recipe file or checkpoint folder")
-    return load_recipe(path), None
+    return load_recipe(path, overrides), None
 
 
 def _data_of(resolved, data_file: str | None, pairs: list[tuple[str, str]], split: str):
@@ -80,6 +85,10 @@ def _data_of(resolved, data_file: str | None, pairs: list[tuple[str, str]], spli
     data = build_dataset(resolved, split, **over)
     params = type(rc.params).model_validate(rc.params.model_copy(update={"split": split, **over}).model_dump())
     return data, {"name": rc.spec.name, "params": params.model_dump(mode="json")}
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 class _Bar:
@@ -145,7 +154,7 @@ def cmd_encode(args) -> int:
 
     check_store_folder(out)  # before any weights load
     data_file, pairs = _split_data_flags(args.data or [])
-    resolved, checkpoint = _source(args.source)
+    resolved, checkpoint = _source(args.source, args.overrides)
     from illume_kit.cli.args import check_device_available
 
     target = check_device_available(args.device)
@@ -185,7 +194,7 @@ def cmd_encode(args) -> int:
         what = f"codes and {manifest['features']} features" if manifest["features"] else "codes"
         state = "complete" if manifest["complete"] else f"partial: {manifest['items']} items read"
         console.print(
-            f"wrote {what} of {manifest['images']} images ({len(manifest['shards'])} shards, {state}) to {out}; "
+            f"wrote {what} of {manifest['images']} images ({_count(len(manifest['shards']), 'shard')}, {state}) to {out}; "
             f"tokenizer {name!r} weights sha256 {manifest['tokenizer']['sha256'][:12]}. Train from them with the "
             f"mllm stage option codes: {out}"
         )
@@ -198,6 +207,7 @@ def register(sub) -> None:
         help="pre-compute a frozen tokenizer's codes (and features) of a dataset, for mllm stages to read",
     )
     p.add_argument("source", metavar="RECIPE_OR_CHECKPOINT", help="a recipe file, or a checkpoint folder")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides (a recipe file only)")
     p.add_argument("-o", "--output", required=True, metavar="CODES", help="the store's folder (new, or one to resume)")
     p.add_argument(
         "--data",
@@ -218,7 +228,9 @@ def register(sub) -> None:
     )
     p.add_argument("--shard-size", type=positive_int, default=1024, help="images per shard (default 1024)")
     p.add_argument("--limit", type=positive_int, help="read at most this many items (the store stays partial)")
-    p.add_argument("--workers", type=nonnegative_int, default=0, help="DataLoader workers decoding the items (default 0)")
+    p.add_argument(
+        "--workers", type=nonnegative_int, default=0, help="DataLoader workers decoding the items (default 0)"
+    )
     p.add_argument("--device", type=device, default="auto", help="where the tokenizer runs (default auto)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_encode)

@@ -177,9 +177,7 @@ class CodeStore:
         h = self._handle(shard)
         codes = {lv: h.get_tensor(tensor_name(key, "codes", lv)) for lv in self.levels}
         feats = (
-            {lv: h.get_tensor(tensor_name(key, "features", lv)).float() for lv in self.levels}
-            if need_features
-            else {}
+            {lv: h.get_tensor(tensor_name(key, "features", lv)).float() for lv in self.levels} if need_features else {}
         )
         if device is not None:
             codes = {k: v.to(device) for k, v in codes.items()}
