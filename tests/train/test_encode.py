@@ -24,10 +24,10 @@ def encode(out: Path, *extra: str) -> int:
     return main(["encode", RECIPE, *extra, "-o", str(out), "--data", DATA, "--quiet"])
 
 
-def train(out: Path, codes: Path | None = None) -> int:
+def train(out: Path, codes: Path | None = None, *extra: str) -> int:
     stage = STAGE % (f", codes: {codes}" if codes else "")
     recipe = [RECIPE, "data.params.num_samples=12", "parallelism.strategy=ddp", f"run.output_dir={out}", stage]
-    return main(["train", *recipe])
+    return main(["train", *recipe, *extra])
 
 
 def first_loss(run: Path) -> dict:
@@ -181,3 +181,44 @@ def test_a_store_continues_only_the_encode_that_started_it(stores, tmp_path, cap
     assert encode(out, "--features") == 2
     err = " ".join(capsys.readouterr().err.split())
     assert f'-o {out}: holds codes of another features (null; this encode: "bf16")' in err
+
+
+def test_features_are_checked_against_the_module_the_model_reads_them_from(stores, tmp_path):
+    """With model.input_encoder: separate the features are the copy's: a store of the tokenizer's features
+    is refused for them, the copy's own store is not, and a stage reading codes only ignores features."""
+    from illume_kit.core.recipe import load_recipe
+    from illume_kit.model.code_store import CodeStore, CodeStoreError
+    from illume_kit.model.compose import compose
+
+    separate = compose(load_recipe(RECIPE, ["model.input_encoder=separate"]))
+    shared = CodeStore(stores / "fp32")
+    with pytest.raises(CodeStoreError, match="features of the tokenizer, but this model reads the input encoder's"):
+        shared.check(separate, features=True)
+    shared.check(separate, features=False)  # codes only: the same tokenizer weights
+    own = tmp_path / "own"
+    assert encode(own, "model.input_encoder=separate", "--features", "--limit", "2") == 0
+    manifest = json.loads((own / "manifest.json").read_text())
+    assert len(manifest["input_encoder"]["sha256"]) == 64
+    CodeStore(own).check(separate, features=True)
+    with torch.no_grad():
+        next(separate.input_encoder.parameters()).add_(1.0)
+    with pytest.raises(CodeStoreError, match="features of an input encoder with weights sha256"):
+        CodeStore(own).check(separate, features=True)
+    with pytest.raises(CodeStoreError, match="features of the input encoder, but this model reads the tokenizer's"):
+        CodeStore(own).check(compose(load_recipe(RECIPE)), features=True)
+
+
+def test_discrete_input_reads_codes_only(tmp_path, capsys):
+    """A model reading code ids needs no features: a codes-only store serves every image, the loss the same."""
+    discrete = "model.image_input=discrete"
+    assert encode(tmp_path / "codes", discrete) == 0
+    assert train(tmp_path / "fly", None, discrete) == 0
+    capsys.readouterr()
+    assert train(tmp_path / "read", tmp_path / "codes", discrete) == 0
+    err = capsys.readouterr().err
+    assert "images (codes only)" in err and ", 0 not in it (encoded on the fly)" in err
+    assert first_loss(tmp_path / "read")["loss"] == first_loss(tmp_path / "fly")["loss"]
+    # a continuous model reads features, which the store lacks: every image is encoded, and the stage says so
+    assert train(tmp_path / "cont", tmp_path / "codes") == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the model reads continuous features, which the store lacks" in err and " 0 images read from codes" in err
