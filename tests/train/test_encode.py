@@ -222,3 +222,44 @@ def test_discrete_input_reads_codes_only(tmp_path, capsys):
     assert train(tmp_path / "cont", tmp_path / "codes") == 0
     err = " ".join(capsys.readouterr().err.split())
     assert "the model reads continuous features, which the store lacks" in err and " 0 images read from codes" in err
+
+
+def test_data_may_come_from_another_recipe(tmp_path):
+    """--data OTHER.yaml encodes that recipe's `data:` section (KEY=VALUE flags override its params)."""
+    other = str(ROOT / "recipes" / "dualvitok_qwen2_tiny.yaml")
+    out = tmp_path / "c"
+    assert main(["encode", RECIPE, "-o", str(out), "--data", other, "--data", "num_samples=3", "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    from illume_kit.core.recipe import load_recipe
+
+    theirs = load_recipe(other).components["data"].params
+    assert manifest["data"]["params"] == {**theirs.model_dump(mode="json"), "num_samples": 3, "split": "train"}
+    assert manifest["items"] == 3 and manifest["complete"]
+
+
+@pytest.mark.slow  # three processes start; the fast suite resumes a cut store in-process (stop_after_shards)
+def test_an_encode_killed_mid_pass_resumes(tmp_path):
+    """kill -9 once the first shard is on disk; the same command again completes the store, equal to one pass."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    args = ["encode", RECIPE, "--data", "num_samples=40", "--shard-size", "4", "--quiet"]
+    argv = [sys.executable, "-m", "illume_kit.cli.main", *args]
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([*argv, "-o", str(cut)], env=env, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (cut / "codes-00000.safetensors").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = json.loads((cut / "manifest.json").read_text())
+    assert not kept["complete"], "the encode finished before it was killed"
+    assert subprocess.run([*argv, "-o", str(cut)], env=env).returncode == 0
+    assert main([*args, "-o", str(tmp_path / "whole")]) == 0
+    a, b = _tensors(tmp_path / "whole"), _tensors(cut)
+    assert json.loads((cut / "manifest.json").read_text())["complete"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
