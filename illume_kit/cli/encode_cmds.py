@@ -226,7 +226,12 @@ def register(sub) -> None:
         help="images encoded at once (default 1: each alone, as a stage's code cache does, so the numbers match it "
         "exactly; larger is faster and rounds the features' last bits differently)",
     )
-    p.add_argument("--shard-size", type=positive_int, default=1024, help="images per shard (default 1024)")
+    p.add_argument(
+        "--shard-size",
+        type=positive_int,
+        default=256,
+        help="images per shard, held in memory until written (default 256)",
+    )
     p.add_argument("--limit", type=positive_int, help="read at most this many items (the store stays partial)")
     p.add_argument(
         "--workers", type=nonnegative_int, default=0, help="DataLoader workers decoding the items (default 0)"

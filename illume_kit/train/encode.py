@@ -117,7 +117,7 @@ def encode_store(
     source: str,
     features: str | None = None,
     batch_size: int = 1,
-    shard_size: int = 1024,
+    shard_size: int = 256,
     limit: int | None = None,
     workers: int = 0,
     progress: Progress | None = None,
