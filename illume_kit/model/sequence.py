@@ -251,7 +251,7 @@ def encode_images(
             if out[i] is not None:
                 continue
         if store is not None:
-            # read from disk each time it is met: the store is what keeps memory flat on large data
+            # from disk; the cache, when on, keeps it within its budget for the next time it is met
             out[i] = store.get(keys[i], need_features and not fresh, device)
             if out[i] is not None:
                 if cache is not None:
