@@ -24,6 +24,7 @@ VERBS = {
     **dict.fromkeys(("validate", "compose", "inspect"), "illume_kit.cli.recipe_cmds"),
     "train": "illume_kit.cli.train_cmds",
     "eval": "illume_kit.cli.eval_cmds",
+    "encode": "illume_kit.cli.encode_cmds",
     "convert": "illume_kit.cli.convert_cmds",
     **dict.fromkeys(("understand", "generate", "edit"), "illume_kit.cli.generate_cmds"),
     **dict.fromkeys(("sweep", "results"), "illume_kit.cli.sweep_cmds"),

@@ -115,6 +115,13 @@ class MllmOptions(StageOptions):
         "stage whose estimate (the split's images x one image's codes and features) is over it keeps none, "
         "with a notice",
     )
+    codes: str | None = Field(
+        None,
+        description="a folder of pre-computed tokenizer outputs (`illume-kit encode`): each image the store holds "
+        "is read from it instead of running the tokenizer, the rest are encoded as usual. The store must come from "
+        "this model's tokenizer weights (its manifest's hash is checked when the stage starts); it serves "
+        "continuous input only if it keeps features (encode --features)",
+    )
     max_seq_len: int | None = Field(
         None,
         ge=2,

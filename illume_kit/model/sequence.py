@@ -222,9 +222,11 @@ def encode_images(
     runs in eval mode (and is restored), without gradients. When ``model.encode_cache`` holds an
     ``EncodeCache`` (mllm training sets one), images it has seen come from there; with
     ``need_features=False`` a codes-only entry is enough; an image the cache lacks is encoded on its
-    own. With ``model.input_encoder: separate`` the features are the input encoder's; while it trains
-    (and gradients are on) they are computed for every image, in the caller's grad mode, so the loss
-    reaches its weights; the codes may still be cached.
+    own. When ``model.code_store`` holds a ``CodeStore`` (the mllm option ``codes``), an image the cache
+    lacks is read from there if the store has it (and kept in the cache). With ``model.input_encoder:
+    separate`` the features are the input encoder's; while it trains (and gradients are on) they are
+    computed for every image, in the caller's grad mode, so the loss reaches its weights; the codes may
+    still be cached.
     """
     tok = model.tokenizer
     cache: EncodeCache | None = getattr(model, "encode_cache", None)
@@ -234,21 +236,30 @@ def encode_images(
     out: list[dict | None] = [None] * len(images)
     keys: list[bytes | None] = [None] * len(images)
     groups: dict[tuple[int, ...], list[int]] = {}
+    store = getattr(model, "code_store", None)  # a CodeStore (illume_kit.model.code_store) the stage opened
+    device = _device(tok) or _device(model.backbone)
     if cache is not None:
         # the input encoder's weights matter only to cached features (a training one would empty it every step)
         cache.check(tok, getattr(model, "input_encoder", None) if cache.keep_features else None)
     for i, im in enumerate(images):
         if im.dim() != 3 or im.shape[0] != 3:
             raise ValueError(f"images must be (3, H, W), got shape {tuple(im.shape)}")
+        if cache is not None or store is not None:
+            keys[i] = cache.key(im) if cache is not None else EncodeCache.key(im)
         if cache is not None:
-            keys[i] = cache.key(im)
             out[i] = cache.get(keys[i], need_features and not fresh)
             if out[i] is not None:
+                continue
+        if store is not None:
+            # from disk; the cache, when on, keeps it within its budget for the next time it is met
+            out[i] = store.get(keys[i], need_features and not fresh, device)
+            if out[i] is not None:
+                if cache is not None:
+                    cache.put(keys[i], out[i])
                 continue
         # alone: a kept entry must not depend on its batch-mates (EncodeCache)
         alone = (i,) if cache is not None else ()
         groups.setdefault((int(im.shape[-2]), int(im.shape[-1]), *alone), []).append(i)
-    device = _device(tok) or _device(model.backbone)
     if groups:
         was_training = tok.training
         tok.eval()

@@ -14,6 +14,7 @@ from illume_kit.core.options import TASKS, MllmOptions
 from illume_kit.core.protocols import RetrainsTextTokenizer
 from illume_kit.core.schema import Stage
 from illume_kit.data.mixture import served_tasks
+from illume_kit.model.code_store import CodeStore
 from illume_kit.model.objective import mllm_step_fn, trainable_parameters
 from illume_kit.model.sequence import input_encoder_trains
 from illume_kit.model.tasks import TaskMixer, task_texts
@@ -100,7 +101,7 @@ def stage_setup(runner: StageRunner, stage: Stage):
 
     The stage's options are ``illume_kit.core.options.MllmOptions``; ``loss_average`` is explained at
     ``mllm_loss``, ``edit_target`` at ``TaskMixer``, ``cache_codes`` at ``EncodeCache`` (its budget at ``code_cache``), ``max_seq_len`` at
-    ``illume_kit.model.sequence.truncate``.
+    ``illume_kit.model.sequence.truncate``, ``codes`` at ``open_codes``.
 
     The text tokenizer of a from-scratch backbone is retrained on the task texts of the recipe's first
     mllm stage whenever that stage is set up, resumed or not: the BPE is a function of those texts
@@ -134,12 +135,14 @@ def stage_setup(runner: StageRunner, stage: Stage):
             "its features are computed every step"
         )
     keep_features = model.image_input != "discrete" and not trains_encoder
-    model.encode_cache = None
+    model.encode_cache = model.code_store = None
+    store = open_codes(runner, stage, opts.codes, keep_features) if opts.codes else None
     if opts.cache_codes:
         cache, notice = code_cache(model, data, keep_features, opts.cache_codes_mb, f"stage {stage.name!r}")
         if notice:
             runner.callback.message(notice)
         model.encode_cache = cache
+    model.code_store = store
     mixer = TaskMixer(
         opts.tasks,
         opts.cfg_dropout,
@@ -151,4 +154,46 @@ def stage_setup(runner: StageRunner, stage: Stage):
     )
     # groups are applied here through requires_grad; the trainer then takes whatever requires grad
     step_fn = mllm_step_fn(mixer, opts.loss_average, opts.max_seq_len)
+    if model.code_store is not None:
+        step_fn = _counting_store(runner, stage, step_fn, model.code_store)
     return model, step_fn, data, {"collate_fn": _keep_items, "config": {"trainable": []}}
+
+
+def open_codes(runner: StageRunner, stage: Stage, folder: str, keep_features: bool) -> CodeStore:
+    """The stage option ``codes``: the store at ``folder``, checked against the model's weights
+    (``CodeStore.check``: codes of another tokenizer are refused), with a line saying what it holds."""
+    store = CodeStore(folder)
+    store.check(runner.model, features=keep_features)
+    m = store.manifest
+    held = f"{len(store)} images" + (f" with {store.features} features" if store.features else " (codes only)")
+    note = ""
+    if keep_features and not store.features:
+        note = "; the model reads continuous features, which the store lacks, so every image is encoded as usual"
+    elif not m.get("complete"):
+        note = "; the store is incomplete (its encode did not finish): the images it lacks are encoded as usual"
+    runner.callback.message(
+        f"stage {stage.name!r}: codes from {folder}: {held} of {m.get('tokenizer', {}).get('name')!r} "
+        f"(weights sha256 {store.tokenizer_sha256[:12]}){note}"
+    )
+    return store
+
+
+def _counting_store(runner: StageRunner, stage: Stage, step_fn, store: CodeStore):
+    """``step_fn`` that says, after the first step it runs and after the stage's last, how many images came
+    from the store and how many it lacked (encoded on the fly)."""
+    said: list[int] = []
+    last = int(getattr(stage, "steps", 0) or 0)
+    micros = int(getattr(stage, "grad_accum_steps", 1) or 1)
+
+    def step(model, batch, s):
+        out = step_fn(model, batch, s)
+        n = int(s) + 1
+        if getattr(s, "micro", 0) == micros - 1 and (not said or n == last) and n not in said:
+            said.append(n)
+            runner.callback.message(
+                f"stage {stage.name!r} step {n}: {store.hits} images read from codes {store.folder}, "
+                f"{store.misses} not in it (encoded on the fly)"
+            )
+        return out
+
+    return step

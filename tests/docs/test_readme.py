@@ -323,6 +323,14 @@ def check_eval(ws, ex):
         assert any(k.startswith(("rec/psnr", "sem/cosine", "code/usage")) for k in metrics), sorted(metrics)
 
 
+def check_encode(ws, ex):
+    ws.ok(ex.argv)
+    out = ws.root / ex.argv[ex.argv.index("-o") + 1]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["items"] == 256 and manifest["features"] == "bf16"
+    assert manifest["images"] == sum(s["images"] for s in manifest["shards"]) >= 256
+
+
 def check_convert(ws, ex):
     r = ws.run(ex.argv)
     assert r.returncode == 2, (r.stdout, r.stderr)
@@ -416,6 +424,7 @@ CHECKS = {
     "inspect": check_inspect,
     "train": check_train,
     "eval": check_eval,
+    "encode": check_encode,
     "convert": check_convert,
     "understand": check_understand,
     "generate": check_generate,
