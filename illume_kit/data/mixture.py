@@ -307,6 +307,31 @@ class MixtureStream(IterableDataset):
             self.draws += 1
             yield tag(item, self.labels[j])
 
+    def shard_over(self, rank: int, world_size: int) -> None:
+        """Read as rank ``rank`` of ``world_size``: passed on to the parts that shard themselves."""
+        for part in self.parts:
+            if hasattr(part, "shard_over"):
+                part.shard_over(rank, world_size)
+
+    def head(self, n: int) -> list[dict[str, Any]]:
+        """The first ``n`` draws over the parts' own first items (a stream's ``head``, a map-style
+        part's indices 0..): the same in every process, e.g. the texts a tokenizer is trained on."""
+        need = [0] * len(self.parts)
+        for d in range(n):
+            need[self.choose(d)] += 1
+        heads = []
+        for j, ds in enumerate(self.datasets):
+            k = need[j]
+            heads.append(list(ds.head(k)) if hasattr(ds, "head") else [ds[i % len(ds)] for i in range(k)])
+        taken = [0] * len(self.parts)
+        out = []
+        for d in range(n):
+            j = self.choose(d)
+            if taken[j] < len(heads[j]):
+                out.append(tag(heads[j][taken[j]], self.labels[j]))
+            taken[j] += 1
+        return out
+
     def task_counts(self) -> dict[str, dict[str, int | None]]:
         out = {}
         for label, ds in zip(self.labels, self.datasets, strict=True):

@@ -196,3 +196,48 @@ def test_num_samples_bounds_a_stream_and_a_map_part_streams_in_a_seeded_order():
     assert len(order) == 6 and order == [x["caption"] for x in part]
     part.set_epoch(1)
     assert sorted(x["caption"] for x in part) == sorted(order)
+
+
+def test_a_mixture_with_a_tar_part_streams_resumes_exactly_and_has_a_head(tmp_path):
+    """A webdataset part makes the mixture a stream: its head is the same in every process (the stage
+    trains its text tokenizer on it) and a StatefulDataLoader with 2 workers resumes it exactly."""
+    from illume_kit.data.mixture import MixtureStream, mixture
+    from illume_kit.data.params import MixtureParams
+    from illume_kit.testing.corpus import write_corpus_forms
+    from illume_kit.train.data import first_items, make_stream_loader
+
+    forms = write_corpus_forms(tmp_path, ["jsonl", "webdataset"])
+    params = MixtureParams.model_validate(
+        {
+            "image_size": 32,
+            "parts": [
+                {
+                    "name": "captions",
+                    "params": {
+                        "format": "webdataset",
+                        "path": str(forms["webdataset"]["captions"]),
+                        "shuffle_buffer": 8,
+                    },
+                    "weight": 1,
+                },
+                {"name": "edits", "params": {"format": "jsonl", "path": str(forms["jsonl"]["edits"])}, "weight": 1},
+            ],
+        }
+    )
+    data = mixture(params)
+    assert isinstance(data, MixtureStream)
+    head = first_items(data, 6)
+    assert [it["file"] for it in head] == [it["file"] for it in first_items(mixture(params), 6)]
+    assert {it["source"] for it in head} == {"captions", "edits"}
+
+    def files(it, k):
+        return [[x["file"] for x in next(it)] for _ in range(k)]
+
+    loader = make_stream_loader(data, batch_size=4, seed=0, num_workers=2, collate_fn=list)
+    it = iter(loader)
+    files(it, 3)
+    state = loader.state_dict()
+    rest = files(it, 3)
+    again = make_stream_loader(mixture(params), batch_size=4, seed=0, num_workers=2, collate_fn=list)
+    again.load_state_dict(state)
+    assert files(iter(again), 3) == rest
