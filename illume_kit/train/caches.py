@@ -115,6 +115,10 @@ def code_cache(model, data, keep_features: bool, budget_mb: float, what: str) ->
     n = len(data)
     images = _images_of(data[0]) if n else []
     one = 0
+    if any(p.is_meta for p in model.tokenizer.parameters()):
+        # parallelism.meta_init: this rank's weights arrive after sharding; the cache's byte budget
+        # still bounds it, and rank 0, which holds real weights, reports the estimate
+        return EncodeCache(keep_features=keep_features, max_bytes=int(budget_mb * MIB)), None
     if images:
         cache, model.encode_cache = getattr(model, "encode_cache", None), None
         try:
