@@ -18,7 +18,7 @@ EDITABLE := --config-settings editable_mode=compat
 $(VENV)/.installed: pyproject.toml constraints.txt examples/illume-kit-fsq-tokenizer/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt $(EDITABLE) -e '.[test,slurm]'
+	$(PIP) install -q -c constraints.txt $(EDITABLE) -e '.[test,slurm,metrics,lmms,loggers]'
 	$(PIP) install -q -c constraints.txt $(EDITABLE) -e examples/illume-kit-fsq-tokenizer
 	touch $@
 
