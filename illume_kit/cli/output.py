@@ -91,6 +91,8 @@ def expected_failure(exc: BaseException) -> str | None:
 
     if isinstance(exc, (RecipeError, RegistryError)):
         return str(exc)
+    if _is(exc, "illume_kit.core.extras", "MissingExtra"):
+        return str(exc)
     if _is(exc, "illume_kit.train.trainer", "NonFiniteLoss"):
         return str(exc)
     if _is(exc, "PIL.Image", "DecompressionBombError"):
