@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from illume_kit.core.protocols import EvalContext, SemanticScore
+from illume_kit.core.protocols import EvalContext, ImagePairs, SemanticScore
 from illume_kit.eval.metrics import CodebookStats, reconstruction_metrics
 
 
@@ -41,6 +42,7 @@ def reconstruction(
     quiet: bool = False,
     decode_options: dict | None = None,
     grid_path: Path | None = None,
+    pairs: Sequence[ImagePairs] = (),
 ) -> dict[str, float]:
     tok, det = model.tokenizer.eval(), model.detokenizer
     scale = int(getattr(det, "output_scale", 1)) if det is not None else 1
@@ -70,6 +72,8 @@ def reconstruction(
                 if scale != 1:
                     down = F.interpolate(rec, scale_factor=1 / scale, mode="area")
                     vals.update({k.replace("rec/", "rec1x/"): v for k, v in reconstruction_metrics(lo, down).items()})
+                for p in pairs:  # ImagePairs metrics (rfid, lpips): a x2 output at the token resolution
+                    p.update(lo, down if scale != 1 else rec)
                 if shown is None:
                     shown = (hi[:8], rec[:8])
             for k, v in vals.items():
@@ -96,13 +100,21 @@ def compute_metrics(ctx: EvalContext, registry=None, tasks: bool = True) -> tupl
     from illume_kit.eval.specs import metric_spec
 
     registry = registry or get_registry()
+    # built before the reconstruction pass: the ImagePairs among them are fed its batches
+    built = ctx.cache.setdefault("metric_families", {})
+    wanted = [
+        fam
+        for fam in dict.fromkeys(family_of(m) for m in ctx.metrics)
+        if not (fam in RECONSTRUCTION or (fam in TASKS and not tasks))  # the pass reports its families anyway
+    ]
+    for fam in wanted:
+        if fam not in built:
+            built[fam] = _family(registry, fam, ctx.metric_params.get(fam))
     _family(registry, "rec").compute(ctx)
     named: dict[str, float] = {}
     goals: dict[str, str] = {}
-    for fam in dict.fromkeys(family_of(m) for m in ctx.metrics):
-        if fam in RECONSTRUCTION or (fam in TASKS and not tasks):
-            continue  # the pass reports all its families whether named or not
-        metric = _family(registry, fam)
+    for fam in wanted:
+        metric = built[fam]
         ctx.names = tuple(m for m in ctx.metrics if family_of(m) == fam)
         for k, v in metric.compute(ctx).items():
             named[k] = float(v)
@@ -115,11 +127,11 @@ def compute_metrics(ctx: EvalContext, registry=None, tasks: bool = True) -> tupl
     return metrics, goals
 
 
-def _family(registry, name: str):
+def _family(registry, name: str, params: Mapping[str, Any] | None = None):
     from illume_kit.core.protocols import Metric
 
     spec = registry.get("metric", name)
-    metric = spec.load()(spec.load_params()())
+    metric = spec.load()(spec.load_params()(**dict(params or {})))
     if not isinstance(metric, Metric):
         raise TypeError(f"metric {name!r} from {spec.dist} is not a Metric (needs Params, goal and compute(ctx))")
     return metric
@@ -134,7 +146,11 @@ def evaluate(
     quiet: bool = False,
     decode_options: dict | None = None,
     tasks: bool = True,
+    metrics: Sequence[str] | None = None,
+    metric_params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """``metrics``: the names to compute and report (default: the recipe's ``eval.metrics``, reported
+    with every reconstruction family); ``metric_params``: family -> params over ``eval.metric_params``."""
     from illume_kit.core.recipe import load_recipe
     from illume_kit.data.build import build_dataset
     from illume_kit.model.checkpoint import load_checkpoint
@@ -161,13 +177,20 @@ def evaluate(
         dataset,
         n,
         split,
-        metrics=tuple(recipe.eval.metrics),
+        metrics=tuple(recipe.eval.metrics if metrics is None else metrics),
         options=recipe.eval.options,
         decode=decode_options,
         out_dir=out_dir,
         quiet=quiet,
+        metric_params=merge_metric_params(recipe.eval.metric_params, metric_params),
     )
+    chosen = metrics
     metrics, goals = compute_metrics(ctx, tasks=tasks)
+    if chosen is not None:
+        from illume_kit.eval.specs import selected
+
+        metrics = {k: v for k, v in metrics.items() if selected(k, tuple(chosen))}
+        goals = {k: v for k, v in goals.items() if k in metrics}
     written = sorted(k for k, v in _stamps(out_dir).items() if before.get(k) != v)
     result = {
         "checkpoint": str(checkpoint),
@@ -183,6 +206,16 @@ def evaluate(
         result["goals"] = goals
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def merge_metric_params(
+    base: Mapping[str, Mapping[str, Any]], over: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, dict[str, Any]]:
+    """Per family, the keys of ``over`` (the command line) over those of ``base`` (the recipe)."""
+    out = {k: dict(v) for k, v in base.items()}
+    for fam, params in (over or {}).items():
+        out.setdefault(fam, {}).update(params)
+    return out
 
 
 def _stamps(folder: Path) -> dict[str, int]:
