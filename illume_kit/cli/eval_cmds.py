@@ -88,9 +88,9 @@ def metric_options(names: str | None, pairs: list[tuple[str, str]] | None) -> tu
         if not dot or not family or not name:
             raise ValueError(f"--metric-param {key}=...: expected FAMILY.KEY=VALUE, e.g. rfid.inception_weights=PATH")
         params.setdefault(family, {})[name] = value
-    problems = metric_params_problems(params, registry, "--metric-param")
+    problems = metric_params_problems(params, registry, "")
     if problems:
-        raise ValueError("\n".join(str(p) for p in problems))
+        raise ValueError("\n".join(f"--metric-param {p}" for p in problems))
     return chosen, params
 
 

@@ -637,7 +637,7 @@ def metric_params_problems(
     families = registry.names("metric")
     out: list[Problem] = []
     for family, values in params.items():
-        where = f"{prefix}.{family}"
+        where = f"{prefix}.{family}" if prefix else str(family)
         if not registry.has("metric", family):
             close = difflib.get_close_matches(str(family), families, n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(close)}?" if close else ""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -224,6 +225,18 @@ def _quiet_torchvision():
         yield
 
 
+def _both_lin_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """lpips.LPIPS holds each linear layer twice, as ``lin<k>`` and ``lins.<k>`` (one tensor): a file
+    may carry either name (safetensors keeps one, the package's own linear weights use ``lin<k>``)."""
+    out = dict(state)
+    for key, value in state.items():
+        for a, b in ((r"^lin(\d+)\.", r"lins.\1."), (r"^lins\.(\d+)\.", r"lin\1.")):
+            twin = re.sub(a, b, key)
+            if twin != key:
+                out.setdefault(twin, value)
+    return out
+
+
 class LPIPS:
     """``lpips``: mean LPIPS distance of the reconstructions to the eval images (lower is better)."""
 
@@ -246,7 +259,7 @@ class LPIPS:
                 with _quiet_torchvision():
                     net = lpips.LPIPS(pretrained=False, net=p.net, pnet_rand=True, verbose=False)
                 state = load_state_dict(p.weights, "lpips", "weights", f"an lpips.LPIPS {p.net} state dict")
-                _load_strict(net, state, "lpips", "weights", p.weights)
+                _load_strict(net, _both_lin_names(state), "lpips", "weights", p.weights)
             else:
                 warnings.warn(
                     "lpips: random_backbone: the backbone is randomly initialised, the number is uncalibrated "

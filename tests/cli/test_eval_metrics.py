@@ -1,0 +1,116 @@
+"""`illume-kit eval --metrics ... --metric-param ...` on a tiny tokenizer checkpoint, and eval.metric_params."""
+
+import json
+
+import pytest
+import torch
+
+from illume_kit.cli.main import main
+from illume_kit.core.recipe import RecipeError, load_recipe
+
+RECIPE = "recipes/tokenizers/vqgan_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Random FID Inception-v3 and LPIPS-VGG weights files."""
+    import lpips
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("weights")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+        mp.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        torch.manual_seed(0)
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["64"])
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "inception.safetensors"))
+    torch.manual_seed(1)
+    state = lpips.LPIPS(pretrained=False, net="vgg", pnet_rand=True, verbose=False).state_dict()
+    # safetensors keeps one name of a shared tensor: the linear layers as lin<k> only
+    save_file({k: v for k, v in state.items() if not k.startswith("lins.")}, str(folder / "lpips.safetensors"))
+    return folder / "inception.safetensors", folder / "lpips.safetensors"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, weights):
+    """A tiny tokenizer checkpoint whose recipe asks for lpips with its weights file."""
+    from illume_kit.model.checkpoint import save_checkpoint
+    from illume_kit.model.compose import compose
+
+    resolved = load_recipe(
+        RECIPE,
+        [
+            "data.params.num_samples=16",
+            "eval.num_samples=4",
+            "eval.metrics=[rec/psnr,lpips]",
+            f"eval.metric_params={{lpips: {{weights: {weights[1]}}}}}",
+        ],
+    )
+    return save_checkpoint(compose(resolved), resolved, tmp_path_factory.mktemp("ckpt") / "checkpoint"), resolved
+
+
+def test_eval_metrics_rfid_lpips_psnr_ssim(checkpoint, weights, tmp_path, capsys, monkeypatch):
+    import lpips
+
+    from illume_kit.data.build import build_dataset
+    from illume_kit.model.checkpoint import load_checkpoint
+
+    monkeypatch.setenv("COLUMNS", "200")
+    ckpt, resolved = checkpoint
+    argv = ["eval", str(ckpt), "--metrics", "rfid,lpips,psnr,ssim", "-o", str(tmp_path), "--quiet"]
+    assert (
+        main([*argv, "--metric-param", f"rfid.inception_weights={weights[0]}", "--metric-param", "rfid.feature=64"])
+        == 0
+    )
+    table = capsys.readouterr().out
+    rows = {line.split()[1]: line for line in table.splitlines() if line.startswith("│")}
+    assert list(rows) == ["rec/psnr", "rec/ssim", "rfid", "lpips"]
+    assert "lower" in rows["rfid"] and "lower" in rows["lpips"]
+    m = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    assert set(m) == {"rec/psnr", "rec/ssim", "rfid", "lpips"} and m["rfid"] > 0
+    # lpips from the recipe's weights file, over the pass's reconstructions: the package's own number
+    model, _ = load_checkpoint(ckpt)
+    x = torch.stack([build_dataset(resolved, "val")[i]["image"] for i in range(4)])
+    net = lpips.LPIPS(pretrained=False, net="vgg", pnet_rand=True, verbose=False)
+    from safetensors.torch import load_file
+
+    net.load_state_dict(load_file(str(weights[1])), strict=False)
+    assert torch.equal(net.lins[0].model[1].weight, load_file(str(weights[1]))["lin0.model.1.weight"])
+    with torch.no_grad():
+        rec = model.detokenizer.decode(model.tokenizer.eval().encode(x).codes)
+        direct = float(net.eval()(x, rec, normalize=True).mean())
+    assert m["lpips"] == pytest.approx(direct, abs=1e-5)
+
+
+def test_eval_without_metrics_reports_the_recipe_s_families(checkpoint, tmp_path):
+    ckpt, _ = checkpoint
+    assert main(["eval", str(ckpt), "-o", str(tmp_path), "--quiet", "--json"]) == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    assert "lpips" in m and "rec/psnr" in m and "code/usage/pixel" in m and "rfid" not in m
+
+
+def test_bad_metric_names_and_params_are_one_message(checkpoint, capsys):
+    ckpt, _ = checkpoint
+    assert main(["eval", str(ckpt), "--metrics", "rfid,psnrr"]) == 2
+    err = capsys.readouterr().err
+    assert "--metrics: unknown metric 'psnrr'; known:" in err and "rfid" in err and "psnr, rec" in err
+    assert main(["eval", str(ckpt), "--metrics", "rfid", "--metric-param", "rfid.weights=x"]) == 2
+    err = capsys.readouterr().err
+    assert "--metric-param rfid.weights: unknown key" in err and "inception_weights" in err
+    assert main(["eval", str(ckpt), "--metrics", "rfid", "--metric-param", "rfd.feature=64"]) == 2
+    assert "unknown metric family 'rfd'. Did you mean rfid" in capsys.readouterr().err
+    assert main(["eval", str(ckpt), "--metrics", "rfid"]) == 2  # no inception weights anywhere
+    err = capsys.readouterr().err
+    assert "--metric-param rfid.inception_weights=PATH" in err and "Traceback" not in err
+
+
+def test_recipe_metric_params_are_validated():
+    with pytest.raises(RecipeError) as e:
+        load_recipe(RECIPE, ["eval.metric_params={lpips: {weight: x}, clipscore: {}}"])
+    text = str(e.value)
+    assert "eval.metric_params.lpips.weight: unknown key" in text and "Did you mean weights?" in text
+    assert "eval.metric_params.clipscore: unknown metric family 'clipscore'. Did you mean clip-score" in text
+    r = load_recipe(RECIPE, ["eval.metric_params={rfid: {feature: 64}}"]).recipe
+    assert r.eval.metric_params == {"rfid": {"feature": 64}}
+    assert "metric_params" not in load_recipe(RECIPE).recipe.model_dump()["eval"]  # frozen recipes unchanged
