@@ -200,3 +200,47 @@ def test_generation_metrics_skip_a_model_that_cannot_generate(inception_file):
     ctx = EvalContext(SimpleNamespace(detokenizer=None, backbone=None), None, [{"image": images(1)[0]}], 4)
     with pytest.warns(UserWarning, match="fid: the model has no detokenizer to draw images with; skipped"):
         assert m.compute(ctx) == {}
+
+
+@pytest.mark.slow  # two processes that each import torch and build the three networks: ~40 s on 2 cores
+def test_two_ranks_that_each_saw_part_of_the_data_report_the_one_process_numbers(
+    inception_file, lpips_file, tmp_path
+):
+    """rfid, lpips and clip-score reduce their state over a torch.distributed group (gloo, 2 processes)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    import open_clip
+
+    script = Path(__file__).with_name("image_metrics_rank_script.py")
+    torch.manual_seed(3)
+    clip_weights, clip_config = tmp_path / "clip.pth", tmp_path / "clip.json"
+    torch.save(open_clip.CLIP(**TINY_CLIP).state_dict(), clip_weights)
+    clip_config.write_text(json.dumps(TINY_CLIP))
+    files = [str(inception_file), str(lpips_file), str(clip_config), str(clip_weights)]
+    sys.path.insert(0, str(script.parent))
+    try:
+        import image_metrics_rank_script as worker
+    finally:
+        sys.path.remove(str(script.parent))
+    single = worker.run(0, 1, *files)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    init = tmp_path / "rendezvous"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(r), "2", str(init), *files, str(tmp_path / f"rank{r}.json")],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert set(single) == {"rfid", "lpips", "clip-score"} and single["rfid"] > 0 and single["lpips"] > 0
+    for got in ranks:
+        for k, v in single.items():
+            assert got[k] == pytest.approx(v, rel=1e-6, abs=1e-9), k
