@@ -21,8 +21,9 @@ class InceptionParams(ComponentParams):
 
     inception_weights: str | None = Field(
         None,
-        description="local file of torch-fidelity's FID Inception-v3 weights (weights-inception-2015-12-05-6726825d.pth "
-        "from the torch-fidelity v0.2.0 release, or the same state dict as .safetensors); required",
+        description="local file of the FID Inception-v3 weights: torch-fidelity's weights-inception-2015-12-05-6726825d.pth "
+        "(its v0.2.0 release; pytorch-fid publishes the network as pt_inception-2015-12-05-6726825d.pth), or the "
+        "same state dict as .safetensors; required",
     )
     feature: InceptionFeature = Field(
         2048,
