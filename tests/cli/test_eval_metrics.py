@@ -114,3 +114,31 @@ def test_recipe_metric_params_are_validated():
     r = load_recipe(RECIPE, ["eval.metric_params={rfid: {feature: 64}}"]).recipe
     assert r.eval.metric_params == {"rfid": {"feature": 64}}
     assert "metric_params" not in load_recipe(RECIPE).recipe.model_dump()["eval"]  # frozen recipes unchanged
+
+
+def test_the_reconstruction_pass_feeds_image_pairs_every_batch(checkpoint):
+    from illume_kit.core.protocols import ImagePairs
+    from illume_kit.data.build import build_dataset
+    from illume_kit.eval.evaluate import reconstruction
+    from illume_kit.model.checkpoint import load_checkpoint
+
+    class Recorder:
+        def __init__(self):
+            self.batches = []
+
+        def update(self, reference, candidate):
+            self.batches.append((reference.clone(), candidate.clone()))
+
+    ckpt, resolved = checkpoint
+    model, _ = load_checkpoint(ckpt)
+    ds = build_dataset(resolved, "val")
+    rec = Recorder()
+    assert isinstance(rec, ImagePairs)
+    metrics = reconstruction(model, ds, 4, batch_size=3, quiet=True, pairs=[rec])
+    assert [b[0].shape[0] for b in rec.batches] == [3, 1]
+    originals = torch.cat([b[0] for b in rec.batches])
+    assert torch.equal(originals, torch.stack([ds[i]["image"] for i in range(4)]))
+    decoded = torch.cat([b[1] for b in rec.batches])
+    assert decoded.shape == originals.shape
+    mse = float(((decoded.clamp(0, 1) - originals) ** 2).mean())
+    assert mse == pytest.approx(metrics["rec/mse"], rel=0.05)  # the pairs the rec/* numbers come from

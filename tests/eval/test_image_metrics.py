@@ -242,3 +242,30 @@ def test_two_ranks_that_each_saw_part_of_the_data_report_the_one_process_numbers
     for got in ranks:
         for k, v in single.items():
             assert got[k] == pytest.approx(v, rel=1e-6, abs=1e-9), k
+
+
+def test_the_families_are_registered_metrics_through_the_plugin_contract(inception_file, lpips_file, tiny_clip):
+    from illume_kit.core.plugins import get_registry
+    from illume_kit.core.protocols import capabilities
+    from illume_kit.eval.specs import metric_spec
+    from illume_kit.testing import conformance
+
+    _, clip_weights, clip_config = tiny_clip
+    params = {
+        "rfid": {"inception_weights": str(inception_file), "feature": 64},
+        "fid": {"inception_weights": str(inception_file)},
+        "lpips": {"weights": str(lpips_file)},
+        "clip-score": {"model_config_file": str(clip_config), "weights": str(clip_weights)},
+    }
+    reg = get_registry()
+    for name, p in params.items():
+        spec = reg.get("metric", name)
+        metric = spec.load()(spec.load_params()(**p))
+        conformance.metric_contract(lambda metric=metric: metric)
+        assert metric_spec(name).goal == metric.goal
+        assert capabilities(metric, "metric") == (
+            ["ImagePairs"] if name in ("rfid", "lpips") else ["ScoresGenerations"]
+        )
+    m = reg.get("metric", "rfid").load()(RFIDParams(**params["rfid"]))
+    m.update(images(2), images(2, seed=1))
+    conformance.check_metric_result(m.compute(ran_pass()), "rfid")
