@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -136,3 +138,28 @@ def test_recipe_refuses_ema_under_fsdp_and_dumps_stages_without_it():
     assert dumped["ema"] == {"decay": 0.99, "start_step": 0}
     with pytest.raises(ValueError, match=r"train\.stages\.0\.ema: .*strategy: fsdp"):
         Recipe.model_validate({**with_ema, "parallelism": {"strategy": "fsdp"}})
+
+
+def test_a_recipe_stage_with_ema_saves_the_average_for_eval_and_later_stages(tmp_path):
+    from illume_kit.core.recipe import load_recipe
+    from illume_kit.model.checkpoint import load_checkpoint
+    from illume_kit.train.stages import train
+
+    resolved = load_recipe(
+        Path(__file__).parents[2] / "recipes" / "tokenizers" / "vqgan_tiny.yaml",
+        [
+            "train.stages.0.steps=3",
+            "train.stages.0.batch_size=2",
+            "train.stages.0.ema={decay: 0.5, start_step: 1}",
+            "data.params.num_samples=16",
+            f"run.output_dir={tmp_path / 'run'}",
+        ],
+    )
+    train(resolved, quiet=True)
+    folder = latest_checkpoint(tmp_path / "run" / "stages" / "tokenizer" / "checkpoints")
+    average = load_file(str(folder / "model.safetensors"))
+    trained = torch.load(folder / STATE_FILE, weights_only=True)[EMA_RAW]
+    model, _ = load_checkpoint(tmp_path / "run" / "checkpoint")  # what `illume-kit eval` and the next stage load
+    tok = model.tokenizer.state_dict()
+    assert trained and all(torch.equal(tok[k], average[k]) for k in trained)
+    assert any(not torch.equal(tok[k], trained[k]) for k in trained)
