@@ -368,10 +368,22 @@ class EvalConfig(_Strict):
     options: EvalOptions = Field(default_factory=EvalOptions, description="sampling and decoding of the evaluation")
 
 
+# experiment loggers (illume_kit.train.loggers): metrics.jsonl, TensorBoard event files, Weights & Biases
+LOGGERS = ("jsonl", "tensorboard", "wandb")
+DEFAULT_LOGGERS = ["jsonl"]
+
+
 class RunConfig(_Strict):
     seed: int = Field(0, ge=0, le=MAX_SEED, description=f"seed of every random choice, 0..{MAX_SEED}")
     output_dir: str = Field("runs/default", min_length=1, description="where checkpoints and results go")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    loggers: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_LOGGERS),
+        description="where training scalars (and eval images) go besides the progress display: jsonl (each "
+        "stage's metrics.jsonl, always written), tensorboard (event files in each stage's tb/ folder) and wandb "
+        "(Weights & Biases, offline unless WANDB_MODE says otherwise, in each stage's wandb/ folder); the last "
+        "two need illume-kit[loggers]",
+    )
 
     @field_validator("device")
     @classmethod
@@ -379,6 +391,27 @@ class RunConfig(_Strict):
         if not DEVICE_RE.fullmatch(v):
             raise ValueError(f"unknown device {v!r} (valid: auto, cpu, cuda, cuda:N, mps)")
         return v
+
+    @field_validator("loggers")
+    @classmethod
+    def _loggers(cls, v: list[str]) -> list[str]:
+        return check_loggers(v)
+
+    # left out of the dump at its default: frozen recipes and run snapshots of runs without it stay the same
+    @model_serializer(mode="wrap")
+    def _drop_default_loggers(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("loggers") == DEFAULT_LOGGERS:
+            del data["loggers"]
+        return data
+
+
+def check_loggers(names: list[str]) -> list[str]:
+    """Logger names, each once, in the order given; an unknown name is a ``ValueError`` naming the valid ones."""
+    bad = [n for n in names if n not in LOGGERS]
+    if bad:
+        raise ValueError(f"run.loggers: unknown logger {bad[0]!r} (valid: {', '.join(LOGGERS)})")
+    return list(dict.fromkeys(names))
 
 
 class Recipe(_Strict):

@@ -75,6 +75,7 @@ from illume_kit.train.data import (
     make_stream_loader,
     sample_ids,
 )
+from illume_kit.train.loggers import Logger, as_image, open_loggers
 from illume_kit.train.progress import PlainReporter, TrainCallback
 from illume_kit.train.state import (
     STATE_FILE,
@@ -101,6 +102,7 @@ RECORD_SAMPLES = "ILLUME_KIT_RECORD_SAMPLES"
 # config fields that may change between a run and its resumption without changing the trajectory
 _RESUME_SAFE = {
     "steps",
+    "loggers",
     "checkpoint_every",
     "keep_last",
     "log_every",
@@ -362,7 +364,9 @@ class _Ema:
         self.params = [p for _, p in named]
         self.decay, self.start_step = decay, start_step
         with torch.no_grad():
-            self.shadow = [p.detach().to(torch.float32 if p.element_size() < 4 else p.dtype).clone() for p in self.params]
+            self.shadow = [
+                p.detach().to(torch.float32 if p.element_size() < 4 else p.dtype).clone() for p in self.params
+            ]
         self._fused = all(s.dtype == p.dtype for s, p in zip(self.shadow, self.params))
 
     @torch.no_grad()
@@ -420,9 +424,10 @@ class Trainer:
         micro-batches: optimizer step ``s`` reads micro-batches ``s * grad_accum_steps`` onwards, so
         its micro-batches hold the samples one step of ``batch_size * grad_accum_steps`` would.
     trainable: overrides ``config.trainable``; a list of name prefixes or a ``(name, param) -> bool``.
-    eval_fn: ``(model, step) -> {metric: float}``, run on rank 0 in eval mode, no grad, with RNG
+    eval_fn: ``(model, step) -> {metric: float | image}``, run on rank 0 in eval mode, no grad, with RNG
         states saved and restored around it so evaluating never changes the training trajectory
-        (with ``config.ema``: on the averaged weights).
+        (with ``config.ema``: on the averaged weights). Image values (an HxWx3 array, a PIL image, a
+        PNG path: e.g. a grid of samples) go to the image-capable loggers of ``config.loggers``.
     on_checkpoint: ``(folder, step)`` called on rank 0 to add files to each checkpoint before it
         is renamed into place (e.g. an illume-kit component checkpoint).
     callback: where progress goes (``illume_kit.train.progress.TrainCallback``); by default plain
@@ -475,6 +480,7 @@ class Trainer:
         self._plain: nn.Module | None = None
         self.rank_memory: list[list[int]] = []
         self._ema: _Ema | None = None
+        self._loggers: list[Logger] = []
 
     # ------------------------------------------------------------------ paths
     @staticmethod
@@ -514,6 +520,14 @@ class Trainer:
             self.disc.train()
 
         main = dist.is_main
+        if main and self.output_dir is not None:  # rank 0 alone logs
+            self._loggers = open_loggers(
+                cfg.loggers,
+                self.output_dir,
+                self.description,
+                resumed_at=self.step if resume else None,
+                config=cfg.model_dump(mode="json"),
+            )
         progress = self._callback(main)
         memory = self.memory_line()  # collective
         if dist.enabled:
@@ -560,6 +574,9 @@ class Trainer:
                 self.release()  # collective: before the process group ends
         finally:
             progress.close()
+            for logger in self._loggers:
+                logger.close()
+            self._loggers = []
             if self.step >= cfg.steps:  # finished: end the process group if we started it
                 D.teardown(self.dist)
         return self.last_row()
@@ -831,6 +848,8 @@ class Trainer:
                 self.output_dir.mkdir(parents=True, exist_ok=True)
                 with open(self.output_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
+            for logger in self._loggers:
+                logger.scalars(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
 
     def _evaluate(self, progress: TrainCallback) -> None:
         if not self.dist.is_main:
@@ -839,11 +858,18 @@ class Trainer:
         self.model.eval()
         try:
             with torch.no_grad(), self._ema.swapped() if self._ema is not None else contextlib.nullcontext():
-                res = {k: float(v) for k, v in self.eval_fn(self.model, self.step).items()}
+                out = dict(self.eval_fn(self.model, self.step))
         finally:
             self.model.train()
             restore_rng(rng)
-        self._log({"step": self.step, **res}, progress)
+        # an image value (a grid: array, PIL image or PNG path) goes to the loggers, numbers to the row
+        images = {
+            k: img for k, v in out.items() if not isinstance(v, (int, float)) and (img := as_image(v)) is not None
+        }
+        self._log({"step": self.step, **{k: float(v) for k, v in out.items() if k not in images}}, progress)
+        for tag, img in images.items():
+            for logger in self._loggers:
+                logger.image(tag, self.step, img)
 
     def state_dict(self) -> dict[str, Any]:
         """The training state (weights_only-loadable); RNG states are gathered from every rank."""

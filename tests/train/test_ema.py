@@ -76,9 +76,7 @@ def test_exact_resume_with_ema(tmp_path):
     model = mlp(dropout=0.2)
     Trainer(model, noisy_step, regression_data(), c, tmp_path / "full", quiet=True).fit()
     want = weights(model)
-    want_raw = torch.load(latest_checkpoint(tmp_path / "full" / "checkpoints") / STATE_FILE, weights_only=True)[
-        EMA_RAW
-    ]
+    want_raw = torch.load(latest_checkpoint(tmp_path / "full" / "checkpoints") / STATE_FILE, weights_only=True)[EMA_RAW]
 
     model = mlp(dropout=0.2)
     Trainer(model, noisy_step, regression_data(), c, tmp_path / "resumed", quiet=True).fit(until=4)
