@@ -410,7 +410,7 @@ def check_loggers(names: list[str]) -> list[str]:
     """Logger names, each once, in the order given; an unknown name is a ``ValueError`` naming the valid ones."""
     bad = [n for n in names if n not in LOGGERS]
     if bad:
-        raise ValueError(f"run.loggers: unknown logger {bad[0]!r} (valid: {', '.join(LOGGERS)})")
+        raise ValueError(f"unknown logger {bad[0]!r} (valid: {', '.join(LOGGERS)})")
     return list(dict.fromkeys(names))
 
 

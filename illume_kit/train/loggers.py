@@ -132,3 +132,29 @@ def as_image(value: Any) -> np.ndarray | None:
             arr = (np.clip(arr, 0.0, 1.0) * 255).round().astype(np.uint8)
         return arr
     return None
+
+
+def log_evaluation(
+    names: list[str],
+    folder: str | os.PathLike,
+    metrics: Mapping[str, Any],
+    images: list[str | os.PathLike],
+    step: int = 0,
+) -> list[str]:
+    """Send an evaluation's numeric metrics and its PNG grids (tagged ``eval/<name>``) to the loggers
+    ``names`` asks for, writing under ``folder`` (``illume-kit eval --loggers``). Returns the folders written."""
+    folder = Path(folder)
+    opened = open_loggers(names, folder, name="eval")
+    scalars = {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    try:
+        for logger in opened:
+            if scalars:
+                logger.scalars(step, scalars)
+            for path in images:
+                img = as_image(path)
+                if img is not None:
+                    logger.image(f"eval/{Path(path).stem}", step, img)
+    finally:
+        for logger in opened:
+            logger.close()
+    return [str(folder / d) for n, d in (("tensorboard", TB_DIR), ("wandb", WANDB_DIR)) if n in names]

@@ -107,3 +107,19 @@ def test_unknown_logger_is_a_recipe_error_naming_the_valid_ones():
     resolved = load_recipe(RECIPE, ["run.loggers=[tensorboard]"])
     assert resolved.recipe.run.loggers == ["tensorboard"]
     assert "loggers" not in load_recipe(RECIPE).to_yaml()  # default: dumped as before
+
+
+def test_eval_cli_sends_metrics_and_grids_to_tensorboard(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from illume_kit.cli.main import main
+
+    ckpt = Path(__file__).parents[2] / "checkpoints" / "dualvitok_qwen2_mllm_tiny"
+    out = tmp_path / "ev"
+    assert main(["eval", str(ckpt), "-n", "2", "-o", str(out), "--loggers", "tensorboard", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    acc = read_tb(out / L.TB_DIR)
+    name = next(k for k, v in metrics.items() if isinstance(v, float))
+    assert [e.value for e in acc.Scalars(f"eval/{name}")] == [pytest.approx(metrics[name], rel=1e-6)]
+    assert "eval/reconstructions" in acc.Tags()["images"]
+    assert main(["eval", str(ckpt), "--loggers", "tensorboard,mlflow"]) == 2
+    assert "--loggers: unknown logger 'mlflow' (valid: jsonl, tensorboard, wandb)" in capsys.readouterr().err
