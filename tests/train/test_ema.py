@@ -139,6 +139,7 @@ def test_recipe_refuses_ema_under_fsdp_and_dumps_stages_without_it():
 
 
 def test_a_recipe_stage_with_ema_saves_the_average_for_eval_and_later_stages(tmp_path):
+    pytest.importorskip("tensorboard")  # the stage also logs to it (run.loggers reaches the trainer)
     from illume_kit.core.recipe import load_recipe
     from illume_kit.model.checkpoint import load_checkpoint
     from illume_kit.train.stages import train
@@ -151,9 +152,11 @@ def test_a_recipe_stage_with_ema_saves_the_average_for_eval_and_later_stages(tmp
             "train.stages.0.ema={decay: 0.5, start_step: 1}",
             "data.params.num_samples=16",
             f"run.output_dir={tmp_path / 'run'}",
+            "run.loggers=[jsonl, tensorboard]",
         ],
     )
     train(resolved, quiet=True)
+    assert list((tmp_path / "run" / "stages" / "tokenizer" / "tb").glob("events.out.tfevents.*"))  # run.loggers
     folder = latest_checkpoint(tmp_path / "run" / "stages" / "tokenizer" / "checkpoints")
     average = load_file(str(folder / "model.safetensors"))
     trained = torch.load(folder / STATE_FILE, weights_only=True)[EMA_RAW]
