@@ -265,8 +265,8 @@ class DualViTok(nn.Module):
         if not self._lpips:
             from illume_kit.plugins.tokenizers.dualvitok.perceptual import LPIPS, RANDOM
 
-            # checked when the loss is first built, not in Params: a checkpoint trained before the choice
-            # was explicit still loads (eval and inference never build the perceptual loss)
+            # checked when the loss is first built, not in Params: a checkpoint whose params leave it unset
+            # still loads (eval and inference never build the perceptual loss)
             if not self.params.perceptual_weights:
                 raise ValueError(
                     f"tokenizer params perceptual_weights: not set, and perceptual_weight is "
