@@ -101,6 +101,21 @@ def check_overrides(checkpoint: str, data: dict, decode: dict, dataset: str | No
                 )
 
 
+def _loggers(text: str | None) -> list[str]:
+    """``--loggers tensorboard,wandb``: checked (and their packages imported) before the evaluation runs."""
+    if not text:
+        return []
+    from illume_kit.core.schema import check_loggers
+    from illume_kit.train.loggers import ensure_available
+
+    try:
+        names = check_loggers([n.strip() for n in text.split(",") if n.strip()])
+    except ValueError as exc:
+        raise ValueError(f"--loggers: {exc}") from None
+    ensure_available(names)
+    return [n for n in names if n != "jsonl"]
+
+
 def cmd_eval(args) -> int:
     from rich.table import Table
 
@@ -111,6 +126,7 @@ def cmd_eval(args) -> int:
     dataset, data = data_args(args.data)
     decode = _kv(args.decode)
     check_overrides(args.checkpoint, data, decode, dataset)
+    loggers = _loggers(args.loggers)
     if args.output:
         check_output_dir(args.output)
     from illume_kit.train.distributed import setup, teardown
@@ -131,6 +147,12 @@ def cmd_eval(args) -> int:
         teardown(info)
     if not info.is_main:
         return 0
+    if loggers:  # rank 0 alone logs
+        from illume_kit.train.loggers import log_evaluation
+
+        out = Path(result["output_dir"])
+        pngs = [out / f for f in result["files"] if str(f).endswith(".png")]
+        result["logged_to"] = log_evaluation(loggers, out, result["metrics"], pngs)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -149,6 +171,8 @@ def cmd_eval(args) -> int:
         )
     console.print(t)
     console.print(f"wrote {', '.join(result['files'])} to {result['output_dir']}")
+    if result.get("logged_to"):
+        console.print(f"logged to {', '.join(result['logged_to'])}")
     return 0
 
 
@@ -174,6 +198,12 @@ def register(sub) -> None:
         "--decode", action="append", type=key_value, metavar="KEY=VALUE", help="detokenizer options, e.g. steps=25"
     )
     p.add_argument("-o", "--output", help="folder for metrics.json and the PNG grid (default: next to the checkpoint)")
+    p.add_argument(
+        "--loggers",
+        metavar="NAMES",
+        help="also send the metrics and grids to these loggers, comma-separated: tensorboard, wandb "
+        "(written under the output folder; jsonl is metrics.json itself)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
