@@ -102,6 +102,16 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
+def _reduce_device(model: Any) -> torch.device:
+    """Where a metric's state goes before ``compute`` reduces it: the NCCL group's GPU, a gloo group's CPU,
+    or the model's device without a group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    return _device(model)
+
+
 def _device(model: Any) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -169,7 +179,7 @@ class _InceptionDistance:
         if self._metric is None:
             self._metric = inception_distance(self.params, self.family)
         try:  # every rank calls compute: torchmetrics sums the feature statistics over ranks there
-            value = self._metric.to(_device(ctx.model)).compute()
+            value = self._metric.to(_reduce_device(ctx.model)).compute()
         except RuntimeError as exc:
             if "More than one sample" not in str(exc):
                 raise
@@ -287,7 +297,7 @@ class LPIPS:
         if not reconstructed(ctx, self):
             return {}
         self.network()
-        return {"lpips": float(self._mean.to(_device(ctx.model)).compute())}
+        return {"lpips": float(self._mean.to(_reduce_device(ctx.model)).compute())}
 
 
 # ---------------------------------------------------------------- CLIP score
@@ -375,7 +385,7 @@ class CLIPScore:
         if not generated(ctx, self):
             return {}
         self.model()
-        return {self.family: float(self._mean.to(_device(ctx.model)).compute())}
+        return {self.family: float(self._mean.to(_reduce_device(ctx.model)).compute())}
 
 
 def _no_hf(cfg: dict, what: str) -> None:
