@@ -202,7 +202,7 @@ def test_generation_metrics_skip_a_model_that_cannot_generate(inception_file):
         assert m.compute(ctx) == {}
 
 
-@pytest.mark.slow  # two processes that each import torch and build the three networks: ~40 s on 2 cores
+@pytest.mark.slow  # two processes that each import torch and build the three networks
 def test_two_ranks_that_each_saw_part_of_the_data_report_the_one_process_numbers(inception_file, lpips_file, tmp_path):
     """rfid, lpips and clip-score reduce their state over a torch.distributed group (gloo, 2 processes)."""
     import os
