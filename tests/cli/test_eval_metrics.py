@@ -142,3 +142,50 @@ def test_the_reconstruction_pass_feeds_image_pairs_every_batch(checkpoint):
     assert decoded.shape == originals.shape
     mse = float(((decoded.clamp(0, 1) - originals) ** 2).mean())
     assert mse == pytest.approx(metrics["rec/mse"], rel=0.05)  # the pairs the rec/* numbers come from
+
+
+@pytest.mark.slow  # two processes that each load the checkpoint and build both networks
+def test_evaluate_over_two_ranks_gives_the_one_process_rfid_and_lpips(checkpoint, weights, tmp_path):
+    """Each rank reconstructs its shard; rfid and lpips reduce over the gloo group (no torchrun: file rendezvous)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from illume_kit.eval.evaluate import evaluate
+
+    ckpt, _ = checkpoint
+    inception, lpips_weights = str(weights[0]), str(weights[1])
+    params = {"rfid": {"inception_weights": inception, "feature": 64}, "lpips": {"weights": lpips_weights}}
+    names = ["rfid", "lpips", "rec/psnr", "rec/ssim"]
+    single = evaluate(ckpt, output=tmp_path / "one", quiet=True, metrics=names, metric_params=params)["metrics"]
+    script = Path(__file__).parents[1] / "eval" / "image_metrics_rank_script.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "ranks.json"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                str(r),
+                "2",
+                str(tmp_path / "rdv"),
+                "eval",
+                str(ckpt),
+                inception,
+                lpips_weights,
+                str(out),
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    two = json.loads(out.read_text())
+    assert set(two) == set(single) == set(names)
+    for k in names:
+        assert two[k] == pytest.approx(single[k], rel=1e-5, abs=1e-9), k

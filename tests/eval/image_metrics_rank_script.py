@@ -1,6 +1,9 @@
-"""One rank of test_image_metrics.py's two-rank check (gloo, file rendezvous): argv RANK WORLD INIT_FILE
-INCEPTION LPIPS CLIP_CONFIG CLIP_WEIGHTS OUT. Each rank feeds the metrics every world-th batch and writes
-what compute() returns (the same on every rank)."""
+"""One rank of a two-rank check (gloo, file rendezvous), without torchrun.
+
+``RANK WORLD INIT_FILE INCEPTION LPIPS CLIP_CONFIG CLIP_WEIGHTS OUT`` (test_image_metrics.py): each rank
+feeds the metrics every world-th batch and writes what compute() returns (the same on every rank).
+``RANK WORLD INIT_FILE eval CHECKPOINT INCEPTION LPIPS OUT`` (test_eval_metrics.py): each rank runs
+``evaluate`` with rfid, lpips, psnr and ssim; rank 0 writes its metrics."""
 
 import json
 import sys
@@ -44,12 +47,24 @@ def run(rank, world, inception, lpips_weights, clip_config, clip_weights):
     return out
 
 
+def run_eval(checkpoint, inception, lpips_weights, out_dir):
+    from illume_kit.eval.evaluate import evaluate
+
+    params = {"rfid": {"inception_weights": inception, "feature": 64}, "lpips": {"weights": lpips_weights}}
+    names = ["rfid", "lpips", "rec/psnr", "rec/ssim"]
+    return evaluate(checkpoint, output=out_dir, quiet=True, metrics=names, metric_params=params)["metrics"]
+
+
 if __name__ == "__main__":
     rank, world, init, *files, out = sys.argv[1:]
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=int(rank), world_size=int(world))
     try:
-        result = run(int(rank), int(world), *files)
+        if files[0] == "eval":
+            result = run_eval(*files[1:], out_dir=out + ".eval")
+        else:
+            result = run(int(rank), int(world), *files)
     finally:
         dist.destroy_process_group()
-    with open(out, "w") as f:
-        json.dump(result, f)
+    if int(rank) == 0 or files[0] != "eval":
+        with open(out, "w") as f:
+            json.dump(result, f)
