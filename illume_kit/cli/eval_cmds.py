@@ -101,6 +101,31 @@ def check_overrides(checkpoint: str, data: dict, decode: dict, dataset: str | No
                 )
 
 
+def metric_options(names: str | None, pairs: list[tuple[str, str]] | None) -> tuple[list[str] | None, dict]:
+    """``--metrics a,b`` (aliases resolved) and ``--metric-param FAMILY.KEY=VALUE`` as {family: {key: value}},
+    checked against the registry: ValueError naming the bad entry and the valid ones."""
+    from illume_kit.core.plugins import get_registry
+    from illume_kit.core.recipe import metric_params_problems
+    from illume_kit.eval.specs import select_metrics
+
+    registry = get_registry()
+    chosen = None
+    if names is not None:
+        chosen = select_metrics([n for n in names.split(",") if n.strip()], registry.names("metric"))
+        if not chosen:
+            raise ValueError("--metrics: no metric named (e.g. --metrics rfid,lpips,psnr,ssim)")
+    params: dict[str, dict] = {}
+    for key, value in _kv(pairs).items():
+        family, dot, name = key.rpartition(".")
+        if not dot or not family or not name:
+            raise ValueError(f"--metric-param {key}=...: expected FAMILY.KEY=VALUE, e.g. rfid.inception_weights=PATH")
+        params.setdefault(family, {})[name] = value
+    problems = metric_params_problems(params, registry, "")
+    if problems:
+        raise ValueError("\n".join(f"--metric-param {p}" for p in problems))
+    return chosen, params
+
+
 def _loggers(text: str | None) -> list[str]:
     """``--loggers tensorboard,wandb``: checked (and their packages imported) before the evaluation runs."""
     if not text:
@@ -127,6 +152,7 @@ def cmd_eval(args) -> int:
     decode = _kv(args.decode)
     check_overrides(args.checkpoint, data, decode, dataset)
     loggers = _loggers(args.loggers)
+    chosen, metric_params = metric_options(args.metrics, args.metric_param)
     if args.output:
         check_output_dir(args.output)
     from illume_kit.train.distributed import setup, teardown
@@ -142,6 +168,8 @@ def cmd_eval(args) -> int:
             quiet=args.quiet,
             decode_options=decode,
             dataset=dataset,
+            metrics=chosen,
+            metric_params=metric_params,
         )
     finally:
         teardown(info)
@@ -196,6 +224,19 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--decode", action="append", type=key_value, metavar="KEY=VALUE", help="detokenizer options, e.g. steps=25"
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="NAMES",
+        help="comma-separated metric names or families to compute and report instead of the recipe's "
+        "eval.metrics, e.g. rfid,lpips,psnr,ssim (psnr, ssim: rec/psnr, rec/ssim; illume-kit list metrics)",
+    )
+    p.add_argument(
+        "--metric-param",
+        action="append",
+        type=key_value,
+        metavar="FAMILY.KEY=VALUE",
+        help="a metric family's param over the recipe's eval.metric_params, e.g. rfid.inception_weights=PATH",
     )
     p.add_argument("-o", "--output", help="folder for metrics.json and the PNG grid (default: next to the checkpoint)")
     p.add_argument(

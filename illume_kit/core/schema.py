@@ -366,6 +366,19 @@ class EvalConfig(_Strict):
     metrics: list[str] = Field(default_factory=list, description="metric names, e.g. rec/psnr, und/accuracy")
     num_samples: int = Field(64, ge=1, description="held-out samples to evaluate")
     options: EvalOptions = Field(default_factory=EvalOptions, description="sampling and decoding of the evaluation")
+    metric_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="metric family -> its params, e.g. {rfid: {inception_weights: PATH}} (illume-kit show metric "
+        "NAME lists them; the command line's --metric-param FAMILY.KEY=VALUE overrides)",
+    )
+
+    # a recipe without metric params dumps without the key (frozen recipes unchanged)
+    @model_serializer(mode="wrap")
+    def _drop_empty_metric_params(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if "metric_params" in data and not self.metric_params:
+            del data["metric_params"]
+        return data
 
 
 # experiment loggers (illume_kit.train.loggers): metrics.jsonl, TensorBoard event files, Weights & Biases

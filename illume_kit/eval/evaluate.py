@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from illume_kit.core.protocols import EvalContext, SemanticScore
+from illume_kit.core.protocols import EvalContext, ImagePairs, SemanticScore
 from illume_kit.eval.metrics import CodebookStats, reconstruction_metrics
 
 
@@ -70,6 +71,7 @@ def reconstruction(
     quiet: bool = False,
     decode_options: dict | None = None,
     grid_path: Path | None = None,
+    pairs: Sequence[ImagePairs] = (),
 ) -> dict[str, float]:
     tok, det = model.tokenizer.eval(), model.detokenizer
     scale = int(getattr(det, "output_scale", 1)) if det is not None else 1
@@ -103,6 +105,8 @@ def reconstruction(
                 if scale != 1:
                     down = F.interpolate(rec, scale_factor=1 / scale, mode="area")
                     vals.update({k.replace("rec/", "rec1x/"): v for k, v in reconstruction_metrics(lo, down).items()})
+                for p in pairs:  # ImagePairs metrics (rfid, lpips): a x2 output at the token resolution
+                    p.update(lo, down if scale != 1 else rec)
                 if shown is None:
                     shown = (hi[:8], rec[:8])
             for k, v in vals.items():
@@ -135,13 +139,24 @@ def compute_metrics(ctx: EvalContext, registry=None, tasks: bool = True) -> tupl
     from illume_kit.eval.specs import metric_spec
 
     registry = registry or get_registry()
+    # built before the reconstruction pass: the ImagePairs among them are fed its batches. The pass
+    # reports its own families whether named or not; the task families run on rank 0 alone, every
+    # other family on every rank (they reduce their state over the ranks when computed)
+    built = ctx.cache.setdefault("metric_families", {})
+    wanted = [
+        fam
+        for fam in dict.fromkeys(family_of(m) for m in ctx.metrics)
+        if not (fam in RECONSTRUCTION or (fam in TASKS and (not tasks or ranks()[0] != 0)))
+    ]
+    wanted.sort(key=lambda fam: fam in TASKS)  # the ranks reduce together before rank 0 runs the tasks alone
+    for fam in wanted:
+        if fam not in built:
+            built[fam] = _family(registry, fam, ctx.metric_params.get(fam))
     _family(registry, "rec").compute(ctx)
     named: dict[str, float] = {}
     goals: dict[str, str] = {}
-    for fam in dict.fromkeys(family_of(m) for m in ctx.metrics):
-        if fam in RECONSTRUCTION or (fam in TASKS and (not tasks or ranks()[0] != 0)):
-            continue  # the pass reports all its families whether named or not; tasks run on rank 0
-        metric = _family(registry, fam)
+    for fam in wanted:
+        metric = built[fam]
         ctx.names = tuple(m for m in ctx.metrics if family_of(m) == fam)
         for k, v in metric.compute(ctx).items():
             named[k] = float(v)
@@ -154,11 +169,11 @@ def compute_metrics(ctx: EvalContext, registry=None, tasks: bool = True) -> tupl
     return metrics, goals
 
 
-def _family(registry, name: str):
+def _family(registry, name: str, params: Mapping[str, Any] | None = None):
     from illume_kit.core.protocols import Metric
 
     spec = registry.get("metric", name)
-    metric = spec.load()(spec.load_params()())
+    metric = spec.load()(spec.load_params()(**dict(params or {})))
     if not isinstance(metric, Metric):
         raise TypeError(f"metric {name!r} from {spec.dist} is not a Metric (needs Params, goal and compute(ctx))")
     return metric
@@ -174,9 +189,14 @@ def evaluate(
     decode_options: dict | None = None,
     tasks: bool = True,
     dataset: str | None = None,
+    metrics: Sequence[str] | None = None,
+    metric_params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``checkpoint`` on the recipe's ``split`` (or on the registered dataset named
-    ``dataset``, built from ``data_overrides``); writes ``metrics.json`` to ``output``."""
+    ``dataset``, built from ``data_overrides``); writes ``metrics.json`` to ``output``.
+
+    ``metrics``: the names to compute and report (default: the recipe's ``eval.metrics``, reported
+    with every reconstruction family); ``metric_params``: family -> params over ``eval.metric_params``."""
     from illume_kit.core.recipe import load_recipe
     from illume_kit.data.build import build_dataset
     from illume_kit.model.checkpoint import load_checkpoint
@@ -205,13 +225,20 @@ def evaluate(
         data,
         n,
         split,
-        metrics=tuple(recipe.eval.metrics),
+        metrics=tuple(recipe.eval.metrics if metrics is None else metrics),
         options=recipe.eval.options,
         decode=decode_options,
         out_dir=out_dir if rank == 0 else None,
         quiet=quiet or rank != 0,
+        metric_params=merge_metric_params(recipe.eval.metric_params, metric_params),
     )
+    chosen = metrics
     metrics, goals = compute_metrics(ctx, tasks=tasks)
+    if chosen is not None:
+        from illume_kit.eval.specs import selected
+
+        metrics = {k: v for k, v in metrics.items() if selected(k, tuple(chosen))}
+        goals = {k: v for k, v in goals.items() if k in metrics}
     if world > 1:  # rank 0 holds the task families too: every rank returns its result
         import torch.distributed as dist
 
@@ -242,6 +269,16 @@ def evaluate(
 def _recipe_dataset(resolved) -> str | None:
     rc = resolved.components.get("data")
     return rc.spec.name if rc is not None else None
+
+
+def merge_metric_params(
+    base: Mapping[str, Mapping[str, Any]], over: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, dict[str, Any]]:
+    """Per family, the keys of ``over`` (the command line) over those of ``base`` (the recipe)."""
+    out = {k: dict(v) for k, v in base.items()}
+    for fam, params in (over or {}).items():
+        out.setdefault(fam, {}).update(params)
+    return out
 
 
 def _stamps(folder: Path) -> dict[str, int]:
