@@ -10,17 +10,9 @@ import torch
 from illume_kit.cli.main import main
 
 CKPT = Path("checkpoints/dualvitok_qwen2_mllm_tiny")
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 128, "patch_size": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
 
 
 def test_fid_and_clip_score_of_generated_images(tmp_path):
-    import open_clip
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-    from safetensors.torch import save_file
 
     from illume_kit.core.protocols import EvalContext
     from illume_kit.core.recipe import load_recipe
@@ -30,18 +22,10 @@ def test_fid_and_clip_score_of_generated_images(tmp_path):
     from illume_kit.eval.sampling import task_sampling
     from illume_kit.model.checkpoint import load_checkpoint
     from illume_kit.model.sampler import decode_images, generate_images
+    from illume_kit.testing.metric_weights import write_random_inception, write_tiny_clip
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
-        mp.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
-        torch.manual_seed(0)
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["64"])
-    inception = tmp_path / "inception.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(inception))
-    torch.manual_seed(3)
-    clip_weights, clip_config = tmp_path / "clip.pth", tmp_path / "clip.json"
-    torch.save(open_clip.CLIP(**TINY_CLIP).state_dict(), clip_weights)
-    clip_config.write_text(json.dumps(TINY_CLIP))
+    inception = write_random_inception(tmp_path / "inception.safetensors")
+    clip_weights, clip_config = write_tiny_clip(tmp_path)
 
     params = [
         f"fid.inception_weights={inception}",

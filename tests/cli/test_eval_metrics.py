@@ -14,22 +14,10 @@ RECIPE = "recipes/tokenizers/vqgan_tiny.yaml"
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """Random FID Inception-v3 and LPIPS-VGG weights files."""
-    import lpips
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-    from safetensors.torch import save_file
+    from illume_kit.testing.metric_weights import write_random_inception, write_random_lpips
 
     folder = tmp_path_factory.mktemp("weights")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
-        mp.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
-        torch.manual_seed(0)
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["64"])
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "inception.safetensors"))
-    torch.manual_seed(1)
-    state = lpips.LPIPS(pretrained=False, net="vgg", pnet_rand=True, verbose=False).state_dict()
-    # safetensors keeps one name of a shared tensor: the linear layers as lin<k> only
-    save_file({k: v for k, v in state.items() if not k.startswith("lins.")}, str(folder / "lpips.safetensors"))
-    return folder / "inception.safetensors", folder / "lpips.safetensors"
+    return write_random_inception(folder / "inception.safetensors"), write_random_lpips(folder / "lpips.safetensors")
 
 
 @pytest.fixture(scope="module")

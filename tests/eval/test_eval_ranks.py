@@ -88,7 +88,13 @@ def test_bad_named_dataset_is_one_message_with_status_2(checkpoint, tmp_path, ca
 
 
 def test_two_torchrun_ranks_give_the_single_process_numbers(checkpoint, folder, tmp_path):
+    from illume_kit.testing.metric_weights import write_random_inception, write_random_lpips
+
+    inception = write_random_inception(tmp_path / "inception.safetensors")
+    lpips_vgg = write_random_lpips(tmp_path / "lpips.safetensors")
     args = ["--data", "image-folder", "--data", f"root={folder}", "--split", "train", "-n", "7", "--json"]
+    args += ["--metrics", "rfid,lpips,psnr,ssim,code", "--metric-param", f"rfid.inception_weights={inception}"]
+    args += ["--metric-param", "rfid.feature=64", "--metric-param", f"lpips.weights={lpips_vgg}"]
     assert _eval(checkpoint, tmp_path / "one", *args) == 0
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
 
@@ -102,7 +108,7 @@ def test_two_torchrun_ranks_give_the_single_process_numbers(checkpoint, folder, 
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["world_size"] == 2 and one["world_size"] == 1
     m1, m2 = one["metrics"], two["metrics"]
-    assert set(m1) == set(m2)
+    assert {"rfid", "lpips", "rec/psnr", "rec/ssim", "code/usage/pixel"} <= set(m1) and set(m1) == set(m2)
     for k in m1:
         if k.startswith("perf/"):
             continue  # a time

@@ -11,28 +11,15 @@ from illume_kit.core.extras import MissingExtra
 from illume_kit.core.protocols import EvalContext, ImagePairs, ScoresGenerations
 from illume_kit.eval import image_metrics as im
 from illume_kit.eval.metric_params import CLIPScoreParams, LPIPSParams, RFIDParams
-
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 128, "patch_size": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
+from illume_kit.testing.metric_weights import TINY_CLIP, write_tiny_clip
 
 
 @pytest.fixture(scope="module")
 def inception_file(tmp_path_factory):
     """A randomly initialised FID Inception-v3 state dict, saved as safetensors."""
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-    from safetensors.torch import save_file
+    from illume_kit.testing.metric_weights import write_random_inception
 
-    with pytest.MonkeyPatch.context() as mp:  # build it without weights to take its random init
-        mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
-        mp.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
-        torch.manual_seed(0)
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["64"])
-    path = tmp_path_factory.mktemp("inception") / "inception.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
-    return path
+    return write_random_inception(tmp_path_factory.mktemp("inception") / "inception.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -209,13 +196,8 @@ def test_two_ranks_that_each_saw_part_of_the_data_report_the_one_process_numbers
     import subprocess
     from pathlib import Path
 
-    import open_clip
-
     script = Path(__file__).with_name("image_metrics_rank_script.py")
-    torch.manual_seed(3)
-    clip_weights, clip_config = tmp_path / "clip.pth", tmp_path / "clip.json"
-    torch.save(open_clip.CLIP(**TINY_CLIP).state_dict(), clip_weights)
-    clip_config.write_text(json.dumps(TINY_CLIP))
+    clip_weights, clip_config = write_tiny_clip(tmp_path)
     files = [str(inception_file), str(lpips_file), str(clip_config), str(clip_weights)]
     sys.path.insert(0, str(script.parent))
     try:
