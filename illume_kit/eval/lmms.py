@@ -55,6 +55,27 @@ SCORES = {
 DEFAULT_MAX_NEW_TOKENS = 1024  # the released adapter's default answer length
 
 
+class Likelihood(str):
+    """One ``loglikelihood`` answer: unpacks as the pair ``(value, is_greedy)`` lmms-eval scores.
+
+    lmms-eval 0.7.3's evaluator passes every response through ``unwrap_generation_output``, which
+    keeps a ``str`` and turns anything else into its ``str()``, so a plain ``(float, bool)`` tuple
+    reaches its own multiple_choice scorer as text and fails to unpack there. A ``str`` that iterates
+    as the pair passes through and unpacks as the scorer expects.
+    """
+
+    value: float
+    greedy: bool
+
+    def __new__(cls, value: float, greedy: bool) -> Likelihood:
+        self = super().__new__(cls, f"({float(value)!r}, {bool(greedy)!r})")
+        self.value, self.greedy = float(value), bool(greedy)
+        return self
+
+    def __iter__(self):
+        return iter((self.value, self.greedy))
+
+
 def manifest():
     """The ``lmms_eval.models`` entry point: lmms-eval's registration of ``IllumeKitLMM`` as ``illume_kit``."""
     from lmms_eval.models.registry_v2 import ModelManifest
@@ -295,9 +316,9 @@ class IllumeKitLMM(_api.lmms):
 
     # ---------------------------------------------------------------- requests
 
-    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+    def loglikelihood(self, requests) -> list[Likelihood]:
         args = [req.args for req in requests]
-        res: list[tuple[float, bool]] = []
+        res: list[Likelihood] = []
         for lo in range(0, len(args), self.batch_size):
             prompts, conts = [], []
             for context, target, doc_to_visual, doc_id, task, split in args[lo : lo + self.batch_size]:
@@ -307,7 +328,7 @@ class IllumeKitLMM(_api.lmms):
             for logp, greedy in continuation_logprobs(self.model, prompts, conts):
                 total = float(logp.sum())
                 value = {"nll": -total, "logprob": total, "mean_nll": -total / max(1, logp.numel())}[self.score]
-                res.append((value, greedy))
+                res.append(Likelihood(value, greedy))
         return res
 
     def generate_until(self, requests) -> list[str]:
@@ -366,6 +387,7 @@ __all__ = [
     "MODEL_ID",
     "SCORES",
     "IllumeKitLMM",
+    "Likelihood",
     "continuation_logprobs",
     "cut_at",
     "fit_image",
