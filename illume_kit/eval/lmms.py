@@ -59,9 +59,11 @@ class Likelihood(str):
     """One ``loglikelihood`` answer: unpacks as the pair ``(value, is_greedy)`` lmms-eval scores.
 
     lmms-eval 0.7.3's evaluator passes every response through ``unwrap_generation_output``, which
-    keeps a ``str`` and turns anything else into its ``str()``, so a plain ``(float, bool)`` tuple
-    reaches its own multiple_choice scorer as text and fails to unpack there. A ``str`` that iterates
-    as the pair passes through and unpacks as the scorer expects.
+    keeps a ``str`` and turns anything else into its ``str()``, then (its CLI's default
+    ``--reasoning_tags``) through ``strip_reasoning_tags``, which ends in ``str.strip``; a plain
+    ``(float, bool)`` tuple reaches its own multiple_choice scorer as text and fails to unpack there.
+    A ``str`` that iterates as the pair, and that stripping leaves as it is (its text has no
+    surrounding whitespace), passes both and unpacks as the scorer expects.
     """
 
     value: float
@@ -74,6 +76,9 @@ class Likelihood(str):
 
     def __iter__(self):
         return iter((self.value, self.greedy))
+
+    def strip(self, chars: str | None = None) -> Likelihood:
+        return self
 
 
 def manifest():

@@ -191,6 +191,23 @@ def test_loglikelihood_scores_greedy_flag_and_length(lm, scene):
     assert lp == pytest.approx(-nll_said) and mean == pytest.approx(nll_longer / n)
 
 
+def test_likelihood_survives_lmms_eval_response_handling():
+    """What lmms-eval 0.7.3 does to a response before its multiple_choice scorer unpacks it."""
+    from lmms_eval.api.instance import unwrap_generation_output
+    from lmms_eval.api.reasoning import strip_reasoning_tags
+
+    from illume_kit.eval.lmms import Likelihood
+
+    res = Likelihood(1.5, True)
+    text, _ = unwrap_generation_output(res)
+    text = strip_reasoning_tags(text, [["<think>", "</think>"]])
+    lls, greedy = zip(*[text, Likelihood(2.0, False)])  # as the scorer unpacks one document's choices
+    assert lls == (1.5, 2.0) and greedy == (True, False)
+    assert str(res) == "(1.5, True)"
+    value, _ = unwrap_generation_output((1.5, True))  # a plain pair becomes text
+    assert isinstance(value, str) and len(list(value)) != 2
+
+
 def test_text_only_and_placeholder_prompts(lm, scene):
     from illume_kit.eval.lmms import prompt_of
 
@@ -284,7 +301,7 @@ def test_lmms_eval_command(docs, tmp_path):
         "HF_DATASETS_CACHE": str(tmp_path / "hf"),
     }
     cmd = [sys.executable, "-m", "lmms_eval", "--model", "illume_kit", "--model_args",
-           f"checkpoint={CKPT},device=cpu,batch_size=4", "--tasks", "illume_shapes_count_mc",
+           f"checkpoint={CKPT},device=cpu", "--batch_size", "4", "--tasks", "illume_shapes_count_mc",
            "--include_path", str(TASKS), "--output_path", str(tmp_path / "out")]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
