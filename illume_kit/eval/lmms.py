@@ -43,6 +43,7 @@ _api = require("lmms_eval.api.model", "lmms", "the lmms-eval adapter")
 
 MODEL_ID = "illume_kit"
 IMAGE_PLACEHOLDER = "<image>"
+# the backbone's and projectors' dtype (auto: as saved)
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PREPROCESS = ("plain", "official")
 # what ``loglikelihood`` returns first: lmms-eval 0.7.3's multiple_choice scorer takes the argmin of it
@@ -198,7 +199,9 @@ def _recipe_sizing(checkpoint: Path) -> tuple[int, Any]:
     recipe = load_recipe_yaml(checkpoint)
     side = ((recipe.get("data") or {}).get("params") or {}).get("image_size") or 64
     if not isinstance(side, int) or isinstance(side, bool) or side < 1:
-        raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: data.params.image_size is {side!r:.60}, expected a positive integer")
+        raise CheckpointError(
+            f"{checkpoint / 'recipe.yaml'}: data.params.image_size is {side!r:.60}, expected a positive integer"
+        )
     opts = (recipe.get("eval") or {}).get("options") or {}
     return side, EvalOptions(**{k: v for k, v in opts.items() if k in EvalOptions.model_fields})
 
@@ -272,7 +275,10 @@ class IllumeKitLMM(_api.lmms):
         self._device = torch.device(_device(str(device or "auto")))
         model, _ = load_checkpoint(folder)
         model = model.to(self._device)
-        self._model = (model.to(torch_dtype) if torch_dtype is not None else model).eval()
+        if torch_dtype is not None:  # the language model; the visual tokenizer reads float pixels as saved
+            model.backbone.to(torch_dtype)
+            model.projectors.to(torch_dtype)
+        self._model = model.eval()
         self.checkpoint = folder
 
     # what lmms-eval's evaluator reads of a model
@@ -316,7 +322,9 @@ class IllumeKitLMM(_api.lmms):
             from illume_kit.data.shapes import to_tensor
 
             img = visual.convert("RGB")
-            return to_tensor(native_resize(img, min(self.min_pixels, self.max_pixels), self.max_pixels, size_multiple(self.model)))
+            return to_tensor(
+                native_resize(img, min(self.min_pixels, self.max_pixels), self.max_pixels, size_multiple(self.model))
+            )
         return fit_image(visual, (self.image_size, self.image_size))
 
     # ---------------------------------------------------------------- requests
@@ -357,9 +365,7 @@ class IllumeKitLMM(_api.lmms):
             budget = int(kwargs.get("max_new_tokens") or self.max_new_tokens)
             for lo in range(0, len(idx), self.batch_size):
                 chunk = idx[lo : lo + self.batch_size]
-                prompts = [
-                    prompt_of(self.model, args[i][0], self._images(*args[i][2:])) for i in chunk
-                ]
+                prompts = [prompt_of(self.model, args[i][0], self._images(*args[i][2:])) for i in chunk]
                 n = self._room(prompts, budget)
                 texts = generate_answers(self.model, prompts, n, temperature, top_p, seed=self.seed + batch_no)
                 batch_no += 1

@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -54,7 +53,9 @@ def _docs():
         item = ds[i]
         q, a = item["qa"][0]
         assert q.startswith("how many")
-        docs.append({"image": to_pil(item["image"]), "question": q, "choices": WORDS, "answer": WORDS.index(a), "target": a})
+        docs.append(
+            {"image": to_pil(item["image"]), "question": q, "choices": WORDS, "answer": WORDS.index(a), "target": a}
+        )
     return docs
 
 
@@ -88,6 +89,7 @@ def _visual(doc):
 def _entry_point_dist(folder: Path) -> Path:
     """A distribution whose only content is pyproject's ``lmms_eval.models`` entry points, so lmms-eval
     resolves ``illume_kit`` the way an installed illume-kit lets it."""
+    tomllib = pytest.importorskip("tomllib")  # python >= 3.11
     eps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["lmms_eval.models"]
     info = folder / "illume_kit_lmms_probe-0.dist-info"
     info.mkdir(parents=True)
@@ -114,10 +116,8 @@ def test_local_tasks_through_lmms_eval(lm, docs, tmp_path, monkeypatch):
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
-    from illume_kit.eval.lmms import continuation_logprobs, prompt_of
+    from illume_kit.eval.lmms import IllumeKitLMM, continuation_logprobs, prompt_of
     from illume_kit.model.sampler import answer
-
-    from illume_kit.eval.lmms import IllumeKitLMM
 
     images = [lm._image(d["image"], "t") for d in docs]
     hits = []
@@ -156,7 +156,7 @@ def test_loglikelihood_is_the_sum_of_next_token_logprobs(lm, scene):
     image = lm._image(scene, "t")
     prompt = prompt_of(model, "how many shapes are there?", [image])
     cont = "two shapes"
-    (logp, _), = continuation_logprobs(model, [prompt], [cont])
+    ((logp, _),) = continuation_logprobs(model, [prompt], [cont])
     ids = model.backbone.text_tokenizer(cont, add_special_tokens=False)["input_ids"]
     assert logp.shape == (len(ids),)
     n_text = model.layout.text_vocab_size
@@ -182,9 +182,9 @@ def test_loglikelihood_scores_greedy_flag_and_length(lm, scene):
     assert nll_longer > nll_said  # a longer continuation is less likely than its prefix
     try:
         lm.score = "logprob"
-        (lp, _), = lm.loglikelihood(reqs[:1])
+        ((lp, _),) = lm.loglikelihood(reqs[:1])
         lm.score = "mean_nll"
-        (mean, _), = lm.loglikelihood(reqs[2:])
+        ((mean, _),) = lm.loglikelihood(reqs[2:])
     finally:
         lm.score = "nll"
     n = len(lm.model.backbone.text_tokenizer(said + " " + said, add_special_tokens=False)["input_ids"])
@@ -216,7 +216,7 @@ def test_text_only_and_placeholder_prompts(lm, scene):
     parts = prompt_of(lm.model, "a <image> and <image>?", [image, image])
     assert parts[0] == "a " and parts[1] is image and parts[2] == " and " and parts[3] is image
     lm.task_dict = {"t": {"test": [{"x": 1}]}}
-    (nll, _), = lm.loglikelihood([Req("say two", "two", None, 0, "t", "test")])
+    ((nll, _),) = lm.loglikelihood([Req("say two", "two", None, 0, "t", "test")])
     assert math.isfinite(nll) and nll > 0
 
 
@@ -249,6 +249,20 @@ def test_images_are_sized_like_understand(lm, scene):
     assert lm._image(scene, "t").shape == (3, lm.image_size, lm.image_size)
     with pytest.raises(ValueError, match="reads images"):
         lm._image("clip.mp4", "videos")
+
+
+def test_dtype_casts_the_language_model_only(scene):
+    from illume_kit.eval.lmms import IllumeKitLMM
+
+    half = IllumeKitLMM(checkpoint=str(CKPT), device="cpu", dtype="bfloat16", preprocess="official")
+    assert next(half.model.backbone.parameters()).dtype == torch.bfloat16
+    assert next(half.model.tokenizer.parameters()).dtype == torch.float32
+    half.task_dict = {"t": {"test": [{"image": scene.resize((96, 64))}]}}
+    image = half._image(scene.resize((96, 64)), "t")
+    assert image.shape[1] < image.shape[2]  # official sizing keeps a wide image wide
+    ((nll, _),) = half.loglikelihood([Req("how many shapes are there?", "two", _visual, 0, "t", "test")])
+    said = half.generate_until([Req("how many shapes are there?", {}, _visual, 0, "t", "test")])
+    assert math.isfinite(nll) and isinstance(said[0], str)
 
 
 def test_bad_model_args_name_the_key(tmp_path):
