@@ -54,6 +54,17 @@ SCORES = {
     "logprob": "the summed log-prob (for loglikelihood tasks' perplexity metric)",
 }
 DEFAULT_MAX_NEW_TOKENS = 1024  # the released adapter's default answer length
+MODEL_ARGS = (
+    "checkpoint",
+    "device",
+    "dtype",
+    "batch_size",
+    "preprocess",
+    "image_size",
+    "max_new_tokens",
+    "score",
+    "seed",
+)
 
 
 class Likelihood(str):
@@ -209,7 +220,7 @@ def _recipe_sizing(checkpoint: Path) -> tuple[int, Any]:
 def _choice(name: str, value: Any, valid: Sequence[str]) -> str:
     value = str(value)
     if value not in valid:
-        raise ValueError(f"model_args {name}={value}: valid are {', '.join(valid)}")
+        raise ValueError(f"illume_kit model arg {name}={value}: valid are {', '.join(valid)}")
     return value
 
 
@@ -217,9 +228,11 @@ def _number(name: str, value: Any, kind: Callable = int, low: float = 1) -> Any:
     try:
         out = kind(value)
     except (TypeError, ValueError):
-        raise ValueError(f"model_args {name}={value}: expected {'an integer' if kind is int else 'a number'}") from None
+        raise ValueError(
+            f"illume_kit model arg {name}={value}: expected {'an integer' if kind is int else 'a number'}"
+        ) from None
     if out < low:
-        raise ValueError(f"model_args {name}={value}: expected at least {low}")
+        raise ValueError(f"illume_kit model arg {name}={value}: expected at least {low}")
     return out
 
 
@@ -227,7 +240,9 @@ def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"model_args device={name}: CUDA is not available on this machine; use device=cpu or auto")
+        raise ValueError(
+            f"illume_kit model arg device={name}: CUDA is not available on this machine; use device=cpu or auto"
+        )
     return name
 
 
@@ -253,15 +268,20 @@ class IllumeKitLMM(_api.lmms):
         score: str = "nll",
         seed: int | str = 0,
         max_batch_size: int | str | None = None,  # lmms-eval passes it to every model; one fixed batch size here
+        **unknown: Any,
     ) -> None:
         super().__init__()
         from illume_kit.model.checkpoint import load_checkpoint
 
         if not checkpoint:
-            raise ValueError("model_args checkpoint=DIR is required: an illume-kit checkpoint folder")
+            raise ValueError("illume_kit model arg checkpoint=DIR is required: an illume-kit checkpoint folder")
+        if unknown:
+            raise ValueError(
+                f"illume_kit model arg {', '.join(sorted(unknown))}: unknown; valid are {', '.join(MODEL_ARGS)}"
+            )
         folder = Path(str(checkpoint)).expanduser()
         if not folder.is_dir():
-            raise FileNotFoundError(f"model_args checkpoint={checkpoint}: no such folder")
+            raise FileNotFoundError(f"illume_kit model arg checkpoint={checkpoint}: no such folder")
         torch_dtype = DTYPES[_choice("dtype", dtype, list(DTYPES))]
         self.score = _choice("score", score, list(SCORES))
         self.batch_size_per_gpu = _number("batch_size", batch_size if batch_size not in (None, "") else 1)

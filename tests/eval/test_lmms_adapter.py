@@ -278,8 +278,12 @@ def test_bad_model_args_name_the_key(tmp_path):
         IllumeKitLMM(checkpoint=str(CKPT), score="loss")
     with pytest.raises(ValueError, match="batch_size=0: expected at least 1"):
         IllumeKitLMM(checkpoint=str(CKPT), batch_size="0")
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="arg temperature: unknown; valid are checkpoint, device, dtype"):
         IllumeKitLMM(checkpoint=str(CKPT), temperature="1")
+    with pytest.raises(ValueError, match="preprocess=square: valid are plain, official"):
+        IllumeKitLMM(checkpoint=str(CKPT), preprocess="square")
+    with pytest.raises(ValueError, match="batch_size=auto: expected an integer"):
+        IllumeKitLMM(checkpoint=str(CKPT), batch_size="auto")
 
 
 def test_missing_extra_names_the_lmms_extra(monkeypatch):
