@@ -349,9 +349,15 @@ class IllumeKitLMM(_api.lmms):
 
     # ---------------------------------------------------------------- requests
 
+    def _progress(self, n: int):
+        from tqdm import tqdm  # what lmms-eval's own models show
+
+        return tqdm(total=n, disable=self.rank != 0, desc="illume_kit answering")
+
     def loglikelihood(self, requests) -> list[Likelihood]:
         args = [req.args for req in requests]
         res: list[Likelihood] = []
+        bar = self._progress(len(args))
         for lo in range(0, len(args), self.batch_size):
             prompts, conts = [], []
             for context, target, doc_to_visual, doc_id, task, split in args[lo : lo + self.batch_size]:
@@ -362,6 +368,10 @@ class IllumeKitLMM(_api.lmms):
                 total = float(logp.sum())
                 value = {"nll": -total, "logprob": total, "mean_nll": -total / max(1, logp.numel())}[self.score]
                 res.append(Likelihood(value, greedy))
+            for a, cont, r in zip(args[lo : lo + self.batch_size], conts, res[lo:]):
+                self.cache_hook.add_partial("loglikelihood", (a[0], cont), r)
+            bar.update(len(prompts))
+        bar.close()
         return res
 
     def generate_until(self, requests) -> list[str]:
@@ -371,6 +381,7 @@ class IllumeKitLMM(_api.lmms):
             groups.setdefault(json.dumps(a[1] or {}, sort_keys=True, default=str), []).append(i)
         res: list[str] = [""] * len(args)
         batch_no = 0
+        bar = self._progress(len(args))
         for idx in groups.values():
             kwargs = dict(args[idx[0]][1] or {})
             until = kwargs.get("until") or []
@@ -391,6 +402,9 @@ class IllumeKitLMM(_api.lmms):
                 batch_no += 1
                 for i, text in zip(chunk, texts):
                     res[i] = cut_at(text, until).strip()
+                    self.cache_hook.add_partial("generate_until", (args[i][0], kwargs), res[i])
+                bar.update(len(chunk))
+        bar.close()
         return res
 
     def _room(self, prompts: Sequence[list], budget: int) -> int:
