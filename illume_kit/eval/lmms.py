@@ -92,6 +92,9 @@ class Likelihood(str):
     def strip(self, chars: str | None = None) -> Likelihood:
         return self
 
+    def __getnewargs__(self) -> tuple[float, bool]:  # copies and pickles rebuild the pair
+        return (self.value, self.greedy)
+
 
 def manifest():
     """The ``lmms_eval.models`` entry point: lmms-eval's registration of ``IllumeKitLMM`` as ``illume_kit``."""

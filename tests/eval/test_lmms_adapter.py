@@ -1,9 +1,11 @@
 """The lmms-eval model ``illume_kit`` on the shipped tiny checkpoint: local tasks through lmms-eval
 itself, and its loglikelihood / generate_until against direct computations with the model."""
 
+import copy
 import importlib
 import json
 import math
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -204,6 +206,8 @@ def test_likelihood_survives_lmms_eval_response_handling():
     lls, greedy = zip(*[text, Likelihood(2.0, False)])  # as the scorer unpacks one document's choices
     assert lls == (1.5, 2.0) and greedy == (True, False)
     assert str(res) == "(1.5, True)"
+    again = pickle.loads(pickle.dumps(res))
+    assert isinstance(again, Likelihood) and tuple(again) == (1.5, True) and tuple(copy.deepcopy(res)) == (1.5, True)
     value, _ = unwrap_generation_output((1.5, True))  # a plain pair becomes text
     assert isinstance(value, str) and len(list(value)) != 2
 
