@@ -56,7 +56,9 @@ def _report(summary, what: str) -> None:
 
     done = f"[green]wrote[/] {summary.generated} {what}{'s' if summary.generated != 1 else ''} ({summary.images} images)"
     skipped = f", skipped {summary.skipped} already finished" if summary.skipped else ""
-    console.print(f"{done} to {summary.out}{skipped}; {summary.total} in the file, {summary.seconds:.1f} s")
+    console.print(
+        f"{done} to {summary.out}{skipped}; {summary.total} in the file, {summary.seconds:.1f} s", soft_wrap=True
+    )
 
 
 def _run(model, items, layout, size_of, args, sampling, decode, **kw):

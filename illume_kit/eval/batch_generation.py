@@ -16,8 +16,9 @@ FILE -o OUT/`` call :func:`run_batch`. Layouts (:data:`LAYOUTS`):
 
 ``<name>`` is the line's id (:data:`ID_FIELDS`; a file name field counts without its extension), else
 its index zero-padded to 5 digits. Sample ``k`` of prompt ``i`` is seeded by :func:`item_seed` from
-(``seed``, ``i``, ``k``) alone, and the structured sampler draws each row from its own stream, so an
-image does not depend on the batch size or on which prompts a rerun still has to draw. Each prompt's
+(``seed``, ``i``, ``k``) alone, the structured sampler draws each row from its own stream, and each
+image is decoded alone with the global generator seeded the same way, so an image does not depend on
+the batch size or on which prompts a rerun still has to draw. Each prompt's
 files appear at once (written under a ``.tmp-`` name, then renamed); a rerun skips the prompts whose
 files are all there (in ``geneval``: with the same metadata line).
 """
@@ -433,6 +434,8 @@ def run_batch(
     (``source_of(item)``: the source image tensor (3, H, W), the edit having its size). ``sampling``:
     the keyword options of :func:`illume_kit.model.sampler.generate_images` / ``edit_images``
     (cfg, temperature, top_k, top_p, sampling, ...); ``decode``: the detokenizer's."""
+    import torch
+
     from illume_kit.eval.grid import to_pil
     from illume_kit.model.sampler import decode_images, edit_images, generate_images
 
@@ -459,7 +462,12 @@ def run_batch(
                 if it.index not in sources:
                     sources[it.index] = source_of(it)
             codes = edit_images(model, [sources[it.index] for it, _ in chunk], texts, seed=seeds, **(sampling or {}))
-        images = decode_images(model, codes, **(decode or {}))
+        images = []
+        for c, s in zip(codes, seeds):
+            # one image per decode, the global generator seeded with the sample's seed: a decoder's noise
+            # and its batched arithmetic then do not depend on the batch either
+            torch.manual_seed(s)
+            images += decode_images(model, [c], **(decode or {}))
         for (it, k), im in zip(chunk, images):
             slot = pending.setdefault(it.index, _Pending())
             slot.images[k] = to_pil(im.detach().float().cpu())
