@@ -54,7 +54,9 @@ def _unfamiliar(checkpoint, items, size, size_given: bool) -> None:
 def _report(summary, what: str) -> None:
     from illume_kit.cli.output import console
 
-    done = f"[green]wrote[/] {summary.generated} {what}{'s' if summary.generated != 1 else ''} ({summary.images} images)"
+    done = (
+        f"[green]wrote[/] {summary.generated} {what}{'s' if summary.generated != 1 else ''} ({summary.images} images)"
+    )
     skipped = f", skipped {summary.skipped} already finished" if summary.skipped else ""
     console.print(
         f"{done} to {summary.out}{skipped}; {summary.total} in the file, {summary.seconds:.1f} s", soft_wrap=True

@@ -255,7 +255,9 @@ class RowDraws:
     the same on every device)."""
 
     def __init__(self, seeds: Sequence[int], draws: int, dev: torch.device) -> None:
-        streams = [torch.rand(draws, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64) for s in seeds]
+        streams = [
+            torch.rand(draws, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64) for s in seeds
+        ]
         self.u = torch.stack(streams).to(dev) if streams else torch.zeros((0, draws), dtype=torch.float64, device=dev)
         self.used = torch.zeros(len(seeds), dtype=torch.long, device=dev)
 

@@ -117,7 +117,12 @@ def test_flat_layout_writes_metadata_with_the_outputs(tmp_path):
     prompts = _jsonl(tmp_path / "p.jsonl", [{"id": "one", "prompt": "a red circle"}, {"prompt": "a blue square"}])
     out = tmp_path / "flat"
     assert _generate(prompts, out, "--layout", "flat", "--samples", "2") == 0
-    assert sorted(p.name for p in out.glob("*.png")) == ["00001_0000.png", "00001_0001.png", "one_0000.png", "one_0001.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "00001_0000.png",
+        "00001_0001.png",
+        "one_0000.png",
+        "one_0001.png",
+    ]
     rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert rows[0] == {"id": "one", "prompt": "a red circle", "outputs": ["one_0000.png", "one_0001.png"]}
 
