@@ -189,3 +189,14 @@ def test_item_seed_depends_on_seed_prompt_and_sample_only():
     assert len(seeds) == 3 * 20 * 4
     assert item_seed(1, 2, 3) == item_seed(1, 2, 3)
     assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_official_sampling_batches_draw_the_same_images_at_any_batch_size(tmp_path):
+    prompts = _jsonl(tmp_path / "p.jsonl", PROMPTS[:2])
+    out = tmp_path / "official"
+    assert _generate(prompts, out, "--samples", "2", "--batch-size", "4", "--sampling", "official") == 0
+    first = {p: _pixels(p) for p in out.rglob("*.png")}
+    assert len({a.tobytes() for a in first.values()}) > 1
+    shutil.rmtree(out / "00000")
+    assert _generate(prompts, out, "--samples", "2", "--batch-size", "1", "--sampling", "official") == 0
+    assert all(np.array_equal(_pixels(p), a) for p, a in first.items())
