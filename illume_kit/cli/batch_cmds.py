@@ -54,13 +54,15 @@ def _unfamiliar(checkpoint, items, size, size_given: bool) -> None:
 def _report(summary, what: str) -> None:
     from illume_kit.cli.output import console
 
-    done = (
-        f"[green]wrote[/] {summary.generated} {what}{'s' if summary.generated != 1 else ''} ({summary.images} images)"
-    )
+    def count(n: int) -> str:
+        return f"{n} {what}{'s' if n != 1 else ''}"
+
     skipped = f", skipped {summary.skipped} already finished" if summary.skipped else ""
-    console.print(
-        f"{done} to {summary.out}{skipped}; {summary.total} in the file, {summary.seconds:.1f} s", soft_wrap=True
-    )
+    if summary.generated:
+        head = f"[green]wrote[/] {count(summary.generated)} ({summary.images} images) to {summary.out}{skipped}"
+    else:
+        head = f"nothing to draw in {summary.out}: skipped {summary.skipped} already finished"
+    console.print(f"{head}; {count(summary.total)} in the file, {summary.seconds:.1f} s", soft_wrap=True)
 
 
 def _run(model, items, layout, size_of, args, sampling, decode, **kw):
