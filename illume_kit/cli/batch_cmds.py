@@ -10,6 +10,8 @@ Sizes, preprocessing and sampling options are the single verbs'.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from illume_kit.cli.args import check_output_dir
 
 BATCH_ONLY = (("--layout", "layout"), ("--samples", "samples"), ("--grid", "grid"))
@@ -22,7 +24,7 @@ def check_modes(args, single: tuple[str, ...], batch_flag: str, batch_value) -> 
     if batch_value is not None:
         if given:
             raise ValueError(
-                f"{batch_flag} reads its {' and '.join(single)} texts from the file; drop the {given[0]} argument"
+                f"{batch_flag} reads each line's {' and '.join(single)} from the file; drop the {given[0]} argument"
             )
         if getattr(args, "num", None) is not None:
             raise ValueError(f"--num draws one caption's images; with {batch_flag} use --samples")
@@ -149,6 +151,20 @@ def _check_fits(model, file, items, prompt_of, answer_of, answer_what: str, what
             raise BatchFileError(f"{file}:{it.line}: {exc}") from None
 
 
+@contextmanager
+def _pair_line(file, it):
+    """An unreadable source image is reported with the pair's ``file:line``."""
+    from illume_kit.eval.batch_generation import BatchFileError
+
+    try:
+        yield
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        if isinstance(exc, BatchFileError):
+            raise
+        text = str(exc) if str(it.image) in str(exc) else f"image {it.image}: {exc}"
+        raise BatchFileError(f"{file}:{it.line}: {text}") from None
+
+
 def cmd_edit_batch(args) -> int:
     import torch
 
@@ -181,11 +197,12 @@ def cmd_edit_batch(args) -> int:
         anchor_of(args.size, opts.anchor_base or recipe_image_size(args.checkpoint)[0])  # before the load
         model = _load_model(args)
         for it in items:
-            with Image.open(it.image) as header:  # the aspect only: pixels are read when the pair is drawn
+            with _pair_line(args.pairs, it), Image.open(it.image) as header:  # its aspect; pixels when drawn
                 sizes[it.index] = official_anchor(args, model, opts, header)
 
         def source_of(it):
-            return to_tensor(snap(load_rgb(it.image), sizes[it.index], "pad"))
+            with _pair_line(args.pairs, it):
+                return to_tensor(snap(load_rgb(it.image), sizes[it.index], "pad"))
 
     else:
         size = parse_size(args.size) or recipe_image_size(args.checkpoint)
@@ -194,7 +211,8 @@ def cmd_edit_batch(args) -> int:
         sizes = {it.index: size for it in items}
 
         def source_of(it):
-            return load_image(it.image, size)
+            with _pair_line(args.pairs, it):
+                return load_image(it.image, size)
 
     from illume_kit.model.prompts import style_of
     from illume_kit.model.sampler import image_template

@@ -200,3 +200,13 @@ def test_official_sampling_batches_draw_the_same_images_at_any_batch_size(tmp_pa
     shutil.rmtree(out / "00000")
     assert _generate(prompts, out, "--samples", "2", "--batch-size", "1", "--sampling", "official") == 0
     assert all(np.array_equal(_pixels(p), a) for p, a in first.items())
+
+
+@pytest.mark.parametrize("preprocess", ["plain", "official"])
+def test_an_unreadable_source_image_names_its_pair_line(tmp_path, capsys, preprocess):
+    (tmp_path / "bad.png").write_text("not an image")
+    pairs = _jsonl(tmp_path / "pairs.jsonl", [{"image": "bad.png", "instruction": "make it blue"}])
+    args = ["edit", CKPT, "--pairs", str(pairs), "-o", str(tmp_path / "o"), "--preprocess", preprocess]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{pairs}:1: " in err and "bad.png" in err and "Traceback" not in err
