@@ -18,8 +18,9 @@ FILE -o OUT/`` call :func:`run_batch`. Layouts (:data:`LAYOUTS`):
 its index zero-padded to 5 digits. Sample ``k`` of prompt ``i`` is seeded by :func:`item_seed` from
 (``seed``, ``i``, ``k``) alone, the structured sampler draws each row from its own stream, and each
 image is decoded alone with the global generator seeded the same way, so an image does not depend on
-the batch size or on which prompts a rerun still has to draw. Each prompt's
-files appear at once (written under a ``.tmp-`` name, then renamed); a rerun skips the prompts whose
+the batch size or on which prompts a rerun still has to draw. A file only
+ever appears whole (written under a ``.tmp-`` name, then renamed; in ``geneval`` a prompt's whole
+folder at once); a rerun skips the prompts whose
 files are all there (in ``geneval``: with the same metadata line).
 """
 
