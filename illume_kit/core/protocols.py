@@ -169,6 +169,7 @@ class EvalContext:
     ``metrics``: every ``eval.metrics`` entry; ``names``: those of the family being computed
     (``rec/psnr`` is of family ``rec``).
     ``options``: the recipe's typed ``eval.options``; ``decode``: detokenizer sampling options.
+    ``metric_params``: family -> params of its ``Params`` (``eval.metric_params`` and ``--metric-param``).
     """
 
     model: Any
@@ -183,6 +184,7 @@ class EvalContext:
     out_dir: Path | None = None
     quiet: bool = True
     cache: dict[str, Any] = field(default_factory=dict)
+    metric_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -201,6 +203,26 @@ class Metric(Protocol):
 
 
 # ---- optional capabilities ------------------------------------------------------------------
+@runtime_checkable
+class ImagePairs(Protocol):
+    """Metric fed the reconstruction pass's batches (``rfid``, ``lpips``): ``eval`` builds the families it
+    names before the pass and calls ``update`` on each that has it, once per batch; ``compute`` then
+    reports what was accumulated. Under torch.distributed each rank sees its share of the batches, so
+    the state must be reduced over ranks in ``compute``."""
+
+    def update(self, reference: torch.Tensor, candidate: torch.Tensor) -> None:
+        """reference, candidate: (B, 3, H, W) in [0, 1], the originals and their reconstructions."""
+
+
+@runtime_checkable
+class ScoresGenerations(Protocol):
+    """Metric fed images the unified model generates from the eval set's captions (``fid``,
+    ``clip-score``): the families that have it share one generation pass."""
+
+    def update_generated(self, reference: torch.Tensor, generated: torch.Tensor, captions: list[str]) -> None:
+        """reference: the eval images, generated: images drawn from their captions, (B, 3, H, W) in [0, 1]."""
+
+
 @runtime_checkable
 class CodeMaps(Protocol):
     """Tokenizer: codes -> quantised maps, what a diffusion detokenizer conditions on
@@ -336,6 +358,7 @@ CAPABILITIES: dict[str, tuple[type, ...]] = {
     "backbone": (TextVocab, RetrainsTextTokenizer, IncrementalCache, CheckpointParams, SavesExtra, LoadsExtra),
     "detokenizer": (Attaches, ExpectsCodebooks, CheckpointParams, SavesExtra, LoadsExtra),
     "dataset": (ReportsSizes, ServesTasks),
+    "metric": (ImagePairs, ScoresGenerations),
 }
 
 

@@ -627,6 +627,47 @@ def check_metric_names(
         )
 
 
+def metric_params_problems(
+    params: Any, registry: Registry, prefix: str, prov: Mapping[str, str] | None = None
+) -> list[Problem]:
+    """Problems of ``{family: {key: value}}``: each family registered, its keys valid for its ``Params``."""
+    if not isinstance(params, Mapping):
+        return []  # a wrong type is reported by the schema
+    prov = prov or {}
+    families = registry.names("metric")
+    out: list[Problem] = []
+    for family, values in params.items():
+        where = f"{prefix}.{family}" if prefix else str(family)
+        if not registry.has("metric", family):
+            close = difflib.get_close_matches(str(family), families, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            out.append(
+                Problem(
+                    where,
+                    f"unknown metric family {family!r}.{hint} (registered: {', '.join(families) or 'none'})",
+                    source_of(where, prov),
+                )
+            )
+            continue
+        if not isinstance(values, Mapping):
+            continue
+        model = registry.get("metric", family).load_params()
+        try:
+            model.model_validate(dict(values))
+        except ValidationError as exc:
+            out.extend(pydantic_problems(exc, model, where, prov))
+    return out
+
+
+def check_metric_params(
+    data: Mapping[str, Any], registry: Registry, prov: Mapping[str, str], problems: list[Problem]
+) -> None:
+    """``eval.metric_params``: a registered metric family -> params its ``Params`` accepts."""
+    section = data.get("eval")
+    if isinstance(section, Mapping):
+        problems.extend(metric_params_problems(section.get("metric_params"), registry, "eval.metric_params", prov))
+
+
 # ---------------------------------------------------------------------------------------------
 def default_search_paths(registry: Registry | None) -> list[Path]:
     return [Path(s.path) for s in (registry.recipe_sources if registry else [])]
@@ -722,6 +763,7 @@ def load_recipe(
         check_compatibility(comps, registry, prov, problems)  # only between components that resolved
     if components and registry is not None:
         check_metric_names(data, registry, prov, problems)
+        check_metric_params(data, registry, prov, problems)
     if not problems and comps:
         too_large = footprint.check(data, {sec: rc.params for sec, rc in comps.items()})
         if too_large is not None:

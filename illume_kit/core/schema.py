@@ -149,7 +149,22 @@ class ParamGroup(_Strict):
         return data
 
 
+class Ema(_Strict):
+    """An exponential moving average of a stage's trained weights, which its checkpoints save as the weights."""
+
+    decay: float = Field(
+        0.999, gt=0.0, lt=1.0, allow_inf_nan=False, description="each step keeps this share of the average, in (0, 1)"
+    )
+    start_step: int = Field(
+        0,
+        ge=0,
+        description="the average equals the trained weights up to this optimizer step and averages from the next "
+        "one on (0: from the first step, starting at the initial weights)",
+    )
+
+
 _OFF_BY_DEFAULT: dict[str, Any] = {
+    "ema": None,
     "grad_accum_steps": 1,
     "param_groups": [],
     "global_batch_size": None,
@@ -255,6 +270,12 @@ class Stage(_Strict):
     prefetch_factor: int | None = Field(
         None, ge=1, description="batches each worker loads ahead (null: torch's default, 2); needs num_workers > 0"
     )
+    ema: Ema | None = Field(
+        None,
+        description="{decay, start_step}: keep an exponential moving average of the trained weights; the stage's "
+        "checkpoints, its eval and the stages after it use the average (null: off; not with parallelism.strategy "
+        "fsdp)",
+    )
     trainable: list[str] = Field(default_factory=list, description="parameter groups trained (mllm stages)")
     param_groups: list[ParamGroup] = Field(
         default_factory=list,
@@ -345,12 +366,37 @@ class EvalConfig(_Strict):
     metrics: list[str] = Field(default_factory=list, description="metric names, e.g. rec/psnr, und/accuracy")
     num_samples: int = Field(64, ge=1, description="held-out samples to evaluate")
     options: EvalOptions = Field(default_factory=EvalOptions, description="sampling and decoding of the evaluation")
+    metric_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="metric family -> its params, e.g. {rfid: {inception_weights: PATH}} (illume-kit show metric "
+        "NAME lists them; the command line's --metric-param FAMILY.KEY=VALUE overrides)",
+    )
+
+    # a recipe without metric params dumps without the key (frozen recipes unchanged)
+    @model_serializer(mode="wrap")
+    def _drop_empty_metric_params(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if "metric_params" in data and not self.metric_params:
+            del data["metric_params"]
+        return data
+
+
+# experiment loggers (illume_kit.train.loggers): metrics.jsonl, TensorBoard event files, Weights & Biases
+LOGGERS = ("jsonl", "tensorboard", "wandb")
+DEFAULT_LOGGERS = ["jsonl"]
 
 
 class RunConfig(_Strict):
     seed: int = Field(0, ge=0, le=MAX_SEED, description=f"seed of every random choice, 0..{MAX_SEED}")
     output_dir: str = Field("runs/default", min_length=1, description="where checkpoints and results go")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    loggers: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_LOGGERS),
+        description="where training scalars (and eval images) go besides the progress display: jsonl (each "
+        "stage's metrics.jsonl, always written), tensorboard (event files in each stage's tb/ folder) and wandb "
+        "(Weights & Biases, offline unless WANDB_MODE says otherwise, in each stage's wandb/ folder); the last "
+        "two need illume-kit[loggers]",
+    )
 
     @field_validator("device")
     @classmethod
@@ -358,6 +404,27 @@ class RunConfig(_Strict):
         if not DEVICE_RE.fullmatch(v):
             raise ValueError(f"unknown device {v!r} (valid: auto, cpu, cuda, cuda:N, mps)")
         return v
+
+    @field_validator("loggers")
+    @classmethod
+    def _loggers(cls, v: list[str]) -> list[str]:
+        return check_loggers(v)
+
+    # left out of the dump at its default: frozen recipes and run snapshots of runs without it stay the same
+    @model_serializer(mode="wrap")
+    def _drop_default_loggers(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("loggers") == DEFAULT_LOGGERS:
+            del data["loggers"]
+        return data
+
+
+def check_loggers(names: list[str]) -> list[str]:
+    """Logger names, each once, in the order given; an unknown name is a ``ValueError`` naming the valid ones."""
+    bad = [n for n in names if n not in LOGGERS]
+    if bad:
+        raise ValueError(f"unknown logger {bad[0]!r} (valid: {', '.join(LOGGERS)})")
+    return list(dict.fromkeys(names))
 
 
 class Recipe(_Strict):
@@ -382,6 +449,17 @@ class Recipe(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v, "recipe name")
+
+    @model_validator(mode="after")
+    def _ema_replicated(self) -> Recipe:
+        if self.parallelism.strategy == "fsdp":
+            for i, stage in enumerate(self.train.stages):
+                if stage.ema is not None:
+                    raise ValueError(
+                        f"train.stages.{i}.ema: EMA weights need every rank to hold the full weights, and "
+                        "parallelism.strategy: fsdp shards them: use strategy ddp, or remove the stage's ema"
+                    )
+        return self
 
     # a recipe that leaves parallelism at its defaults dumps without it (frozen recipes and stage keys unchanged)
     @model_serializer(mode="wrap")

@@ -3,7 +3,8 @@
 The reconstruction families (``rec``, ``rec1x``, ``code``, ``sem``, ``perf``) come from one pass over
 the eval set, and the task families (``und``, ``gen``, ``edit``, ``probe``) from one task
 evaluation: the first family of a pass to run fills ``ctx.cache`` and the others read it. ``eval``
-always runs the reconstruction pass; the task families run when ``eval.metrics`` names them.
+always runs the reconstruction pass; the task families run when ``eval.metrics`` names them. The
+image-distribution families (``rfid``, ``lpips``, ``fid``, ``clip-score``) are in ``image_metrics``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class _ReconstructionPass(_Family):
     def _pass(self, ctx: EvalContext) -> Mapping[str, float]:
         if "reconstruction" not in ctx.cache:
             from illume_kit.eval.evaluate import reconstruction
+            from illume_kit.eval.image_metrics import pair_metrics
 
             grid = ctx.out_dir / "reconstructions.png" if ctx.out_dir is not None else None
             ctx.cache["reconstruction"] = reconstruction(
@@ -51,6 +53,7 @@ class _ReconstructionPass(_Family):
                 quiet=ctx.quiet,
                 decode_options=dict(ctx.decode),
                 grid_path=grid,
+                pairs=pair_metrics(ctx),
             )
         return ctx.cache["reconstruction"]
 

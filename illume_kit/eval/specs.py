@@ -100,7 +100,43 @@ BUILTIN_METRICS: dict[str, MetricSpec] = _specs(
     MetricSpec("rec1x/ssim2", "max", ".4f", "SSIM (data_range 2.0) at the token resolution"),
     MetricSpec("rec1x/mae", "min", ".4f", "MAE at the token resolution"),
     MetricSpec("rec1x/mse", "min", ".5f", "MSE at the token resolution"),
+    MetricSpec(
+        "rfid",
+        "min",
+        ".3f",
+        "Fréchet Inception distance of the reconstructions to the eval images (torch-fidelity's FID Inception-v3)",
+    ),
+    MetricSpec("fid", "min", ".3f", "Fréchet Inception distance of images generated from the eval captions"),
+    MetricSpec("lpips", "min", ".4f", "mean LPIPS distance of the reconstructions to the eval images"),
+    MetricSpec(
+        "clip-score", "max", ".2f", "mean 100 * max(cos, 0) of CLIP embeddings of generated images and captions"
+    ),
 )
+
+# short names `illume-kit eval --metrics` accepts for a full metric name
+ALIASES: dict[str, str] = {"psnr": "rec/psnr", "ssim": "rec/ssim"}
+
+
+def select_metrics(names: list[str] | tuple[str, ...], families: list[str] | tuple[str, ...]) -> list[str]:
+    """``--metrics`` entries with aliases resolved; each must be an alias, or a name whose family
+    (the part before the first ``/``) is one of ``families``. ValueError listing the known names."""
+    out: list[str] = []
+    unknown: list[str] = []
+    for raw in names:
+        name = ALIASES.get(raw.strip(), raw.strip())
+        if name.split("/", 1)[0] in families:
+            out.append(name)
+        else:
+            unknown.append(raw)
+    if unknown:
+        known = sorted({*ALIASES, *families, *(n for n in BUILTIN_METRICS if n.split("/", 1)[0] in families)})
+        raise ValueError(f"--metrics: unknown metric {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+    return list(dict.fromkeys(out))
+
+
+def selected(name: str, chosen: list[str] | tuple[str, ...]) -> bool:
+    """Whether metric ``name`` is one of ``chosen`` or under one of them (``code`` chooses ``code/usage/pixel``)."""
+    return any(name == c or name.startswith(c + "/") for c in chosen)
 
 
 def metric_spec(name: str, extra: Mapping[str, MetricSpec] | None = None) -> MetricSpec:

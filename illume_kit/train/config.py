@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from illume_kit.core.schema import Parallelism
+from illume_kit.core.schema import DEFAULT_LOGGERS, Ema, Parallelism, check_loggers
 
 
 class TrainerConfig(BaseModel):
@@ -47,6 +47,16 @@ class TrainerConfig(BaseModel):
         description="strategy (ddp | fsdp), precision, offload, activation checkpointing, compile "
         "(``illume_kit.core.schema.Parallelism``)",
     )
+    ema: Ema | None = Field(
+        None,
+        description="{decay, start_step}: exponential moving average of the trained parameters, saved as the "
+        "model's weights in checkpoints and used by eval_fn (``illume_kit.core.schema.Ema``); null: off",
+    )
+    loggers: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_LOGGERS),
+        description="experiment loggers of the logged rows (``illume_kit.train.loggers``): jsonl (metrics.jsonl, "
+        "always written when there is an output_dir), tensorboard, wandb",
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader workers (map-style datasets and streams)")
     prefetch_factor: int | None = Field(
         None, ge=1, description="batches each DataLoader worker loads ahead (null: torch's default; workers only)"
@@ -64,6 +74,12 @@ class TrainerConfig(BaseModel):
                 raise ValueError(f"betas must lie in [0, 1), got {b}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError("grad_clip must be > 0 or null")
+        check_loggers(self.loggers)
+        if self.ema is not None and self.parallelism.strategy == "fsdp":
+            raise ValueError(
+                "ema needs every rank to hold the full weights, and parallelism.strategy: fsdp shards them: "
+                "use strategy ddp, or ema: null"
+            )
         return self
 
     @classmethod

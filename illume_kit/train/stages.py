@@ -59,6 +59,7 @@ from illume_kit.train import distributed as D
 from illume_kit.train import mllm_stage
 from illume_kit.train.caches import cached_split
 from illume_kit.train.config import TrainerConfig
+from illume_kit.train.loggers import ensure_available
 from illume_kit.train.progress import PlainReporter, StageHeader, TrainCallback
 from illume_kit.train.state import latest_checkpoint
 from illume_kit.train.trainer import NonFiniteLoss, Trainer
@@ -101,6 +102,9 @@ def recipe_differences(stored_yaml: str, resolved: ResolvedRecipe) -> list[str]:
     for k in UNCHECKED:
         old.pop(k, None)
         new.pop(k, None)
+    for run in (old.get("run"), new.get("run")):
+        if isinstance(run, dict):  # where the logged rows go changes nothing trained
+            run.pop("loggers", None)
     return _diff(old, new)
 
 
@@ -309,6 +313,7 @@ class StageRunner:
             seed=self.recipe.run.seed,
             batch_size=stage.per_rank_batch(D.world_size()),
             parallelism=self.recipe.parallelism,
+            loggers=self.recipe.run.loggers,
             **extra.pop("config", {}),
         )
         trainer = Trainer(
@@ -442,13 +447,15 @@ class StageRunner:
 
 
 def check_launch(resolved: ResolvedRecipe, resume: bool = True, only: list[str] | None = None) -> None:
-    """Refuse a launch that cannot work, before any weights load (a ``ValueError`` naming the key):
+    """Refuse a launch that cannot work, before any weights load (a ``ValueError`` naming the key, a
+    ``MissingExtra`` for a logger whose package is not installed):
     a world size that does not divide a stage's ``global_batch_size``, or a resume of a checkpoint the
     recipe's parallelism cannot read (an unsharded one into a sharded run, bf16 weights into fp32 master
     weights or back)."""
     from illume_kit.train.state import STATE_FILE, is_sharded
 
     recipe, world = resolved.recipe, D.world_size()
+    ensure_available(recipe.run.loggers)
     par = recipe.parallelism
     if par.cpu_offload and (recipe.run.device == "cpu" or not torch.cuda.is_available()):
         raise ValueError(

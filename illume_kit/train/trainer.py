@@ -26,6 +26,12 @@ CPU; on CUDA only with ``torch.use_deterministic_algorithms(True)``, since some 
 deterministic). A resumed run first drops the ``metrics.jsonl`` rows logged after its checkpoint
 (all of them when it has none), so every step is logged once.
 
+EMA (``config.ema``): after each optimizer step an exponential moving average of the trained
+parameters follows them (``_Ema``). Checkpoints save the average as the model's weights, ``eval_fn``
+sees it, and a finished ``fit`` leaves it in the model; the trained weights themselves go into the
+training state (``EMA_RAW``), so a resume continues them exactly. Under FSDP it is refused (the
+config says so): the average needs the full weights on every rank.
+
 Reproducible runs: on CPU the loop runs with ``torch.use_deterministic_algorithms(True)``
 (``deterministic_kernels``), so two runs of the same command at the same torch thread count give
 bitwise the same weights. Without it, the backward of an indexed read with repeated indices
@@ -69,6 +75,7 @@ from illume_kit.train.data import (
     make_stream_loader,
     sample_ids,
 )
+from illume_kit.train.loggers import Logger, as_image, open_loggers
 from illume_kit.train.progress import PlainReporter, TrainCallback
 from illume_kit.train.state import (
     STATE_FILE,
@@ -88,11 +95,14 @@ StepFn = Callable[[nn.Module, Any, int], Mapping[str, torch.Tensor]]
 DiscStepFn = Callable[[nn.Module, Any, int, Mapping[str, Any]], Mapping[str, torch.Tensor]]
 EvalFn = Callable[[nn.Module, int], Mapping[str, float]]
 
+# the training state's trained weights when the checkpoint's model file holds their moving average
+EMA_RAW = "ema/raw"
 # set to 1: each rank writes the ids of every step's samples to OUTPUT/samples/rankR.jsonl
 RECORD_SAMPLES = "ILLUME_KIT_RECORD_SAMPLES"
 # config fields that may change between a run and its resumption without changing the trajectory
 _RESUME_SAFE = {
     "steps",
+    "loggers",
     "checkpoint_every",
     "keep_last",
     "log_every",
@@ -341,6 +351,67 @@ class _Group:
             p.requires_grad_(flag)
 
 
+class _Ema:
+    """An exponential moving average of the trained parameters (``config.ema``).
+
+    Up to optimizer step ``start_step`` the average is a copy of the parameters; each later step moves it
+    ``1 - decay`` of the way to them. Low-precision (bf16/fp16) parameters are averaged in fp32, where
+    steps of ``1 - decay`` do not round away.
+    """
+
+    def __init__(self, named: list[tuple[str, nn.Parameter]], decay: float, start_step: int):
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.decay, self.start_step = decay, start_step
+        with torch.no_grad():
+            self.shadow = [
+                p.detach().to(torch.float32 if p.element_size() < 4 else p.dtype).clone() for p in self.params
+            ]
+        self._fused = all(s.dtype == p.dtype for s, p in zip(self.shadow, self.params))
+
+    @torch.no_grad()
+    def update(self, steps_done: int) -> None:
+        if not self.params:
+            return
+        if steps_done <= self.start_step:
+            torch._foreach_copy_(self.shadow, [p.detach() for p in self.params])
+        elif self._fused:
+            torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - self.decay)
+        else:
+            for s, p in zip(self.shadow, self.params):
+                s.lerp_(p.detach().to(s.dtype), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Copy the average into the parameters (the end of training)."""
+        for s, p in zip(self.shadow, self.params):
+            p.copy_(s)
+
+    @contextlib.contextmanager
+    def swapped(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The average in the parameters inside the block; yields the trained weights it stands in for."""
+        with torch.no_grad():
+            raw = {n: p.detach().clone() for n, p in zip(self.names, self.params)}
+            self.apply()
+        try:
+            yield raw
+        finally:
+            with torch.no_grad():
+                for n, p in zip(self.names, self.params):
+                    p.copy_(raw[n])
+
+    @torch.no_grad()
+    def restore(self, raw: Mapping[str, torch.Tensor]) -> None:
+        """After loading a checkpoint whose model weights are the average: those become the average again
+        and ``raw`` (the trained weights, from the training state) goes back into the parameters."""
+        missing = sorted(set(self.names) - set(raw))
+        if missing:
+            raise ValueError(f"the checkpoint's trained weights lack {missing[:5]}: it was written for another model")
+        for s, n, p in zip(self.shadow, self.names, self.params):
+            s.copy_(p.detach())
+            p.copy_(raw[n])
+
+
 class Trainer:
     """Train ``model`` with ``step_fn`` on ``data``.
 
@@ -353,8 +424,10 @@ class Trainer:
         micro-batches: optimizer step ``s`` reads micro-batches ``s * grad_accum_steps`` onwards, so
         its micro-batches hold the samples one step of ``batch_size * grad_accum_steps`` would.
     trainable: overrides ``config.trainable``; a list of name prefixes or a ``(name, param) -> bool``.
-    eval_fn: ``(model, step) -> {metric: float}``, run on rank 0 in eval mode, no grad, with RNG
-        states saved and restored around it so evaluating never changes the training trajectory.
+    eval_fn: ``(model, step) -> {metric: float | image}``, run on rank 0 in eval mode, no grad, with RNG
+        states saved and restored around it so evaluating never changes the training trajectory
+        (with ``config.ema``: on the averaged weights). Image values (an HxWx3 array, a PIL image, a
+        PNG path: e.g. a grid of samples) go to the image-capable loggers of ``config.loggers``.
     on_checkpoint: ``(folder, step)`` called on rank 0 to add files to each checkpoint before it
         is renamed into place (e.g. an illume-kit component checkpoint).
     callback: where progress goes (``illume_kit.train.progress.TrainCallback``); by default plain
@@ -406,6 +479,8 @@ class Trainer:
         self.precision = "fp32"
         self._plain: nn.Module | None = None
         self.rank_memory: list[list[int]] = []
+        self._ema: _Ema | None = None
+        self._loggers: list[Logger] = []
 
     # ------------------------------------------------------------------ paths
     @staticmethod
@@ -445,6 +520,14 @@ class Trainer:
             self.disc.train()
 
         main = dist.is_main
+        if main and self.output_dir is not None:  # rank 0 alone logs
+            self._loggers = open_loggers(
+                cfg.loggers,
+                self.output_dir,
+                self.description,
+                resumed_at=self.step if resume else None,
+                config=cfg.model_dump(mode="json"),
+            )
         progress = self._callback(main)
         memory = self.memory_line()  # collective
         if dist.enabled:
@@ -486,9 +569,14 @@ class Trainer:
                 ):
                     self.save()
             if self.step >= cfg.steps:
+                if self._ema is not None:  # what the stage saves and the next stage builds on
+                    self._ema.apply()
                 self.release()  # collective: before the process group ends
         finally:
             progress.close()
+            for logger in self._loggers:
+                logger.close()
+            self._loggers = []
             if self.step >= cfg.steps:  # finished: end the process group if we started it
                 D.teardown(self.dist)
         return self.last_row()
@@ -559,6 +647,8 @@ class Trainer:
             replicated=replicated - disc_params,
             world_size=dist.world_size,
         )
+        if cfg.ema is not None:
+            self._ema = _Ema(params, cfg.ema.decay, cfg.ema.start_step)
         disc = None
         if self.disc is not None:
             # the discriminator stays replicated (DDP) under every strategy: it is small, and called on its own
@@ -644,6 +734,8 @@ class Trainer:
             weights.append(weight)
         total, share = self._global_weight(weights)
         norm = gen.update(clip, total)
+        if self._ema is not None:
+            self._ema.update(s + 1)
         logged = _weighted_scalars(outs, weights, share)
         if norm is not None:
             logged["grad_norm"] = norm.detach().float()
@@ -756,6 +848,8 @@ class Trainer:
                 self.output_dir.mkdir(parents=True, exist_ok=True)
                 with open(self.output_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
+            for logger in self._loggers:
+                logger.scalars(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
 
     def _evaluate(self, progress: TrainCallback) -> None:
         if not self.dist.is_main:
@@ -763,12 +857,19 @@ class Trainer:
         rng = capture_rng()
         self.model.eval()
         try:
-            with torch.no_grad():
-                res = {k: float(v) for k, v in self.eval_fn(self.model, self.step).items()}
+            with torch.no_grad(), self._ema.swapped() if self._ema is not None else contextlib.nullcontext():
+                out = dict(self.eval_fn(self.model, self.step))
         finally:
             self.model.train()
             restore_rng(rng)
-        self._log({"step": self.step, **res}, progress)
+        # an image value (a grid: array, PIL image or PNG path) goes to the loggers, numbers to the row
+        images = {
+            k: img for k, v in out.items() if not isinstance(v, (int, float)) and (img := as_image(v)) is not None
+        }
+        self._log({"step": self.step, **{k: float(v) for k, v in out.items() if k not in images}}, progress)
+        for tag, img in images.items():
+            for logger in self._loggers:
+                logger.image(tag, self.step, img)
 
     def state_dict(self) -> dict[str, Any]:
         """The training state (weights_only-loadable); RNG states are gathered from every rank."""
@@ -818,9 +919,14 @@ class Trainer:
         if self.dist.is_main and self.checkpoint_dir is not None:
             modules = {"model": self.model} | ({"disc": self.disc} if self.disc is not None else {})
             extra = (lambda tmp: self.on_checkpoint(tmp, self.step)) if self.on_checkpoint else None
-            folder = save_checkpoint(
-                self.checkpoint_dir, self.step, modules, state, keep_last=self.cfg.keep_last, extra_writer=extra
-            )
+            # with EMA the model file holds the average (what eval and later stages load); the trained
+            # weights, which a resume continues from, go into the training state
+            with self._ema.swapped() if self._ema is not None else contextlib.nullcontext() as raw:
+                if raw is not None:
+                    state[EMA_RAW] = raw
+                folder = save_checkpoint(
+                    self.checkpoint_dir, self.step, modules, state, keep_last=self.cfg.keep_last, extra_writer=extra
+                )
         D.barrier(self.dist)
         return folder
 
@@ -862,6 +968,16 @@ class Trainer:
                 "the run will not match an uninterrupted one",
                 stacklevel=3,
             )
+        if EMA_RAW in state:  # the model file held the average
+            if self._ema is not None:
+                self._ema.restore(state[EMA_RAW])
+            else:
+                with torch.no_grad():
+                    named = dict(self.model.named_parameters())
+                    for n, v in state[EMA_RAW].items():
+                        named[n].copy_(v)
+        elif self._ema is not None:  # EMA turned on at a resume: the average starts at the loaded weights
+            self._ema.update(0)
         for name, g in self._groups.items():
             if g is not None:
                 if f"{name}/optimizer" in state:

@@ -94,3 +94,19 @@ def test_a_misspelt_name_suggests_the_shipped_one(site):
     assert r.returncode == 2
     assert "Did you mean dualvitok_qwen2_tiny" in " ".join(r.stderr.split())
     assert "Traceback" not in r.stderr
+
+
+def test_the_installed_package_registers_its_lmms_eval_model(site):
+    """The wheel's ``lmms_eval.models`` entry point is all lmms-eval needs to find ``illume_kit``."""
+    pytest.importorskip("lmms_eval")
+    code = (
+        "from lmms_eval.models import get_model, list_available_models\n"
+        "assert 'illume_kit' in list_available_models()\n"
+        "cls = get_model('illume_kit')\n"
+        "import sys; print(cls.__module__, sys.modules[cls.__module__].__file__)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=site.parent)
+    assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-1500:]
+    module, path = r.stdout.split()[-2:]
+    assert module == "illume_kit.eval.lmms" and Path(path).is_relative_to(site)

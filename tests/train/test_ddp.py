@@ -16,8 +16,11 @@ HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
 
 
-@pytest.mark.parametrize("batch,accum", [(8, 1), (4, 2)])
-def test_torchrun_two_ranks_on_gloo_agree_and_match_one_process(tmp_path, batch, accum):
+@pytest.mark.parametrize("batch,accum,ema", [(8, 1, False), (4, 2, False), (8, 1, True)])
+def test_torchrun_two_ranks_on_gloo_agree_and_match_one_process(tmp_path, batch, accum, ema):
+    """With ``ema``: every rank averages the same weights, and rank 0 alone writes TensorBoard events."""
+    if ema:
+        pytest.importorskip("tensorboard")
     steps = 10
     env = os.environ | {
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]),
@@ -39,6 +42,7 @@ def test_torchrun_two_ranks_on_gloo_agree_and_match_one_process(tmp_path, batch,
             str(steps),
             str(batch),
             str(accum),
+            *(["ema"] if ema else []),
         ],
         env=env,
         capture_output=True,
@@ -61,7 +65,12 @@ def test_torchrun_two_ranks_on_gloo_agree_and_match_one_process(tmp_path, batch,
     # two ranks of A micro-batches of B see the same global batch as one process of batch 2AB, and DDP
     # averages grads (synchronised once per step, on the last micro-batch)
     model = mlp()
-    cfg = TrainerConfig(steps=steps, batch_size=2 * batch * accum, lr=1e-2, log_every=5, seed=3, warmup_steps=2)
+    averaged = {"ema": {"decay": 0.8, "start_step": 2}} if ema else {}
+    cfg = TrainerConfig(
+        steps=steps, batch_size=2 * batch * accum, lr=1e-2, log_every=5, seed=3, warmup_steps=2, **averaged
+    )
+    if ema:
+        assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1
     Trainer(model, mse_step, regression_data(), cfg, quiet=True).fit()
     for k, v in model.state_dict().items():
         torch.testing.assert_close(r0[k], v, atol=1e-5, rtol=1e-4)

@@ -100,8 +100,9 @@ def test_adaptive_gan_weight_and_no_discriminator():
 
 
 def test_perceptual_path_with_random_weights_stays_out_of_state_dict():
-    model = tiny(perceptual_weight=1.0).train()
-    out = model.loss(torch.rand(1, 3, 64, 64), step=0)
+    model = tiny(perceptual_weight=1.0, perceptual_weights="random").train()
+    with pytest.warns(UserWarning, match="perceptual_weights: random"):
+        out = model.loss(torch.rand(1, 3, 64, 64), step=0)
     assert out["perceptual"] > 0
     out["loss"].backward()
     assert not any("vgg" in k or "lpips" in k for k in model.state_dict())
@@ -114,7 +115,8 @@ def test_lpips_reads_upstream_key_names(tmp_path):
     from illume_kit.plugins.tokenizers.dualvitok.perceptual import LPIPS
 
     torch.manual_seed(0)
-    source = LPIPS()
+    with pytest.warns(UserWarning, match="random"):
+        source = LPIPS("random")
     upstream = {}
     for k, v in source.state_dict().items():
         if k.startswith("vgg."):
@@ -140,3 +142,40 @@ def test_code_swap_noise_rates():
     assert 0.35 < per_sample[per_sample > 0].mean() < 0.65  # about half their positions
     assert torch.equal(swapped[changed.unsqueeze(1).expand_as(q)], q.roll(1, 0)[changed.unsqueeze(1).expand_as(q)])
     assert (code_swap_noise(q, 1.0, 1.0, "zero") == 0).all()
+
+
+def test_perceptual_weights_unset_is_an_error_naming_the_param():
+    model = tiny(perceptual_weight=1.0).train()  # builds and loads: the choice is checked when the loss is built
+    with pytest.raises(ValueError, match=r"perceptual_weights: not set.*perceptual_weights: random"):
+        model.loss(torch.rand(1, 3, 64, 64), step=0)
+    missing = tiny(perceptual_weight=1.0, perceptual_weights="/nonexistent/lpips.safetensors").train()
+    with pytest.raises(FileNotFoundError, match="perceptual_weights: /nonexistent/lpips.safetensors is not a file"):
+        missing.loss(torch.rand(1, 3, 64, 64), step=0)
+
+
+def test_lpips_matches_the_lpips_package_on_the_same_weights(tmp_path):
+    """The lpips package's own VGG LPIPS (its linear heads from the wheel, a random VGG) and this module
+    loaded from its saved state dict measure the same distance."""
+    lpips = pytest.importorskip("lpips")
+    from illume_kit.plugins.tokenizers.dualvitok.perceptual import LPIPS, lpips_key_map
+
+    torch.manual_seed(0)
+    ref = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).eval()
+    state = ref.state_dict()
+    ours_keys = set(lpips_key_map(state))
+    with pytest.warns(UserWarning):
+        assert ours_keys == set(LPIPS("random").state_dict())
+    torch.save(state, tmp_path / "lpips_package_vgg.pt")  # its lins.<k> alias lin<k>: safetensors refuses it
+    ours = LPIPS(str(tmp_path / "lpips_package_vgg.pt"))
+    assert torch.equal(ours.lin[2].weight, ref.lin2.model[1].weight)  # the wheel's calibrated heads, not ones
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, 48, 48, generator=g) * 2 - 1
+    y = (x + 0.3 * torch.randn(3, 3, 48, 48, generator=g)).clamp(-1, 1)
+    with torch.no_grad():
+        expected = ref(x, y).mean()
+        got = ours(x, y)
+        assert expected > 1e-3  # the comparison below is not between two zeros
+        assert abs(float(got) - float(expected)) < 1e-5
+        per_sample = torch.stack([ours(x[i : i + 1], y[i : i + 1]) for i in range(3)])
+        assert torch.allclose(per_sample, ref(x, y).flatten(), atol=1e-5)
+        assert float(ours(x, x)) == 0.0 and float(ref(x, x).sum()) == 0.0

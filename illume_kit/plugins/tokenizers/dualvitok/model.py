@@ -263,8 +263,17 @@ class DualViTok(nn.Module):
     @property
     def perceptual(self) -> nn.Module:
         if not self._lpips:
-            from illume_kit.plugins.tokenizers.dualvitok.perceptual import LPIPS
+            from illume_kit.plugins.tokenizers.dualvitok.perceptual import LPIPS, RANDOM
 
+            # checked when the loss is first built, not in Params: a checkpoint whose params leave it unset
+            # still loads (eval and inference never build the perceptual loss)
+            if not self.params.perceptual_weights:
+                raise ValueError(
+                    f"tokenizer params perceptual_weights: not set, and perceptual_weight is "
+                    f"{self.params.perceptual_weight:g}: give a local LPIPS-VGG weights file (.safetensors or .pt), "
+                    f"or perceptual_weights: {RANDOM} for a randomly initialised VGG (tests and smoke runs only), "
+                    "or perceptual_weight: 0"
+                )
             self._lpips.append(LPIPS(self.params.perceptual_weights))
         ref = self.pixel_decoder.conv_out.weight
         return self._lpips[0].to(device=ref.device, dtype=ref.dtype)

@@ -90,7 +90,10 @@ class DualViTokParams(PatchGANParams):
         0.0, ge=0.0, description="weight of LPIPS (ILLUME+: 1.0; needs perceptual_weights)"
     )
     perceptual_weights: str | None = Field(
-        None, description="local .safetensors/.pt with VGG16 + LPIPS linear weights; random init if None (tests only)"
+        None,
+        description="local .safetensors/.pt with VGG16 + LPIPS linear weights (this module's, torchvision's or the "
+        "lpips package's key names), or `random` for a randomly initialised VGG (tests and smoke runs; a warning "
+        "says so); needed when perceptual_weight > 0",
     )
     codebook_weight: float = Field(1.0, ge=0.0, description="weight of the pixel quantizer loss")
     semantic_weight: float = Field(1.0, ge=0.0, description="weight of the whole semantic loss")
