@@ -39,6 +39,7 @@ from illume_kit.cli.args import (
     seed,
 )
 from illume_kit.core.options import OFFICIAL_SAMPLING_DEFAULTS, EvalOptions, Preprocess, SamplingMode
+from illume_kit.eval.batch_generation import LAYOUTS
 from illume_kit.eval.sampling import GUIDANCE, task_sampling
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -468,6 +469,10 @@ def cmd_understand(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from illume_kit.cli.batch_cmds import check_modes, cmd_generate_batch
+
+    if check_modes(args, ("caption",), "--prompts", args.prompts):
+        return cmd_generate_batch(args)
     check_text(args.caption, "caption")
     out = _check_output(args.output)
     mode, opts = _preprocess(args)
@@ -498,8 +503,9 @@ def cmd_generate(args) -> int:
     )
     warn_unfamiliar(args.checkpoint, "caption", args.caption, size, args.size is not None)
     images = []
-    for b, lo in enumerate(range(0, args.num, args.batch_size)):
-        k = min(args.batch_size, args.num - lo)
+    num = args.num or 1
+    for b, lo in enumerate(range(0, num, args.batch_size)):
+        k = min(args.batch_size, num - lo)
         # official: one prompt per draw, image i seeded seed + i (generate_images seeds prompt j with seed + j)
         seed = args.seed + (lo if official else b)
         codes = generate_images(model, [args.caption] * k, size, seed=seed, **sampling)
@@ -510,6 +516,10 @@ def cmd_generate(args) -> int:
 
 
 def cmd_edit(args) -> int:
+    from illume_kit.cli.batch_cmds import check_modes, cmd_edit_batch
+
+    if check_modes(args, ("image", "instruction"), "--pairs", args.pairs):
+        return cmd_edit_batch(args)
     check_text(args.instruction, "instruction")
     out = _check_output(args.output)
     _check_image(args.image)
@@ -610,6 +620,15 @@ def _sampling_args(p, verb: str) -> None:
     )
 
 
+def _batch_args(p, flag: str) -> None:
+    p.add_argument(
+        "--samples",
+        type=positive_int,
+        help=f"{flag}: images per line, each seeded from --seed, the line's index and the sample's "
+        "(default: 4 for the geneval and dpg layouts, else 1)",
+    )
+
+
 def register(sub) -> None:
     p = sub.add_parser("understand", help="answer a question about an image")
     _common(
@@ -628,10 +647,26 @@ def register(sub) -> None:
         "image size HxW (default: the recipe's image size); with --preprocess official: "
         "an anchor base N (the square anchor) or an anchor HxW",
     )
-    p.add_argument("caption")
-    p.add_argument("-o", "--output", required=True, help="output image (png/jpg); with --num > 1 a grid")
-    p.add_argument("--num", type=positive_int, default=1, help="images to draw (written as one grid)")
-    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("caption", nargs="?", help="the caption (or --prompts FILE for a batch)")
+    p.add_argument(
+        "-o", "--output", required=True, help="output image (png/jpg); with --num > 1 a grid; with --prompts a folder"
+    )
+    p.add_argument("--num", type=positive_int, help="images to draw (written as one grid; default 1)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="rows (prompts x samples) per sampler call")
+    p.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="batch: a jsonl file, one prompt a line (prompt | text | caption, optional id), or a folder of "
+        ".txt files (DPG-Bench's prompts/); -o names the output folder; a rerun skips finished prompts",
+    )
+    _batch_args(p, "--prompts")
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        help="--prompts: geneval (OUT/<index>/metadata.jsonl + samples/<k>.png, the default), dpg (OUT/<id>.png, "
+        "a 2-column grid of the samples), flat (OUT/<id>[_<k>].png + metadata.jsonl)",
+    )
+    p.add_argument("--grid", action="store_true", help="--layout geneval: also write OUT/<index>/grid.png")
     _sampling_args(p, "generate")
     p.set_defaults(func=cmd_generate)
 
@@ -641,8 +676,16 @@ def register(sub) -> None:
         "resize the image to HxW first; the edit has this size (default: the recipe's image size); "
         "with --preprocess official: an anchor base N (the anchor nearest the image's aspect) or an anchor HxW",
     )
-    p.add_argument("image", help="a png/jpg image")
-    p.add_argument("instruction")
-    p.add_argument("-o", "--output", required=True, help="output image (png/jpg)")
+    p.add_argument("image", nargs="?", help="a png/jpg image (or --pairs FILE for a batch)")
+    p.add_argument("instruction", nargs="?")
+    p.add_argument("-o", "--output", required=True, help="output image (png/jpg); with --pairs a folder")
+    p.add_argument(
+        "--pairs",
+        metavar="FILE",
+        help="batch: a jsonl file, one edit a line (image: a path relative to the file's folder, instruction, "
+        "optional id); writes OUT/<id or index>.png and OUT/metadata.jsonl; a rerun skips finished pairs",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=8, help="--pairs: rows per sampler call")
+    _batch_args(p, "--pairs")
     _sampling_args(p, "edit")
     p.set_defaults(func=cmd_edit)

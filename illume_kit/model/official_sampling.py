@@ -513,12 +513,13 @@ def official_images(
     uncond: Sequence[Sequence[Part]] | None,
     sizes: Sequence[tuple[int, int]],
     settings: OfficialSettings,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
 ) -> list[dict[str, torch.Tensor]]:
     """Code grids of one image per prompt, each prompt decoded alone (batch size 1, as the official
-    processor supports), prompt ``j`` seeded with ``seed + j``."""
+    processor supports), prompt ``j`` seeded with ``seed + j`` (or ``seed[j]``, given one per prompt)."""
     out = []
     for j, (prompt, size) in enumerate(zip(prompts, sizes)):
-        ids = official_generate(model, prompt, uncond[j] if uncond is not None else None, size, settings, seed + j)
+        s = seed + j if isinstance(seed, int) else seed[j]
+        ids = official_generate(model, prompt, uncond[j] if uncond is not None else None, size, settings, s)
         out.append(first_image(model, ids, size))
     return out

@@ -21,7 +21,10 @@ sizes:
   unconditional rows are fed the same generated tokens. Inside images the log-probs mix as
   ``s * (logp_c - logp_u) + logp_u``; elsewhere the conditional ones are used as they are;
 - temperature, top-k and top-p are per level (``text`` and each codebook), applied once;
-  temperature 0 is greedy. All randomness comes from one seeded ``torch.Generator``.
+  temperature 0 is greedy. All randomness comes from one seeded ``torch.Generator``, or, with one
+  seed per row, from each row's own stream (:class:`RowDraws`), so that a row's sample does not depend
+  on the other rows of its batch (batch generation over prompt files draws the same images at any
+  batch size).
 
 ``generate_images`` / ``edit_images`` with ``sampling="official"`` (recipe ``eval.options.sampling``)
 decode with ``illume_kit.model.official_sampling`` instead: the official pipeline's token stream,
@@ -246,6 +249,30 @@ class _Rows:
         return torch.where(active, tok, torch.full_like(tok, self.pad))
 
 
+class RowDraws:
+    """One random stream per row: row ``r`` draws its tokens by inverse CDF from uniforms of a CPU
+    generator seeded ``seeds[r]``, one uniform per draw, whatever the other rows do (a CPU stream is
+    the same on every device)."""
+
+    def __init__(self, seeds: Sequence[int], draws: int, dev: torch.device) -> None:
+        streams = [
+            torch.rand(draws, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64) for s in seeds
+        ]
+        self.u = torch.stack(streams).to(dev) if streams else torch.zeros((0, draws), dtype=torch.float64, device=dev)
+        self.used = torch.zeros(len(seeds), dtype=torch.long, device=dev)
+
+    def draw(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """One index per row of ``x`` (filtered logits of the rows ``rows``), drawn from softmax(x)."""
+        u = self.u[rows, self.used[rows].clamp(max=self.u.shape[1] - 1)]
+        self.used[rows] += 1
+        p = torch.softmax(x.double(), -1)
+        cdf = p.cumsum(-1)
+        pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+        # u * total may round up to the total: take the last id with mass, never a masked one
+        last = x.shape[-1] - 1 - (p > 0).flip(-1).long().argmax(-1)
+        return torch.where(pick > last, last, pick)
+
+
 class StructuredSampler:
     """Decodes a batch of prompts, each row following its own template / text state."""
 
@@ -254,9 +281,11 @@ class StructuredSampler:
         model: Any,
         sampling: Sequence[Sampling] | None = None,
         cfg: float = 1.0,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         skip_unit_guidance: bool = True,
     ) -> None:
+        """``seed``: one seed for the batch, or one per prompt (each row then draws from its own
+        stream, :class:`RowDraws`)."""
         self.model, self.cfg = model, float(cfg)
         self.sampling = list(sampling) if sampling is not None else sampling_table(model)
         self.seed, self.skip_unit_guidance = seed, skip_unit_guidance
@@ -286,6 +315,8 @@ class StructuredSampler:
         B = len(prompts)
         if len(templates) != B or (uncond is not None and len(uncond) != B):
             raise ValueError("prompts, templates and uncond prompts must have the same length")
+        if not isinstance(self.seed, int) and len(self.seed) != B:
+            raise ValueError(f"got {len(self.seed)} seeds for {B} prompts")
         from_text = list(image_from_text) if image_from_text is not None else [False] * B
         guide = uncond is not None and not (self.skip_unit_guidance and self.cfg == 1.0)
         # forced heads of templates that start right away go into the prefill
@@ -345,7 +376,10 @@ class StructuredSampler:
         mask = torch.ones((N, T0 + int(state.budget.max())), dtype=batch.attention_mask.dtype, device=dev)
         mask[:, :T0] = batch.attention_mask
         next_pos, cur = batch.attention_mask.sum(1), T0
-        gen = torch.Generator(device=dev).manual_seed(self.seed)
+        if isinstance(self.seed, int):
+            gen = torch.Generator(device=dev).manual_seed(self.seed)
+        else:  # a row draws at most once per token of its budget
+            gen = RowDraws(self.seed, max(1, int(state.budget.max())), dev)
         table = torch.tensor([[s.temperature, s.top_k or 0, s.top_p] for s in self.sampling], device=dev)
         cache = backbone.new_cache() if isinstance(backbone, IncrementalCache) else None
         out = backbone(
@@ -425,7 +459,10 @@ class StructuredSampler:
         t, k, p = table[level].unbind(1)
         x = filter_logits(x, t, k.long(), p, self._max_k, self._use_top_p)
         pick = x.argmax(-1)
-        if self._draws:
+        if self._draws and isinstance(gen, RowDraws):
+            drawn = gen.draw(x, free.nonzero()[:, 0])
+            pick = torch.where(t > 0, drawn, pick)
+        elif self._draws:
             drawn = torch.multinomial(torch.softmax(x, -1), 1, generator=gen)[:, 0]
             pick = torch.where(t > 0, drawn, pick)
         return pick + wlo
@@ -456,13 +493,14 @@ def sample_images(
     uncond: Sequence[Sequence[Part]] | None,
     sizes,
     cfg: float = 1.0,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     temperature=1.0,
     top_k=None,
     top_p=1.0,
     skip_unit_guidance: bool = True,
 ) -> list[dict[str, torch.Tensor]]:
-    """Images for arbitrary prompt parts (with matching unconditional prompts when ``cfg != 1``)."""
+    """Images for arbitrary prompt parts (with matching unconditional prompts when ``cfg != 1``);
+    ``seed``: one for the batch or one per prompt (:class:`StructuredSampler`)."""
     sizes = _sizes(sizes, len(prompts))
     if cfg != 1.0 and uncond is None:
         raise ValueError("guidance (cfg != 1) needs unconditional prompts")
@@ -494,7 +532,7 @@ def generate_images(
     prompts: Sequence[str],
     sizes,
     cfg: float = 2.0,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     temperature=None,
     top_k=None,
     top_p=None,
@@ -524,7 +562,7 @@ def edit_images(
     images: Sequence[torch.Tensor] | torch.Tensor,
     instructions: Sequence[str],
     cfg: float = 1.5,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     temperature=None,
     top_k=None,
     top_p=None,
