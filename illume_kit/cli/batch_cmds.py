@@ -87,31 +87,13 @@ def _run(model, items, layout, size_of, args, sampling, decode, **kw):
 
 
 def cmd_generate_batch(args) -> int:
-    from illume_kit.cli.generate_cmds import (
-        MAX_PROMPT_CHARS,
-        _load_model,
-        _preprocess,
-        _sampling,
-        anchor_of,
-        check_size,
-        official_anchor,
-        parse_size,
-        recipe_image_size,
-    )
+    from illume_kit.cli.generate_cmds import MAX_PROMPT_CHARS, _sampling, model_and_size
     from illume_kit.eval.batch_generation import make_layout, read_prompts
 
     out = check_output_dir(args.output)
     layout = make_layout(args.layout or "geneval", out, args.samples, args.grid)
     items = read_prompts(args.prompts, MAX_PROMPT_CHARS)
-    mode, opts = _preprocess(args)
-    if mode == "official":
-        anchor_of(args.size, opts.anchor_base or recipe_image_size(args.checkpoint)[0])  # before the load
-        model = _load_model(args)
-        size = official_anchor(args, model, opts)
-    else:
-        size = parse_size(args.size) or recipe_image_size(args.checkpoint)
-        model = _load_model(args)
-        check_size(model, size)
+    model, size, opts = model_and_size(args)
     if layout.name == "dpg" and size[0] != size[1]:
         raise ValueError(
             f"--layout dpg: DPG-Bench crops square tiles (--resolution R: R x R each); "

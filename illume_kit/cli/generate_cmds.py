@@ -372,23 +372,9 @@ def official_anchor(args, model, opts: EvalOptions, source=None) -> tuple[int, i
 
 def load_image(path: str | Path, size: tuple[int, int]):
     """An image file -> float (3, H, W) in [0, 1], center-cropped to the aspect of ``size`` and resized."""
-    from PIL import Image
+    from illume_kit.data.images import fit_image, load_rgb
 
-    from illume_kit.data.images import load_rgb
-    from illume_kit.data.shapes import to_tensor
-
-    h, w = size
-    img = load_rgb(path)  # its declared size checked against the pixel budget before decoding
-    W, H = img.size
-    if W * h > H * w:  # too wide: crop the sides
-        cw = round(H * w / h)
-        img = img.crop(((W - cw) // 2, 0, (W - cw) // 2 + cw, H))
-    elif W * h < H * w:
-        ch = round(W * h / w)
-        img = img.crop((0, (H - ch) // 2, W, (H - ch) // 2 + ch))
-    if img.size != (w, h):
-        img = img.resize((w, h), Image.Resampling.BICUBIC)
-    return to_tensor(img)
+    return fit_image(load_rgb(path), size)  # its declared size checked against the pixel budget before decoding
 
 
 def _load_model(args):
@@ -468,6 +454,21 @@ def cmd_understand(args) -> int:
     return 0
 
 
+def model_and_size(args):
+    """(model, image size to generate, preprocessing options): ``--size`` (or the recipe's) checked
+    against the model; with ``--preprocess official`` the aspect-ratio anchor (the flag checked before
+    the weights load)."""
+    mode, opts = _preprocess(args)
+    if mode == "official":
+        anchor_of(args.size, opts.anchor_base or recipe_image_size(args.checkpoint)[0])  # before the load
+        model = _load_model(args)
+        return model, official_anchor(args, model, opts), opts
+    size = parse_size(args.size) or recipe_image_size(args.checkpoint)
+    model = _load_model(args)
+    check_size(model, size)
+    return model, size, opts
+
+
 def cmd_generate(args) -> int:
     from illume_kit.cli.batch_cmds import check_modes, cmd_generate_batch
 
@@ -475,15 +476,7 @@ def cmd_generate(args) -> int:
         return cmd_generate_batch(args)
     check_text(args.caption, "caption")
     out = _check_output(args.output)
-    mode, opts = _preprocess(args)
-    if mode == "official":
-        anchor_of(args.size, opts.anchor_base or recipe_image_size(args.checkpoint)[0])  # before the load
-        model = _load_model(args)
-        size = official_anchor(args, model, opts)
-    else:
-        size = parse_size(args.size) or recipe_image_size(args.checkpoint)
-        model = _load_model(args)
-        check_size(model, size)
+    model, size, _ = model_and_size(args)
     from illume_kit.cli.output import console
     from illume_kit.model.prompts import style_of
     from illume_kit.model.sampler import decode_images, generate_images, image_template

@@ -81,3 +81,24 @@ def load_rgb(path: str | Path | IO[bytes], budget: int | None = None, name: str 
             raise ValueError(
                 f"{name if name is not None else path}: the image cannot be decoded ({type(exc).__name__}: {exc})"
             ) from None
+
+
+def fit_image(image, size: tuple[int, int]):
+    """A PIL image -> float (3, H, W) in [0, 1]: center-cropped to the aspect of ``size`` (H, W), then
+    resized to it (bicubic)."""
+    from PIL import Image
+
+    from illume_kit.data.shapes import to_tensor
+
+    h, w = size
+    img = image.convert("RGB")
+    W, H = img.size
+    if W * h > H * w:  # too wide: crop the sides
+        cw = round(H * w / h)
+        img = img.crop(((W - cw) // 2, 0, (W - cw) // 2 + cw, H))
+    elif W * h < H * w:
+        ch = round(W * h / w)
+        img = img.crop((0, (H - ch) // 2, W, (H - ch) // 2 + ch))
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.Resampling.BICUBIC)
+    return to_tensor(img)

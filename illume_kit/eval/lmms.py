@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from illume_kit.core.extras import require
+from illume_kit.data.images import fit_image
 
 _api = require("lmms_eval.api.model", "lmms", "the lmms-eval adapter")
 
@@ -104,26 +105,6 @@ def manifest():
 
 
 # ---------------------------------------------------------------- the model side (no lmms-eval types)
-
-
-def fit_image(image, size: tuple[int, int]) -> torch.Tensor:
-    """A PIL image -> float (3, H, W) in [0, 1]: center-cropped to the aspect of ``size``, resized to it."""
-    from PIL import Image
-
-    from illume_kit.data.shapes import to_tensor
-
-    h, w = size
-    img = image.convert("RGB")
-    W, H = img.size
-    if W * h > H * w:  # too wide: crop the sides
-        cw = round(H * w / h)
-        img = img.crop(((W - cw) // 2, 0, (W - cw) // 2 + cw, H))
-    elif W * h < H * w:
-        ch = round(W * h / w)
-        img = img.crop((0, (H - ch) // 2, W, (H - ch) // 2 + ch))
-    if img.size != (w, h):
-        img = img.resize((w, h), Image.Resampling.BICUBIC)
-    return to_tensor(img)
 
 
 def size_multiple(model: Any) -> int:
@@ -438,7 +419,6 @@ __all__ = [
     "Likelihood",
     "continuation_logprobs",
     "cut_at",
-    "fit_image",
     "generate_answers",
     "manifest",
     "prompt_of",

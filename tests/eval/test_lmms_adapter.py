@@ -244,7 +244,7 @@ def test_generate_until_is_the_greedy_answer_cut_at_until(lm, scene):
 def test_images_are_sized_like_understand(lm, scene):
     from PIL import Image
 
-    from illume_kit.eval.lmms import fit_image
+    from illume_kit.data.images import fit_image
 
     wide = Image.new("RGB", (200, 100), (255, 0, 0))
     wide.paste((0, 0, 255), (0, 0, 50, 100))  # the left quarter is cropped away
