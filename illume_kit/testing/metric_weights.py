@@ -17,10 +17,21 @@ TINY_CLIP = {
 }
 
 
-def write_random_inception(path: str | Path, seed: int = 0, feature: int = 64) -> Path:
-    """torch-fidelity's FID Inception-v3, randomly initialised, as safetensors at ``path``."""
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
+def _save(state: dict[str, torch.Tensor], path: str | Path) -> Path:
+    """safetensors for a ``.safetensors`` path, else a plain tensor ``.pth`` (what the released files are)."""
     from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+def write_random_inception(path: str | Path, seed: int = 0, feature: int = 64) -> Path:
+    """torch-fidelity's FID Inception-v3, randomly initialised, at ``path``."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
 
     fetch, load = fe.load_state_dict_from_url, fe.FeatureExtractorInceptionV3.load_state_dict
     fe.load_state_dict_from_url = lambda *a, **k: {}  # build it without weights to keep its random init
@@ -30,22 +41,17 @@ def write_random_inception(path: str | Path, seed: int = 0, feature: int = 64) -
         net = fe.FeatureExtractorInceptionV3("inception-v3-compat", [str(feature)])
     finally:
         fe.load_state_dict_from_url, fe.FeatureExtractorInceptionV3.load_state_dict = fetch, load
-    path = Path(path)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
-    return path
+    return _save(net.state_dict(), path)
 
 
 def write_random_lpips(path: str | Path, seed: int = 1, net: str = "vgg") -> Path:
-    """An ``lpips.LPIPS`` with a random backbone and random linear heads, as safetensors at ``path``."""
+    """An ``lpips.LPIPS`` with a random backbone and random linear heads at ``path``."""
     import lpips
-    from safetensors.torch import save_file
 
     torch.manual_seed(seed)
     state = lpips.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False).state_dict()
     # safetensors keeps one name of a shared tensor: the linear heads as lin<k> only
-    path = Path(path)
-    save_file({k: v for k, v in state.items() if not k.startswith("lins.")}, str(path))
-    return path
+    return _save({k: v for k, v in state.items() if not k.startswith("lins.")}, path)
 
 
 def write_tiny_clip(folder: str | Path, seed: int = 3) -> tuple[Path, Path]:

@@ -303,9 +303,23 @@ def check_train(ws, ex):
     assert (ws.root / "runs" / name / "checkpoint" / "illume_kit.json").is_file()
 
 
+def metric_weights(ws: Workspace, argv: list[str]) -> None:
+    """Random stand-ins for the pretrained weights files a README eval names (nothing downloads here)."""
+    from illume_kit.testing.metric_weights import write_random_inception, write_random_lpips
+
+    writers = {"inception_weights": write_random_inception, "weights": write_random_lpips}
+    for i, a in enumerate(argv[:-1]):
+        if a == "--metric-param":
+            key, _, value = argv[i + 1].partition("=")
+            target = ws.root / value
+            if not target.exists():
+                writers[key.split(".", 1)[1]](target)
+
+
 def check_eval(ws, ex):
     ck = ex.argv[2]
     needs_run(ws, ck)
+    metric_weights(ws, ex.argv)
     argv = list(ex.argv)
     if "-n" in argv:
         argv[argv.index("-n") + 1] = EVAL_N
