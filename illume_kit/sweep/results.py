@@ -4,7 +4,9 @@ Runs are grouped by their overrides minus ``run.seed``; rows keep the plan's ord
 row is the baseline the arrows compare against (▲ better, ▼ worse, = same, by the metric's goal,
 so ▲ on a loss means it went down). The best mean per metric is starred (bold where the format has
 bold). Failed, pending and unplanned runs are counted in a footer rather than silently dropped: a
-table that hides a crashed seed overstates n. Metric goals and formats come from
+table that hides a crashed seed overstates n. Two rows whose means differ by no more than the sum of
+their seed stds are listed under the table as not separated on that metric (``within_spread`` in
+json): a ranking that rests on such a difference is not one the seeds support. Metric goals and formats come from
 ``eval/specs.py`` unless the sweep gives them; a metric a row lacks (SigLIP-only has no pixel
 decoder, so no ``rec/psnr``) is shown as ``–``.
 
@@ -197,6 +199,52 @@ def _head(s: MetricSpec, up: str = "↑", down: str = "↓") -> str:
     return f"{s.name} {up if s.goal == 'max' else down}"
 
 
+@dataclass(frozen=True)
+class Overlap:
+    """Two rows whose means on a metric differ by no more than the sum of their seed stds: the seeds
+    do not separate them, whichever mean is higher."""
+
+    metric: str
+    rows: tuple[str, str]
+    difference: float
+    spread: float
+
+
+def overlaps(res: Results) -> list[Overlap]:
+    """Every pair of rows, per metric, that two or more seeds each cannot tell apart."""
+    out = []
+    for s in res.metrics:
+        cells = [(row.label, row.cells[s.name]) for row in res.rows if row.cells[s.name].n > 1]
+        for i, (la, a) in enumerate(cells):
+            for lb, b in cells[i + 1 :]:
+                diff, spread = abs(a.mean - b.mean), a.std + b.std
+                if diff <= spread:
+                    out.append(Overlap(s.name, (la, lb), diff, spread))
+    return out
+
+
+def spread_notes(res: Results) -> list[str]:
+    """One line per metric listing the row pairs within their seed spread, and a line when rows have
+    a single seed (no spread to judge a difference by)."""
+    by_metric: dict[str, list[Overlap]] = {}
+    for o in overlaps(res):
+        by_metric.setdefault(o.metric, []).append(o)
+    lines = []
+    for s in res.metrics:
+        found = by_metric.get(s.name)
+        if found:
+            pairs = ", ".join(
+                f"{a} vs {b} (Δ {format(o.difference, s.fmt)} ≤ {format(o.spread, s.fmt)})"
+                for o in found
+                for a, b in [o.rows]
+            )
+            lines.append(f"{s.name}: within the seed spread (std sum), not separated: {pairs}")
+    single = [row.label for row in res.rows if len(row.seeds) == 1]
+    if single:
+        lines.append(f"one seed only, no spread to judge differences by: {', '.join(single)}")
+    return lines
+
+
 def footer(res: Results) -> str:
     total = sum(res.counts.values())
     parts = [f"{n} {st}" for st, n in sorted(res.counts.items(), key=lambda kv: kv[0] != "done")]
@@ -204,6 +252,8 @@ def footer(res: Results) -> str:
         f"{total} runs: " + ", ".join(parts) + "; n: finished/planned runs per row; mean ± std over "
         "seeds; ▲/▼ better/worse than the first row; * best"
     )
+    for line in spread_notes(res):
+        text += f"\n{line}"
     for rid, label, err in res.failed:
         text += f"\nfailed {rid} [{label}]: {err}"
     return text
@@ -243,6 +293,10 @@ def render(res: Results, fmt: str = "table") -> str | Any:
                 "metrics": [s.name for s in res.metrics],
                 "rows": to_rows(res),
                 "counts": res.counts,
+                "within_spread": [
+                    {"metric": o.metric, "rows": list(o.rows), "difference": o.difference, "spread": o.spread}
+                    for o in overlaps(res)
+                ],
                 "failed": [{"id": i, "label": lab, "error": e} for i, lab, e in res.failed],
             },
             indent=2,

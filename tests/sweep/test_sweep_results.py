@@ -128,3 +128,64 @@ def test_metrics_can_be_chosen_and_ties_get_no_star(sweep_dir):
 def test_plot_writes_a_png(sweep_dir, tmp_path):
     out = plot(collect(sweep_dir), tmp_path / "plots" / "r.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def _two_seed_sweep(folder, values):
+    """arm -> [metric dict per seed]: a finished sweep folder with one run per (arm, seed)."""
+    runs = []
+    for arm, per_seed in values.items():
+        for seed, metrics in enumerate(per_seed):
+            rid = f"{arm}{seed}"
+            runs.append(
+                {
+                    "id": rid,
+                    "label": f"variant={arm}",
+                    "variant": arm,
+                    "seed": seed,
+                    "overrides": {"run.seed": seed, "x": arm},
+                    "axes": {},
+                }
+            )
+            (folder / rid / "eval").mkdir(parents=True)
+            (folder / rid / "run.json").write_text(json.dumps({"status": "done"}))
+            (folder / rid / "eval" / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    (folder / "plan.json").write_text(
+        json.dumps({"sweep": "arms", "runs": runs, "units": {}, "metrics": ["und/accuracy", "gen/accuracy"]})
+    )
+    return folder
+
+
+def test_arms_within_their_seed_spread_are_noted_as_not_separated(tmp_path):
+    from illume_kit.sweep.results import overlaps, spread_notes
+
+    sweep = _two_seed_sweep(
+        tmp_path,
+        {  # und: a and b overlap (0.80±0.07 vs 0.85±0.07), c is far below both; gen: all apart
+            "a": [{"und/accuracy": 0.75, "gen/accuracy": 0.90}, {"und/accuracy": 0.85, "gen/accuracy": 0.92}],
+            "b": [{"und/accuracy": 0.80, "gen/accuracy": 0.50}, {"und/accuracy": 0.90, "gen/accuracy": 0.52}],
+            "c": [{"und/accuracy": 0.30, "gen/accuracy": 0.10}, {"und/accuracy": 0.32, "gen/accuracy": 0.12}],
+        },
+    )
+    res = collect(sweep)
+    found = overlaps(res)
+    assert [(o.metric, o.rows) for o in found] == [("und/accuracy", ("variant=a", "variant=b"))]
+    assert found[0].difference == pytest.approx(0.05) and found[0].spread == pytest.approx(2 * math.sqrt(0.005))
+    notes = spread_notes(res)
+    assert len(notes) == 1 and notes[0].startswith("und/accuracy: within the seed spread")
+    assert "variant=a vs variant=b" in render(res, "md")
+    data = json.loads(render(res, "json"))
+    assert data["within_spread"] == [
+        {
+            "metric": "und/accuracy",
+            "rows": ["variant=a", "variant=b"],
+            "difference": pytest.approx(0.05),
+            "spread": pytest.approx(0.1414, abs=1e-4),
+        }
+    ]
+
+
+def test_a_single_seed_is_said_to_have_no_spread(sweep_dir):
+    from illume_kit.sweep.results import spread_notes
+
+    notes = spread_notes(collect(sweep_dir))
+    assert notes == ["one seed only, no spread to judge differences by: tokenizer=vqgan, tokenizer=siglip"]
