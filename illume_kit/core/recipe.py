@@ -234,7 +234,9 @@ def _merge(
     for key, value in sets:
         sec, _, rest = key.partition(".")
         if sec in COMPONENT_ROLES and rest == "name":
-            keeps = {k.split(".")[1] for k in set_keys if k.startswith(sec + ".") and k.count(".") >= 1}
+            # a section given whole (`tokenizer.params={...}`) replaces, so it is not dropped first;
+            # `tokenizer.params.x=1` refines the new component's params and the old ones still go
+            keeps = {k.split(".")[1] for k in set_keys if k.startswith(sec + ".") and k.count(".") == 1}
             prov = _reset_component(cfg, prov, sec, value, keeps)
         try:
             OmegaConf.update(cfg, key, value, merge=True, force_add=True)
