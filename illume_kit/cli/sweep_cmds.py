@@ -19,9 +19,19 @@ def _sweep_dir(args, spec=None) -> Path:
         from illume_kit.sweep.spec import load_sweep
 
         spec, _ = load_sweep(args.file)
+    if getattr(args, "quick", False):
+        from illume_kit.sweep.spec import quick_spec
+
+        spec = quick_spec(spec, args.file)
     from illume_kit.sweep.plan import default_sweep_dir
 
     return default_sweep_dir(spec)
+
+
+def _again(args) -> str:
+    """The command that resumes this sweep."""
+    out = f" -o {args.output}" if args.output else ""
+    return f"illume-kit sweep run {args.file}{out}" + (" --quick" if args.quick else "")
 
 
 def _plan(args):
@@ -36,7 +46,7 @@ def _plan(args):
     if args.output:
         check_output_dir(args.output)
     try:
-        plan = plan_sweep(args.file, args.output, force=args.force)
+        plan = plan_sweep(args.file, args.output, force=args.force, quick=args.quick)
     except SweepPlanError as exc:
         err_console.print(
             f"[bold red]error:[/] sweep {args.file}: {len(exc.bad)} of {exc.total} runs are invalid; "
@@ -72,10 +82,7 @@ def cmd_plan(args) -> int:
         print(json.dumps(data, indent=2, default=str))
         return 0
     console.print(plan_table(data))
-    console.print(
-        f"frozen recipes in {plan.sweep_dir}/<run>/recipe.yaml; run with: "
-        f"illume-kit sweep run {args.file}" + (f" -o {args.output}" if args.output else "")
-    )
+    console.print(f"frozen recipes in {plan.sweep_dir}/<run>/recipe.yaml; run with: {_again(args)}")
     return 0
 
 
@@ -93,7 +100,7 @@ def cmd_run(args) -> int:
         signum = exc.signum if isinstance(exc, SweepInterrupted) else int(signal.SIGINT)
         ended = exc.interrupted if isinstance(exc, SweepInterrupted) else []
         what = f"{len(ended)} running run(s) ended and marked interrupted" if ended else "no run was running"
-        again = f"illume-kit sweep run {args.file}" + (f" -o {args.output}" if args.output else "")
+        again = _again(args)
         err_console.print(
             f"sweep {args.file}: stopped by {signal.Signals(signum).name}; {what}; rerun `{again}` to resume",
             markup=False,
@@ -174,6 +181,16 @@ def cmd_status(args) -> int:
     sweep_dir = target if target.is_dir() else _sweep_dir(args)
     plan = read_plan(sweep_dir)
     tasks = [t.seen_from_outside() for t in build_tasks(plan, sweep_dir)]
+    if args.time:
+        from illume_kit.sweep.timing import time_rows, time_table
+
+        times = time_rows(tasks, plan)
+        if args.json:
+            print(status_json(times))
+        else:
+            title = f"where the time of sweep {plan['sweep']} goes ({sweep_dir})"
+            console.print(time_table(times, args.jobs, title))
+        return 0
     rows = task_rows(tasks)
     if args.json:
         print(status_json(rows))
@@ -207,6 +224,11 @@ def register(sub) -> None:
         q.add_argument("file", help="sweep YAML (or a recipe with a `sweep:` block)")
         q.add_argument("-o", "--output", metavar="SWEEP_DIR", help="sweep folder (default: sweeps/<name>)")
         q.add_argument("--force", action="store_true", help=force_help)
+        q.add_argument(
+            "--quick",
+            action="store_true",
+            help="the sweep's `quick:` variant (fewer seeds and steps) in sweeps/<name>_quick",
+        )
 
     force = "expand past max_runs; replace frozen recipes of started runs (moved to .stale/)"
     q = verbs.add_parser("plan", help="expand every run, validate all, show them and freeze each recipe")
@@ -228,6 +250,11 @@ def register(sub) -> None:
     q.add_argument("file", help="sweep YAML or SWEEP_DIR")
     q.add_argument("-o", "--output", metavar="SWEEP_DIR")
     q.add_argument("--json", action="store_true")
+    q.add_argument("--time", action="store_true", help="where the time goes: wall time per arm and stage")
+    q.add_argument("--quick", action="store_true", help="the sweep's --quick variant (sweeps/<name>_quick)")
+    q.add_argument(
+        "-j", "--jobs", type=positive_int, help="with --time: also estimate the wall time at this many runs at a time"
+    )
     q.set_defaults(func=cmd_status)
 
     p = sub.add_parser("results", help="a sweep's results table: mean ± std over seeds, best and arrows")

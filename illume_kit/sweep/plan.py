@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from illume_kit.core.recipe import Problem, RecipeError, load_recipe
-from illume_kit.core.schema import COMPONENT_ROLES
+from illume_kit.core.schema import COMPONENT_ROLES, Stage
 from illume_kit.sweep.expand import ExpandedRun, count_runs, expand
-from illume_kit.sweep.shared import SharedUnit, UnitPlanner, freeze, yaml_value
-from illume_kit.sweep.spec import SEED_KEY, SweepError, SweepSpec, load_sweep
+from illume_kit.sweep.shared import SharedUnit, UnitPlanner, freeze, stages_override, yaml_value
+from illume_kit.sweep.spec import SEED_KEY, Quick, SweepError, SweepSpec, load_sweep, quick_spec
 
 PLAN_FILE = "plan.json"
 # the most runs a plan lists: each is validated and frozen to disk, so more is a typo, not a sweep
@@ -89,6 +89,7 @@ class Plan:
     runs: list[PlannedRun]
     units: dict[str, SharedUnit]
     warnings: list[str]
+    quick: bool = False
 
     def to_json(self) -> dict:
         metrics = [m if isinstance(m, str) else m.model_dump(exclude_none=True) for m in self.spec.metrics]
@@ -100,6 +101,7 @@ class Plan:
             "base": str(self.base),
             "metrics": metrics,
             "stages": self.spec.stages,
+            "quick": self.quick,
             "runs": [r.to_json() for r in self.runs],
             "units": {k: u.to_json() for k, u in self.units.items()},
             "warnings": self.warnings,
@@ -193,10 +195,36 @@ def stage_problems(resolved) -> list[Problem]:
     return out
 
 
-def plan_sweep(sweep_file: str | Path, sweep_dir: str | Path | None = None, force: bool = False, registry=None) -> Plan:
-    """Expand and validate every run of a sweep; raise ``SweepPlanError`` listing every invalid run."""
+def scale_stages(stages: list[Stage], quick: Quick) -> list[Stage]:
+    """``quick.stages`` (all when empty) shortened to ``quick.steps`` of their steps; the warmup and
+    checkpoint interval shrink with them, so the schedule keeps its shape."""
+    out = []
+    for st in stages:
+        if quick.stages and st.name not in quick.stages:
+            out.append(st)
+            continue
+        steps = max(1, round(st.steps * quick.steps))
+        update = {"steps": steps, "warmup_steps": min(steps, round(st.warmup_steps * quick.steps))}
+        if st.checkpoint_every:
+            update["checkpoint_every"] = max(1, round(st.checkpoint_every * quick.steps))
+        out.append(st.model_copy(update=update))
+    return out
+
+
+def plan_sweep(
+    sweep_file: str | Path, sweep_dir: str | Path | None = None, force: bool = False, registry=None, quick: bool = False
+) -> Plan:
+    """Expand and validate every run of a sweep; raise ``SweepPlanError`` listing every invalid run.
+    ``quick``: plan the sweep's ``quick:`` variant (its seeds, its stages shortened)."""
     sweep_file = Path(sweep_file)
     spec, base = load_sweep(sweep_file)
+    # the quick variant trains its shared stages into the full sweep's store (when both use their
+    # default folders): whichever runs second reuses the tokenizers the first trained
+    shared_dir = None
+    if quick:
+        if sweep_dir is None:
+            shared_dir = default_sweep_dir(spec).resolve() / "shared"
+        spec = quick_spec(spec, sweep_file)
     problems = _check_metrics(spec)
     if problems:
         raise SweepError(f"{sweep_file}: " + "; ".join(problems))
@@ -224,9 +252,10 @@ def plan_sweep(sweep_file: str | Path, sweep_dir: str | Path | None = None, forc
     sections = {k for k, v in base_data.items() if v is not None}
     if "sweep" in base_data:
         sections.add("sweep")
-    units = UnitPlanner(base, sweep_dir, spec.shared, spec.share_across_seeds, registry)
+    units = UnitPlanner(base, sweep_dir, spec.shared, spec.share_across_seeds, registry, shared_dir)
     planned: list[PlannedRun] = []
     bad: list[tuple[ExpandedRun, RecipeError]] = []
+    stage_names: set[str] = set()
     for run in runs:
         folder = sweep_dir / run.run_id
         body = {k: v for k, v in run.overrides.items() if k != SEED_KEY}
@@ -235,6 +264,10 @@ def plan_sweep(sweep_file: str | Path, sweep_dir: str | Path | None = None, forc
         out = f"run.output_dir={yaml_value(str(folder))}"
         try:
             resolved = load_recipe(base, [*ov, *([seed] if seed else []), out], registry=registry)
+            stage_names |= {st.name for st in resolved.recipe.train.stages}
+            if quick:
+                ov.append(stages_override(scale_stages(resolved.recipe.train.stages, spec.quick)))
+                resolved = load_recipe(base, [*ov, *([seed] if seed else []), out], registry=registry)
             if stage_problems(resolved):
                 raise RecipeError(str(base), stage_problems(resolved))
             keys, final = units.plan_run(run.run_id, ov, seed, resolved, folder)
@@ -253,7 +286,13 @@ def plan_sweep(sweep_file: str | Path, sweep_dir: str | Path | None = None, forc
         )
     if bad:
         raise SweepPlanError(str(spec.name), bad, len(runs))
-    return Plan(spec, sweep_file.resolve(), base, sweep_dir, planned, units.units, warnings)
+    unknown = sorted(set(spec.quick.stages) - stage_names) if quick else []
+    if unknown:
+        raise SweepError(
+            f"{sweep_file}: quick.stages names no stage of any run: {', '.join(unknown)} "
+            f"(stages: {', '.join(sorted(stage_names))})"
+        )
+    return Plan(spec, sweep_file.resolve(), base, sweep_dir, planned, units.units, warnings, quick)
 
 
 def read_plan(sweep_dir: str | Path) -> dict:

@@ -182,6 +182,7 @@ class Task:
     job: Job | None = None
     step: int = 0
     t0: float = 0.0
+    step_t0: float = 0.0
     log_offset: int = 0
     latest: str = ""
 
@@ -240,7 +241,7 @@ def build_tasks(plan: dict, sweep_dir: Path, python: str = sys.executable) -> li
     cli = [python, *CLI]
     tasks: list[Task] = []
     for key, unit in plan.get("units", {}).items():
-        folder = sweep_dir / "shared" / key
+        folder = Path(unit["folder"]) if unit.get("folder") else sweep_dir / "shared" / key
         prev = read_json(folder / UNIT_FILE)
         rec = {**prev, "key": key, "unit_stage": unit["stage"], "target": unit["target"], "runs": unit["runs"]}
         rec.setdefault("status", "pending")
@@ -316,6 +317,7 @@ class SweepRunner:
     def _start_step(self, t: Task) -> None:
         name, cmd = t.steps[t.step]
         log = t.folder / "logs" / f"{name}.log"
+        t.step_t0 = time.monotonic()
         t.log_offset = log.stat().st_size if log.is_file() else 0
         t.record.update(stage=name, log=str(log))
         t.save()
@@ -340,6 +342,17 @@ class SweepRunner:
 
     def _close_wall(self, t: Task) -> None:
         t.record["wall_s"] = round(float(t.record.get("wall_s", 0.0)) + time.monotonic() - t.t0, 3)
+        self._close_step(t)
+
+    @staticmethod
+    def _close_step(t: Task) -> None:
+        """Add the step that just ended (done, failed or stopped) to ``step_s``: where the time goes."""
+        if not t.step_t0 or not t.steps:
+            return
+        name = t.steps[min(t.step, len(t.steps) - 1)][0]
+        per_step = t.record.setdefault("step_s", {})
+        per_step[name] = round(float(per_step.get(name, 0.0)) + time.monotonic() - t.step_t0, 3)
+        t.step_t0 = 0.0
 
     def _finish(self, t: Task) -> None:
         self._close_wall(t)
@@ -368,6 +381,7 @@ class SweepRunner:
             tail = _tail(t.folder / "logs" / f"{name}.log", t.log_offset)
             self._fail(t, f"{name} exited with status {rc}:\n{tail}")
         elif t.step + 1 < len(t.steps):
+            self._close_step(t)
             t.step += 1
             self._start_step(t)
         else:

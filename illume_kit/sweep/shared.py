@@ -68,6 +68,7 @@ class SharedUnit:
             "target": self.target,
             "upstream": self.upstream,
             "runs": self.runs,
+            "folder": str(self.folder),
         }
 
 
@@ -135,7 +136,7 @@ def _section(resolved: ResolvedRecipe, sec: str) -> Any:
 
 
 def unit_key(
-    resolved: ResolvedRecipe, stage: Stage, upstream: Sequence[str], sweep_dir: Path, with_seed: bool = True
+    resolved: ResolvedRecipe, stage: Stage, upstream: Sequence[str], shared_dir: Path, with_seed: bool = True
 ) -> str:
     content = {
         "format": 1,
@@ -145,7 +146,8 @@ def unit_key(
         "seed": resolved.recipe.run.seed if with_seed else None,
         "upstream": list(upstream),
     }
-    text = json.dumps(content, sort_keys=True, default=str).replace(str(sweep_dir), "@SWEEP")
+    # upstream units' folders enter as paths; keyed relative to the store, a key is the same in any sweep
+    text = json.dumps(content, sort_keys=True, default=str).replace(str(shared_dir), "@SWEEP/shared")
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_LEN]
 
 
@@ -153,9 +155,16 @@ class UnitPlanner:
     """Turns each run's shared stages into units (deduplicated by key) and the run's final overrides."""
 
     def __init__(
-        self, base: Path, sweep_dir: Path, shared: str | Sequence[str], share_across_seeds: bool, registry=None
+        self,
+        base: Path,
+        sweep_dir: Path,
+        shared: str | Sequence[str],
+        share_across_seeds: bool,
+        registry=None,
+        shared_dir: Path | None = None,
     ) -> None:
         self.base, self.sweep_dir, self.shared = base, sweep_dir, shared
+        self.shared_dir = shared_dir or sweep_dir / "shared"
         self.share_across_seeds, self.registry = share_across_seeds, registry
         self.units: dict[str, SharedUnit] = {}
 
@@ -177,11 +186,15 @@ class UnitPlanner:
                 ov = [*overrides, *unit_seed, *redirects(probe.data, PLACEHOLDER, upstream), stages_override([stage])]
                 placeholder = self._load([*ov, f"run.output_dir={PLACEHOLDER}"])
                 key = unit_key(
-                    placeholder, stage, [u.key for u in upstream], self.sweep_dir, with_seed=not self.share_across_seeds
+                    placeholder,
+                    stage,
+                    [u.key for u in upstream],
+                    self.shared_dir,
+                    with_seed=not self.share_across_seeds,
                 )
                 unit = self.units.get(key)
                 if unit is None:
-                    folder = self.sweep_dir / "shared" / key
+                    folder = self.shared_dir / key
                     frozen = self._load([*ov, f"run.output_dir={yaml_value(str(folder))}"])
                     unit = self.units[key] = SharedUnit(
                         key, stage.name, stage.target, folder, freeze(frozen), [u.key for u in upstream]

@@ -14,6 +14,7 @@ nested ``parameters:`` is the trap this avoids)::
     max_runs:  64
     metrics:   [rec/psnr, {name: und/accuracy, goal: max}]
     shared:    auto                                 # or [teacher, tokenizer], or []
+    quick:     {seeds: [0], steps: 0.5, stages: [mllm]}   # what `sweep run --quick` changes
 
 A mapping value is flattened into dotted keys (``tokenizer: {name: vqgan, preset: tiny}`` is
 ``tokenizer.name=vqgan tokenizer.preset=tiny``, so the new component name drops the old one's
@@ -67,6 +68,18 @@ class MetricGoal(_Strict):
     fmt: str | None = Field(None, description="format spec, e.g. .3f; default from the metric spec")
 
 
+class Quick(_Strict):
+    """``sweep run --quick``: the same arms on fewer seeds and steps, in ``SWEEP_DIR`` ``sweeps/<name>_quick``."""
+
+    seeds: list[int] | None = Field(None, description="the quick sweep's seeds (default: the first of `seeds`)")
+    steps: float = Field(
+        0.5, gt=0, le=1, description="fraction of each scaled stage's steps (its warmup and checkpoint_every follow)"
+    )
+    stages: list[str] = Field(
+        default_factory=list, description="names of the stages to scale (default: every stage of every run)"
+    )
+
+
 class SweepSpec(_Strict):
     name: str | None = Field(None, description="sweep name (default: the file's stem); SWEEP_DIR is sweeps/<name>")
     description: str = ""
@@ -99,6 +112,11 @@ class SweepSpec(_Strict):
     share_across_seeds: bool = Field(
         False,
         description="shared stages ignore the seed axis (trained with the base recipe's seed) instead of once per seed",
+    )
+    quick: Quick | None = Field(
+        None,
+        description="what --quick changes: {seeds, steps (a fraction), stages (names)}; a fast check of the "
+        "ranking before the full sweep",
     )
     slurm: dict[str, Any] = Field(
         default_factory=dict,
@@ -247,3 +265,17 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
         except ValueError as exc:
             raise SweepError(f"{path}: {exc}; give the sweep a `name:`") from None
     return spec, base.resolve()
+
+
+QUICK_SUFFIX = "_quick"
+
+
+def quick_spec(spec: SweepSpec, path: str | Path) -> SweepSpec:
+    """The spec ``--quick`` runs: the ``quick:`` block's seeds, and a name of its own (its own folder)."""
+    if spec.quick is None:
+        raise SweepError(
+            f"{path}: --quick needs a `quick:` block in the sweep, e.g. quick: {{seeds: [0], steps: 0.5, "
+            "stages: [mllm]}"
+        )
+    seeds = spec.quick.seeds if spec.quick.seeds is not None else spec.seeds[:1]
+    return spec.model_copy(update={"seeds": list(seeds), "name": f"{spec.name}{QUICK_SUFFIX}"})

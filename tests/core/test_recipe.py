@@ -89,6 +89,7 @@ def test_cli_overrides_and_name_reset(tmp_path, reg):
     # ... unless they are given in the same command
     r = load_recipe(p, ["tokenizer=toytok2", "tokenizer.params.width=5"], registry=reg)
     assert r.components["tokenizer"].params.width == 5
+    assert r.components["tokenizer"].params.codebook_size == 16  # the file's 32 was the old component's
     # ~key deletes
     r = load_recipe(p, ["~tokenizer.preset"], registry=reg)
     assert r.components["tokenizer"].params.width == 8

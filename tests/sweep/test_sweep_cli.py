@@ -36,6 +36,21 @@ def test_plan_shows_runs_and_freezes_without_torch(write_sweep, tmp_path):
     assert [row["status"] for row in json.loads(s.stdout)] == ["pending"] * 4
 
 
+def test_quick_plans_into_its_own_folder_and_status_times_it_without_torch(write_sweep, tmp_path):
+    p = write_sweep(
+        f"base: {VQGAN}\ngrid: {{tokenizer.params.code_dim: [4, 8]}}\nseeds: [0, 1]\nquick: {{steps: 0.5}}\n"
+    )
+    r = cli("sweep", "plan", str(p), "--quick", check_torch=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((tmp_path / "sweeps" / "sweep_quick" / "plan.json").read_text())
+    assert [run["seed"] for run in plan["runs"]] == [0, 0] and plan["quick"] is True
+    assert f"illume-kit sweep run {p} --quick" in " ".join(r.stdout.split())
+    s = cli("sweep", "status", str(p), "--quick", "--time", "--json", check_torch=True, cwd=tmp_path)
+    assert s.returncode == 0 and json.loads(s.stdout) == [], s.stderr  # nothing has run yet
+    bad = cli("sweep", "plan", str(write_sweep(f"base: {VQGAN}\n", "plain.yaml")), "--quick", cwd=tmp_path)
+    assert bad.returncode == 2 and "needs a `quick:` block" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_plan_lists_every_bad_run_and_exits_2(write_sweep, tmp_path):
     p = write_sweep(f"base: {VQGAN}\ngrid: {{tokenizer.params.code_dim: [4, -1, 0]}}\n")
     r = cli("sweep", "plan", str(p), "-o", str(tmp_path / "out"))

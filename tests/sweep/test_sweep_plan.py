@@ -181,17 +181,114 @@ def test_shipped_sweeps_plan(name, tmp_path):
     plan = plan_sweep(path, tmp_path / name)
     assert plan.spec.seeds == [0, 1]
     if name == "tokenizer_ablation":
-        assert len(plan.runs) == 6
-        assert {r.run.label for r in plan.runs} == {"dualvitok", "vqgan", "siglip"}
-        # per seed: one teacher (dualvitok + siglip) and three tokenizers
-        assert sorted(u.target for u in plan.units.values()) == ["teacher"] * 2 + ["tokenizer"] * 6
-        assert plan.spec.metric_names() == [
-            "rec/psnr",
-            "und/accuracy",
-            "gen/accuracy",
-            "edit/accuracy",
-            "probe/reconstruction",
-            "sem/cosine",
-        ]
+        assert len(plan.runs) == 6 and {r.run.label for r in plan.runs} == {"dualvitok", "vqgan", "siglip"}
+        # per seed: two teachers, three tokenizers, one decoder, none shared between arms or seeds
+        assert sorted(u.target for u in plan.units.values()) == sorted(
+            ["teacher"] * 4 + ["tokenizer"] * 6 + ["detokenizer"] * 2
+        )
+        assert plan.spec.metric_names() == ["und/accuracy", "gen/accuracy", "edit/accuracy", "rec/psnr"]
+        assert plan_sweep(path, tmp_path / "quick", quick=True).spec.seeds == [0]
     else:
         assert len(plan.runs) == 4 and len(plan.units) == 2
+
+
+TUNED = {  # each arm of the tokenizer ablation is the chain of these recipes
+    "dualvitok": ["tokenizers/dualvitok_tiny_2x2.yaml", "dualvitok_qwen2_mllm_tiny.yaml"],
+    "vqgan": ["tokenizers/vqgan_tiny_2x2.yaml", "vqgan_qwen2_mllm_tiny.yaml"],
+    "siglip": [
+        "tokenizers/siglip_tiny_2x2.yaml",
+        "detokenizers/diffusion_siglip_2x2_tiny.yaml",
+        "siglip_qwen2_mllm_tiny.yaml",
+    ],
+}
+
+
+def _component(resolved, section):
+    rc = resolved.components.get(section)
+    if rc is None:
+        return None
+    params = rc.params_dict
+    if isinstance(params.get("teacher"), dict):  # where the trained teacher lives differs by design
+        params = {**params, "teacher": {k: v for k, v in params["teacher"].items() if k != "pretrained"}}
+    return rc.spec.name, params
+
+
+def test_tokenizer_ablation_arms_are_their_tuned_recipe_chains(tmp_path):
+    plan = plan_sweep(ROOT / "recipes/sweeps/tokenizer_ablation.yaml", tmp_path / "t")
+    for run in (r for r in plan.runs if r.run.seed == 0):
+        label = run.run.label
+        tuned = [load_recipe(ROOT / "recipes" / p) for p in TUNED[label]]
+        units = [_resolved(plan.units[k].recipe_yaml, tmp_path / f"{k}.yaml") for k in run.units]
+        final = _resolved(run.recipe_yaml, tmp_path / f"{run.run_id}.yaml")
+        chain = [*units, final]
+        stages = [s.model_dump(mode="json") for r in chain for s in r.recipe.train.stages]
+        assert stages == [s.model_dump(mode="json") for t in tuned for s in t.recipe.train.stages], label
+        for section in ("teacher", "tokenizer", "detokenizer"):
+            want = {_frozen(_component(t, section)) for t in tuned if section in t.components}
+            got = {_frozen(_component(r, section)) for r in chain if section in r.components}
+            assert got == want, (label, section)
+        mllm = tuned[-1]
+        assert _component(final, "backbone") == _component(mllm, "backbone")
+        assert _component(final, "data") == _component(mllm, "data")
+        assert final.recipe.model == mllm.recipe.model and final.recipe.eval.options == mllm.recipe.eval.options
+
+
+def _frozen(value):
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _resolved(recipe_yaml: str, path):
+    path.write_text(recipe_yaml)
+    return load_recipe(path)
+
+
+QUICK_SWEEP = f"""
+    base: {DUALVITOK}
+    overrides:
+      train.stages:
+        - {{name: teacher, target: teacher, steps: 4}}
+        - {{name: tokenizer, target: tokenizer, steps: 10, warmup_steps: 4}}
+        - {{name: mllm, target: mllm, steps: 100, warmup_steps: 10, checkpoint_every: 20}}
+    variants:
+      - {{name: a, overrides: {{}}}}
+      - {{name: b, overrides: {{tokenizer.params.pixel_codebook_size: 512}}}}
+    seeds: [3, 4, 5]
+    quick: {{steps: 0.25, stages: [mllm]}}
+    """
+
+
+def test_quick_plans_the_first_seed_with_the_named_stages_shortened(write_sweep, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = write_sweep(QUICK_SWEEP)
+    full, quick = plan_sweep(p), plan_sweep(p, quick=True)
+    assert quick.spec.name == "sweep_quick" and quick.sweep_dir == tmp_path / "sweeps" / "sweep_quick"
+    assert [r.run.seed for r in quick.runs] == [3, 3] and [r.run.label for r in quick.runs] == ["a", "b"]
+    for run in quick.runs:
+        stages = {s.name: s for s in yaml_stages(run.recipe_yaml)}
+        assert (stages["mllm"].steps, stages["mllm"].warmup_steps, stages["mllm"].checkpoint_every) == (25, 2, 5)
+    # the tokenizers are trained in full, into the full sweep's store: whichever runs second reuses them
+    seed3 = {k: u for k, u in full.units.items() if any(r.run.seed == 3 and k in r.units for r in full.runs)}
+    assert set(quick.units) == set(seed3)
+    for key, unit in quick.units.items():
+        assert unit.folder == full.units[key].folder == tmp_path / "sweeps" / "sweep" / "shared" / key
+        assert unit.recipe_yaml == full.units[key].recipe_yaml
+    assert quick.to_json()["quick"] is True and full.to_json()["quick"] is False
+
+
+def yaml_stages(recipe_yaml: str):
+    from illume_kit.core.schema import Stage
+
+    return [Stage.model_validate(s) for s in yaml.safe_load(recipe_yaml)["train"]["stages"]]
+
+
+def test_quick_with_an_output_folder_keeps_its_units_there(write_sweep, tmp_path):
+    plan = plan_sweep(write_sweep(QUICK_SWEEP), tmp_path / "q", quick=True)
+    assert all(u.folder.parent == tmp_path / "q" / "shared" for u in plan.units.values())
+
+
+def test_quick_errors_name_the_missing_block_and_unknown_stages(write_sweep, tmp_path):
+    with pytest.raises(SweepError, match=r"--quick needs a `quick:` block"):
+        plan_sweep(write_sweep(f"base: {VQGAN}\nseeds: [0]\n"), tmp_path / "o", quick=True)
+    bad = QUICK_SWEEP.replace("stages: [mllm]", "stages: [mllm, allign]")
+    with pytest.raises(SweepError, match=r"quick.stages names no stage of any run: allign \(stages: mllm, teacher"):
+        plan_sweep(write_sweep(bad), tmp_path / "o", quick=True)

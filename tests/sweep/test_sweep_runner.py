@@ -255,3 +255,28 @@ def test_status_from_another_process_shows_live_elapsed_and_dead_steps_as_interr
     finally:
         step.kill()
         step.wait()
+
+
+def test_status_time_sums_each_arm_and_stage(write_sweep, tmp_path):
+    from illume_kit.sweep.runner import build_tasks
+    from illume_kit.sweep.timing import time_rows
+
+    plan, sd = planned(
+        write_sweep,
+        tmp_path,
+        f"overrides: {{train.stages: {STAGES}}}\nvariants: [{{name: a, overrides: {{}}}}, "
+        "{name: b, overrides: {tokenizer.params.pixel_codebook_size: 512}}]\nseeds: [0, 1]",
+        base=DUALVITOK,
+    )
+    assert run(plan, sd, FakeLauncher()) == {"done": 4}
+    tasks = build_tasks(plan, sd)
+    for t in tasks:  # the runner recorded every step it ran
+        assert set(t.record["step_s"]) == ({"train"} if t.kind == "unit" else {"train", "eval"})
+        t.record["step_s"] = {"train": 60.0, "eval": 6.0} if t.kind == "run" else {"train": 30.0}
+        t.record["wall_s"] = sum(t.record["step_s"].values())
+    rows = {(r["arm"], r["stage"]): r for r in time_rows(tasks, plan)}
+    # the teacher is the same content in both arms: one unit per seed, serving both
+    assert rows[("a+b", "teacher")]["n"] == 2 and rows[("a+b", "teacher")]["total_s"] == 60.0
+    assert rows[("a", "tokenizer")]["n"] == 2 and rows[("b", "mllm")]["total_s"] == 120.0
+    assert rows[("a", "eval")]["mean_s"] == 6.0
+    assert abs(sum(r["share"] for r in rows.values()) - 1.0) < 1e-9
