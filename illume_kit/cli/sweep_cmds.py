@@ -133,7 +133,7 @@ def _run_planned(args, plan) -> int:
     from illume_kit.sweep.runner import SweepRunner
 
     data = plan.to_json()
-    launcher = make_launcher(args.launcher, plan.sweep_dir, plan.spec.slurm)
+    launcher = make_launcher(args.launcher, plan.sweep_dir, plan.spec.slurm, jobs=args.jobs)
     metric_names = plan.spec.metric_names()
     title = f"sweep {plan.spec.name} ({args.launcher}, {args.jobs} at a time) -> {plan.sweep_dir}"
     live = None

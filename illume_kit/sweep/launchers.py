@@ -22,7 +22,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -78,8 +78,8 @@ GUARD = Path(__file__).with_name("stepguard.py")
 class LocalLauncher:
     name = "local"
 
-    def __init__(self, python: str = sys.executable) -> None:
-        self.python = python
+    def __init__(self, python: str = sys.executable, jobs: int = 1) -> None:
+        self.python, self.jobs = python, jobs
 
     def start(self, cmd: Sequence[str], log: Path, cwd: Path) -> LocalJob:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,13 @@ class LocalLauncher:
         f.flush()
         guarded = [self.python, "-I", str(GUARD), str(os.getpid()), *cmd]
         proc = subprocess.Popen(
-            guarded, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            guarded,
+            cwd=cwd,
+            env=step_env(os.environ, self.jobs),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         return LocalJob(proc, f)
 
@@ -170,9 +176,19 @@ def multi_gpu(cmd: Sequence[str], gpus: int) -> list[str]:
     return [cmd[0], "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus), *cmd[1:]]
 
 
-def make_launcher(name: str, sweep_dir: Path, slurm: dict | None = None) -> Launcher:
+def step_env(environ: Mapping[str, str], jobs: int) -> dict[str, str]:
+    """The environment of a local step: with several steps at a time and no thread count given, each
+    step's torch gets its share of the cores (two steps of two threads each on two cores run slower
+    together than two of one thread)."""
+    env = dict(environ)
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    return env
+
+
+def make_launcher(name: str, sweep_dir: Path, slurm: dict | None = None, jobs: int = 1) -> Launcher:
     if name == "local":
-        return LocalLauncher()
+        return LocalLauncher(jobs=jobs)
     if name == "slurm":
         return SlurmLauncher(sweep_dir / ".submitit", slurm)
     raise ValueError(f"unknown launcher {name!r} (valid: local, slurm)")

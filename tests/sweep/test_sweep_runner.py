@@ -280,3 +280,12 @@ def test_status_time_sums_each_arm_and_stage(write_sweep, tmp_path):
     assert rows[("a", "tokenizer")]["n"] == 2 and rows[("b", "mllm")]["total_s"] == 120.0
     assert rows[("a", "eval")]["mean_s"] == 6.0
     assert abs(sum(r["share"] for r in rows.values()) - 1.0) < 1e-9
+
+
+def test_local_steps_get_their_share_of_the_cores_unless_told(monkeypatch):
+    from illume_kit.sweep.launchers import step_env
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert step_env({}, 2)["OMP_NUM_THREADS"] == "4" and step_env({}, 16)["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in step_env({}, 1)  # one step at a time: torch's own default
+    assert step_env({"OMP_NUM_THREADS": "3"}, 2)["OMP_NUM_THREADS"] == "3"
