@@ -201,15 +201,30 @@ def cmd_status(args) -> int:
 
 
 def cmd_results(args) -> int:
-    from illume_kit.cli.output import console
-    from illume_kit.sweep.results import collect, plot, render
+    import json
 
+    from illume_kit.cli.output import console, err_console
+    from illume_kit.sweep.results import agreement, collect, plot, render, render_agreement
+
+    if args.against and args.format not in ("table", "md", "json"):
+        err_console.print(f"--against shows its table with --format table, md or json, not {args.format}")
+        return 2
     res = collect(args.sweep_dir, metrics=args.metric or None)
     out = render(res, args.format)
+    ref = collect(args.against, metrics=args.metric or None) if args.against else None
+    found = agreement(res, ref) if ref is not None else None
     if args.format == "table":
         console.print(out)
+        if found is not None:
+            console.print(render_agreement(found, ref.name))
+    elif args.format == "json" and found is not None:
+        data = json.loads(out)
+        data["against"] = {"sweep": ref.name, "pairs": json.loads(render_agreement(found, ref.name, "json"))}
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         sys.stdout.write(out)
+        if found is not None:
+            sys.stdout.write("\n" + render_agreement(found, ref.name, "md"))
     if args.plot:
         path = plot(res, args.plot)
         print(f"plot: {path}", file=sys.stderr)
@@ -262,4 +277,10 @@ def register(sub) -> None:
     p.add_argument("--format", default="table", choices=["table", "md", "csv", "json", "latex"])
     p.add_argument("--metric", action="append", metavar="NAME", help="metrics to show (default: the sweep's)")
     p.add_argument("--plot", metavar="OUT.png", help="also plot each metric against the swept settings")
+    p.add_argument(
+        "--against",
+        metavar="SWEEP_DIR",
+        help="also check that this sweep ranks each pair of rows as that one does (e.g. a --quick sweep "
+        "against the full one), where that one's seeds separate the pair",
+    )
     p.set_defaults(func=cmd_results)

@@ -245,6 +245,83 @@ def spread_notes(res: Results) -> list[str]:
     return lines
 
 
+@dataclass
+class Agreement:
+    metric: str
+    rows: tuple[str, str]
+    reference: float  # mean difference (first - second) in the reference sweep
+    difference: float  # the same in the checked sweep
+    separated: bool  # the reference tells the pair apart: |difference| > std sum, 2+ seeds each
+
+    @property
+    def agrees(self) -> bool | None:
+        """Same order as the reference where the reference separates the pair; None: not judged."""
+        if not self.separated or math.isnan(self.difference):
+            return None
+        return (self.difference > 0) == (self.reference > 0)
+
+
+def agreement(res: Results, reference: Results) -> list[Agreement]:
+    """Whether ``res`` (e.g. a ``--quick`` sweep) ranks each pair of rows as ``reference`` (the full
+    sweep) does, per metric both report; rows are matched by label. A pair the reference cannot tell
+    apart (within its seed spread) is listed but not judged."""
+    ref_rows = {row.label: row for row in reference.rows}
+    names = [s.name for s in res.metrics if any(s.name == r.name for r in reference.metrics)]
+    out = []
+    for name in names:
+        rows = [row for row in res.rows if row.label in ref_rows and row.cells[name].n]
+        for i, a in enumerate(rows):
+            for b in rows[i + 1 :]:
+                ra, rb = ref_rows[a.label].cells.get(name), ref_rows[b.label].cells.get(name)
+                if ra is None or rb is None or not ra.n or not rb.n:
+                    continue
+                ref = ra.mean - rb.mean
+                separated = ra.n > 1 and rb.n > 1 and abs(ref) > ra.std + rb.std
+                diff = a.cells[name].mean - b.cells[name].mean
+                out.append(Agreement(name, (a.label, b.label), ref, diff, separated))
+    return out
+
+
+def render_agreement(found: list[Agreement], reference_name: str, fmt: str = "table") -> str | Any:
+    """The agreement as a table (rich, ``md``) or ``json``."""
+    if fmt == "json":
+        return json.dumps(
+            [
+                {
+                    "metric": g.metric,
+                    "rows": list(g.rows),
+                    "reference": g.reference,
+                    "difference": g.difference,
+                    "separated": g.separated,
+                    "agrees": g.agrees,
+                }
+                for g in found
+            ],
+            indent=2,
+        )
+    word = {True: "yes", False: "NO", None: "not judged (within the reference's seed spread)"}
+    head = ["metric", "pair", f"Δ in {reference_name}", "Δ here", "same order"]
+    lines = [
+        [g.metric, f"{g.rows[0]} − {g.rows[1]}", f"{g.reference:+.4g}", f"{g.difference:+.4g}", word[g.agrees]]
+        for g in found
+    ]
+    judged = [g.agrees for g in found if g.agrees is not None]
+    summary = f"{sum(judged)} of {len(judged)} separated pairs in the same order as {reference_name}"
+    if fmt == "md":
+        text = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        text += ["| " + " | ".join(line) + " |" for line in lines]
+        return "\n".join(text) + f"\n\n{summary}\n"
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=f"ranking against {reference_name}", caption=summary)
+    for col in head:
+        t.add_column(col)
+    for line in lines:
+        t.add_row(*(escape(x) for x in line))
+    return t
+
+
 def footer(res: Results) -> str:
     total = sum(res.counts.values())
     parts = [f"{n} {st}" for st, n in sorted(res.counts.items(), key=lambda kv: kv[0] != "done")]

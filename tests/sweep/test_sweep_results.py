@@ -189,3 +189,42 @@ def test_a_single_seed_is_said_to_have_no_spread(sweep_dir):
 
     notes = spread_notes(collect(sweep_dir))
     assert notes == ["one seed only, no spread to judge differences by: tokenizer=vqgan, tokenizer=siglip"]
+
+
+def test_a_quick_sweep_is_checked_against_the_pairs_the_full_one_separates(tmp_path, capsys):
+    from illume_kit.sweep.results import agreement, render_agreement
+
+    full = _two_seed_sweep(
+        tmp_path / "full",
+        {  # und: a ~ b (within spread), both above c; gen: a > b > c, all separated
+            "a": [{"und/accuracy": 0.75, "gen/accuracy": 0.90}, {"und/accuracy": 0.85, "gen/accuracy": 0.92}],
+            "b": [{"und/accuracy": 0.80, "gen/accuracy": 0.50}, {"und/accuracy": 0.90, "gen/accuracy": 0.52}],
+            "c": [{"und/accuracy": 0.30, "gen/accuracy": 0.10}, {"und/accuracy": 0.32, "gen/accuracy": 0.12}],
+        },
+    )
+    quick = _two_seed_sweep(
+        tmp_path / "quick",
+        {  # one seed each; gen swaps b and c
+            "a": [{"und/accuracy": 0.70, "gen/accuracy": 0.80}],
+            "b": [{"und/accuracy": 0.60, "gen/accuracy": 0.20}],
+            "c": [{"und/accuracy": 0.20, "gen/accuracy": 0.30}],
+        },
+    )
+    found = {(g.metric, g.rows): g.agrees for g in agreement(collect(quick), collect(full))}
+    assert found == {
+        ("und/accuracy", ("variant=a", "variant=b")): None,  # the full sweep cannot tell them apart
+        ("und/accuracy", ("variant=a", "variant=c")): True,
+        ("und/accuracy", ("variant=b", "variant=c")): True,
+        ("gen/accuracy", ("variant=a", "variant=b")): True,
+        ("gen/accuracy", ("variant=a", "variant=c")): True,
+        ("gen/accuracy", ("variant=b", "variant=c")): False,
+    }
+    md = render_agreement(agreement(collect(quick), collect(full)), "arms", "md")
+    assert "4 of 5 separated pairs in the same order as arms" in md and "| NO |" in md
+    from illume_kit.cli.main import main
+
+    assert main(["results", str(quick), "--against", str(full), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["against"]["sweep"] == "arms" and [p["agrees"] for p in data["against"]["pairs"]].count(False) == 1
+    assert main(["results", str(quick), "--against", str(full), "--format", "csv"]) == 2
+    assert "--format table, md or json" in capsys.readouterr().err
