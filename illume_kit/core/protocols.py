@@ -321,6 +321,14 @@ class IncrementalCache(Protocol):
 
 
 @runtime_checkable
+class StaticKVCache(Protocol):
+    """Backbone that supplies a KV cache preallocated for ``batch`` rows of ``max_len`` positions:
+    the sampler's static decode loop (``cache: static``) feeds it one token per step at fixed shapes."""
+
+    def new_static_cache(self, batch: int, max_len: int) -> Any: ...
+
+
+@runtime_checkable
 class Attaches(Protocol):
     """Detokenizer that sizes itself from the tokenizer; compose calls it once, before weights load,
     and reports a ``ValueError`` it raises as an incompatibility."""
@@ -355,7 +363,15 @@ class ServesTasks(Protocol):
 
 CAPABILITIES: dict[str, tuple[type, ...]] = {
     "tokenizer": (CodeMaps, SemanticScore, Adversarial, CheckpointParams, SavesExtra, LoadsExtra),
-    "backbone": (TextVocab, RetrainsTextTokenizer, IncrementalCache, CheckpointParams, SavesExtra, LoadsExtra),
+    "backbone": (
+        TextVocab,
+        RetrainsTextTokenizer,
+        IncrementalCache,
+        StaticKVCache,
+        CheckpointParams,
+        SavesExtra,
+        LoadsExtra,
+    ),
     "detokenizer": (Attaches, ExpectsCodebooks, CheckpointParams, SavesExtra, LoadsExtra),
     "dataset": (ReportsSizes, ServesTasks),
     "metric": (ImagePairs, ScoresGenerations),

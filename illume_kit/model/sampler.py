@@ -224,29 +224,42 @@ class _Rows:
     def legal(self):
         """(lo, hi, extra, level, slot, forced): legal ids are [lo, hi) plus ``extra`` (-1: none);
         level 0 = text, 1 + i = codebook i; ``slot`` rows sample a code; ``forced`` rows have one id (lo)."""
-        in_tmpl = self.pos >= 0
-        v = self.tmpl.gather(1, self.pos.clamp(min=0)[:, None])[:, 0]
-        slot = in_tmpl & (v < 0)
-        level = torch.where(slot, -v, torch.zeros_like(v))
-        cb = (level - 1).clamp(min=0)
-        lo = torch.where(slot, self.cb_lo[cb], torch.where(in_tmpl, v, torch.zeros_like(v)))
-        hi = torch.where(slot, self.cb_hi[cb], torch.where(in_tmpl, v + 1, torch.full_like(v, self.n_text)))
-        extra = torch.where(in_tmpl, torch.full_like(self.starts, -1), self.starts)
-        lo = torch.where(self.done, torch.full_like(lo, self.pad), lo)
-        return lo, hi, extra, level, slot, (in_tmpl & ~slot) | self.done
+        return _legal(self.tmpl, self.pos, self.starts, self.done, self.cb_lo, self.cb_hi, self.n_text, self.pad)
 
     def advance(self, tok: torch.Tensor) -> torch.Tensor:
         """Consume one token per row; returns what the row produced (pad for finished rows)."""
-        active = ~self.done
-        in_tmpl = self.pos >= 0
-        entered = active & ~in_tmpl & (self.starts >= 0) & (tok == self.starts)
-        pos = torch.where(in_tmpl, self.pos + 1, self.pos)
-        pos = torch.where(in_tmpl & (pos >= self.tlen), torch.full_like(pos, -1), pos)
-        self.pos = torch.where(entered, torch.ones_like(pos), pos)
-        self.starts = torch.where(entered, torch.full_like(self.starts, -1), self.starts)
-        self.budget = self.budget - active.long()
-        self.done = self.done | (active & (tok == self.eos)) | (self.budget <= 0)
-        return torch.where(active, tok, torch.full_like(tok, self.pad))
+        out, self.pos, self.starts, self.budget, self.done = _advance(
+            self.tlen, self.pos, self.starts, self.budget, self.done, tok, self.pad, self.eos
+        )
+        return out
+
+
+def _legal(tmpl, pos, starts, done, cb_lo, cb_hi, n_text: int, pad: int):
+    """:meth:`_Rows.legal` on the state tensors (tensor ops only: no host sync)."""
+    in_tmpl = pos >= 0
+    v = tmpl.gather(1, pos.clamp(min=0)[:, None])[:, 0]
+    slot = in_tmpl & (v < 0)
+    level = torch.where(slot, -v, torch.zeros_like(v))
+    cb = (level - 1).clamp(min=0)
+    lo = torch.where(slot, cb_lo[cb], torch.where(in_tmpl, v, torch.zeros_like(v)))
+    hi = torch.where(slot, cb_hi[cb], torch.where(in_tmpl, v + 1, torch.full_like(v, n_text)))
+    extra = torch.where(in_tmpl, torch.full_like(starts, -1), starts)
+    lo = torch.where(done, torch.full_like(lo, pad), lo)
+    return lo, hi, extra, level, slot, (in_tmpl & ~slot) | done
+
+
+def _advance(tlen, pos, starts, budget, done, tok, pad: int, eos: int):
+    """:meth:`_Rows.advance` on the state tensors: (produced, pos, starts, budget, done)."""
+    active = ~done
+    in_tmpl = pos >= 0
+    entered = active & ~in_tmpl & (starts >= 0) & (tok == starts)
+    nxt = torch.where(in_tmpl, pos + 1, pos)
+    nxt = torch.where(in_tmpl & (nxt >= tlen), torch.full_like(nxt, -1), nxt)
+    pos = torch.where(entered, torch.ones_like(nxt), nxt)
+    starts = torch.where(entered, torch.full_like(starts, -1), starts)
+    budget = budget - active.long()
+    done = done | (active & (tok == eos)) | (budget <= 0)
+    return torch.where(active, tok, torch.full_like(tok, pad)), pos, starts, budget, done
 
 
 class RowDraws:
@@ -265,12 +278,20 @@ class RowDraws:
         """One index per row of ``x`` (filtered logits of the rows ``rows``), drawn from softmax(x)."""
         u = self.u[rows, self.used[rows].clamp(max=self.u.shape[1] - 1)]
         self.used[rows] += 1
-        p = torch.softmax(x.double(), -1)
-        cdf = p.cumsum(-1)
-        pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
-        # u * total may round up to the total: take the last id with mass, never a masked one
-        last = x.shape[-1] - 1 - (p > 0).flip(-1).long().argmax(-1)
-        return torch.where(pick > last, last, pick)
+        return _inverse_cdf(x, u)
+
+
+def _inverse_cdf(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One index per row of ``x`` (filtered logits) drawn from softmax(x) by the uniforms ``u``."""
+    p = torch.softmax(x.double(), -1)
+    cdf = p.cumsum(-1)
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    # u * total may round up to the total: take the last id with mass, never a masked one
+    last = x.shape[-1] - 1 - (p > 0).flip(-1).long().argmax(-1)
+    return torch.where(pick > last, last, pick)
+
+
+CACHES = ("dynamic", "static")
 
 
 class StructuredSampler:
@@ -283,9 +304,18 @@ class StructuredSampler:
         cfg: float = 1.0,
         seed: int | Sequence[int] = 0,
         skip_unit_guidance: bool = True,
+        cache: str = "dynamic",
+        compile: bool = False,
     ) -> None:
         """``seed``: one seed for the batch, or one per prompt (each row then draws from its own
-        stream, :class:`RowDraws`)."""
+        stream, :class:`RowDraws`). ``cache``: ``dynamic`` (a growing KV cache, forced tokens folded
+        into the next forward) or ``static`` (``illume_kit.model.static_loop``: a preallocated cache,
+        one fixed-shape step per token); ``compile``: the static step through ``torch.compile``."""
+        if cache not in CACHES:
+            raise ValueError(f"unknown sampler cache {cache!r}; caches are {', '.join(CACHES)}")
+        if compile and cache != "static":
+            raise ValueError("sampler compile: true needs cache: static (the dynamic loop's shapes change every step)")
+        self.cache, self.compile = cache, bool(compile)
         self.model, self.cfg = model, float(cfg)
         self.sampling = list(sampling) if sampling is not None else sampling_table(model)
         self.seed, self.skip_unit_guidance = seed, skip_unit_guidance
@@ -339,7 +369,12 @@ class StructuredSampler:
         was_training = backbone.training
         backbone.eval()
         try:
-            produced = self._loop(batch, state, guide)
+            if self.cache == "static":
+                from illume_kit.model.static_loop import static_loop
+
+                produced = static_loop(self, batch, state, guide, tmpls, heads, from_text)
+            else:
+                produced = self._loop(batch, state, guide)
         finally:
             backbone.train(was_training)
         out = []
@@ -498,13 +533,17 @@ def sample_images(
     top_k=None,
     top_p=1.0,
     skip_unit_guidance: bool = True,
+    cache: str = "dynamic",
+    compile: bool = False,
 ) -> list[dict[str, torch.Tensor]]:
     """Images for arbitrary prompt parts (with matching unconditional prompts when ``cfg != 1``);
-    ``seed``: one for the batch or one per prompt (:class:`StructuredSampler`)."""
+    ``seed``: one for the batch or one per prompt; ``cache`` / ``compile``: the decode loop
+    (:class:`StructuredSampler`)."""
     sizes = _sizes(sizes, len(prompts))
     if cfg != 1.0 and uncond is None:
         raise ValueError("guidance (cfg != 1) needs unconditional prompts")
-    sampler = StructuredSampler(model, sampling_table(model, temperature, top_k, top_p), cfg, seed, skip_unit_guidance)
+    table = sampling_table(model, temperature, top_k, top_p)
+    sampler = StructuredSampler(model, table, cfg, seed, skip_unit_guidance, cache=cache, compile=compile)
     templates = [image_template(model, s, sampler.eos) for s in sizes]
     answers = sampler.run(prompts, templates, uncond)
     return _codes(model, answers, sizes)
@@ -543,7 +582,8 @@ def generate_images(
 
     ``sizes`` is one (H, W) for all or one per prompt; the unconditional branch is the unconditional
     text-to-image prompt at the same size. ``sampling``: ``structured`` (this module's sampler;
-    temperature / top_k / top_p None: 1 / off / 1; ``kw``: ``skip_unit_guidance``) or ``official``
+    temperature / top_k / top_p None: 1 / off / 1; ``kw``: ``skip_unit_guidance``, ``cache``,
+    ``compile``) or ``official``
     (``illume_kit.model.official_sampling``: None takes the official recommendation; ``kw``:
     ``rewarp``, ``repetition_penalty``, ``max_new_tokens``).
     """

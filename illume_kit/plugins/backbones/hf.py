@@ -33,6 +33,7 @@ from transformers import (
     PreTrainedModel,
     Qwen2Config,
     Qwen2ForCausalLM,
+    StaticCache,
 )
 
 from illume_kit.core.layout import VocabLayout
@@ -216,6 +217,20 @@ class HFCausalLMBackbone(nn.Module):
     def new_cache(self) -> DynamicCache:
         """An empty KV cache to pass as ``past_key_values`` on the first step."""
         return DynamicCache(config=self.model.config)
+
+    def new_static_cache(self, batch: int, max_len: int) -> StaticCache:
+        """An empty KV cache preallocated for ``batch`` rows of ``max_len`` positions (transformers'
+        ``StaticCache``). The one of the last call is emptied and handed out again when the shape
+        matches: a compiled step keeps the cache tensors' addresses (CUDA graphs replay on them)."""
+        weight = self.model.get_input_embeddings().weight
+        key = (batch, max_len, weight.device, weight.dtype)
+        kept = getattr(self, "_static_cache", None)
+        if kept is not None and kept[0] == key:
+            kept[1].reset()
+            return kept[1]
+        cache = StaticCache(config=self.model.config, max_cache_len=max_len)
+        self._static_cache = (key, cache)
+        return cache
 
     def forward(
         self,
