@@ -42,6 +42,14 @@ import torch
 from illume_kit.core.protocols import IncrementalCache
 from illume_kit.model.image_tokens import parse_image_ids
 from illume_kit.model.prompts import style_of
+from illume_kit.model.sampling_ops import (
+    advance_rows,
+    filter_logits,
+    guided_logprobs,
+    inverse_cdf,
+    legal_ids,
+    row_uniforms,
+)
 from illume_kit.model.sequence import Ids, Part, Sample, Tag, assemble, join_text, text_ids_fn
 
 
@@ -125,38 +133,6 @@ def sequence_length(model: Any, prompt: Sequence[Part], answer: int) -> int:
     return n
 
 
-def guided_logprobs(logits_c: torch.Tensor, logits_u: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance in log space: ``s * (logp_c - logp_u) + logp_u``."""
-    lc, lu = torch.log_softmax(logits_c.float(), -1), torch.log_softmax(logits_u.float(), -1)
-    return scale * (lc - lu) + lu
-
-
-def filter_logits(
-    x: torch.Tensor,
-    temperature: torch.Tensor,
-    top_k: torch.Tensor,
-    top_p: torch.Tensor,
-    max_k: int | None = None,
-    use_top_p: bool | None = None,
-) -> torch.Tensor:
-    """Per-row temperature (0 = keep as is, the caller takes the argmax), top-k (0 = off), top-p.
-
-    ``max_k`` (largest k of any row, 0 = no top-k) and ``use_top_p`` let a caller that knows them on
-    the host skip a device sync each."""
-    x = x / torch.where(temperature > 0, temperature, torch.ones_like(temperature))[:, None]
-    max_k = int(top_k.max()) if max_k is None else max_k
-    if max_k > 0:
-        kmax = min(max_k, x.shape[-1])
-        kth = x.topk(kmax, dim=-1).values.gather(1, (top_k.clamp(1, kmax) - 1)[:, None])
-        x = x.masked_fill((x < kth) & (top_k > 0)[:, None], float("-inf"))
-    if bool((top_p < 1).any()) if use_top_p is None else use_top_p:
-        sx, order = x.sort(dim=-1, descending=True)
-        p = torch.softmax(sx, -1)
-        drop = (p.cumsum(-1) - p) > top_p[:, None]  # keeps the smallest prefix with mass >= top_p
-        x = x.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    return x
-
-
 class _Rows:
     """Per-row decoding state, all rows at once: template position, image start, budget, done."""
 
@@ -224,42 +200,14 @@ class _Rows:
     def legal(self):
         """(lo, hi, extra, level, slot, forced): legal ids are [lo, hi) plus ``extra`` (-1: none);
         level 0 = text, 1 + i = codebook i; ``slot`` rows sample a code; ``forced`` rows have one id (lo)."""
-        return _legal(self.tmpl, self.pos, self.starts, self.done, self.cb_lo, self.cb_hi, self.n_text, self.pad)
+        return legal_ids(self.tmpl, self.pos, self.starts, self.done, self.cb_lo, self.cb_hi, self.n_text, self.pad)
 
     def advance(self, tok: torch.Tensor) -> torch.Tensor:
         """Consume one token per row; returns what the row produced (pad for finished rows)."""
-        out, self.pos, self.starts, self.budget, self.done = _advance(
+        out, self.pos, self.starts, self.budget, self.done = advance_rows(
             self.tlen, self.pos, self.starts, self.budget, self.done, tok, self.pad, self.eos
         )
         return out
-
-
-def _legal(tmpl, pos, starts, done, cb_lo, cb_hi, n_text: int, pad: int):
-    """:meth:`_Rows.legal` on the state tensors (tensor ops only: no host sync)."""
-    in_tmpl = pos >= 0
-    v = tmpl.gather(1, pos.clamp(min=0)[:, None])[:, 0]
-    slot = in_tmpl & (v < 0)
-    level = torch.where(slot, -v, torch.zeros_like(v))
-    cb = (level - 1).clamp(min=0)
-    lo = torch.where(slot, cb_lo[cb], torch.where(in_tmpl, v, torch.zeros_like(v)))
-    hi = torch.where(slot, cb_hi[cb], torch.where(in_tmpl, v + 1, torch.full_like(v, n_text)))
-    extra = torch.where(in_tmpl, torch.full_like(starts, -1), starts)
-    lo = torch.where(done, torch.full_like(lo, pad), lo)
-    return lo, hi, extra, level, slot, (in_tmpl & ~slot) | done
-
-
-def _advance(tlen, pos, starts, budget, done, tok, pad: int, eos: int):
-    """:meth:`_Rows.advance` on the state tensors: (produced, pos, starts, budget, done)."""
-    active = ~done
-    in_tmpl = pos >= 0
-    entered = active & ~in_tmpl & (starts >= 0) & (tok == starts)
-    nxt = torch.where(in_tmpl, pos + 1, pos)
-    nxt = torch.where(in_tmpl & (nxt >= tlen), torch.full_like(nxt, -1), nxt)
-    pos = torch.where(entered, torch.ones_like(nxt), nxt)
-    starts = torch.where(entered, torch.full_like(starts, -1), starts)
-    budget = budget - active.long()
-    done = done | (active & (tok == eos)) | (budget <= 0)
-    return torch.where(active, tok, torch.full_like(tok, pad)), pos, starts, budget, done
 
 
 class RowDraws:
@@ -268,27 +216,14 @@ class RowDraws:
     the same on every device)."""
 
     def __init__(self, seeds: Sequence[int], draws: int, dev: torch.device) -> None:
-        streams = [
-            torch.rand(draws, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64) for s in seeds
-        ]
-        self.u = torch.stack(streams).to(dev) if streams else torch.zeros((0, draws), dtype=torch.float64, device=dev)
+        self.u = row_uniforms(seeds, draws, dev)
         self.used = torch.zeros(len(seeds), dtype=torch.long, device=dev)
 
     def draw(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """One index per row of ``x`` (filtered logits of the rows ``rows``), drawn from softmax(x)."""
         u = self.u[rows, self.used[rows].clamp(max=self.u.shape[1] - 1)]
         self.used[rows] += 1
-        return _inverse_cdf(x, u)
-
-
-def _inverse_cdf(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """One index per row of ``x`` (filtered logits) drawn from softmax(x) by the uniforms ``u``."""
-    p = torch.softmax(x.double(), -1)
-    cdf = p.cumsum(-1)
-    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
-    # u * total may round up to the total: take the last id with mass, never a masked one
-    last = x.shape[-1] - 1 - (p > 0).flip(-1).long().argmax(-1)
-    return torch.where(pick > last, last, pick)
+        return inverse_cdf(x, u)
 
 
 CACHES = ("dynamic", "static")

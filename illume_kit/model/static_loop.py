@@ -1,6 +1,6 @@
 """The structured sampler's static decode loop (``cache: static``, optionally ``compile: true``).
 
-The same decoding as :meth:`StructuredSampler._loop`, at fixed shapes so that one step can be
+The dynamic loop's decoding (:meth:`StructuredSampler._loop`), at fixed shapes so that one step can be
 compiled (and on CUDA captured as a CUDA graph, ``mode="reduce-overhead"``):
 
 - the KV cache is preallocated for the longest structured sequence of the batch (the backbone's
@@ -10,12 +10,12 @@ compiled (and on CUDA captured as a CUDA graph, ``mode="reduce-overhead"``):
 - the per-row structure (template position, image start, budget, done) lives in tensors, and the
   sampling math (hard masks, guidance, per-level temperature / top-k / top-p, the draw) runs over one
   id window fixed for the batch, inside the step: nothing in a step reads a tensor on the host;
-- randomness is the eager loop's, draw for draw: per-row seeds read their rows' uniforms
-  (:class:`RowDraws`); one seed reproduces ``torch.multinomial``'s draws (an argmax of ``p / q``
-  with ``q ~ Exp(1)`` of the same shape, from the same generator) from the host-side schedule of which
-  rows sample at which step, known ahead when every row follows its image template. A row that
-  samples text with one seed for the batch has no schedule known ahead: its draws come from a stream
-  of this loop (same distribution, other samples than the dynamic loop).
+- randomness is the dynamic loop's, draw for draw: per-row seeds read their rows' uniforms
+  (``illume_kit.model.sampler.RowDraws``); one seed reproduces ``torch.multinomial``'s draws (an
+  argmax of ``p / q`` with ``q ~ Exp(1)`` of the same shape, from the same generator) from the
+  host-side schedule of which rows sample at which step, known ahead when every row follows its
+  image template. A row that samples text with one seed for the batch has no schedule known ahead:
+  its draws come from a stream of this loop (same distribution, other samples than the dynamic loop).
 
 Tokens equal the dynamic loop's up to float rounding (single-token forwards instead of folded forced
 tokens, softmax over a wider window): a draw that falls within rounding of a boundary may differ.
@@ -28,7 +28,14 @@ from typing import Any
 import torch
 
 from illume_kit.core.protocols import StaticKVCache
-from illume_kit.model.sampler import _advance, _inverse_cdf, _legal, filter_logits, guided_logprobs
+from illume_kit.model.sampling_ops import (
+    advance_rows,
+    filter_logits,
+    guided_logprobs,
+    inverse_cdf,
+    legal_ids,
+    row_uniforms,
+)
 
 # a batch with text rows checks for the end this often (one host sync per CHECK_EVERY tokens)
 CHECK_EVERY = 64
@@ -49,7 +56,7 @@ def static_step(backbone, logits, pos, starts, budget, done, used, noise, mask, 
     tmpl, tlen, cb_lo, cb_hi, table, grid, tables, u = consts
     n_text, pad, eos, w0, w1, guide, cfg, max_k, use_top_p, draw = spec
     B = pos.shape[0]
-    lo, hi, extra, level, slot, forced = _legal(tmpl, pos, starts, done, cb_lo, cb_hi, n_text, pad)
+    lo, hi, extra, level, slot, forced = legal_ids(tmpl, pos, starts, done, cb_lo, cb_hi, n_text, pad)
     ids = torch.arange(w0, w1, device=logits.device)
     allowed = ((ids >= lo[:, None]) & (ids < hi[:, None])) | (ids == extra[:, None])
     allowed = allowed | forced[:, None]  # a forced row's pick is not used: keep its row finite
@@ -62,7 +69,7 @@ def static_step(backbone, logits, pos, starts, budget, done, used, noise, mask, 
     x = filter_logits(x, t, k.long(), p, max_k, use_top_p)
     pick = x.argmax(-1)
     if draw == "rows":
-        drawn = _inverse_cdf(x, u[torch.arange(B, device=u.device), used.clamp(max=u.shape[1] - 1)])
+        drawn = inverse_cdf(x, u[torch.arange(B, device=u.device), used.clamp(max=u.shape[1] - 1)])
         pick = torch.where(t > 0, drawn, pick)
         used = used + (~forced).long()
     elif draw == "exp":
@@ -70,7 +77,7 @@ def static_step(backbone, logits, pos, starts, budget, done, used, noise, mask, 
         pick = torch.where(t > 0, drawn, pick)
     tok = torch.where(forced, lo, pick + w0)
     live = (~done).any()
-    produced, new_pos, starts, budget, done = _advance(tlen, pos, starts, budget, done, tok, pad, eos)
+    produced, new_pos, starts, budget, done = advance_rows(tlen, pos, starts, budget, done, tok, pad, eos)
     embeds = backbone.embed(tok[:, None])
     if grid is not None:  # image position embeddings of the fed code tokens, at their template position
         g = grid.gather(2, pos.clamp(min=0)[None, :, None].expand(3, -1, 1))[:, :, 0]
@@ -104,7 +111,7 @@ def _window(model: Any, tmpls: list[list[int]], text_rows: list[bool]) -> tuple[
 
 def _schedule(model: Any, tmpls: list[list[int]], heads: list[list[int]], steps: int):
     """Per step, the rows that sample and their id window ``(rows, lo, hi)`` (None: no row samples):
-    every row follows its template, so the eager loop's draws are known ahead."""
+    every row follows its template, so the dynamic loop's draws are known ahead."""
     cbs = model.layout.codebooks
     out = []
     for s in range(steps):
@@ -122,8 +129,6 @@ def _schedule(model: Any, tmpls: list[list[int]], heads: list[list[int]], steps:
 def static_loop(sampler: Any, batch: Any, state: Any, guide: bool, tmpls, heads, from_text) -> torch.Tensor:
     """Decode with a preallocated KV cache, one (optionally compiled) step per token; returns the
     produced ids (B, steps) as :meth:`StructuredSampler._loop` does."""
-    from illume_kit.model.sampler import RowDraws
-
     model = sampler.model
     backbone = model.backbone
     if not isinstance(backbone, StaticKVCache):
@@ -160,7 +165,7 @@ def static_loop(sampler: Any, batch: Any, state: Any, guide: bool, tmpls, heads,
         draw, gen = "exp", torch.Generator(device=dev).manual_seed(sampler.seed)
         schedule = _schedule(model, tmpls, heads, steps) if known else None
     else:
-        draw, u = "rows", RowDraws(sampler.seed, steps, dev).u
+        draw, u = "rows", row_uniforms(sampler.seed, steps, dev)
     grid, tables = state.grid, ()
     if grid is not None:
         tables = tuple(
@@ -181,7 +186,7 @@ def static_loop(sampler: Any, batch: Any, state: Any, guide: bool, tmpls, heads,
         noise = ones
         if draw == "exp" and schedule is None:
             noise = torch.empty((B, w1 - w0), device=dev).exponential_(1, generator=gen)
-        elif draw == "exp" and schedule[s] is not None:  # the eager loop's multinomial draw of this step
+        elif draw == "exp" and schedule[s] is not None:  # the dynamic loop's multinomial draw of this step
             rows, a, b = schedule[s]
             if rows not in row_index:
                 row_index[rows] = torch.tensor(rows, device=dev)
