@@ -152,7 +152,8 @@ def static_loop(sampler: Any, batch: Any, state: Any, guide: bool, tmpls, heads,
         position_ids=batch.position_ids,
         use_cache=True,
     )
-    logits, next_pos = out.logits[:, -1], batch.attention_mask.sum(1)
+    # contiguous as every step's own logits are, so the compiled step sees one layout (no recompile)
+    logits, next_pos = out.logits[:, -1].contiguous(), batch.attention_mask.sum(1)
     text_rows = [not t or ft for t, ft in zip(tmpls, from_text)]
     known = not any(text_rows)  # every row follows its template: the whole schedule is known ahead
     w0, w1 = _window(model, tmpls, text_rows)

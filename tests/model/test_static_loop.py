@@ -85,15 +85,22 @@ def test_static_loop_mixes_a_row_starting_its_image_from_text(model2):
 
 
 def test_compiled_step_traces_as_one_graph_and_keeps_the_tokens(model2, monkeypatch):
-    """The step as torch.compile sees it (dynamo, one graph, no break), run without inductor's code
-    generation so the default suite stays fast; the inductor run is the slow test below."""
+    """The step as torch.compile sees it (dynamo, one graph: no break, so no host sync inside), run
+    without inductor's code generation so the default suite stays fast (the inductor run is the slow
+    test below); a second call of the same shapes reuses the graph, every step of it."""
+    from torch._dynamo.testing import CompileCounter
+
     torch._dynamo.reset()
-    compiled = torch.compile(static_loop.static_step, backend="eager", fullgraph=True, dynamic=False)
+    counter = CompileCounter()
+    compiled = torch.compile(static_loop.static_step, backend=counter, fullgraph=True, dynamic=False)
     monkeypatch.setitem(static_loop._COMPILED, "default", compiled)
     kw = SETTINGS[0]
-    for seed in (0, [1, 2, 3]):
+    for seed in (0, 4, [1, 2, 3]):
         dynamic = generate_images(model2, PROMPTS, SIZES, seed=seed, **kw)
         assert same(dynamic, generate_images(model2, PROMPTS, SIZES, seed=seed, cache="static", compile=True, **kw))
+        if seed == 4:
+            assert counter.frame_count == 1  # the first step's logits and every later step's share one layout
+    assert counter.frame_count == 2  # per-row seeds draw otherwise: a graph of their own
 
 
 @pytest.mark.slow  # inductor compiles the step on CPU: about a minute
