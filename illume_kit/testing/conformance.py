@@ -39,6 +39,7 @@ from illume_kit.core.protocols import (
     RetrainsTextTokenizer,
     SavesExtra,
     SemanticScore,
+    StaticKVCache,
     TextVocab,
 )
 
@@ -235,9 +236,42 @@ def backbone_capabilities(factory) -> None:
         assert isinstance(bb.text_vocab_size, int) and 1 <= bb.text_vocab_size <= bb.vocab_size
     if isinstance(bb, IncrementalCache):
         assert bb.new_cache() is not None, "new_cache() must return a cache object"
+    if isinstance(bb, StaticKVCache):
+        _static_cache_decodes_as_growing_one(bb)
     if isinstance(bb, RetrainsTextTokenizer):
         inspect.signature(bb.retrain_text_tokenizer).bind(["a text"])
     _persistence(factory, bb)
+
+
+def _static_cache_decodes_as_growing_one(bb, rows: int = 2, prompt: int = 5, steps: int = 3) -> None:
+    """A left-padded prefill then one token per step: the preallocated cache (its attention mask the
+    whole length from the start) gives the logits of a growing one (``new_cache``, else the model's own)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, bb.vocab_size, (rows, prompt + steps), generator=g)
+    mask = torch.ones(rows, prompt, dtype=torch.long)
+    mask[0, :2] = 0
+    full = torch.cat([mask, torch.ones(rows, steps, dtype=torch.long)], 1)
+    static = bb.new_static_cache(rows, prompt + steps)
+    assert static is not None, "new_static_cache(batch, max_len) must return a cache object"
+    logits = []
+    with torch.no_grad():
+        embeds = bb.embed(ids)
+        for cache in (bb.new_cache() if isinstance(bb, IncrementalCache) else None, static):
+            pos = (mask.cumsum(1) - 1).clamp(min=0)
+            out = bb(embeds[:, :prompt], attention_mask=mask, past_key_values=cache, position_ids=pos, use_cache=True)
+            seen = [out.logits[:, -1]]
+            for s in range(1, steps):
+                m = full if cache is static else full[:, : prompt + s]
+                out = bb(
+                    embeds[:, prompt + s - 1 : prompt + s],
+                    attention_mask=m,
+                    past_key_values=out.past_key_values,
+                    position_ids=(mask.sum(1) + s - 1)[:, None],
+                    use_cache=True,
+                )
+                seen.append(out.logits[:, -1])
+            logits.append(torch.stack(seen).float())
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-4, rtol=1e-4, msg="a static cache decodes otherwise")
 
 
 # ---- detokenizers -----------------------------------------------------------------------

@@ -98,6 +98,34 @@ def test_kv_cache_with_left_padding_mask_and_positions(family):
     torch.testing.assert_close(torch.stack(got), ref[2:7], atol=1e-4, rtol=1e-4)
 
 
+def test_static_cache_with_left_padding_decodes_like_unpadded_rows(family):
+    """The preallocated cache (the sampler's static loop): the mask covers the whole cache from the
+    first step on, and the rows decode as the full forward of the unpadded sequence; a second call of
+    the same shape gets the same cache, emptied."""
+    from illume_kit.testing.conformance import backbone_capabilities
+
+    b = tiny(*family).eval()
+    torch.manual_seed(1)
+    seq, other = torch.randint(3, 512, (8,)), torch.randint(3, 512, (12,))
+    prompt = torch.stack([torch.cat([torch.zeros(3, dtype=torch.long), seq[:3]]), other[:6]])
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1] * 6])
+    full = torch.cat([mask, torch.ones(2, 4, dtype=torch.long)], 1)
+    with torch.no_grad():
+        ref = b(b.embed(seq[None]), use_cache=False).logits[0]
+        for _ in range(2):
+            cache = b.new_static_cache(2, 10)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = b(b.embed(prompt), attention_mask=mask, position_ids=pos, past_key_values=cache)
+            got = [out.logits[0, -1]]
+            for t in range(3, 6):
+                step = torch.stack([seq[t], other[t + 3]])[:, None]
+                pos = torch.tensor([[t], [t + 3]])
+                got.append(b(b.embed(step), attention_mask=full, position_ids=pos, past_key_values=cache).logits[0, -1])
+            torch.testing.assert_close(torch.stack(got), ref[2:6], atol=1e-4, rtol=1e-4)
+    assert b.new_static_cache(2, 10) is cache
+    backbone_capabilities(lambda: tiny(*family))  # the conformance suite's own check agrees
+
+
 def _lm_loss(b, ids):
     logits = b(b.embed(ids)).logits
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
