@@ -41,7 +41,7 @@ from illume_kit.plugins.decoders.folder import (
     read_json,
     read_pipeline_folder,
 )
-from illume_kit.plugins.decoders.params import DiffusionDetokenizerParams
+from illume_kit.plugins.decoders.params import DiffusionDetokenizerParams, check_sampling_scheduler
 from illume_kit.plugins.decoders.schedules import TrainingProcess, make_scheduler
 from illume_kit.plugins.decoders.spaces import PixelSpace, VAESpace
 from illume_kit.plugins.decoders.unet import build_unet, call_unet, size_conditioning_kind, unet_class
@@ -226,6 +226,16 @@ class DiffusionDetokenizer(nn.Module):
         return {"loss": F.mse_loss(pred.float(), target.float())}
 
     # ---- sampling -------------------------------------------------------------------------------
+    @classmethod
+    def check_decode_options(cls, params: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+        """ValueError naming a decode option that a decoder with (manifest) ``params`` cannot take, so
+        ``eval --decode`` fails before any weights load; ``decode`` checks the same again."""
+        steps = options.get("steps")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"decode option steps={steps!r}: the diffusion detokenizer needs a whole number >= 1")
+        if options.get("scheduler") is not None:
+            check_sampling_scheduler(str(params.get("scheduler", cls.Params().scheduler)), options["scheduler"])
+
     @torch.no_grad()
     def decode(
         self,

@@ -134,3 +134,29 @@ def test_solver_survives_a_diffusers_folder(tok, codes, tmp_path, scheduler):
     again = make(tok, pretrained=str(tmp_path))
     assert again.params.scheduler == scheduler and again.params.prediction_type == "sample"
     assert torch.equal(det.decode(codes, steps=3, seed=1), again.decode(codes, steps=3, seed=1))
+
+
+def test_eval_refuses_a_scheduler_of_another_family_before_loading_weights(tmp_path, capsys):
+    from illume_kit.cli.eval_cmds import check_overrides
+    from illume_kit.core.recipe import load_recipe
+    from illume_kit.model.checkpoint import save_checkpoint
+    from illume_kit.model.compose import compose
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "illume_kit: 1\nname: r\nbackbone: {name: qwen2, preset: tiny}\ntokenizer: {name: dualvitok, preset: tiny}\n"
+        "detokenizer: {name: diffusion, preset: tiny, params: {scheduler: unipc, block_out_channels: [16, 32]}}\n"
+        f"data: {{name: shapes, params: {{image_size: 32}}}}\nrun: {{output_dir: {tmp_path / 'run'}}}\n"
+    )
+    resolved = load_recipe(recipe)
+    ck = str(save_checkpoint(compose(resolved), resolved, tmp_path / "ck"))
+    check_overrides(ck, {}, {"scheduler": "ddim", "steps": 10})  # same family: fine
+    with pytest.raises(ValueError, match="trained with scheduler 'unipc'.*valid choices: ddpm, ddim, euler"):
+        check_overrides(ck, {}, {"scheduler": "flow-match-euler"})
+    with pytest.raises(ValueError, match="steps=0"):
+        check_overrides(ck, {}, {"steps": 0})
+    from illume_kit.cli.main import main
+
+    assert main(["eval", ck, "--decode", "scheduler=dpm", "-o", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert "scheduler='dpm' is not a diffusion scheduler; valid choices: ddpm" in err and "Traceback" not in err
