@@ -10,7 +10,7 @@ the checkpoint's tokenizer and decoded by each scheduler at each step count from
 PSNR is against the ground-truth image at the decoder's output size, and against the reference
 decode (DDIM 50 steps) itself. The fastest setting within 0.5 dB of the reference's PSNR is
 marked: fewest denoiser passes first (the cost that does not depend on the machine's load), then
-measured time. Every scheduler samples the checkpoint's UNet unchanged (decode(scheduler=...)).
+the highest PSNR, then measured time. Every scheduler samples the checkpoint's UNet unchanged (decode(scheduler=...)).
 
 Without ``--checkpoint``: random weights, seconds only (a diffusion decoder costs `steps` x (2 with
 CFG) UNet passes where the VQ decoder costs one); the vq row uses the real `vqgan` tokenizer at
@@ -77,10 +77,11 @@ def settings(schedulers: list[str], steps: list[int]) -> list[tuple[str, int]]:
 
 def fastest_within(rows: list[dict], max_cost: float = MAX_DB_COST) -> dict | None:
     """The row (not the reference) within ``max_cost`` dB of the reference's PSNR with the fewest
-    denoiser passes, then the least measured time; None when none is that close."""
+    denoiser passes, then the highest PSNR (at equal passes the schedulers cost the same but for
+    noise in the timing), then the least measured time; None when none is that close."""
     ref = rows[0]
     ok = [r for r in rows[1:] if r["psnr"] >= ref["psnr"] - max_cost]
-    return min(ok, key=lambda r: (r["steps"], r["s_per_image"])) if ok else None
+    return min(ok, key=lambda r: (r["steps"], -round(r["psnr"], 2), r["s_per_image"])) if ok else None
 
 
 # ---- a trained checkpoint -----------------------------------------------------------------------

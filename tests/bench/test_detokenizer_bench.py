@@ -41,6 +41,9 @@ def test_marks_fewest_passes_within_half_a_db():
     rows = [ref, row("ddim", 10, 19.4, 0.20), row("unipc", 10, 19.6, 0.21), row("unipc", 20, 20.0, 0.1)]
     assert bench.fastest_within(rows) is rows[2]  # ddim 10 costs 0.6 dB; 20 steps are more passes
     assert bench.fastest_within([ref, row("unipc", 10, 19.0, 0.2)]) is None
+    # equal passes: the better PSNR, not the timing noise between them
+    same = [ref, row("ddim", 10, 19.8, 0.19), row("dpm-solver++", 10, 19.9, 0.21)]
+    assert bench.fastest_within(same) is same[2]
 
 
 def test_whole_run_on_a_tiny_checkpoint(tmp_path):
