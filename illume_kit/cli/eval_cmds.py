@@ -92,13 +92,17 @@ def check_overrides(checkpoint: str, data: dict, decode: dict, dataset: str | No
         rec = (manifest.get("components") or {}).get("detokenizer")
         if not isinstance(rec, dict) or not rec.get("name"):
             raise ValueError(f"--decode: the checkpoint {folder} has no detokenizer to pass options to")
-        valid = decode_option_names(get_registry().get("detokenizer", rec["name"]).load())
+        cls = get_registry().get("detokenizer", rec["name"]).load()
+        valid = decode_option_names(cls)
         for key in decode:
             if key not in valid:
                 raise ValueError(
                     f"--decode {key}=...: detokenizer {rec['name']!r} takes no option {key!r}; "
                     f"valid keys: {', '.join(valid) or 'none'}"
                 )
+        check_values = getattr(cls, "check_decode_options", None)
+        if check_values is not None:  # values the checkpoint's detokenizer cannot take, e.g. its schedulers
+            check_values(rec.get("params") or {}, decode)
 
 
 def metric_options(names: str | None, pairs: list[tuple[str, str]] | None) -> tuple[list[str] | None, dict]:

@@ -21,6 +21,7 @@ depends on the tokenizer's codebooks; ``save_pretrained`` writes native diffuser
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,7 +41,7 @@ from illume_kit.plugins.decoders.folder import (
     read_json,
     read_pipeline_folder,
 )
-from illume_kit.plugins.decoders.params import DiffusionDetokenizerParams
+from illume_kit.plugins.decoders.params import DiffusionDetokenizerParams, check_sampling_scheduler
 from illume_kit.plugins.decoders.schedules import TrainingProcess, make_scheduler
 from illume_kit.plugins.decoders.spaces import PixelSpace, VAESpace
 from illume_kit.plugins.decoders.unet import build_unet, call_unet, size_conditioning_kind, unet_class
@@ -225,6 +226,16 @@ class DiffusionDetokenizer(nn.Module):
         return {"loss": F.mse_loss(pred.float(), target.float())}
 
     # ---- sampling -------------------------------------------------------------------------------
+    @classmethod
+    def check_decode_options(cls, params: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+        """ValueError naming a decode option that a decoder with (manifest) ``params`` cannot take, so
+        ``eval --decode`` fails before any weights load; ``decode`` checks the same again."""
+        steps = options.get("steps")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"decode option steps={steps!r}: the diffusion detokenizer needs a whole number >= 1")
+        if options.get("scheduler") is not None:
+            check_sampling_scheduler(str(params.get("scheduler", cls.Params().scheduler)), options["scheduler"])
+
     @torch.no_grad()
     def decode(
         self,
@@ -234,13 +245,17 @@ class DiffusionDetokenizer(nn.Module):
         guidance_rescale: float | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        scheduler: str | None = None,
     ) -> torch.Tensor:
         """Codes -> images (B, 3, H, W) in [0, 1] at ``output_scale`` x the codes' pixel size.
 
-        steps / guidance / guidance_rescale default to the params; ``seed`` (or a CPU ``generator``)
-        makes the sample reproducible exactly.
+        steps / guidance / guidance_rescale / scheduler default to the params; ``seed`` (or a CPU
+        ``generator``) makes the sample reproducible exactly. ``scheduler`` samples with another
+        scheduler of the training one's family (``params.sampling_schedulers``: any of ddpm, ddim,
+        euler, dpm-solver++, unipc for a decoder trained with one of them), built from the trained
+        noise schedule, so one checkpoint compares samplers and step counts.
         """
-        x = self.denoise(codes, steps, guidance, guidance_rescale, seed, generator)
+        x = self.denoise(codes, steps, guidance, guidance_rescale, seed, generator, scheduler)
         return ((self.space.decode(x).float() + 1) / 2).clamp(0.0, 1.0)
 
     @torch.no_grad()
@@ -252,6 +267,7 @@ class DiffusionDetokenizer(nn.Module):
         guidance_rescale: float | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        scheduler: str | None = None,
     ) -> torch.Tensor:
         """The sampling loop of ``decode``: the final sample in the denoiser's space (a VAE latent,
         scaled as the UNet sees it, or pixel-unshuffled pixels), before ``space.decode``.
@@ -261,17 +277,21 @@ class DiffusionDetokenizer(nn.Module):
         """
         p = self.params
         steps = p.num_inference_steps if steps is None else int(steps)
+        if steps < 1:
+            raise ValueError(f"decode option steps={steps}: the diffusion detokenizer needs at least 1 step")
+        sched = make_scheduler(p, pixel_space=p.space == "pixel", name=scheduler)
         guidance = p.guidance_scale if guidance is None else float(guidance)
         rescale = p.guidance_rescale if guidance_rescale is None else float(guidance_rescale)
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(seed)
         cmap, labels, (h, w) = self._inputs(codes)
         b, st = cmap.shape[0], self.space.stride
-        sched = make_scheduler(p, pixel_space=p.space == "pixel")
         sched.set_timesteps(steps, device=cmap.device)
         shape = (b, self.space.channels, h // st, w // st)
         x = randn_tensor(shape, generator=generator, device=cmap.device, dtype=cmap.dtype)
         x = x * getattr(sched, "init_noise_sigma", 1.0)  # flow matching starts at unit noise
+        # stochastic steps (ddpm) draw from the generator; deterministic solvers like UniPC take none
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(sched.step).parameters else {}
         cfg = guidance != 1.0
         if cfg:  # conditional and unconditional rows in one batched forward
             cmap = torch.cat([cmap, torch.zeros_like(cmap)])
@@ -286,7 +306,7 @@ class DiffusionDetokenizer(nn.Module):
                     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
                     pred = rescale_noise_cfg(pred, cond, guidance_rescale=rescale)
-            x = sched.step(pred, t, x, generator=generator).prev_sample
+            x = sched.step(pred, t, x, **step_kwargs).prev_sample
         return x
 
     # ---- ILLUME+'s released SDXL decoder -----------------------------------------------------------

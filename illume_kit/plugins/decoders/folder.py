@@ -26,6 +26,8 @@ SCHEDULER_CLASSES = {
     "DDPMScheduler": "ddpm",
     "DDIMScheduler": "ddim",
     "EulerDiscreteScheduler": "euler",
+    "DPMSolverMultistepScheduler": "dpm-solver++",
+    "UniPCMultistepScheduler": "unipc",
     "FlowMatchEulerDiscreteScheduler": "flow-match-euler",
 }
 CLASS_OF_SCHEDULER = {v: k for k, v in SCHEDULER_CLASSES.items()}

@@ -19,7 +19,33 @@ from pydantic import Field, field_validator, model_validator
 
 from illume_kit.core.params import ComponentParams
 
-SCHEDULERS = ("ddpm", "ddim", "euler", "flow-match-euler")
+SCHEDULERS = ("ddpm", "ddim", "euler", "dpm-solver++", "unipc", "flow-match-euler")
+# one training process each: a decoder trained with any scheduler of a family samples with any other
+# of it (the variance-preserving family shares its betas; rectified flow has its own target)
+VP_SCHEDULERS = ("ddpm", "ddim", "euler", "dpm-solver++", "unipc")
+FLOW_SCHEDULERS = ("flow-match-euler",)
+Scheduler = Literal["ddpm", "ddim", "euler", "dpm-solver++", "unipc", "flow-match-euler"]
+
+
+def sampling_schedulers(trained: str) -> tuple[str, ...]:
+    """The schedulers a decoder trained with scheduler ``trained`` can sample with."""
+    return FLOW_SCHEDULERS if trained in FLOW_SCHEDULERS else VP_SCHEDULERS
+
+
+def check_sampling_scheduler(trained: str, name: str) -> str:
+    """``name`` when a decoder trained with ``trained`` samples with it, else a ValueError naming the choices."""
+    if name not in SCHEDULERS:
+        raise ValueError(
+            f"decode option scheduler={name!r} is not a diffusion scheduler; valid choices: {', '.join(SCHEDULERS)}"
+        )
+    valid = sampling_schedulers(trained)
+    if name not in valid:
+        process = "a rectified-flow velocity" if trained in FLOW_SCHEDULERS else "a variance-preserving noise schedule"
+        raise ValueError(
+            f"decode option scheduler={name!r}: this decoder was trained with scheduler {trained!r} "
+            f"({process}), which {name!r} does not sample; valid choices: {', '.join(valid)}"
+        )
+    return name
 
 
 class VQDetokenizerParams(ComponentParams):
@@ -99,20 +125,24 @@ class DiffusionDetokenizerParams(ComponentParams):
         "loaded at attach. Its scheduler/ sets the scheduler fields",
     )
     # --- noise schedule and sampling ----------------------------------------------------------
-    scheduler: Literal["ddpm", "ddim", "euler", "flow-match-euler"] = Field(
+    scheduler: Scheduler = Field(
         default="ddim",
-        description="diffusers scheduler. ddpm/ddim/euler share one training objective and are interchangeable "
-        "at sampling; flow-match-euler trains a velocity (noise - x0) and needs its own training",
+        description="diffusers scheduler. ddpm/ddim/euler/dpm-solver++/unipc share one training objective and "
+        "are interchangeable at sampling (decode(scheduler=...) picks another; dpm-solver++ and unipc are "
+        "multistep solvers that need fewer steps); flow-match-euler trains a velocity (noise - x0) and needs "
+        "its own training",
     )
     num_train_timesteps: int = Field(default=1000, ge=1, description="training noise levels")
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = Field(
-        default="squaredcos_cap_v2", description="ddpm/ddim/euler: beta schedule"
+        default="squaredcos_cap_v2", description="all but flow-match-euler: beta schedule"
     )
-    beta_start: float = Field(default=0.0001, gt=0, description="ddpm/ddim/euler: first beta (linear schedules)")
-    beta_end: float = Field(default=0.02, gt=0, description="ddpm/ddim/euler: last beta (linear schedules)")
+    beta_start: float = Field(
+        default=0.0001, gt=0, description="all but flow-match-euler: first beta (linear schedules)"
+    )
+    beta_end: float = Field(default=0.02, gt=0, description="all but flow-match-euler: last beta (linear schedules)")
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = Field(
         default="epsilon",
-        description="ddpm/ddim/euler: what the UNet predicts: epsilon (noise), v_prediction, or sample (the clean "
+        description="all but flow-match-euler: what the UNet predicts: epsilon (noise), v_prediction, or sample (the clean "
         "image; easiest for a tiny UNet, which cannot carry many noise channels through a narrow first block)",
     )
     flow_shift: float = Field(default=1.0, gt=0, description="flow-match-euler: timestep shift (SD3 uses 3.0)")
