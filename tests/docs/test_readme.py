@@ -224,7 +224,7 @@ def short_sweep(ws: Workspace, path: str) -> str:
         text = src.read_text()
         base = re.search(r"^base:\s*(\S+)", text, flags=re.M).group(1)
         text = re.sub(r"^base:.*$", f"base: {(src.parent / base).resolve()}", text, flags=re.M)
-        text = re.sub(r"\bsteps: \d+", f"steps: {SHORT_STEPS}", text)
+        text = re.sub(r"\bsteps: \d+(?![.\d])", f"steps: {SHORT_STEPS}", text)  # counts, not quick's fraction
         text = re.sub(r"num_samples: \d+", "num_samples: 32", text)
         text = re.sub(r"^(\s*eval:.*?)num_samples: 32", r"\1num_samples: 2", text, flags=re.M)
         text = re.sub(r"^seeds:.*$", "seeds: [0]", text, flags=re.M)
