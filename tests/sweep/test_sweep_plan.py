@@ -186,7 +186,13 @@ def test_shipped_sweeps_plan(name, tmp_path):
         assert sorted(u.target for u in plan.units.values()) == sorted(
             ["teacher"] * 4 + ["tokenizer"] * 6 + ["detokenizer"] * 2
         )
-        assert plan.spec.metric_names() == ["und/accuracy", "gen/accuracy", "edit/accuracy", "rec/psnr"]
+        assert plan.spec.metric_names() == [
+            "und/accuracy",
+            "gen/accuracy",
+            "gen/attributes",
+            "edit/accuracy",
+            "rec/psnr",
+        ]
         assert plan_sweep(path, tmp_path / "quick", quick=True).spec.seeds == [0]
     else:
         assert len(plan.runs) == 4 and len(plan.units) == 2
