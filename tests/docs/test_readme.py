@@ -406,13 +406,17 @@ def check_sweep_plan(ws, ex):
 def check_sweep_run(ws, ex):
     argv = sweep_argv(ws, ex.argv)
     ws.ok(argv + (["--no-live"] if "--no-live" not in argv else []))
-    status = json.loads(ws.ok(["illume-kit", "sweep", "status", argv[3], "--json"]).stdout)
-    assert status, status
+    quick = ["--quick"] if "--quick" in argv else []  # the quick variant has a folder of its own
+    status = json.loads(ws.ok(["illume-kit", "sweep", "status", argv[3], "--json", *quick]).stdout)
+    assert status and {row["status"] for row in status} == {"done"}, status
 
 
 def check_sweep_status(ws, ex):
     out = ws.ok(sweep_argv(ws, ex.argv)).stdout
-    assert "done" in out and "failed" not in out, out
+    if "--time" in ex.argv:  # where the time went: a row per arm and stage, and the total
+        assert "mllm" in out and "steps' summed wall time" in out, out
+    else:
+        assert "done" in out and "failed" not in out, out
 
 
 def check_results(ws, ex):
