@@ -204,7 +204,7 @@ def cmd_results(args) -> int:
     import json
 
     from illume_kit.cli.output import console, err_console
-    from illume_kit.sweep.results import agreement, collect, plot, render, render_agreement
+    from illume_kit.sweep.results import agreement, agreement_rows, collect, plot, render, render_agreement
 
     if args.against and args.format not in ("table", "md", "json"):
         err_console.print(f"--against shows its table with --format table, md or json, not {args.format}")
@@ -219,7 +219,7 @@ def cmd_results(args) -> int:
             console.print(render_agreement(found, ref.name))
     elif args.format == "json" and found is not None:
         data = json.loads(out)
-        data["against"] = {"sweep": ref.name, "pairs": json.loads(render_agreement(found, ref.name, "json"))}
+        data["against"] = {"sweep": ref.name, "pairs": agreement_rows(found)}
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         sys.stdout.write(out)

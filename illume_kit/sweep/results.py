@@ -282,23 +282,25 @@ def agreement(res: Results, reference: Results) -> list[Agreement]:
     return out
 
 
+def agreement_rows(found: list[Agreement]) -> list[dict[str, Any]]:
+    """The agreement as plain data (what ``results --against --format json`` prints)."""
+    return [
+        {
+            "metric": g.metric,
+            "rows": list(g.rows),
+            "reference": g.reference,
+            "difference": g.difference,
+            "separated": g.separated,
+            "agrees": g.agrees,
+        }
+        for g in found
+    ]
+
+
 def render_agreement(found: list[Agreement], reference_name: str, fmt: str = "table") -> str | Any:
     """The agreement as a table (rich, ``md``) or ``json``."""
     if fmt == "json":
-        return json.dumps(
-            [
-                {
-                    "metric": g.metric,
-                    "rows": list(g.rows),
-                    "reference": g.reference,
-                    "difference": g.difference,
-                    "separated": g.separated,
-                    "agrees": g.agrees,
-                }
-                for g in found
-            ],
-            indent=2,
-        )
+        return json.dumps(agreement_rows(found), indent=2)
     word = {True: "yes", False: "NO", None: "not judged (within the reference's seed spread)"}
     head = ["metric", "pair", f"Δ in {reference_name}", "Δ here", "same order"]
     lines = [
