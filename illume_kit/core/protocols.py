@@ -323,7 +323,10 @@ class IncrementalCache(Protocol):
 @runtime_checkable
 class StaticKVCache(Protocol):
     """Backbone that supplies a KV cache preallocated for ``batch`` rows of ``max_len`` positions:
-    the sampler's static decode loop (``cache: static``) feeds it one token per step at fixed shapes."""
+    the sampler's static decode loop (``cache: static``) feeds it one token per step at fixed shapes.
+    A forward on that cache takes a 2D attention mask of any length up to ``max_len`` or a boolean 4D
+    one ``(batch, 1, T, L)``: the loop passes the filled positions rounded up, and attention need read
+    no more of the cache than those ``L`` positions."""
 
     def new_static_cache(self, batch: int, max_len: int) -> Any: ...
 

@@ -5,8 +5,11 @@ compiled (and on CUDA captured as a CUDA graph, ``mode="reduce-overhead"``):
 
 - the KV cache is preallocated for the longest structured sequence of the batch (the backbone's
   ``new_static_cache``), conditional and unconditional rows in one batch;
-- every step feeds exactly one token per row, forced ones included, and the attention mask is the
-  whole preallocated length from the start;
+- every step feeds exactly one token per row, forced ones included; its attention mask is a 4D
+  window over the cache, the filled positions rounded up to ``WINDOW`` (the backbone then reads only
+  that much of the cache), marked dynamic for the compiler so that every window length runs one graph;
+- dynamo checks its guards on a window's first step only: the later ones run the same graph on the
+  same tensors (``skip_guard_eval_unsafe``);
 - the per-row structure (template position, image start, budget, done) lives in tensors, and the
   sampling math (hard masks, guidance, per-level temperature / top-k / top-p, the draw) runs over one
   id window fixed for the batch, inside the step: nothing in a step reads a tensor on the host;
@@ -23,6 +26,7 @@ tokens, softmax over a wider window): a draw that falls within rounding of a bou
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -39,14 +43,18 @@ from illume_kit.model.sampling_ops import (
 
 # a batch with text rows checks for the end this often (one host sync per CHECK_EVERY tokens)
 CHECK_EVERY = 64
+# attention reads the filled cache rounded up to a multiple of this many positions: short on the CPU,
+# where the step reads its cache from memory; long on CUDA, each length a CUDA graph of its own
+WINDOW = {"cuda": 128}
 _COMPILED: dict[str, Any] = {}
+_NULL = nullcontext()
 
 
 def compiled_step(device: torch.device):
     """The compiled step: CUDA graphs on CUDA (``reduce-overhead``), inductor's default elsewhere."""
     mode = "reduce-overhead" if device.type == "cuda" else "default"
     if mode not in _COMPILED:
-        _COMPILED[mode] = torch.compile(static_step, mode=mode, dynamic=False)
+        _COMPILED[mode] = torch.compile(static_step, mode=mode)
     return _COMPILED[mode]
 
 
@@ -142,9 +150,13 @@ def static_loop(sampler: Any, batch: Any, state: Any, guide: bool, tmpls, heads,
     steps = int(state.budget.max()) if B else 0
     if steps <= 0:
         return torch.zeros((B, 0), dtype=torch.long, device=dev)
-    mask = torch.ones((N, T0 + steps), dtype=batch.attention_mask.dtype, device=dev)
-    mask[:, :T0] = batch.attention_mask
-    cache = backbone.new_static_cache(N, T0 + steps)
+    width = WINDOW.get(dev.type, 16)
+    full = -(-(T0 + steps) // width) * width
+    # one position more than any window: no window is the whole cache or mask, so every window's
+    # key, value and mask views have the same contiguity and a compiled step stays one graph
+    mask = torch.zeros((N, full + 1), dtype=torch.bool, device=dev)
+    mask[:, :T0] = batch.attention_mask.bool()
+    cache = backbone.new_static_cache(N, full + 1)
     out = backbone(
         batch.inputs_embeds,
         attention_mask=batch.attention_mask,
@@ -182,6 +194,18 @@ def static_loop(sampler: Any, batch: Any, state: Any, guide: bool, tmpls, heads,
     pos, starts, budget, done = state.pos, state.starts, state.budget, state.done
     ones = torch.ones((B, w1 - w0), device=dev)
     row_index: dict[tuple[int, ...], torch.Tensor] = {}
+    windows: dict[int, torch.Tensor] = {}
+    guarded: set[torch.Tensor] = set()
+
+    def window(s: int) -> torch.Tensor:
+        """Step s's mask: the filled cache positions rounded up to ``width``, a 4D (N, 1, 1, L) view."""
+        n = -(-(T0 + s + 1) // width) * width
+        if n not in windows:
+            windows[n] = mask[:, None, None, :n]
+            if sampler.compile:  # one graph for every window length
+                torch._dynamo.maybe_mark_dynamic(windows[n], 3)
+        return windows[n]
+
     produced, lives = [], []
     for s in range(steps):
         noise = ones
@@ -197,7 +221,13 @@ def static_loop(sampler: Any, batch: Any, state: Any, guide: bool, tmpls, heads,
             )
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        res = step(backbone, logits, pos, starts, budget, done, used, noise, mask, next_pos, cache, consts, spec)
+        m = window(s)
+        mask[:, T0 + s] = True  # the position this step fills: a window shows no unfilled one
+        # a window's first step checks dynamo's guards (and compiles if it must); its later steps,
+        # same model, shapes and types, skip that check: it costs as much as a small step's kernels
+        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=m in guarded) if sampler.compile else _NULL:
+            res = step(backbone, logits, pos, starts, budget, done, used, noise, m, next_pos, cache, consts, spec)
+        guarded.add(m)
         if graphs:  # a replay overwrites its outputs: keep copies
             res = tuple(r.clone() for r in res)
         tok, pos, starts, budget, done, used, logits, next_pos, live = res

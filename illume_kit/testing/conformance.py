@@ -244,24 +244,31 @@ def backbone_capabilities(factory) -> None:
 
 
 def _static_cache_decodes_as_growing_one(bb, rows: int = 2, prompt: int = 5, steps: int = 3) -> None:
-    """A left-padded prefill then one token per step: the preallocated cache (its attention mask the
-    whole length from the start) gives the logits of a growing one (``new_cache``, else the model's own)."""
+    """A left-padded prefill then one token per step: the preallocated cache gives the logits of a
+    growing one (``new_cache``, else the model's own), with a 2D attention mask the whole length from
+    the start, and with a 4D boolean one ``(rows, 1, 1, L)`` that shows only the filled positions
+    (the window the static decode loop passes)."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, bb.vocab_size, (rows, prompt + steps), generator=g)
     mask = torch.ones(rows, prompt, dtype=torch.long)
     mask[0, :2] = 0
     full = torch.cat([mask, torch.ones(rows, steps, dtype=torch.long)], 1)
-    static = bb.new_static_cache(rows, prompt + steps)
-    assert static is not None, "new_static_cache(batch, max_len) must return a cache object"
+    growing = bb.new_cache() if isinstance(bb, IncrementalCache) else None
+    runs = [(growing, None), (bb.new_static_cache(rows, prompt + steps), "2d")]
+    assert runs[1][0] is not None, "new_static_cache(batch, max_len) must return a cache object"
     logits = []
     with torch.no_grad():
         embeds = bb.embed(ids)
-        for cache in (bb.new_cache() if isinstance(bb, IncrementalCache) else None, static):
+        for cache, kind in runs + [(None, "4d")]:
+            if kind == "4d":  # a longer cache than the window ever reaches
+                cache = bb.new_static_cache(rows, prompt + steps + 4)
             pos = (mask.cumsum(1) - 1).clamp(min=0)
             out = bb(embeds[:, :prompt], attention_mask=mask, past_key_values=cache, position_ids=pos, use_cache=True)
             seen = [out.logits[:, -1]]
             for s in range(1, steps):
-                m = full if cache is static else full[:, : prompt + s]
+                m = full if kind == "2d" else full[:, : prompt + s]
+                if kind == "4d":
+                    m = m.bool()[:, None, None, :]
                 out = bb(
                     embeds[:, prompt + s - 1 : prompt + s],
                     attention_mask=m,
@@ -271,7 +278,10 @@ def _static_cache_decodes_as_growing_one(bb, rows: int = 2, prompt: int = 5, ste
                 )
                 seen.append(out.logits[:, -1])
             logits.append(torch.stack(seen).float())
-    torch.testing.assert_close(logits[1], logits[0], atol=1e-4, rtol=1e-4, msg="a static cache decodes otherwise")
+    for got, how in zip(logits[1:], ("a 2D mask", "a 4D window mask")):
+        torch.testing.assert_close(
+            got, logits[0], atol=1e-4, rtol=1e-4, msg=f"a static cache decodes otherwise with {how}"
+        )
 
 
 # ---- detokenizers -----------------------------------------------------------------------

@@ -38,6 +38,7 @@ from transformers import (
 
 from illume_kit.core.layout import VocabLayout
 from illume_kit.core.protocols import BackboneOutput
+from illume_kit.plugins.backbones import decode_attention
 from illume_kit.plugins.backbones.params import GPT2Params, LlamaParams, Qwen2Params
 from illume_kit.plugins.backbones.text_tokenizer import (
     default_text_tokenizer,
@@ -221,7 +222,13 @@ class HFCausalLMBackbone(nn.Module):
     def new_static_cache(self, batch: int, max_len: int) -> StaticCache:
         """An empty KV cache preallocated for ``batch`` rows of ``max_len`` positions (transformers'
         ``StaticCache``). The one of the last call is emptied and handed out again when the shape
-        matches: a compiled step keeps the cache tensors' addresses (CUDA graphs replay on them)."""
+        matches: a compiled step keeps the cache tensors' addresses (CUDA graphs replay on them).
+        A forward on it may pass a boolean 4D mask ``(batch, 1, T, L)``, ``L <= max_len``: attention
+        then reads only the first ``L`` cached positions."""
+        impl = self.model.config._attn_implementation
+        if impl in decode_attention.NAMES:
+            # the same kernel, reading only the cache window a 4D mask names (decode_attention.py)
+            self.model.set_attn_implementation(decode_attention.NAMES[impl])
         weight = self.model.get_input_embeddings().weight
         key = (batch, max_len, weight.device, weight.dtype)
         kept = getattr(self, "_static_cache", None)

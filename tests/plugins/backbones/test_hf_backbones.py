@@ -126,6 +126,36 @@ def test_static_cache_with_left_padding_decodes_like_unpadded_rows(family):
     backbone_capabilities(lambda: tiny(*family))  # the conformance suite's own check agrees
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_static_cache_window_reads_no_position_past_it(family, attn):
+    """A 4D mask (the static loop's window) limits attention to its positions: NaN written into the
+    cache past the window changes nothing; the same NaN inside a full-length 2D mask's reach does."""
+    from illume_kit.testing.conformance import backbone_capabilities
+
+    b = tiny(*family, attn_implementation=attn).eval()
+    torch.manual_seed(2)
+    seq = torch.randint(3, 512, (2, 7))
+    with torch.no_grad():
+        ref = b(b.embed(seq), use_cache=False).logits[:, -1]
+        got = {}
+        for kind in ("4d", "2d"):
+            cache = b.new_static_cache(2, 16)
+            b(b.embed(seq[:, :6]), attention_mask=torch.ones(2, 6, dtype=torch.long), past_key_values=cache)
+            for layer in cache.layers:  # positions 8.. are never written: poison them
+                layer.keys[:, :, 8:] = float("nan")
+                layer.values[:, :, 8:] = float("nan")
+            mask = torch.ones(2, 8 if kind == "4d" else 16, dtype=torch.bool)
+            mask[:, 7:] = False  # position 7 lies inside the window but is not filled yet
+            mask = mask[:, None, None, :] if kind == "4d" else mask.long()
+            pos = torch.full((2, 1), 6)
+            got[kind] = b(b.embed(seq[:, 6:]), attention_mask=mask, position_ids=pos, past_key_values=cache).logits[
+                :, -1
+            ]
+    torch.testing.assert_close(got["4d"], ref, atol=1e-4, rtol=1e-4)
+    assert got["2d"].isnan().any()  # the poison is reachable without the window
+    backbone_capabilities(lambda: tiny(*family, attn_implementation=attn))
+
+
 def _lm_loss(b, ids):
     logits = b(b.embed(ids)).logits
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
