@@ -40,7 +40,7 @@ from illume_kit.cli.args import (
 )
 from illume_kit.core.options import OFFICIAL_SAMPLING_DEFAULTS, EvalOptions, Preprocess, SamplingMode
 from illume_kit.eval.batch_generation import LAYOUTS
-from illume_kit.eval.sampling import GUIDANCE, task_sampling
+from illume_kit.eval.sampling import GUIDANCE, LOOPS, task_sampling
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DEFAULT_SIZE = 64
@@ -415,6 +415,14 @@ def _sampling(args, verb: str) -> dict:
             "structured: add --sampling official"
         )
     out.update({k: v for k, v in extra.items() if v is not None})
+    loop = getattr(args, "decode_loop", None)
+    if loop is not None:
+        if official and loop != "dynamic":
+            raise ValueError(
+                f"--decode-loop {loop} applies to the structured sampler; this command samples official "
+                "(generate() decodes): drop --decode-loop or add --sampling structured"
+            )
+        out = {k: v for k, v in out.items() if k not in ("cache", "compile")} | LOOPS[loop]
     cli = {"cfg": args.cfg, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
     out.update({k: v for k, v in cli.items() if v is not None})
     if not official:
@@ -597,6 +605,13 @@ def _sampling_args(p, verb: str) -> None:
         "--top-p",
         type=probability,
         help="default: the recipe's eval.options.top_p, else 1; " + official.format(top),
+    )
+    p.add_argument(
+        "--decode-loop",
+        choices=tuple(LOOPS),
+        help="the structured sampler's token loop: dynamic (growing KV cache), static (preallocated cache, "
+        "fixed-shape steps) or compiled (that step through torch.compile; the first call compiles) "
+        "(default: the recipe's eval.options.decode_loop, else dynamic)",
     )
     p.add_argument(
         "--rewarp",

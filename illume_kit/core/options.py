@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Task = Literal["und", "t2i", "edit"]
 EditTarget = Literal["encoded", "copy_unchanged"]
 LossAverage = Literal["token", "sample"]
 Preprocess = Literal["plain", "official"]
 SamplingMode = Literal["structured", "official"]  # eval.options.sampling: illume_kit.model.sampler / official_sampling
+DecodeLoop = Literal["dynamic", "static", "compiled"]  # the structured sampler's token loop
 PromptStyleName = Literal["plain", "chat_template", "official"]  # model.prompt_style: illume_kit.model.prompts
 TASKS: tuple[str, ...] = get_args(Task)
 # the largest image side a recipe may ask for; past it a single image is gigabytes of activations
@@ -189,6 +190,13 @@ class EvalOptions(_Options):
         "/ 1.0, editing 0.7 / 512 / 0.8, and one number sets the text level, which the levels follow: "
         "illume_kit.model.official_sampling)",
     )
+    decode_loop: DecodeLoop = Field(
+        "dynamic",
+        description="sampling structured: the sampler's token loop. dynamic (a growing KV cache), static (a KV "
+        "cache preallocated for the batch, one fixed-shape step per token, no host sync) or compiled (that step "
+        "through torch.compile, CUDA graphs on CUDA; compiling takes a while on the first batch). The same tokens "
+        "for a fixed seed up to float rounding (illume_kit.model.static_loop)",
+    )
     rewarp: bool = Field(
         True,
         description="sampling official: apply generate()'s own temperature / top-k / top-p (the text level's) "
@@ -233,6 +241,15 @@ class EvalOptions(_Options):
         "768*768); null: the square of the recipe's image size",
     )
 
+    @model_validator(mode="after")
+    def _loop_of_structured(self) -> EvalOptions:
+        if self.sampling == "official" and self.decode_loop != "dynamic":
+            raise ValueError(
+                f"decode_loop: {self.decode_loop} applies to sampling: structured; the official mode decodes "
+                "with generate(): leave decode_loop out or set it to dynamic"
+            )
+        return self
+
 
 __all__ = [
     "OFFICIAL_REPETITION_PENALTY",
@@ -250,4 +267,5 @@ __all__ = [
     "LossAverage",
     "Preprocess",
     "SamplingMode",
+    "DecodeLoop",
 ]

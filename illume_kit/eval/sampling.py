@@ -4,10 +4,11 @@ One place for what ``illume-kit eval`` scores with and what ``illume-kit generat
 draw with. Torch-free: the CLI builds its ``--help`` from it.
 
 ``sampling: structured`` (the default) passes ``cfg`` and the per-level keys to the structured
-sampler as they are. ``sampling: official`` adds the mode and its own keys (``rewarp``,
-``repetition_penalty``); a per-level key the options leave out takes the official recommendation
-for the task (``OFFICIAL_SAMPLING_DEFAULTS``), and a ``top_k`` given as null is off (0), as in the
-structured sampler.
+sampler as they are, and ``decode_loop`` other than dynamic as its ``cache`` / ``compile``.
+``sampling: official`` adds the mode and its own keys (``rewarp``, ``repetition_penalty``); a
+per-level key the options leave out takes the official recommendation for the task
+(``OFFICIAL_SAMPLING_DEFAULTS``), and a ``top_k`` given as null is off (0), as in the structured
+sampler.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ GUIDANCE = {
 SAMPLING_KEYS = ("temperature", "top_k", "top_p")
 # keys of the official mode only
 OFFICIAL_KEYS = ("rewarp", "repetition_penalty")
+# eval.options.decode_loop -> the structured sampler's keyword arguments
+LOOPS = {"dynamic": {}, "static": {"cache": "static"}, "compiled": {"cache": "static", "compile": True}}
 
 
 def _top_k_off(value: Any) -> Any:
@@ -47,4 +50,6 @@ def task_sampling(options: EvalOptions | Mapping[str, Any], task: str) -> dict[s
             elif key == "top_k":
                 out[key] = _top_k_off(out[key])
         out.update({"sampling": "official", **{k: getattr(opts, k) for k in OFFICIAL_KEYS}})
+    elif opts.decode_loop != "dynamic":
+        out.update(LOOPS[opts.decode_loop])
     return out

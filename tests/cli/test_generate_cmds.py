@@ -208,3 +208,40 @@ def test_sampling_official_settings_from_the_command_line(tmp_path):
     args = p.parse_args(["--sampling", "structured"])
     args.checkpoint = str(tmp_path)
     assert g._sampling(args, "edit") == g.SAMPLING_DEFAULTS["edit"]
+
+
+def test_decode_loop_from_the_recipe_and_the_command_line(tmp_path, capsys):
+    """eval.options.decode_loop picks the structured sampler's loop (static: the same image as the
+    dynamic loop for a seed); --decode-loop overrides it; the official mode refuses both."""
+    import argparse
+
+    import yaml
+
+    from illume_kit.cli import generate_cmds as g
+
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"eval": {"options": {"decode_loop": "compiled"}}}))
+    assert g.recipe_sampling(tmp_path, "generate") == {**g.SAMPLING_DEFAULTS["generate"], "cache": "static",
+                                                      "compile": True}  # fmt: skip
+    p = argparse.ArgumentParser()
+    g._sampling_args(p, "generate")
+    args = p.parse_args(["--decode-loop", "static"])
+    args.checkpoint = str(tmp_path)
+    assert g._sampling(args, "generate") == {**g.SAMPLING_DEFAULTS["generate"], "cache": "static"}
+    args = p.parse_args(["--decode-loop", "dynamic"])
+    args.checkpoint = str(tmp_path)
+    assert g._sampling(args, "generate") == g.SAMPLING_DEFAULTS["generate"]
+
+    outs = [tmp_path / f"{loop}.png" for loop in ("dynamic", "static")]
+    for loop, out in zip(("dynamic", "static"), outs):
+        assert main(["generate", SHIPPED, "a red circle", "-o", str(out), "--seed", "3", "--decode-loop", loop]) == 0
+    assert Image.open(outs[0]).tobytes() == Image.open(outs[1]).tobytes()
+    capsys.readouterr()
+    argv = ["generate", SHIPPED, "a red circle", "-o", str(tmp_path / "o.png"), "--sampling", "official"]
+    assert main(argv + ["--decode-loop", "static"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--decode-loop static applies to the structured sampler" in err and "Traceback" not in err
+    (tmp_path / "recipe.yaml").write_text(
+        yaml.safe_dump({"eval": {"options": {"decode_loop": "static", "sampling": "official"}}})
+    )
+    with pytest.raises(Exception, match="decode_loop: static applies to sampling: structured"):
+        g.recipe_sampling(tmp_path, "generate")
