@@ -201,6 +201,18 @@ class DiffusionDetokenizer(nn.Module):
     def _predict(self, x: torch.Tensor, t: Any, cmap: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         return call_unet(self.denoiser, torch.cat([x, cmap], dim=1), t, labels)
 
+    def _predict_compiled(self, x: torch.Tensor, t: Any, cmap: torch.Tensor, labels) -> torch.Tensor:
+        return call_unet(self._compiled(), torch.cat([x, cmap], dim=1), t, labels)
+
+    def _compiled(self) -> nn.Module:
+        """The denoiser through ``torch.compile``, kept beside the module (not a submodule: the state
+        dict stays the denoiser's) and rebuilt when the denoiser is replaced (a folder loaded)."""
+        kept = self.__dict__.get("_compiled_denoiser")
+        if kept is None or kept[0] is not self.denoiser:
+            kept = (self.denoiser, torch.compile(self.denoiser))
+            self.__dict__["_compiled_denoiser"] = kept
+        return kept[1]
+
     # ---- training -------------------------------------------------------------------------------
     def loss(
         self, images: torch.Tensor, codes: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
@@ -246,6 +258,7 @@ class DiffusionDetokenizer(nn.Module):
         seed: int | None = None,
         generator: torch.Generator | None = None,
         scheduler: str | None = None,
+        compile: bool = False,
     ) -> torch.Tensor:
         """Codes -> images (B, 3, H, W) in [0, 1] at ``output_scale`` x the codes' pixel size.
 
@@ -253,9 +266,10 @@ class DiffusionDetokenizer(nn.Module):
         ``generator``) makes the sample reproducible exactly. ``scheduler`` samples with another
         scheduler of the training one's family (``params.sampling_schedulers``: any of ddpm, ddim,
         euler, dpm-solver++, unipc for a decoder trained with one of them), built from the trained
-        noise schedule, so one checkpoint compares samplers and step counts.
+        noise schedule, so one checkpoint compares samplers and step counts. ``compile`` runs the
+        denoiser through ``torch.compile`` (compiled once per decoder, on the first such call).
         """
-        x = self.denoise(codes, steps, guidance, guidance_rescale, seed, generator, scheduler)
+        x = self.denoise(codes, steps, guidance, guidance_rescale, seed, generator, scheduler, compile)
         return ((self.space.decode(x).float() + 1) / 2).clamp(0.0, 1.0)
 
     @torch.no_grad()
@@ -268,6 +282,7 @@ class DiffusionDetokenizer(nn.Module):
         seed: int | None = None,
         generator: torch.Generator | None = None,
         scheduler: str | None = None,
+        compile: bool = False,
     ) -> torch.Tensor:
         """The sampling loop of ``decode``: the final sample in the denoiser's space (a VAE latent,
         scaled as the UNet sees it, or pixel-unshuffled pixels), before ``space.decode``.
@@ -292,13 +307,14 @@ class DiffusionDetokenizer(nn.Module):
         x = x * getattr(sched, "init_noise_sigma", 1.0)  # flow matching starts at unit noise
         # stochastic steps (ddpm) draw from the generator; deterministic solvers like UniPC take none
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(sched.step).parameters else {}
+        predict = self._predict_compiled if compile else self._predict
         cfg = guidance != 1.0
         if cfg:  # conditional and unconditional rows in one batched forward
             cmap = torch.cat([cmap, torch.zeros_like(cmap)])
             labels = None if labels is None else torch.cat([labels, labels])
         for t in sched.timesteps:
             xin = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
-            pred = self._predict(torch.cat([xin, xin]) if cfg else xin, t, cmap, labels)
+            pred = predict(torch.cat([xin, xin]) if cfg else xin, t, cmap, labels)
             if cfg:
                 cond, uncond = pred.chunk(2)
                 pred = uncond + guidance * (cond - uncond)
