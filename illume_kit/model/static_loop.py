@@ -9,7 +9,7 @@ compiled (and on CUDA captured as a CUDA graph, ``mode="reduce-overhead"``):
   window over the cache, the filled positions rounded up to ``WINDOW`` (the backbone then reads only
   that much of the cache), marked dynamic for the compiler so that every window length runs one graph;
 - dynamo checks its guards on a window's first step only: the later ones run the same graph on the
-  same tensors (``skip_guard_eval_unsafe``);
+  same model, shapes and types (``skip_guard_eval_unsafe``);
 - the per-row structure (template position, image start, budget, done) lives in tensors, and the
   sampling math (hard masks, guidance, per-level temperature / top-k / top-p, the draw) runs over one
   id window fixed for the batch, inside the step: nothing in a step reads a tensor on the host;
@@ -26,7 +26,7 @@ tokens, softmax over a wider window): a draw that falls within rounding of a bou
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -47,7 +47,6 @@ CHECK_EVERY = 64
 # where the step reads its cache from memory; long on CUDA, each length a CUDA graph of its own
 WINDOW = {"cuda": 128}
 _COMPILED: dict[str, Any] = {}
-_NULL = nullcontext()
 
 
 def compiled_step(device: torch.device):
@@ -207,33 +206,41 @@ def static_loop(sampler: Any, batch: Any, state: Any, guide: bool, tmpls, heads,
         return windows[n]
 
     produced, lives = [], []
-    for s in range(steps):
-        noise = ones
-        if draw == "exp" and schedule is None:
-            noise = torch.empty((B, w1 - w0), device=dev).exponential_(1, generator=gen)
-        elif draw == "exp" and schedule[s] is not None:  # the dynamic loop's multinomial draw of this step
-            rows, a, b = schedule[s]
-            if rows not in row_index:
-                row_index[rows] = torch.tensor(rows, device=dev)
-            noise = ones.clone()
-            noise[row_index[rows], a - w0 : b - w0] = torch.empty((len(rows), b - a), device=dev).exponential_(
-                1, generator=gen
-            )
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        m = window(s)
-        mask[:, T0 + s] = True  # the position this step fills: a window shows no unfilled one
-        # a window's first step checks dynamo's guards (and compiles if it must); its later steps,
-        # same model, shapes and types, skip that check: it costs as much as a small step's kernels
-        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=m in guarded) if sampler.compile else _NULL:
+    # dynamo's stance without guard checks, entered after a window's first step (which checks them
+    # and compiles if it must): the later steps run the same graph on the same model, shapes and
+    # types, and the check costs as much as a small step's kernels. Entered once per window, as
+    # entering costs about as much again.
+    unguarded = ExitStack()
+    with unguarded:
+        for s in range(steps):
+            noise = ones
+            if draw == "exp" and schedule is None:
+                noise = torch.empty((B, w1 - w0), device=dev).exponential_(1, generator=gen)
+            elif draw == "exp" and schedule[s] is not None:  # the dynamic loop's multinomial draw of this step
+                rows, a, b = schedule[s]
+                if rows not in row_index:
+                    row_index[rows] = torch.tensor(rows, device=dev)
+                noise = ones.clone()
+                noise[row_index[rows], a - w0 : b - w0] = torch.empty((len(rows), b - a), device=dev).exponential_(
+                    1, generator=gen
+                )
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            m = window(s)
+            first = sampler.compile and m not in guarded
+            if first:
+                unguarded.close()
+            mask[:, T0 + s] = True  # the position this step fills: a window shows no unfilled one
             res = step(backbone, logits, pos, starts, budget, done, used, noise, m, next_pos, cache, consts, spec)
-        guarded.add(m)
-        if graphs:  # a replay overwrites its outputs: keep copies
-            res = tuple(r.clone() for r in res)
-        tok, pos, starts, budget, done, used, logits, next_pos, live = res
-        produced.append(tok)
-        lives.append(live)
-        if not known and (s + 1) % CHECK_EVERY == 0 and bool(done.all()):
-            break
+            if first:
+                guarded.add(m)
+                unguarded.enter_context(torch.compiler.set_stance("default", skip_guard_eval_unsafe=True))
+            if graphs:  # a replay overwrites its outputs: keep copies
+                res = tuple(r.clone() for r in res)
+            tok, pos, starts, budget, done, used, logits, next_pos, live = res
+            produced.append(tok)
+            lives.append(live)
+            if not known and (s + 1) % CHECK_EVERY == 0 and bool(done.all()):
+                break
     n = steps if known else int(torch.stack(lives).sum())
     return torch.stack(produced, 1)[:, :n]
