@@ -26,6 +26,7 @@ CKPT = str(ROOT / "checkpoints" / "dualvitok_qwen2_mllm_tiny")
 SCENE = str(ROOT / "checkpoints" / "scene.png")
 NAME = "dualvitok_qwen2_mllm_tiny"
 MAX_PIXELS = 100_000  # the server under test refuses a 400x400 upload
+MAX_UPLOAD_MB = 0.05  # and a 100 kB one
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -54,8 +55,9 @@ def _wait_up(url: str, proc: subprocess.Popen | None = None, limit: float = 180.
 def url():
     port = _free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    cmd = [sys.executable, "-m", "illume_kit.cli.main", "serve", CKPT, "--port", str(port)]
-    cmd += ["--max-pixels", str(MAX_PIXELS), "--max-prompt-chars", "200"]
+    # the checkpoint twice: the compare tab serves two models
+    cmd = [sys.executable, "-m", "illume_kit.cli.main", "serve", CKPT, CKPT, "--port", str(port)]
+    cmd += ["--max-pixels", str(MAX_PIXELS), "--max-prompt-chars", "200", "--max-upload-mb", str(MAX_UPLOAD_MB)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         address = f"http://127.0.0.1:{port}/"
@@ -122,8 +124,26 @@ def test_the_docs_client_example_runs(url, monkeypatch, capsys):
     assert printed.split()[0] and printed.count(".png") == 3, printed
 
 
+def test_compare_runs_one_request_on_two_checkpoints(client):
+    a, images_a, b, images_b = client.predict(
+        task="generate", checkpoint_a=NAME, checkpoint_b=f"{NAME}-2", text="a small red circle", seed=3,
+        api_name="/compare",
+    )  # fmt: skip
+    assert a == b == "" and len(images_a) == len(images_b) == 1
+    # the same weights at the same recipe settings and seed: the same image, the one /generate draws
+    alone = client.predict(prompt="a small red circle", seed=3, api_name="/generate")
+    assert np.array_equal(_pixels(images_a[0]["image"]), _pixels(images_b[0]["image"]))
+    assert np.array_equal(_pixels(images_a[0]["image"]), _pixels(alone[0]["image"]))
+    a, _, b, _ = client.predict(
+        task="understand", checkpoint_a=NAME, checkpoint_b=f"{NAME}-2", image=handle_file(SCENE),
+        text="how many shapes are there?", api_name="/compare",
+    )  # fmt: skip
+    assert a == b and a
+
+
 def test_info_shows_the_composed_model_tree(client):
     text = client.predict(api_name="/info")
+    assert f"{NAME}-2" in client.predict(checkpoint=f"{NAME}-2", api_name="/info")
     assert NAME in text and "codebooks" in text and "vocab layout" in text and "Recipe defaults" in text
 
 
@@ -156,6 +176,11 @@ def test_an_image_past_the_pixel_limit_is_refused_with_its_size(client, tmp_path
         with pytest.raises(AppError) as info:
             client.predict(**call)
         assert "400x400 = 0.2 Mpx; this server takes at most 0.1 Mpx" in str(info.value)
+    noisy = tmp_path / "noisy.png"  # 200x200 of noise: a PNG past the 50 kB upload limit, within the pixels
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(noisy)
+    with pytest.raises(Exception, match="(?i)(file|upload).*(size|large|exceed)|exceed.*(size|limit)") as info:
+        client.predict(image=handle_file(str(noisy)), question="what is it?", api_name="/understand")
+    print(f"over-size upload: {type(info.value).__name__}: {info.value}")
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("not a png")
     with pytest.raises(AppError, match="not an image Pillow can read|cannot identify image"):
