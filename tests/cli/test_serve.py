@@ -249,7 +249,7 @@ def test_the_page_renders_its_tabs_in_headless_chromium(url, tmp_path):
             tabs = page.get_by_role("tab")
             tabs.first.wait_for(timeout=30_000)
             names = [t.strip() for t in tabs.all_inner_texts()]
-            assert {"Understand", "Generate", "Edit", "Info"} <= set(names), names
+            assert {"Understand", "Generate", "Edit", "Compare", "Info"} <= set(names), names
             # each tab shows its own inputs
             for tab, field in (("Understand", "question"), ("Edit", "instruction"), ("Generate", "prompt")):
                 page.get_by_role("tab", name=tab).click()
@@ -265,5 +265,3 @@ def test_the_page_renders_its_tabs_in_headless_chromium(url, tmp_path):
             browser.close()
     assert Image.open(shot).size[0] == 1280
     print(f"screenshot: {shot}")
-    if os.environ.get("ILLUME_KIT_SERVE_SCREENSHOT"):  # refreshes the one docs/serve.md shows
-        Image.open(shot).save(os.environ["ILLUME_KIT_SERVE_SCREENSHOT"])
