@@ -624,7 +624,11 @@ def register(sub) -> None:
     p.add_argument(
         "checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint folders; two or more: a compare tab"
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only; 0.0.0.0: all)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0: every interface)",
+    )
     p.add_argument("--port", type=positive_int, help="port (default: 7860, or the next free one)")
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="largest upload, in pixels")
