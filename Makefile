@@ -13,12 +13,12 @@ PYTEST_ARGS ?=
 # a plain path entry in a .pth instead of setuptools' import-hook finder: ~30 ms less start-up per process
 EDITABLE := --config-settings editable_mode=compat
 
-.PHONY: install demo test test-slow lint lint-imports data clean
+.PHONY: install demo test test-slow lint lint-imports data browser clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt examples/illume-kit-fsq-tokenizer/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt $(EDITABLE) -e '.[test,slurm,metrics,lmms,loggers]'
+	$(PIP) install -q -c constraints.txt $(EDITABLE) -e '.[test,slurm,metrics,lmms,loggers,serve]'
 	$(PIP) install -q -c constraints.txt $(EDITABLE) -e examples/illume-kit-fsq-tokenizer
 	touch $@
 
@@ -29,6 +29,13 @@ data:
 	@if command -v dpkg >/dev/null && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "note: could not install dataset-fashion-mnist"; \
 		else echo "note: run 'sudo apt-get install dataset-fashion-mnist' for the Fashion-MNIST tests"; fi; fi
+
+# Debian's chromium for the `serve` page test (driven by playwright, which downloads no browser of its own);
+# the test skips when /usr/bin/chromium is absent.
+browser:
+	@if command -v dpkg >/dev/null && ! dpkg -s chromium >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) || echo "note: could not install chromium"; \
+		else echo "note: run 'sudo apt-get install chromium' for the serve page test"; fi; fi
 
 demo: install
 	$(VENV)/bin/illume-kit compose $(DEMO_RECIPE)
@@ -46,7 +53,7 @@ lint-imports: install
 test: install data
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-test-slow: install data
+test-slow: install data browser
 	$(PY) -m pytest -q -p no:cacheprovider -m slow $(PYTEST_ARGS)
 
 clean:

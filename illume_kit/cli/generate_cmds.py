@@ -156,11 +156,15 @@ def trained_record(checkpoint: str | Path) -> tuple[set[str] | None, list[tuple[
     return vocab, sizes, source
 
 
-def warn_unfamiliar(checkpoint: str | Path, what: str, text: str, size: tuple[int, int], size_given: bool) -> None:
+def warn_unfamiliar(
+    checkpoint: str | Path, what: str, text: str, size: tuple[int, int], size_given: bool, warn=None
+) -> None:
     """Warn (the command goes on) when ``text`` uses words, or ``size`` is a size, the checkpoint
-    was not trained on."""
-    from illume_kit.cli.output import warn
+    was not trained on; ``warn``: where the warning goes (default: stderr)."""
     from illume_kit.core.coverage import unseen
+
+    if warn is None:
+        from illume_kit.cli.output import warn
 
     vocab, sizes, source = trained_record(checkpoint)
     new = unseen(text, vocab) if vocab is not None else []
@@ -433,17 +437,21 @@ def _sampling(args, verb: str) -> dict:
 # ---------------------------------------------------------------- verbs
 
 
-def cmd_understand(args) -> int:
+def understand_answer(args, load=None, warn=None) -> str:
+    """The answer ``understand`` prints for ``args`` (checkpoint, image, question, size, preprocess,
+    max_new_tokens, seed, device). ``load(args)``: the model (default: read the checkpoint; a server
+    passes the one it holds); ``warn``: where warnings go (default: stderr)."""
+    load = load or _load_model
     check_text(args.question, "question")
     _check_image(args.image)
     size = parse_size(args.size) or recipe_image_size(args.checkpoint)
     mode, opts = _preprocess(args)
     if mode == "official":
-        model = _load_model(args)
+        model = load(args)
         image, size = official_understand_image(args, model, opts)
     else:
         image = load_image(args.image, size)
-        model = _load_model(args)
+        model = load(args)
     check_size(model, size)
     from illume_kit.model.prompts import style_of
     from illume_kit.model.sampler import answer
@@ -457,22 +465,27 @@ def cmd_understand(args) -> int:
         f"the {size[0]}x{size[1]} image and --max-new-tokens {args.max_new_tokens}",
         "--max-new-tokens at most {room}",
     )
-    warn_unfamiliar(args.checkpoint, "question", args.question, size, args.size is not None)
-    print(answer(model, [image], [args.question], max_new_tokens=args.max_new_tokens)[0])
+    warn_unfamiliar(args.checkpoint, "question", args.question, size, args.size is not None, warn)
+    return answer(model, [image], [args.question], max_new_tokens=args.max_new_tokens)[0]
+
+
+def cmd_understand(args) -> int:
+    print(understand_answer(args))
     return 0
 
 
-def model_and_size(args):
+def model_and_size(args, load=None):
     """(model, image size to generate, preprocessing options): ``--size`` (or the recipe's) checked
     against the model; with ``--preprocess official`` the aspect-ratio anchor (the flag checked before
-    the weights load)."""
+    the weights load). ``load(args)``: the model (default: read the checkpoint)."""
+    load = load or _load_model
     mode, opts = _preprocess(args)
     if mode == "official":
         anchor_of(args.size, opts.anchor_base or recipe_image_size(args.checkpoint)[0])  # before the load
-        model = _load_model(args)
+        model = load(args)
         return model, official_anchor(args, model, opts), opts
     size = parse_size(args.size) or recipe_image_size(args.checkpoint)
-    model = _load_model(args)
+    model = load(args)
     check_size(model, size)
     return model, size, opts
 
@@ -484,8 +497,20 @@ def cmd_generate(args) -> int:
         return cmd_generate_batch(args)
     check_text(args.caption, "caption")
     out = _check_output(args.output)
-    model, size, _ = model_and_size(args)
+    images, size = generated_images(args)
+    save_images(images, out)
     from illume_kit.cli.output import console
+
+    console.print(f"[green]wrote[/] {out} ({len(images)} image{'s' if len(images) > 1 else ''} of {size[0]}x{size[1]})")
+    return 0
+
+
+def generated_images(args, load=None, warn=None, progress=None) -> tuple[list, tuple[int, int]]:
+    """(the images, float (3, H, W) on the CPU, and their size) ``generate`` draws for ``args``
+    (checkpoint, caption, size, num, batch_size, seed, the sampling flags). ``load`` and ``warn`` as
+    in :func:`understand_answer`; ``progress(done, total)`` after each sampler call."""
+    check_text(args.caption, "caption")
+    model, size, _ = model_and_size(args, load)
     from illume_kit.model.prompts import style_of
     from illume_kit.model.sampler import decode_images, generate_images, image_template
 
@@ -502,18 +527,20 @@ def cmd_generate(args) -> int:
         f"a {size[0]}x{size[1]} image",
         "a smaller --size",
     )
-    warn_unfamiliar(args.checkpoint, "caption", args.caption, size, args.size is not None)
+    warn_unfamiliar(args.checkpoint, "caption", args.caption, size, args.size is not None, warn)
     images = []
     num = args.num or 1
+    if progress is not None:
+        progress(0, num)
     for b, lo in enumerate(range(0, num, args.batch_size)):
         k = min(args.batch_size, num - lo)
         # official: one prompt per draw, image i seeded seed + i (generate_images seeds prompt j with seed + j)
         seed = args.seed + (lo if official else b)
         codes = generate_images(model, [args.caption] * k, size, seed=seed, **sampling)
         images += [im.float().cpu() for im in decode_images(model, codes)]
-    save_images(images, out)
-    console.print(f"[green]wrote[/] {out} ({len(images)} image{'s' if len(images) > 1 else ''} of {size[0]}x{size[1]})")
-    return 0
+        if progress is not None:
+            progress(len(images), num)
+    return images, size
 
 
 def cmd_edit(args) -> int:
@@ -523,6 +550,19 @@ def cmd_edit(args) -> int:
         return cmd_edit_batch(args)
     check_text(args.instruction, "instruction")
     out = _check_output(args.output)
+    save_images([edited_image(args)], out)
+    from illume_kit.cli.output import console
+
+    console.print(f"[green]wrote[/] {out}")
+    return 0
+
+
+def edited_image(args, load=None, warn=None):
+    """The edit (float (3, H, W) on the CPU) ``edit`` draws for ``args`` (checkpoint, image,
+    instruction, size, preprocess, seed, the sampling flags); ``load`` and ``warn`` as in
+    :func:`understand_answer`."""
+    load = load or _load_model
+    check_text(args.instruction, "instruction")
     _check_image(args.image)
     mode, opts = _preprocess(args)
     if mode == "official":
@@ -532,15 +572,14 @@ def cmd_edit(args) -> int:
 
         anchor_of(args.size, opts.anchor_base or recipe_image_size(args.checkpoint)[0])  # before the load
         source = load_rgb(args.image)
-        model = _load_model(args)
+        model = load(args)
         size = official_anchor(args, model, opts, source)
         image = to_tensor(snap(source, size, "pad"))
     else:
         size = parse_size(args.size) or recipe_image_size(args.checkpoint)
         image = load_image(args.image, size)
-        model = _load_model(args)
+        model = load(args)
         check_size(model, size)
-    from illume_kit.cli.output import console
     from illume_kit.model.prompts import style_of
     from illume_kit.model.sampler import decode_images, edit_images, image_template
 
@@ -555,11 +594,9 @@ def cmd_edit(args) -> int:
         f"the source and the edited {size[0]}x{size[1]} image",
         "a smaller --size",
     )
-    warn_unfamiliar(args.checkpoint, "instruction", args.instruction, size, args.size is not None)
+    warn_unfamiliar(args.checkpoint, "instruction", args.instruction, size, args.size is not None, warn)
     codes = edit_images(model, [image], [args.instruction], seed=args.seed, **sampling)
-    save_images([im.float().cpu() for im in decode_images(model, codes)], out)
-    console.print(f"[green]wrote[/] {out}")
-    return 0
+    return decode_images(model, codes)[0].float().cpu()
 
 
 def _common(p, size_help: str) -> None:

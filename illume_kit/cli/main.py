@@ -28,6 +28,7 @@ VERBS = {
     "convert": "illume_kit.cli.convert_cmds",
     **dict.fromkeys(("understand", "generate", "edit"), "illume_kit.cli.generate_cmds"),
     **dict.fromkeys(("sweep", "results"), "illume_kit.cli.sweep_cmds"),
+    "serve": "illume_kit.cli.serve_cmds",
 }
 VERB_MODULES = tuple(dict.fromkeys(VERBS.values()))
 

@@ -166,10 +166,12 @@ def _parts(module) -> dict[str, int]:
     return {n: c for n, c in counts.items() if c}
 
 
-def print_tree(info: dict) -> None:
+def print_tree(info: dict, console=None) -> None:
+    """The model tree of ``describe``'s ``info`` on ``console`` (a rich Console; default: stdout)."""
     from rich.tree import Tree
 
-    from illume_kit.cli.output import console
+    if console is None:
+        from illume_kit.cli.output import console
 
     root = Tree(f"[bold]{info['name']}[/]  (image input: {info['image_input']})")
     for sec, c in info["components"].items():

@@ -15,6 +15,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "metrics": ("torchmetrics", "torch-fidelity", "lpips"),
     "lmms": ("lmms_eval",),
     "loggers": ("tensorboard", "wandb"),
+    "serve": ("gradio",),
 }
 
 

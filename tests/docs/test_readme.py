@@ -396,6 +396,45 @@ def check_edit(ws, ex):
     assert _png(ws, ex) == (64, 64)  # the checkpoint recipe's image size
 
 
+def check_serve(ws, ex):
+    """The server starts on the README's checkpoint (on a free port) and answers through its API."""
+    _need_checkpoint()
+    pytest.importorskip("gradio_client", reason="the serve extra is not installed")
+    import socket
+    import time
+    import urllib.request
+
+    from gradio_client import Client, handle_file
+
+    argv = list(ex.argv)
+    if "--port" in argv:
+        del argv[argv.index("--port") : argv.index("--port") + 2]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "illume_kit.cli.main", *argv[1:], "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=ws.root, env=ws.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, f"{ex.command} exited {proc.returncode}:\n{proc.stdout.read()[-3000:]}"
+            assert time.monotonic() < deadline, f"{ex.command} did not answer at {url}"
+            try:
+                with urllib.request.urlopen(url, timeout=5):
+                    break
+            except OSError:
+                time.sleep(0.3)
+        scene = str(ws.root / "checkpoints" / "scene.png")
+        answer = Client(url, verbose=False).predict(
+            image=handle_file(scene), question="how many shapes are there?", api_name="/understand"
+        )
+        assert answer in VOCABULARY, answer
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def check_sweep_plan(ws, ex):
     argv = sweep_argv(ws, ex.argv)
     out = ws.ok(argv).stdout
@@ -447,6 +486,7 @@ CHECKS = {
     "understand": check_understand,
     "generate": check_generate,
     "edit": check_edit,
+    "serve": check_serve,
     "sweep plan": check_sweep_plan,
     "sweep run": check_sweep_run,
     "sweep status": check_sweep_status,
