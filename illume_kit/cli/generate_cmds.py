@@ -508,7 +508,8 @@ def cmd_generate(args) -> int:
 def generated_images(args, load=None, warn=None, progress=None) -> tuple[list, tuple[int, int]]:
     """(the images, float (3, H, W) on the CPU, and their size) ``generate`` draws for ``args``
     (checkpoint, caption, size, num, batch_size, seed, the sampling flags). ``load`` and ``warn`` as
-    in :func:`understand_answer`; ``progress(done, total)`` after each sampler call."""
+    in :func:`understand_answer`; ``progress(done, total)`` as images are drawn (``done`` counts
+    fractions of a batch as its tokens come)."""
     check_text(args.caption, "caption")
     model, size, _ = model_and_size(args, load)
     from illume_kit.model.prompts import style_of
@@ -536,7 +537,11 @@ def generated_images(args, load=None, warn=None, progress=None) -> tuple[list, t
         k = min(args.batch_size, num - lo)
         # official: one prompt per draw, image i seeded seed + i (generate_images seeds prompt j with seed + j)
         seed = args.seed + (lo if official else b)
-        codes = generate_images(model, [args.caption] * k, size, seed=seed, **sampling)
+        # the structured sampler reports its tokens: the bar moves within a batch too
+        tokens = (
+            {} if official or progress is None else {"progress": lambda t, n, lo=lo, k=k: progress(lo + k * t / n, num)}
+        )
+        codes = generate_images(model, [args.caption] * k, size, seed=seed, **sampling, **tokens)
         images += [im.float().cpu() for im in decode_images(model, codes)]
         if progress is not None:
             progress(len(images), num)

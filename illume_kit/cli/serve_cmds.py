@@ -444,7 +444,8 @@ def build_app(server: Server, title: str = "illume-kit"):
         progress=gr.Progress(),  # noqa: B008  (how Gradio hands a function its progress bar)
     ):
         def report(done, total):
-            progress((done, total), desc=f"{done} of {total} image{'s' if total > 1 else ''}", unit="images")
+            # done counts fractions of a batch as its tokens come: a fraction moves the bar smoothly
+            progress(done / total, desc=f"{int(done)} of {total} image{'s' if total > 1 else ''}")
 
         return server.generate(
             checkpoint, prompt, size, cfg, temperature, top_k, top_p, per_level, seed, num, warn_page, report

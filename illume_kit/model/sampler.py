@@ -33,7 +33,7 @@ one prompt at a time.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,16 +241,20 @@ class StructuredSampler:
         skip_unit_guidance: bool = True,
         cache: str = "dynamic",
         compile: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         """``seed``: one seed for the batch, or one per prompt (each row then draws from its own
         stream, :class:`RowDraws`). ``cache``: ``dynamic`` (a growing KV cache, forced tokens folded
         into the next forward) or ``static`` (``illume_kit.model.static_loop``: a preallocated cache,
-        one fixed-shape step per token); ``compile``: the static step through ``torch.compile``."""
+        one fixed-shape step per token); ``compile``: the static step through ``torch.compile``.
+        ``progress(tokens, budget)``: called as the batch decodes (about every 1% of the longest
+        row's budget, and at the end), from the host, with no device sync of its own."""
         if cache not in CACHES:
             raise ValueError(f"unknown sampler cache {cache!r}; caches are {', '.join(CACHES)}")
         if compile and cache != "static":
             raise ValueError("sampler compile: true needs cache: static (the dynamic loop's shapes change every step)")
         self.cache, self.compile = cache, bool(compile)
+        self.progress = progress
         self.model, self.cfg = model, float(cfg)
         self.sampling = list(sampling) if sampling is not None else sampling_table(model)
         self.seed, self.skip_unit_guidance = seed, skip_unit_guidance
@@ -312,6 +316,8 @@ class StructuredSampler:
                 produced = self._loop(batch, state, guide)
         finally:
             backbone.train(was_training)
+        if self.progress is not None and produced.numel():
+            self.progress(produced.shape[1], produced.shape[1])  # rows that end early end the loop early
         out = []
         for r in range(B):
             ids = produced[r].tolist() if produced.numel() else []
@@ -321,6 +327,19 @@ class StructuredSampler:
                 ids = ids[: ids.index(self.eos) + 1]
             out.append(list(heads[r]) + ids)
         return out
+
+    def _reporter(self, budget: int) -> Callable[[int], None]:
+        """``report(tokens)`` for a loop of at most ``budget`` steps: calls ``progress`` every 1%."""
+        if self.progress is None:
+            return lambda tokens: None
+        every, last = max(1, budget // 100), [0]
+
+        def report(tokens: int) -> None:
+            if tokens - last[0] >= every or tokens >= budget:
+                last[0] = tokens
+                self.progress(min(tokens, budget), budget)
+
+        return report
 
     def _head_positions(self, batch: Any, state: _Rows, heads: list[list[int]], B: int) -> None:
         """``output_positions: next``: the last forced head token of a prefilled image (its level start)
@@ -361,6 +380,7 @@ class StructuredSampler:
         )
         logits, cache = out.logits[:, -1], out.past_key_values
         produced: list[torch.Tensor] = []
+        report = self._reporter(int(state.budget.max()))
         positions = state.grid is not None  # model.image_positions: track the template position of each fed token
         while not bool(state.done.all()):
             lo, hi, extra, level, slot, forced = state.legal()
@@ -372,6 +392,7 @@ class StructuredSampler:
                 )
             feed, at = [tok], [state.pos.clone()] if positions else []
             produced.append(state.advance(tok))
+            report(len(produced))
             while not bool(state.done.all()):  # fold the forced tokens every row has next
                 lo, _, _, _, _, forced = state.legal()
                 if not bool(forced.all()):
@@ -470,15 +491,18 @@ def sample_images(
     skip_unit_guidance: bool = True,
     cache: str = "dynamic",
     compile: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Images for arbitrary prompt parts (with matching unconditional prompts when ``cfg != 1``);
-    ``seed``: one for the batch or one per prompt; ``cache`` / ``compile``: the decode loop
-    (:class:`StructuredSampler`)."""
+    ``seed``: one for the batch or one per prompt; ``cache`` / ``compile``: the decode loop,
+    ``progress(tokens, budget)`` a callback as it runs (:class:`StructuredSampler`)."""
     sizes = _sizes(sizes, len(prompts))
     if cfg != 1.0 and uncond is None:
         raise ValueError("guidance (cfg != 1) needs unconditional prompts")
     table = sampling_table(model, temperature, top_k, top_p)
-    sampler = StructuredSampler(model, table, cfg, seed, skip_unit_guidance, cache=cache, compile=compile)
+    sampler = StructuredSampler(
+        model, table, cfg, seed, skip_unit_guidance, cache=cache, compile=compile, progress=progress
+    )
     templates = [image_template(model, s, sampler.eos) for s in sizes]
     answers = sampler.run(prompts, templates, uncond)
     return _codes(model, answers, sizes)
@@ -518,7 +542,7 @@ def generate_images(
     ``sizes`` is one (H, W) for all or one per prompt; the unconditional branch is the unconditional
     text-to-image prompt at the same size. ``sampling``: ``structured`` (this module's sampler;
     temperature / top_k / top_p None: 1 / off / 1; ``kw``: ``skip_unit_guidance``, ``cache``,
-    ``compile``) or ``official``
+    ``compile``, ``progress``) or ``official``
     (``illume_kit.model.official_sampling``: None takes the official recommendation; ``kw``:
     ``rewarp``, ``repetition_penalty``, ``max_new_tokens``).
     """

@@ -210,6 +210,7 @@ def static_loop(sampler: Any, batch: Any, state: Any, guide: bool, tmpls, heads,
     # and compiles if it must): the later steps run the same graph on the same model, shapes and
     # types, and the check costs as much as a small step's kernels. Entered once per window, as
     # entering costs about as much again.
+    report = sampler._reporter(steps)
     unguarded = ExitStack()
     with unguarded:
         for s in range(steps):
@@ -240,6 +241,7 @@ def static_loop(sampler: Any, batch: Any, state: Any, guide: bool, tmpls, heads,
             tok, pos, starts, budget, done, used, logits, next_pos, live = res
             produced.append(tok)
             lives.append(live)
+            report(s + 1)
             if not known and (s + 1) % CHECK_EVERY == 0 and bool(done.all()):
                 break
     n = steps if known else int(torch.stack(lives).sum())

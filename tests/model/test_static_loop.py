@@ -138,3 +138,16 @@ def test_cache_options_are_checked(model2):
     m.backbone = Plain(m.backbone)
     with pytest.raises(ValueError, match="cache: static needs a backbone with a preallocated KV cache"):
         generate_images(m, ["x"], (16, 16), cache="static")
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_progress_reports_tokens_as_the_batch_decodes(model2, cache):
+    """``progress(tokens, budget)``: increasing, about every 1% of the budget, ending at the whole
+    length; the images are the ones drawn without it."""
+    calls = []
+    got = generate_images(model2, PROMPTS, SIZES, seed=0, cache=cache, progress=lambda t, n: calls.append((t, n)))
+    assert same(got, generate_images(model2, PROMPTS, SIZES, seed=0, cache=cache))
+    budget = calls[0][1]
+    assert len(calls) > 3 and all(n == budget for _, n in calls)
+    assert [t for t, _ in calls] == sorted(t for t, _ in calls) and calls[-1] == (budget, budget)
+    assert len(calls) <= 102
