@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="val", help="--checkpoint: the recipe's data split to decode")
     ap.add_argument("--num-images", type=int, default=32, help="--checkpoint: held-out images decoded per row")
     ap.add_argument("--schedulers", nargs="+", default=["ddim", "dpm-solver++", "unipc"], choices=SCHEDULERS)
-    ap.add_argument("--steps", type=int, nargs="+", default=[10, 20, 25], help="step counts (DDIM 50 is always run)")
+    ap.add_argument("--steps", type=int, nargs="+", default=[3, 5, 10, 25], help="step counts (DDIM 50 is always run)")
     ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the decoder's; 1 = none)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the first batch's noise (batch b: seed + b)")
     ap.add_argument("--preset", default="tiny", choices=sorted(DIFFUSION_PRESETS), help="random: diffusion preset")
