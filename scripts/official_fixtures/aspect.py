@@ -76,6 +76,7 @@ def main() -> int:
 
     sys.path.insert(0, str(root / "ILLUME"))
     import numpy as np
+    import PIL
     import torch
     from illume.data import aspect_ratio_utils as aru  # the reference code, from its path
     from illume.data import data_utils as du
@@ -134,6 +135,7 @@ def main() -> int:
     record = {
         "official_commit": commit,
         "generated_by": "scripts/official_fixtures/aspect.py",
+        "pillow": PIL.__version__,  # the processor resizes through Pillow: its resampling is the pixels
         "ratios_512": [list(r) for r in ratios],
         "calculate_ratio_512": [list(r) for r in calc],
         "anchor_cases": cases,
