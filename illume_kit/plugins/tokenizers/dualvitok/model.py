@@ -132,13 +132,17 @@ class DualViTok(nn.Module):
         )
         self._lpips: list[nn.Module] = []
         self._last_reconstruction: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._fast: FastPath | None = None  # a plain attribute: compiled copies stay out of the module tree
+        self._fast: FastPath | None = None  # plain attributes: compiled copies stay out of the module tree
+        self._fast_paths: dict[InferenceSettings, FastPath] = {}  # switching back does not recompile
 
     # ------------------------------------------------------------------ inference paths
     def set_inference(self, precision: str = "fp32", channels_last: bool = False, compile: bool = False) -> DualViTok:
         """Choose the eval-mode inference path (see the class docstring); returns self."""
         settings = InferenceSettings(precision, channels_last, compile)
-        self._fast = None if settings.is_reference else FastPath(settings, self.pixel_encoder)
+        if settings.is_reference:
+            self._fast = None
+        else:
+            self._fast = self._fast_paths.setdefault(settings, FastPath(settings, self.pixel_encoder))
         return self
 
     @property
