@@ -142,7 +142,9 @@ class DualViTok(nn.Module):
         if settings.is_reference:
             self._fast = None
         else:
-            self._fast = self._fast_paths.setdefault(settings, FastPath(settings, self.pixel_encoder))
+            if settings not in self._fast_paths:
+                self._fast_paths[settings] = FastPath(settings, self.pixel_encoder)
+            self._fast = self._fast_paths[settings]
         return self
 
     @property
