@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from illume_kit.plugins.tokenizers.common.batched_vision import image_rope
 from illume_kit.plugins.tokenizers.common.teacher import Teacher
 
 
@@ -43,10 +44,17 @@ def vision_blocks(width: int, heads: int, mlp_ratio: int, depth: int) -> tuple[n
     return nn.ModuleList([Qwen2VLVisionBlock(config) for _ in range(depth)]), Qwen2VLVisionRotaryEmbedding(config)
 
 
-def run_blocks(blocks: nn.ModuleList, rope: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(B, h, w, C) token grids through the blocks, one attention segment per image, raster RoPE."""
+def run_blocks(blocks: nn.ModuleList, rope: nn.Module, x: torch.Tensor, stack=None) -> torch.Tensor:
+    """(B, h, w, C) token grids through the blocks, one attention segment per image, raster RoPE.
+
+    ``stack`` (``batched_vision.vision_stack`` or a compiled copy) runs them batched instead of packed.
+    """
     if len(blocks) == 0:
         return x
+    if stack is not None:
+        b, h, w, c = x.shape
+        cos, sin = image_rope(rope, h, w, 1, x)
+        return stack(blocks, x.reshape(b, h * w, c), cos, sin).reshape(b, h, w, c)
     from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids
 
     b, h, w, c = x.shape
@@ -84,18 +92,19 @@ class SemanticEncoder(nn.Module):
         self.model.eval()  # frozen teacher: no dropout / norm statistics updates, ever
         return self
 
-    def adapt(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw teacher features (B, h, w, C) -> (adapter output (B, h, w, z), target (B, h, w, C))."""
+    def adapt(self, raw: torch.Tensor, stack=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw teacher features (B, h, w, C) -> (adapter output (B, h, w, z), target (B, h, w, C));
+        ``stack``: see ``run_blocks``."""
         target = self.target_mlp(raw.float())
         x = target
         if isinstance(self.proj_in, nn.Conv2d):
             x = F.linear(x, self.proj_in.weight.flatten(1), self.proj_in.bias)
-        x = run_blocks(self.blocks, self.rotary_pos_emb, x)
+        x = run_blocks(self.blocks, self.rotary_pos_emb, x, stack)
         return self.proj_out(x), target
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        raw = self.teacher.features(self.model, images)
-        z, target = self.adapt(raw)
+    def forward(self, images: torch.Tensor, stack=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raw = self.teacher.features(self.model, images, stack)
+        z, target = self.adapt(raw, stack)
         return z, target, raw
 
 
@@ -109,8 +118,8 @@ class SemanticDecoder(nn.Module):
         self.proj_out = nn.Sequential(nn.Linear(width, out_channels), nn.LayerNorm(out_channels))
         self.apply(xavier_init)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.proj_out(run_blocks(self.blocks, self.rotary_pos_emb, self.proj_in(z)))
+    def forward(self, z: torch.Tensor, stack=None) -> torch.Tensor:
+        return self.proj_out(run_blocks(self.blocks, self.rotary_pos_emb, self.proj_in(z), stack))
 
 
 def semantic_cosine_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -182,18 +182,24 @@ class Teacher:
         return h // self.stride, w // self.stride
 
     @torch.no_grad()
-    def features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    def features(self, model: nn.Module, images: torch.Tensor, stack=None) -> torch.Tensor:
         """images (B, 3, H, W) in [0, 1] -> raw teacher features (B, h, w, width), without gradients."""
-        return self.run(model, images)
+        return self.run(model, images, stack)
 
-    def run(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    def run(self, model: nn.Module, images: torch.Tensor, stack=None) -> torch.Tensor:
         """``features`` with gradients as the caller's mode has them: for a trained copy of the ViT
-        (the LLM's own input encoder)."""
+        (the LLM's own input encoder). ``stack`` (Qwen2-VL ViT only) runs its blocks batched
+        (``batched_vision.vision_stack`` or a compiled copy) instead of packed."""
         dtype = next(model.parameters()).dtype
         if self.kind == "qwen2vl-vit":
             b, (h, w) = images.shape[0], self.grid(*images.shape[-2:])
             size = (h * self.stride, w * self.stride)
             rows, grid = qwen2vl_patches(images, size, self.patch, self.temporal, self.merge, self.mean, self.std)
+            if stack is not None:
+                from illume_kit.plugins.tokenizers.common.batched_vision import qwen2vl_vit
+
+                gh, gw = size[0] // self.patch, size[1] // self.patch
+                return qwen2vl_vit(model, rows.to(dtype), b, gh, gw, stack).reshape(b, h, w, -1)
             out = model(rows.to(dtype), grid_thw=grid)
             merged = getattr(out, "pooler_output", out)
             return merged.reshape(b, h, w, -1)

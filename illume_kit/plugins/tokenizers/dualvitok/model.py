@@ -14,7 +14,7 @@ branch works in [-1, 1] like the original.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from illume_kit.plugins.tokenizers.common.quantizer import build_code_quantizer
 from illume_kit.plugins.tokenizers.common.semantic import SemanticDecoder, SemanticEncoder
 from illume_kit.plugins.tokenizers.common.teacher import Teacher
 from illume_kit.plugins.tokenizers.dualvitok import loss as _loss
+from illume_kit.plugins.tokenizers.dualvitok.inference import FastPath, InferenceSettings, encode_many
 from illume_kit.plugins.tokenizers.dualvitok.params import PRESETS, DualViTokParams
 from illume_kit.plugins.tokenizers.dualvitok.pixel import PixelDecoder, PixelEncoder
 from illume_kit.plugins.tokenizers.gan import PatchGANDiscriminator
@@ -55,6 +56,17 @@ class DualViTokInputEncoder(nn.Module):
 
 
 class DualViTok(nn.Module):
+    """ILLUME+'s dual visual tokenizer (see the module docstring).
+
+    Inference paths: ``tok.set_inference(precision="bf16", channels_last=True, compile=True)`` picks
+    how ``encode``, ``decode``, ``encode_many`` and ``forward`` run in eval mode; ``set_inference()``
+    restores the reference path (fp32, eager, contiguous), the one that matches the official code
+    exactly. ``precision`` is "fp32", "bf16" or "fp16" (autocast; the quantizer lookups stay
+    float32). It is a runtime setting: not in Params or checkpoints, ignored in training mode.
+    What each option does and costs: ``dualvitok.inference`` and docs/benchmarks.md.
+    ``encode_many(images, batch_size)`` encodes a list of images of mixed sizes, grouped by size.
+    """
+
     # the blocks FSDP shards one by one and activation checkpointing recomputes (train.parallel)
     _no_split_modules = ["Qwen2VLVisionBlock", "ResidualAttentionBlock", "ResnetBlock", "AttnBlock"]
     Params = DualViTokParams
@@ -120,6 +132,32 @@ class DualViTok(nn.Module):
         )
         self._lpips: list[nn.Module] = []
         self._last_reconstruction: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._fast: FastPath | None = None  # plain attributes: compiled copies stay out of the module tree
+        self._fast_paths: dict[InferenceSettings, FastPath] = {}  # switching back does not recompile
+
+    # ------------------------------------------------------------------ inference paths
+    def set_inference(self, precision: str = "fp32", channels_last: bool = False, compile: bool = False) -> DualViTok:
+        """Choose the eval-mode inference path (see the class docstring); returns self."""
+        settings = InferenceSettings(precision, channels_last, compile)
+        if settings.is_reference:
+            self._fast = None
+        else:
+            if settings not in self._fast_paths:
+                self._fast_paths[settings] = FastPath(settings, self.pixel_encoder)
+            self._fast = self._fast_paths[settings]
+        return self
+
+    @property
+    def inference_settings(self) -> InferenceSettings:
+        return InferenceSettings() if self._fast is None else self._fast.settings
+
+    def _fast_path(self) -> FastPath | None:
+        return None if self.training else self._fast
+
+    def encode_many(self, images: Sequence[torch.Tensor], batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
+        """(3, H, W) images of any valid sizes in [0, 1] -> per image {codebook: (h, w) codes}, in input
+        order; images of one size are encoded together, ``batch_size`` at a time."""
+        return encode_many(self, images, batch_size)
 
     # ------------------------------------------------------------------ contract
     @classmethod
@@ -173,7 +211,7 @@ class DualViTok(nn.Module):
         """{'semantic': (B, hs, ws), 'pixel': (B, hp, wp)} -> images (B, 3, 16 hp, 16 wp) in [0, 1]."""
         q_sem = self.codes_to_quantized("semantic", codes["semantic"])
         q_pix = self.codes_to_quantized("pixel", codes["pixel"])
-        return ((self.decode_quantized(q_sem, q_pix) + 1) / 2).clamp(0, 1)
+        return ((self.decode_quantized(q_sem, q_pix).float() + 1) / 2).clamp(0, 1)
 
     def loss(self, images: torch.Tensor, step: int = 0) -> dict[str, torch.Tensor]:
         """Generator objective; ``loss`` is the scalar to minimise, the rest are detached parts."""
@@ -213,12 +251,21 @@ class DualViTok(nn.Module):
     def _encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         b = images.shape[0]
         self.grid(*images.shape[-2:])
-        z_sem, target, raw = self.semantic_encoder(images)
+        fast = self._fast_path()
+        if fast is None:
+            z_sem, target, raw = self.semantic_encoder(images)
+            pix = self.pixel_encoder(images * 2 - 1)
+            h_pix = self.pixel_quant_conv(pix)
+        else:
+            with fast.autocast(images.device):
+                z_sem, target, raw = self.semantic_encoder(images, fast.stack)
+                pix = fast.pixel_encoder(fast.layout(images * 2 - 1))
+                h_pix = self.pixel_quant_conv(pix)
+            raw, pix, target = raw.float(), pix.float().contiguous(), target.float()
         hs, ws = z_sem.shape[1:3]
+        # the lookups are float32 whatever the path (the quantizers also switch autocast off)
         sq = self.semantic_quantizer(z_sem.reshape(b, hs * ws, -1).float())
-        pix = self.pixel_encoder(images * 2 - 1)
         hp, wp = pix.shape[-2:]
-        h_pix = self.pixel_quant_conv(pix)
         pq = self.pixel_quantizer(h_pix.flatten(2).transpose(1, 2).float())
         return {
             "semantic_codes": sq.indices.reshape(b, hs, ws),
@@ -243,11 +290,19 @@ class DualViTok(nn.Module):
     def decode_quantized(self, q_sem: torch.Tensor, q_pix: torch.Tensor) -> torch.Tensor:
         """Quantised maps (B, C, h, w) -> image in ~[-1, 1] (unclamped)."""
         zq = self.merge_quantized(q_sem, q_pix)
-        return self.pixel_decoder(self.pixel_post_quant_conv(zq), zq)
+        fast = self._fast_path()
+        if fast is None:
+            return self.pixel_decoder(self.pixel_post_quant_conv(zq), zq)
+        with fast.autocast(zq.device):
+            return fast.pixel_decode(self.pixel_post_quant_conv, self.pixel_decoder, fast.layout(zq)).float()
 
     def decode_semantic(self, q_sem: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) semantic codes -> (B, h, w, teacher width) reconstructed normalised features."""
-        return self.semantic_decoder(q_sem.permute(0, 2, 3, 1))
+        fast = self._fast_path()
+        if fast is None:
+            return self.semantic_decoder(q_sem.permute(0, 2, 3, 1))
+        with fast.autocast(q_sem.device):
+            return self.semantic_decoder(q_sem.permute(0, 2, 3, 1), fast.stack).float()
 
     def forward_train(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self._encode(images)
