@@ -1,6 +1,6 @@
 """Image tokens per second: the structured sampler's decode loops vs a reference-style ``generate`` baseline.
 
-    python bench/generation.py [--sizes 256 512] [--batches 1 8] [--loops dynamic static compiled]
+    python bench/generation.py [--sizes 256 512] [--batches 1 8] [--loops dynamic static compiled unpacked]
                                [--repeat 3] [--device cpu] [--threads 1]
 
 Every row decodes the same text-to-image prompts with the same model (FSQ example tokenizer + a
@@ -15,7 +15,9 @@ structured sampler runs both branches as one batched forward, with one of its de
 - ``static``: a KV cache preallocated for the batch, one fixed-shape step per token, no host sync
   (``cache="static"``);
 - ``compiled``: that step through ``torch.compile`` (CUDA graphs on CUDA, ``mode="reduce-overhead"``;
-  compiling happens in the warm-up round).
+  compiling happens in the warm-up round);
+- ``unpacked`` (only when named): the compiled step with the CPU's linear layers on the plain weights
+  instead of oneDNN-packed ones (``illume_kit.model.packed_linear``), the packing's ablation.
 
 Each row's grid is checked. The table shows the median over ``--repeat`` interleaved runs after one
 warm-up round, and each row's speed-up against the baseline of the same size and batch.
@@ -40,6 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from illume_kit.core.schema import ModelOptions  # noqa: E402
+from illume_kit.model import static_loop  # noqa: E402
 from illume_kit.model.compose import assemble as compose_assemble  # noqa: E402
 from illume_kit.model.image_tokens import parse_image_ids  # noqa: E402
 from illume_kit.model.sampler import filter_logits, generate_images, guided_logprobs, image_template, sampling_table  # noqa: E402
@@ -184,11 +187,21 @@ def compiled(model, prompts, size, seed):
     return _structured(model, prompts, size, seed, cache="static", compile=True)
 
 
+def unpacked(model, prompts, size, seed):
+    packing, static_loop.PACK_LINEARS = static_loop.PACK_LINEARS, False
+    try:
+        return compiled(model, prompts, size, seed)
+    finally:
+        static_loop.PACK_LINEARS = packing
+
+
 LOOPS = {
     "dynamic": (dynamic, "dynamic cache"),
     "static": (static, "static cache"),
     "compiled": (compiled, "static cache, compiled"),
+    "unpacked": (unpacked, "compiled, weights not packed"),
 }
+DEFAULT_LOOPS = ["dynamic", "static", "compiled"]
 
 
 def timed(fns, model, prompts, size, repeat):
@@ -215,7 +228,13 @@ def main() -> None:
         "--sizes", "--size", type=int, nargs="+", default=[256], help="square image sides in pixels (FSQ stride 16)"
     )
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--loops", nargs="+", choices=list(LOOPS), default=list(LOOPS), help="decode loops to time")
+    ap.add_argument(
+        "--loops",
+        nargs="+",
+        choices=list(LOOPS),
+        default=DEFAULT_LOOPS,
+        help="decode loops to time (unpacked: an ablation)",
+    )
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (the dev box is shared)")

@@ -261,6 +261,7 @@ class StructuredSampler:
         # host-side flags: no device sync needed to know whether a filter or a draw can apply
         self._max_k = max(s.top_k or 0 for s in self.sampling)
         self._use_top_p = any(s.top_p < 1 for s in self.sampling)
+        self._every_top_k = all((s.top_k or 0) > 0 for s in self.sampling)
         self._draws = any(s.temperature > 0 for s in self.sampling)
         tok = model.backbone.text_tokenizer
         self.eos = int(style_of(model).stop_id(tok))  # what ends an answer in the model's prompt style
@@ -448,7 +449,7 @@ class StructuredSampler:
             xu = logits_u[free, wlo:whi].float().masked_fill(~allowed, neg)
             x = torch.where(slot[:, None], guided_logprobs(x, xu, self.cfg), x).masked_fill(~allowed, neg)
         t, k, p = table[level].unbind(1)
-        x = filter_logits(x, t, k.long(), p, self._max_k, self._use_top_p)
+        x = filter_logits(x, t, k.long(), p, self._max_k, self._use_top_p, self._every_top_k)
         pick = x.argmax(-1)
         if self._draws and isinstance(gen, RowDraws):
             drawn = gen.draw(x, free.nonzero()[:, 0])

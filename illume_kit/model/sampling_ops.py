@@ -23,22 +23,28 @@ def filter_logits(
     top_p: torch.Tensor,
     max_k: int | None = None,
     use_top_p: bool | None = None,
+    every_row_top_k: bool = False,
 ) -> torch.Tensor:
     """Per-row temperature (0 = keep as is, the caller takes the argmax), top-k (0 = off), top-p.
 
     ``max_k`` (largest k of any row, 0 = no top-k) and ``use_top_p`` let a caller that knows them on
-    the host skip a device sync each."""
+    the host skip a device sync each; ``every_row_top_k`` (every row has a k) lets top-p run over the
+    ``max_k`` largest logits, already sorted by top-k, instead of sorting the whole row."""
     x = x / torch.where(temperature > 0, temperature, torch.ones_like(temperature))[:, None]
     max_k = int(top_k.max()) if max_k is None else max_k
     if max_k > 0:
         kmax = min(max_k, x.shape[-1])
-        kth = x.topk(kmax, dim=-1).values.gather(1, (top_k.clamp(1, kmax) - 1)[:, None])
+        vals, idx = x.topk(kmax, dim=-1)
+        kth = vals.gather(1, (top_k.clamp(1, kmax) - 1)[:, None])
         x = x.masked_fill((x < kth) & (top_k > 0)[:, None], float("-inf"))
     if bool((top_p < 1).any()) if use_top_p is None else use_top_p:
-        sx, order = x.sort(dim=-1, descending=True)
+        if max_k > 0 and every_row_top_k:  # what top-k kept is a prefix of its sorted values
+            sx, order = vals.masked_fill(vals < kth, float("-inf")), idx
+        else:
+            sx, order = x.sort(dim=-1, descending=True)
         p = torch.softmax(sx, -1)
         drop = (p.cumsum(-1) - p) > top_p[:, None]  # keeps the smallest prefix with mass >= top_p
-        x = x.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        x = x.masked_fill(torch.zeros_like(x, dtype=torch.bool).scatter(1, order, drop), float("-inf"))
     return x
 
 

@@ -10,6 +10,9 @@ compiled (and on CUDA captured as a CUDA graph, ``mode="reduce-overhead"``):
   that much of the cache), marked dynamic for the compiler so that every window length runs one graph;
 - dynamo checks its guards on a window's first step only: the later ones run the same graph on the
   same model, shapes and types (``skip_guard_eval_unsafe``);
+- on the CPU the compiled step's linear layers multiply by oneDNN-packed copies of the weights, packed once
+  per loop (``illume_kit.model.packed_linear``): a GEMM of a few rows otherwise repacks its weight
+  every call;
 - the per-row structure (template position, image start, budget, done) lives in tensors, and the
   sampling math (hard masks, guidance, per-level temperature / top-k / top-p, the draw) runs over one
   id window fixed for the batch, inside the step: nothing in a step reads a tensor on the host;
@@ -32,6 +35,7 @@ from typing import Any
 import torch
 
 from illume_kit.core.protocols import StaticKVCache
+from illume_kit.model import packed_linear
 from illume_kit.model.sampling_ops import (
     advance_rows,
     filter_logits,
@@ -46,6 +50,8 @@ CHECK_EVERY = 64
 # attention reads the filled cache rounded up to a multiple of this many positions: short on the CPU,
 # where the step reads its cache from memory; long on CUDA, each length a CUDA graph of its own
 WINDOW = {"cuda": 128}
+# on the CPU, a compiled step's linear layers multiply by oneDNN-packed weights (model/packed_linear.py)
+PACK_LINEARS = True
 _COMPILED: dict[str, Any] = {}
 
 
@@ -61,7 +67,7 @@ def static_step(backbone, logits, pos, starts, budget, done, used, noise, mask, 
     """Sample one token per row from ``logits`` (conditional rows, then unconditional ones), advance
     the rows and feed the tokens: (produced, pos, starts, budget, done, used, logits, next_pos, live)."""
     tmpl, tlen, cb_lo, cb_hi, table, grid, tables, u = consts
-    n_text, pad, eos, w0, w1, guide, cfg, max_k, use_top_p, draw = spec
+    n_text, pad, eos, w0, w1, guide, cfg, max_k, use_top_p, every_k, draw, pack = spec
     B = pos.shape[0]
     lo, hi, extra, level, slot, forced = legal_ids(tmpl, pos, starts, done, cb_lo, cb_hi, n_text, pad)
     ids = torch.arange(w0, w1, device=logits.device)
@@ -73,7 +79,7 @@ def static_step(backbone, logits, pos, starts, budget, done, used, noise, mask, 
         xu = logits[B:, w0:w1].float().masked_fill(~allowed, neg)
         x = torch.where(slot[:, None], guided_logprobs(x, xu, cfg), x).masked_fill(~allowed, neg)
     t, k, p = table[level].unbind(1)
-    x = filter_logits(x, t, k.long(), p, max_k, use_top_p)
+    x = filter_logits(x, t, k.long(), p, max_k, use_top_p, every_k)
     pick = x.argmax(-1)
     if draw == "rows":
         drawn = inverse_cdf(x, u[torch.arange(B, device=u.device), used.clamp(max=u.shape[1] - 1)])
@@ -95,7 +101,10 @@ def static_step(backbone, logits, pos, starts, budget, done, used, noise, mask, 
             embeds = torch.where(hit, embeds + e[:, None].to(embeds.dtype), embeds)
     if guide:
         embeds = torch.cat([embeds, embeds])
-    out = backbone(embeds, attention_mask=mask, past_key_values=cache, position_ids=next_pos[:, None], use_cache=True)
+    with packed_linear.packed_linears(pack):
+        out = backbone(
+            embeds, attention_mask=mask, past_key_values=cache, position_ids=next_pos[:, None], use_cache=True
+        )
     return produced, new_pos, starts, budget, done, used, out.logits[:, -1], next_pos + 1, live
 
 
@@ -187,7 +196,22 @@ def static_loop(sampler: Any, batch: Any, state: Any, guide: bool, tmpls, heads,
             hit = grid[0] == i
             model.projectors[cb.name].positions(grid[1][hit], grid[2][hit])
     consts = (state.tmpl, state.tlen, state.cb_lo, state.cb_hi, table, grid, tables, u)
-    spec = (state.n_text, state.pad, state.eos, w0, w1, guide, sampler.cfg, sampler._max_k, sampler._use_top_p, draw)
+    # eager, the routing's Python dispatch per linear costs more than the packing saves
+    pack = PACK_LINEARS and sampler.compile and dev.type == "cpu" and packed_linear.available()
+    spec = (
+        state.n_text,
+        state.pad,
+        state.eos,
+        w0,
+        w1,
+        guide,
+        sampler.cfg,
+        sampler._max_k,
+        sampler._use_top_p,
+        sampler._every_top_k,
+        draw,
+        pack,
+    )
     step = compiled_step(dev) if sampler.compile else static_step
     graphs = sampler.compile and dev.type == "cuda"
     pos, starts, budget, done = state.pos, state.starts, state.budget, state.done
@@ -212,7 +236,7 @@ def static_loop(sampler: Any, batch: Any, state: Any, guide: bool, tmpls, heads,
     # entering costs about as much again.
     report = sampler._reporter(steps)
     unguarded = ExitStack()
-    with unguarded:
+    with packed_linear.packing_store(), unguarded:
         for s in range(steps):
             noise = ones
             if draw == "exp" and schedule is None:

@@ -110,6 +110,23 @@ def test_per_level_sampling_and_filters(model2):
         sampling_table(model2, temperature={"texture": 1.0})
 
 
+@pytest.mark.parametrize("kmax", [5, 40, 200])
+def test_top_p_over_the_top_k_values_keeps_what_sorting_the_row_keeps(kmax):
+    g = torch.Generator().manual_seed(kmax)
+    x = torch.randn(6, 120, generator=g) * 3
+    x[1, 10:] = float("-inf")  # fewer allowed ids than k
+    x[2] = float("-inf")
+    x[2, 7] = 0.5  # one allowed id
+    temp = torch.tensor([1.0, 0.7, 1.0, 0.0, 1.3, 1.0])
+    top_k = torch.randint(1, kmax + 1, (6,), generator=g)
+    top_p = torch.tensor([0.9, 0.5, 0.95, 0.99, 1.0, 0.3])
+    want = filter_logits(x, temp, top_k, top_p)
+    got = filter_logits(x, temp, top_k, top_p, kmax, True, every_row_top_k=True)
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    torch.testing.assert_close(got, want)
+    assert (~torch.isinf(got)).sum(1).tolist() != (~torch.isinf(x)).sum(1).tolist()  # it filtered
+
+
 def test_editing_understanding_and_decoding(model2):
     srcs = [image(0, 32, 32), image(1, 48, 64)]
     edits = edit_images(model2, srcs, ["make it blue", "remove the star"], cfg=1.5, seed=0)
