@@ -196,8 +196,9 @@ def static_loop(sampler: Any, batch: Any, state: Any, guide: bool, tmpls, heads,
             hit = grid[0] == i
             model.projectors[cb.name].positions(grid[1][hit], grid[2][hit])
     consts = (state.tmpl, state.tlen, state.cb_lo, state.cb_hi, table, grid, tables, u)
-    # eager, the routing's Python dispatch per linear costs more than the packing saves
-    pack = PACK_LINEARS and sampler.compile and dev.type == "cpu" and packed_linear.available()
+    # eager, the routing's Python dispatch per linear costs more than the packing saves; for a
+    # single row the CPU's GEMV beats the packed GEMM (bench/packed_linear.py)
+    pack = PACK_LINEARS and sampler.compile and N > 1 and dev.type == "cpu" and packed_linear.available()
     spec = (
         state.n_text,
         state.pad,
