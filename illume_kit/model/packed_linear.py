@@ -35,7 +35,8 @@ def available() -> bool:
 
 def _packed(w: torch.Tensor, rows: int) -> torch.Tensor:
     store = getattr(_local, "store", None)
-    key = (w.data_ptr(), w._version, w.shape, rows)
+    # an inference tensor keeps no version counter (and a store lasts one loop anyway)
+    key = (w.data_ptr(), -1 if w.is_inference() else w._version, w.shape, rows)
     if store is None:  # outside a store: correct, only slower (packs every call)
         return torch.ops.mkldnn._reorder_linear_weight(w, rows)
     if key not in store:

@@ -50,6 +50,14 @@ def test_a_weight_changed_in_place_is_packed_again():
     assert not torch.allclose(first, second)
 
 
+def test_weights_made_in_inference_mode_are_packed_too():
+    with torch.inference_mode():
+        lin, x = torch.nn.Linear(32, 8), torch.randn(3, 32)
+        with pl.packing_store(), pl.packed_linears():
+            got = lin(x)
+        torch.testing.assert_close(got, F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-6)
+
+
 def test_store_holds_packed_weights_for_its_block_only():
     lin, x = torch.nn.Linear(32, 8), torch.randn(3, 32)
     with torch.inference_mode(), pl.packing_store():
