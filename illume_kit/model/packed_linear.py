@@ -3,8 +3,9 @@
 A decode step multiplies a few rows (the batch, both guidance branches) by every weight matrix of
 the backbone. At that size the CPU's GEMM spends most of a call packing the weight into its blocked
 layout; oneDNN keeps a packed copy instead (``torch.ops.mkldnn._reorder_linear_weight``, what
-inductor's ``freezing`` inserts for constant weights) and multiplies by it directly, about 1.5x
-faster per call for the shapes of a small decoder (``bench/generation.py``).
+inductor's ``freezing`` inserts for constant weights) and multiplies by it directly: 1.4-1.7x
+faster from 2 to 32 rows for the shapes of a small decoder, slower for a single row
+(``bench/packed_linear.py``).
 
 :func:`packed_linears` routes every float32 CPU ``F.linear`` inside its block through
 ``illume_kit::packed_linear``, a custom op that ``torch.compile`` keeps as one call (a graph stays

@@ -10,9 +10,9 @@ compiled (and on CUDA captured as a CUDA graph, ``mode="reduce-overhead"``):
   that much of the cache), marked dynamic for the compiler so that every window length runs one graph;
 - dynamo checks its guards on a window's first step only: the later ones run the same graph on the
   same model, shapes and types (``skip_guard_eval_unsafe``);
-- on the CPU the compiled step's linear layers multiply by oneDNN-packed copies of the weights, packed once
-  per loop (``illume_kit.model.packed_linear``): a GEMM of a few rows otherwise repacks its weight
-  every call;
+- on the CPU the compiled step's linear layers multiply by oneDNN-packed copies of the weights,
+  packed once per loop (``illume_kit.model.packed_linear``): a GEMM of a few rows otherwise repacks
+  its weight every call;
 - the per-row structure (template position, image start, budget, done) lives in tensors, and the
   sampling math (hard masks, guidance, per-level temperature / top-k / top-p, the draw) runs over one
   id window fixed for the batch, inside the step: nothing in a step reads a tensor on the host;
